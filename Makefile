@@ -1,0 +1,55 @@
+# The two commands a newcomer runs: `make demo` and `make test`.
+# Both create .venv if missing, install the project, start PostgreSQL (embedded unless
+# SWF_DATABASE_URL is set) and migrate it.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-second bench migrate db lint type clean-db help
+
+help:
+	@echo "make demo   - install, start Postgres, migrate, run the example workflow"
+	@echo "make test   - install, start Postgres, migrate, run the test suite"
+	@echo "make bench  - benchmarks against Redis/RabbitMQ (writes docs/benchmarks.md)"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,bench,web]'
+	@touch $(STAMP)
+
+db: $(STAMP)
+	@if [ -z "$$SWF_DATABASE_URL" ]; then $(BIN)/swf-celery db start; \
+	 else echo "using SWF_DATABASE_URL"; fi
+
+migrate: db
+	$(BIN)/swf-celery migrate
+
+demo: migrate
+	$(BIN)/python -m swf_celery.demo
+
+# The whole suite against the default server, then (when SWF_SECOND_DATABASE_URL is set,
+# as .ci/run does for the machine's system PostgreSQL) the database-facing tests again.
+test: migrate
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@if [ -n "$$SWF_SECOND_DATABASE_URL" ]; then $(MAKE) --no-print-directory test-second; fi
+
+test-second: $(STAMP)
+	SWF_DATABASE_URL="$$SWF_SECOND_DATABASE_URL" $(BIN)/swf-celery migrate
+	SWF_DATABASE_URL="$$SWF_SECOND_DATABASE_URL" $(BIN)/python -m pytest -m db $(PYTEST_ARGS)
+
+bench: migrate
+	$(BIN)/python -m benchmarks.run
+
+lint: $(STAMP)
+	$(BIN)/ruff check swf_celery transport tests
+
+type: $(STAMP)
+	$(BIN)/mypy
+
+clean-db:
+	-$(BIN)/swf-celery db stop
+	rm -rf .swf

@@ -1,0 +1,100 @@
+"""Test fixtures: a real PostgreSQL, one migrated template, a fresh database per test.
+
+The server is ``$SWF_DATABASE_URL`` when set, else the embedded one (started if needed).
+A template database is migrated once per session; each test that asks for ``db_url``
+gets its own ``CREATE DATABASE … TEMPLATE`` clone, dropped afterwards, so tests run in
+any order and never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from swf_celery import embedded, migrate
+
+_counter = itertools.count()
+
+
+def _with_dbname(url: str, dbname: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + dbname))
+
+
+@pytest.fixture(scope="session")
+def server_url() -> str:
+    """URL of the server under test (any database on it)."""
+    url = os.environ.get("SWF_DATABASE_URL") or embedded.start(quiet=True)
+    return url.replace("swf://", "postgresql://", 1)
+
+
+@pytest.fixture(scope="session")
+def template_db(server_url: str) -> Iterator[str]:
+    """Name of a migrated template database, created for this session."""
+    name = f"swft_tpl_{os.getpid()}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = _with_dbname(server_url, name)
+    migrate.migrate(url)
+    from swf_celery import db as swf_db
+
+    swf_db.resolve(url).close()
+    yield name
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+
+
+def new_database(server_url: str, template: str | None) -> str:
+    """Create a uniquely named database (from ``template`` if given); return its URL."""
+    name = f"swft_{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        if template:
+            admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template)))
+        else:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return _with_dbname(server_url, name)
+
+
+def drop_database(server_url: str, url: str) -> None:
+    """Drop a database made by :func:`new_database`, disconnecting its sessions."""
+    from swf_celery import db as swf_db
+
+    swf_db.resolve(url).close()
+    name = urlsplit(url).path.lstrip("/")
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+
+
+@pytest.fixture
+def db_url(server_url: str, template_db: str) -> Iterator[str]:
+    """A fresh, migrated database for one test."""
+    url = new_database(server_url, template_db)
+    yield url
+    drop_database(server_url, url)
+
+
+@pytest.fixture
+def empty_db_url(server_url: str) -> Iterator[str]:
+    """A fresh database that has never been migrated."""
+    url = new_database(server_url, None)
+    yield url
+    drop_database(server_url, url)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every test that touches a database runs in the second CI pass too (`-m db`).
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if {"db_url", "empty_db_url", "server_url"} & set(fixtures):
+            item.add_marker(pytest.mark.db)

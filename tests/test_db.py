@@ -1,0 +1,65 @@
+"""Repo resolution and error translation, against a real server."""
+
+from __future__ import annotations
+
+import psycopg_pool
+import pytest
+import sqlalchemy
+
+from swf_celery import db
+from swf_celery.errors import ConfigurationError, DatabaseError, DatabaseUnavailable
+
+
+def _select_one(repo: object) -> int:
+    with db.resolve(repo).connection() as conn:
+        return conn.execute("SELECT 41 + 1").fetchone()[0]  # type: ignore[index]
+
+
+def test_dsn_engine_and_pool_all_work(db_url: str) -> None:
+    assert _select_one(db_url) == 42
+    assert _select_one(db_url.replace("postgresql://", "swf://", 1)) == 42
+    engine = sqlalchemy.create_engine(db_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        assert _select_one(engine) == 42
+    finally:
+        engine.dispose()
+    with psycopg_pool.ConnectionPool(db_url, min_size=1, max_size=2) as pool:
+        assert _select_one(pool) == 42
+
+
+def test_engine_with_another_driver_is_refused() -> None:
+    pytest.importorskip("sqlalchemy")
+    engine = sqlalchemy.create_engine("sqlite://")
+    with pytest.raises(ConfigurationError, match="postgresql\\+psycopg"):
+        db.resolve(engine)
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("mysql://root@localhost/x", "not PostgreSQL"),
+        ("postgresql://host:notaport/db", "malformed"),
+        ("just-a-word", "not a URL"),
+        ("", "empty"),
+    ],
+)
+def test_malformed_urls_name_the_problem(url: str, fragment: str) -> None:
+    with pytest.raises(ConfigurationError, match=fragment):
+        db.resolve(url)
+
+
+def test_unreachable_server_is_one_clear_error() -> None:
+    with pytest.raises(DatabaseUnavailable, match="cannot reach PostgreSQL"):
+        with db.resolve("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2").connect():
+            pass
+
+
+def test_sql_errors_are_translated(db_url: str) -> None:
+    with pytest.raises(DatabaseError, match="no_such_table"):
+        with db.resolve(db_url).connection() as conn:
+            conn.execute("SELECT * FROM no_such_table")
+
+
+def test_other_objects_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match="DSN string"):
+        db.resolve(42)

@@ -1,0 +1,42 @@
+"""The wheel carries transport/ and sql/ inside the package, found via importlib.resources."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+from swf_celery import migrate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_installed_package_finds_its_sql_files() -> None:
+    names = {entry.name for entry in files("swf_celery.sql").iterdir()}
+    assert "0001_foundation.sql" in names
+    versions = [m.version for m in migrate.available()]
+    assert versions == sorted(versions) and versions[0] == 1
+
+
+def test_non_editable_install_ships_sql_and_transport(tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+         "--target", str(target), str(ROOT)],
+        check=True, capture_output=True, text=True,
+    )
+    probe = (
+        "import sys; from importlib.resources import files; "
+        "import swf_celery, swf_celery.transport; "
+        "assert swf_celery.__file__.startswith(sys.argv[1]), swf_celery.__file__; "
+        "print(sorted(e.name for e in files('swf_celery.sql').iterdir() "
+        "if e.name.endswith('.sql')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(target)], cwd=tmp_path,
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+        check=True, capture_output=True, text=True,
+    ).stdout
+    assert "0001_foundation.sql" in out
+    assert (target / "swf_celery" / "transport" / "__init__.py").exists()

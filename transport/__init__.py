@@ -1,0 +1,1 @@
+"""The ``swf://`` kombu transport over pgmq (importable without the workflow layer)."""
