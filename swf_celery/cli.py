@@ -84,6 +84,15 @@ def db_stop() -> None:
     click.echo("stopped" if embedded.stop() else "not running")
 
 
+@db.command("restart")
+def db_restart() -> None:
+    """Restart the running embedded server (fast shutdown: connections are dropped)."""
+    from swf_celery import embedded
+
+    embedded.restart()
+    click.echo("restarted")
+
+
 @db.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def db_status(as_json: bool) -> None:

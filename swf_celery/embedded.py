@@ -239,8 +239,10 @@ def stop() -> bool:
 
 def restart() -> None:
     """Restart the running server in place (tests use it to simulate a database restart)."""
-    _run([_bin("pg_ctl"), "-D", str(_data_dir()), "-m", "fast", "-w", "restart"],
-         "pg_ctl restart", timeout=90)
+    # -l matters: without a log file the server inherits our stdout pipe and the
+    # capture below would wait for it to close.
+    _run([_bin("pg_ctl"), "-D", str(_data_dir()), "-l", str(_log()), "-m", "fast", "-w",
+          "restart"], "pg_ctl restart", timeout=90)
 
 
 def _ready() -> bool:

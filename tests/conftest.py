@@ -98,3 +98,49 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         fixtures = getattr(item, "fixturenames", ())
         if {"db_url", "empty_db_url", "server_url"} & set(fixtures):
             item.add_marker(pytest.mark.db)
+
+
+class PrivateServer:
+    """A private embedded PostgreSQL that a test may restart without disturbing others."""
+
+    def __init__(self, home: str, port: int) -> None:
+        import sys
+
+        self.env = dict(os.environ, SWF_HOME=home, SWF_EMBEDDED_PORT=str(port))
+        self.env.pop("SWF_DATABASE_URL", None)
+        self._cli = [sys.executable, "-m", "swf_celery.cli"]
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/swf"
+
+    def _run(self, *args: str) -> str:
+        import subprocess
+
+        proc = subprocess.run(self._cli + list(args), env=self.env, capture_output=True,
+                              text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"swf-celery {' '.join(args)} failed: {proc.stderr}")
+        return proc.stdout.strip()
+
+    def start(self) -> None:
+        self._run("db", "start")
+
+    def restart(self) -> None:
+        """Fast restart: every connection to the server is dropped."""
+        self._run("db", "restart")
+
+    def stop(self) -> None:
+        self._run("db", "stop")
+
+
+@pytest.fixture(scope="session")
+def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateServer]:
+    """A migrated embedded server of its own (database ``swf``), for restart tests."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = PrivateServer(str(tmp_path_factory.mktemp("private-pg")), port)
+    server.start()
+    migrate.migrate(server.url)
+    yield server
+    server.stop()

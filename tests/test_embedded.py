@@ -97,3 +97,12 @@ def test_testcontainers_path_skips_without_docker() -> None:
 
         result = migrate.migrate(pg.get_connection_url())
         assert result.pgmq in {"extension", "present"}
+
+
+def test_private_server_restart_drops_connections(private_server) -> None:  # type: ignore[no-untyped-def]
+    conn = psycopg.connect(private_server.url, autocommit=True)
+    private_server.restart()
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute("SELECT 1")
+    with psycopg.connect(private_server.url) as fresh:
+        assert fresh.execute("SELECT 1").fetchone()[0] == 1
