@@ -101,7 +101,7 @@ class RunNotFound(SwfError, LookupError):
 
 
 class RunStateError(SwfError):
-    """Raised when a lifecycle operation does not fit the run's state (e.g. cancel a finished run)."""
+    """Raised when a lifecycle operation does not fit the run's state (cancel a finished run)."""
 
 
 class WorkflowFailed(SwfError):
