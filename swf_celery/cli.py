@@ -142,6 +142,19 @@ def version_command(database: str | None) -> None:
     click.echo(f"database {migrate.current_version(url)}, code {migrate.latest_version()}")
 
 
+@main.command("drain-redis")
+@click.argument("redis_url")
+@click.argument("queues", nargs=-1, required=True)
+@_database_option
+def drain_redis_command(redis_url: str, queues: tuple[str, ...], database: str | None) -> None:
+    """Move queued messages of Redis QUEUES into the swf broker (stop workers first)."""
+    from swf_celery.redis_drain import drain_queue
+
+    url = resolve_database_url(database)
+    for queue in queues:
+        click.echo(f"{queue}: moved {drain_queue(redis_url, queue, url)} messages")
+
+
 # ``celery -A app swf …`` (entry point group ``celery.commands``): the same commands.
 celery_command = _SwfGroup(name="swf", commands=main.commands,
                            help="swf-celery workflows, broker and results.")
