@@ -18,20 +18,29 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
+from psycopg_pool import PoolTimeout
 
 from swf_celery import channels, queries
 from swf_celery.db import Database, Repo, resolve, translate_errors
-from swf_celery.errors import ChannelNameError, PayloadError, PayloadTooLarge
+from swf_celery.errors import (
+    ChannelNameError,
+    DatabaseUnavailable,
+    PayloadError,
+    PayloadTooLarge,
+)
 
 _Q = queries.load("swf_celery", "messaging.sql")
+T = TypeVar("T")
+# Pooled connections tried before giving up on a server that just restarted.
+_ATTEMPTS = 5
 
 #: Postgres refuses a NOTIFY payload of this many bytes or more (BLCKSZ - NAMEDATALEN - 128).
 NOTIFY_PAYLOAD_LIMIT = 8000
@@ -76,8 +85,8 @@ def send_with_notify(channel: str, message: Any, repo: Repo | None = None) -> in
     for attempt in (1, 2):
         _ensure(db, ch)
         try:
-            with db.connection() as conn:
-                return int(conn.execute(_Q["send"], params).fetchone()[0])  # type: ignore[index]
+            return _transaction(
+                db, lambda conn: int(conn.execute(_Q["send"], params).fetchone()[0]))  # type: ignore[index]
         except Exception as exc:
             # The queue was dropped behind our back: forget it and create it again, once.
             if attempt == 1 and isinstance(exc.__cause__, pg_errors.UndefinedTable):
@@ -99,8 +108,8 @@ def notify_only(channel: str, payload: Any, repo: Repo | None = None) -> None:
     ch = channels.resolve(channel)
     channels.check_sendable(ch)
     text = encode_payload(payload)
-    with resolve(repo).connection() as conn:
-        conn.execute(_Q["notify"], {"notify_channel": ch.notify_channel, "payload": text})
+    params = {"notify_channel": ch.notify_channel, "payload": text}
+    _transaction(resolve(repo), lambda conn: conn.execute(_Q["notify"], params))
 
 
 def encode_payload(payload: Any) -> str:
@@ -144,12 +153,14 @@ def message_id_of(payload: str) -> int | None:
 def get_message(channel: str, message_id: int, repo: Repo | None = None) -> Message | None:
     """The stored message ``message_id`` of ``channel`` (pending or archived), or None."""
     ch = channels.resolve(channel)
-    db = resolve(repo)
-    with db.connection() as conn:
+    params = {"id": int(message_id)}
+
+    def fetch(conn: psycopg.Connection[Any]) -> Any:
         queue = _registered_queue(conn, ch)
-        if queue is None:
-            return None
-        row = conn.execute(_tables(_Q["get_message"], queue), {"id": int(message_id)}).fetchone()
+        return None if queue is None else conn.execute(
+            _tables(_Q["get_message"], queue), params).fetchone()
+
+    row = _transaction(resolve(repo), fetch)
     return _message(ch.name, row) if row else None
 
 
@@ -164,14 +175,14 @@ def read_pending(
     ch = channels.resolve(channel)
     if not isinstance(limit, int) or limit < 1:
         raise ValueError(f"limit must be a positive integer, not {limit!r}")
-    db = resolve(repo)
-    with db.connection() as conn:
+    params = {"after_id": int(after_id), "limit": limit}
+
+    def fetch(conn: psycopg.Connection[Any]) -> list[Any]:
         queue = _registered_queue(conn, ch)
-        if queue is None:
-            return []
-        rows = conn.execute(_tables(_Q["read_pending"], queue),
-                            {"after_id": int(after_id), "limit": limit}).fetchall()
-    return [_message(ch.name, row) for row in rows]
+        return [] if queue is None else conn.execute(
+            _tables(_Q["read_pending"], queue), params).fetchall()
+
+    return [_message(ch.name, row) for row in _transaction(resolve(repo), fetch)]
 
 
 def acknowledge(
@@ -188,29 +199,51 @@ def acknowledge(
     ids = [int(message_ids)] if isinstance(message_ids, int) else [int(i) for i in message_ids]
     if not ids:
         return []
-    db = resolve(repo)
-    with db.connection() as conn:
+
+    def retire(conn: psycopg.Connection[Any]) -> list[Any]:
         queue = _registered_queue(conn, ch)
-        if queue is None:
-            return []
-        rows = conn.execute(_Q["archive" if archive else "delete"],
-                            {"queue": queue, "ids": ids}).fetchall()
-    return sorted(int(r[0]) for r in rows)
+        return [] if queue is None else conn.execute(
+            _Q["archive" if archive else "delete"], {"queue": queue, "ids": ids}).fetchall()
+
+    return sorted(int(r[0]) for r in _transaction(resolve(repo), retire))
 
 
 def _ensure(db: Database, ch: channels.Channel) -> None:
     key = (db.dsn, ch.name)
     if key in _ensured:
         return
+    params = {"channel": ch.name, "queue": ch.queue}
     try:
-        with db.connection() as conn:
-            conn.execute(_Q["ensure_channel"], {"channel": ch.name, "queue": ch.queue})
+        _transaction(db, lambda conn: conn.execute(_Q["ensure_channel"], params))
     except Exception as exc:
         if isinstance(exc.__cause__, pg_errors.RaiseException):
             raise ChannelNameError(exc.__cause__.diag.message_primary or str(exc)) from None
         raise
     with _ensured_lock:
         _ensured.add(key)
+
+
+def _transaction(db: Database, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+    """Run ``work`` in one transaction on a pooled connection.
+
+    After a server restart the pool still holds connections that died with it; the first
+    statement on one fails before anything was committed, so it is safe to try again on
+    another (the pool discards the dead one). A failure at COMMIT is not retried: the
+    transaction may have committed, and a retry could duplicate a message.
+    """
+    for attempt in range(1, _ATTEMPTS + 1):
+        worked = False
+        try:
+            with db.connection() as conn:
+                result = work(conn)
+                worked = True
+            return result
+        except DatabaseUnavailable as exc:
+            # PoolTimeout: no connection could be made at all, so the server is down and
+            # another attempt would only wait as long again.
+            if worked or attempt == _ATTEMPTS or isinstance(exc.__cause__, PoolTimeout):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _registered_queue(conn: psycopg.Connection[Any], ch: channels.Channel) -> str | None:
