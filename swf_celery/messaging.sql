@@ -10,8 +10,15 @@ SELECT queue_name FROM swf.channels WHERE channel = %(channel)s;
 -- name: send
 -- The NOTIFY is queued in the same transaction as the row: listeners hear of the
 -- message exactly when it becomes visible, and never of a rolled-back one.
-SELECT id, pg_notify(%(notify_channel)s, '{"swf_message_id":' || id || '}')
-FROM pgmq.send(%(queue)s, %(message)s::jsonb) AS id;
+-- pgmq.send(queue, message) is this INSERT run as dynamic SQL, planned anew on every
+-- call; inserting into the queue table directly lets the statement be prepared once.
+WITH sent AS (
+    INSERT INTO pgmq.{queue_table} (vt, message)
+    VALUES (clock_timestamp(), %(message)s::jsonb)
+    RETURNING msg_id
+)
+SELECT msg_id, pg_notify(%(notify_channel)s, '{{"swf_message_id":' || msg_id || '}}')
+FROM sent;
 
 -- name: notify
 SELECT pg_notify(%(notify_channel)s, %(payload)s);
