@@ -69,27 +69,40 @@ class Message:
     archived: bool
 
 
-def send_with_notify(channel: str, message: Any, repo: Repo | None = None) -> int:
+def send_with_notify(
+    channel: str, message: Any, repo: Repo | psycopg.Connection[Any] | None = None,
+) -> int:
     """Store ``message`` (anything JSON-serialisable) on ``channel``; return its id.
 
     The message goes into the channel's pgmq queue (created on first use) and a NOTIFY
-    carrying its id is sent in the same transaction. Raises :class:`ChannelNameError` for
-    an invalid or reserved channel and :class:`PayloadError` when ``message`` is not JSON.
+    carrying its id is sent in the same transaction. ``repo`` may also be an open psycopg
+    connection: the message and its NOTIFY then join that connection's current
+    transaction and commit or roll back with the caller's own writes (an outbox).
+    Raises :class:`ChannelNameError` for an invalid or reserved channel and
+    :class:`PayloadError` when ``message`` is not JSON.
     """
     ch = channels.resolve(channel)
     channels.check_sendable(ch)
     body = _to_json(message, what="message")
     if "\\u0000" in body and _JSON_NUL.search(body):
         raise PayloadError("message contains a NUL character, which PostgreSQL jsonb cannot hold")
-    db = resolve(repo)
     query = _tables(_Q["send"], ch.queue)
     params = {"notify_channel": ch.notify_channel, "message": body}
+
+    def send(conn: psycopg.Connection[Any]) -> int:
+        return int(conn.execute(query, params).fetchone()[0])  # type: ignore[index]
+
+    if isinstance(repo, psycopg.Connection):
+        # Not cached: the queue may be created inside this very transaction, which the
+        # caller may still roll back.
+        with translate_errors():
+            _ensure_on(repo, ch)
+            return send(repo)
+    db = resolve(repo)
     for attempt in (1, 2):
         _ensure(db, ch)
         try:
-            return _transaction(
-                db, lambda conn: int(conn.execute(query, params).fetchone()[0]),  # type: ignore[index]
-                single_statement=True)
+            return _transaction(db, send, single_statement=True)
         except Exception as exc:
             # The queue was dropped behind our back: forget it and create it again, once.
             if attempt == 1 and isinstance(exc.__cause__, pg_errors.UndefinedTable):
@@ -100,18 +113,26 @@ def send_with_notify(channel: str, message: Any, repo: Repo | None = None) -> in
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def notify_only(channel: str, payload: Any, repo: Repo | None = None) -> None:
+def notify_only(
+    channel: str, payload: Any, repo: Repo | psycopg.Connection[Any] | None = None,
+) -> None:
     """NOTIFY ``channel`` with ``payload`` without storing anything.
 
-    A ``str`` is sent as is; anything else is sent as compact JSON. Raises
-    :class:`PayloadTooLarge` when the payload is 8000 bytes or more (Postgres' limit),
-    :class:`PayloadError` for a NUL character or a payload in the reserved stored-message
-    form ``{"swf_message_id": …}``, and :class:`ChannelNameError` for a bad channel.
+    A ``str`` is sent as is; anything else is sent as compact JSON. ``repo`` may be an
+    open psycopg connection, whose transaction the NOTIFY then joins (it is delivered at
+    that COMMIT). Raises :class:`PayloadTooLarge` when the payload is 8000 bytes or more
+    (Postgres' limit), :class:`PayloadError` for a NUL character or a payload in the
+    reserved stored-message form ``{"swf_message_id": …}``, and
+    :class:`ChannelNameError` for a bad channel.
     """
     ch = channels.resolve(channel)
     channels.check_sendable(ch)
     text = encode_payload(payload)
     params = {"notify_channel": ch.notify_channel, "payload": text}
+    if isinstance(repo, psycopg.Connection):
+        with translate_errors():
+            repo.execute(_Q["notify"], params)
+        return
     _transaction(resolve(repo), lambda conn: conn.execute(_Q["notify"], params),
                  single_statement=True)
 
@@ -216,15 +237,18 @@ def _ensure(db: Database, ch: channels.Channel) -> None:
     key = (db.dsn, ch.name)
     if key in _ensured:
         return
-    params = {"channel": ch.name, "queue": ch.queue}
-    try:
-        _transaction(db, lambda conn: conn.execute(_Q["ensure_channel"], params))
-    except Exception as exc:
-        if isinstance(exc.__cause__, pg_errors.RaiseException):
-            raise ChannelNameError(exc.__cause__.diag.message_primary or str(exc)) from None
-        raise
+    _transaction(db, lambda conn: _ensure_on(conn, ch))
     with _ensured_lock:
         _ensured.add(key)
+
+
+def _ensure_on(conn: psycopg.Connection[Any], ch: channels.Channel) -> None:
+    try:
+        conn.execute(_Q["ensure_channel"], {"channel": ch.name, "queue": ch.queue})
+    except pg_errors.RaiseException as exc:
+        # swf.ensure_channel refused: the queue belongs to another channel, or is a pgmq
+        # queue created outside swf-celery.
+        raise ChannelNameError(exc.diag.message_primary or str(exc)) from None
 
 
 def _transaction(

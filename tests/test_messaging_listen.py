@@ -227,3 +227,29 @@ def test_listener_survives_restart_and_reports_the_gap(private_server) -> None: 
     finally:
         swf_celery.unlisten(listener, url)
 
+
+
+# -- sending inside the caller's transaction ----------------------------------------------
+
+
+def test_send_on_callers_connection_commits_and_rolls_back_with_it(db_url: str) -> None:
+    with swf_celery.listen("outbox", db_url) as listener, psycopg.connect(db_url) as conn:
+        conn.execute("CREATE TABLE orders (id int)")
+        conn.commit()
+
+        conn.execute("INSERT INTO orders VALUES (1)")
+        swf_celery.send_with_notify("outbox", {"order": 1}, conn)
+        swf_celery.notify_only("outbox", "rolled back", conn)
+        assert listener.get(0.3) is None  # nothing before COMMIT
+        conn.rollback()
+        assert swf_celery.read_pending("outbox", db_url) == []
+
+        conn.execute("INSERT INTO orders VALUES (2)")
+        message_id = swf_celery.send_with_notify("outbox", {"order": 2}, conn)
+        swf_celery.notify_only("outbox", "committed", conn)
+        conn.commit()
+        note = _next(listener)
+        assert (note.kind, note.message_id) == ("message", message_id)
+        assert _next(listener).payload == "committed"
+        assert listener.get(0.3) is None  # the rolled-back ones never arrive
+    assert [m.body for m in swf_celery.read_pending("outbox", db_url)] == [{"order": 2}]
