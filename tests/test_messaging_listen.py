@@ -95,6 +95,21 @@ def test_callback_that_raises_does_not_stop_the_listener(db_url: str) -> None:
         swf_celery.unlisten(listener, db_url)
 
 
+def test_callback_may_unlisten_its_own_listener(db_url: str) -> None:
+    stopped = threading.Event()
+    holder: list[Listener] = []
+
+    def stop_on_first(note: Notification) -> None:
+        swf_celery.unlisten(holder[0], db_url)
+        stopped.set()
+
+    holder.append(swf_celery.listen("self_stop", db_url, callback=stop_on_first))
+    swf_celery.notify_only("self_stop", "stop", db_url)
+    assert stopped.wait(WAIT)
+    holder[0]._thread.join(WAIT)
+    assert holder[0].closed and not holder[0]._thread.is_alive()
+
+
 def test_workflow_events_arrive_through_listen(db_url: str) -> None:
     event = '{"run_id": "6f1c", "step": "train", "status": "completed"}'
     with swf_celery.listen("workflow_events", db_url) as listener:
