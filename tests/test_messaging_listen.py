@@ -268,3 +268,23 @@ def test_send_on_callers_connection_commits_and_rolls_back_with_it(db_url: str) 
         assert _next(listener).payload == "committed"
         assert listener.get(0.3) is None  # the rolled-back ones never arrive
     assert [m.body for m in swf_celery.read_pending("outbox", db_url)] == [{"order": 2}]
+
+
+def test_async_listener_sees_the_gap_after_restart(private_server) -> None:  # noqa: ANN001
+    url = private_server.url
+
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        kinds: list[str] = []
+        async with await swf_celery.alisten("async_durable", url, max_backoff=0.5) as listener:
+            await loop.run_in_executor(None, private_server.restart)
+            async for note in listener:
+                kinds.append(note.kind)
+                if note.is_gap:
+                    await loop.run_in_executor(
+                        None, swf_celery.send_with_notify, "async_durable", {"after": True}, url)
+                else:
+                    break
+        return kinds
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == ["gap", "message"]
