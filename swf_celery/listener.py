@@ -215,7 +215,7 @@ class Listener:
                 try:
                     for notify in conn.notifies(timeout=self._poll):
                         self._deliver(self._parse(notify))
-                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                except psycopg.Error as exc:  # admin shutdown, lost socket, protocol error
                     if self._stop.is_set():
                         break
                     log.warning("listener %r lost its connection (%s); reconnecting",

@@ -51,7 +51,7 @@ _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 MESSAGE_ID_KEY = "swf_message_id"
 
 # Channels whose queue this process has already ensured, per database: the first send to a
-# channel pays for swf.ensure_channel, later ones go straight to pgmq.send.
+# channel pays for swf.ensure_channel, later ones go straight to the insert.
 _ensured: set[tuple[str, str]] = set()
 _ensured_lock = threading.Lock()
 
