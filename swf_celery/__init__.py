@@ -8,8 +8,41 @@ and result backend load without the workflow layer.
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import Any
+
 from swf_celery.errors import SwfError
 
 __version__ = "0.1.0"
 
-__all__ = ["SwfError", "__version__"]
+# Public names loaded on first access (module __getattr__), so `import swf_celery` stays
+# cheap for the transport and the result backend.
+_LAZY = {
+    # messaging
+    "send_with_notify": "swf_celery.messaging",
+    "notify_only": "swf_celery.messaging",
+    "get_message": "swf_celery.messaging",
+    "read_pending": "swf_celery.messaging",
+    "acknowledge": "swf_celery.messaging",
+    "Message": "swf_celery.messaging",
+    "listen": "swf_celery.listener",
+    "alisten": "swf_celery.listener",
+    "unlisten": "swf_celery.listener",
+    "Listener": "swf_celery.listener",
+    "Notification": "swf_celery.listener",
+}
+
+__all__ = ["SwfError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'swf_celery' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

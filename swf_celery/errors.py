@@ -132,7 +132,11 @@ class ChannelNameError(SwfError, ValueError):
     """Raised when a channel name breaks the identifier rules or the 63-byte limit."""
 
 
-class PayloadTooLarge(SwfError, ValueError):
+class PayloadError(SwfError, ValueError):
+    """Raised when a message or NOTIFY payload cannot be sent as given (not JSON, NUL, reserved)."""
+
+
+class PayloadTooLarge(PayloadError):
     """Raised when a NOTIFY payload exceeds PostgreSQL's 8000-byte limit."""
 
 
