@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -57,6 +59,21 @@ def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "",
     raise AssertionError(f"timed out waiting for {what}\n{log}")
 
 
+@contextlib.contextmanager
+def worker(app: str, **kwargs: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """A worker stopped with SIGTERM to its main process only: a TERM to the whole process
+    group kills idle pool children holding billiard's queue lock and the parent then hangs
+    at exit until the launcher's KILL."""
+    with worker_process(app, **kwargs) as proc:
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(20)
+
+
 def env(broker: str, **extra: str) -> dict[str, str]:
     return {"SWF_TEST_BROKER": broker, **extra}
 
@@ -64,7 +81,7 @@ def env(broker: str, **extra: str) -> dict[str, str]:
 def test_worker_consumes_only_its_queue_and_sql_enqueued_messages(
         broker: str, client: Celery) -> None:
     client.send_task("record", args=["default"])  # queue "celery": nobody consumes it
-    with worker_process(APP, queues=["gpu_workers"], env=env(broker)) as proc:
+    with worker(APP, queues=["gpu_workers"], env=env(broker)) as proc:
         client.send_task("record", args=["gpu"], queue="gpu_workers")
         # The workflow engine's path: a message enqueued in SQL inside its own transaction.
         msg = kombu_message("sql-task", queue="gpu_workers")
@@ -87,7 +104,7 @@ def _celery_cli(broker: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_inspect_control_revoke_and_shutdown(broker: str, client: Celery) -> None:
-    with worker_process(APP, queues=["gpu_workers"], env=env(broker),
+    with worker(APP, queues=["gpu_workers"], env=env(broker),
                         hostname="gpu1@testhost") as proc:
         ping = _celery_cli(broker, "inspect", "ping", "--timeout", "5")
         assert ping.returncode == 0 and "pong" in ping.stdout, ping.stdout + ping.stderr
@@ -110,23 +127,23 @@ def test_inspect_control_revoke_and_shutdown(broker: str, client: Celery) -> Non
 
 def test_sigkilled_worker_loses_nothing(broker: str, client: Celery) -> None:
     vt = env(broker, SWF_TEST_VT="2")
-    with worker_process(APP, queues=["celery"], env=vt) as first:
+    with worker(APP, queues=["celery"], env=vt) as first:
         client.send_task("slow", args=["crash", 2.0])
         wait_for(lambda: runs(broker, "crash"), what="task start", proc=first)
         kill_worker(first)
     assert runs(broker, "crash") == [("crash", "start")]
-    with worker_process(APP, queues=["celery"], env=vt) as second:
+    with worker(APP, queues=["celery"], env=vt) as second:
         wait_for(lambda: ("crash", "done") in runs(broker, "crash"), timeout=40,
                  what="task rerun", proc=second)
     assert runs(broker, "crash") == [("crash", "start"), ("crash", "start"), ("crash", "done")]
 
 
 def test_long_task_is_not_delivered_twice(broker: str, client: Celery) -> None:
-    # A task 6x longer than the visibility timeout, with another idle worker ready to steal it.
+    # A task 4x longer than the visibility timeout, with another idle worker ready to steal it.
     vt = env(broker, SWF_TEST_VT="1")
-    with worker_process(APP, queues=["celery"], env=vt, hostname="a@test") as a, \
-            worker_process(APP, queues=["celery"], env=vt, hostname="b@test"):
-        client.send_task("slow", args=["long", 6.0])
+    with worker(APP, queues=["celery"], env=vt, hostname="a@test") as a, \
+            worker(APP, queues=["celery"], env=vt, hostname="b@test"):
+        client.send_task("slow", args=["long", 4.0])
         wait_for(lambda: ("long", "done") in runs(broker, "long"), timeout=40,
                  what="long task", proc=a)
         time.sleep(1.5)
@@ -148,7 +165,7 @@ def test_worker_events_reach_an_events_consumer(broker: str, client: Celery) -> 
     wait_for(lambda: receivers, what="events receiver")
     time.sleep(1.0)  # let the receiver declare and bind its queue
     try:
-        with worker_process(APP, queues=["celery"], env=env(broker),
+        with worker(APP, queues=["celery"], env=env(broker),
                             extra_args=["-E"]) as proc:
             client.send_task("record", args=["evented"])
             wait_for(lambda: "task-succeeded" in seen, timeout=30,
