@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable
 from queue import Empty
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,9 @@ class Channel(virtual.Channel):
         self._rotation = 0
         #: Seconds until the earliest hidden message of our queues is due (None: none known).
         self.next_visible: float | None = None
+        #: Acks not yet written: (queue, msg_id). Appended by any thread, flushed in one
+        #: statement per queue by the consuming thread before it reads or sleeps.
+        self._pending_acks: deque[tuple[str, int]] = deque()
 
     # -- queues -------------------------------------------------------------------------
 
@@ -69,9 +73,19 @@ class Channel(virtual.Channel):
 
     def pgmq_name(self, queue: str, expires_ms: int | None = None) -> str:
         """The pgmq name of ``queue``, creating the queue when missing."""
-        check_queue_name(queue)
-        row = self._execute("ensure", {"queue": queue, "expires_ms": expires_ms}).fetchone()
-        return str(row[0])
+        try:
+            return self.connection.pgmq_name(queue, expires_ms)
+        except pg_errors.InvalidParameterValue as exc:
+            raise QueueNameError(exc.diag.message_primary or str(exc)) from None
+
+    def _on_table(self, kind: str, queue: str, params: dict[str, Any]) -> Any:
+        """Run statement ``kind`` on ``queue``'s table; recreate a queue dropped meanwhile."""
+        db = self.connection.db()
+        try:
+            return db.execute(self.connection.statement(kind, queue), params)
+        except pg_errors.UndefinedTable:
+            self.connection.forget_queue(queue)
+            return db.execute(self.connection.statement(kind, queue), params)
 
     def _new_queue(self, queue: str, **kwargs: Any) -> None:
         arguments = kwargs.get("arguments") or {}
@@ -85,6 +99,7 @@ class Channel(virtual.Channel):
     def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
         check_queue_name(queue)
         self._execute("drop", {"queue": queue})
+        self.connection.forget_queue(queue)
 
     def queue_delete(self, queue: str, if_unused: bool = False, if_empty: bool = False,
                      **kwargs: Any) -> None:
@@ -138,9 +153,10 @@ class Channel(virtual.Channel):
         return queues
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
-        check_queue_name(queue)
-        self._execute("send", {"queue": queue, "message": Jsonb(message),
-                               "delay": self._delay_for(message)})
+        self.pgmq_name(queue)  # checks the name, creates the queue when missing
+        self._on_table("send", queue, {
+            "message": Jsonb(message), "delay": self._delay_for(message),
+            "commit": "on" if self.options.durable_publish else "off"})
 
     def _put_fanout(self, exchange: str, message: dict[str, Any], routing_key: str,
                     **kwargs: Any) -> None:
@@ -198,25 +214,64 @@ class Channel(virtual.Channel):
     def _read(self, queues: list[str], qty: int, *, arm: bool,
               no_ack: Iterable[bool] | None = None) -> list[tuple[str, dict[str, Any]]]:
         flags = list(no_ack) if no_ack is not None else [q in self._noack_queues for q in queues]
-        rows = self._execute("read", {
-            "queues": queues, "no_ack": flags, "qty": qty,
-            "vt": self.options.visibility_timeout,
-            "max_deliveries": self.options.max_deliveries, "arm": arm,
-        }).fetchall()
-        out: list[tuple[str, dict[str, Any]]] = []
-        for queue, msg_id, read_ct, message, next_visible in rows:
-            if msg_id is None:
-                self.next_visible = next_visible
-                continue
-            noack = flags[queues.index(queue)]
-            payload = self._payload(queue, msg_id, read_ct, message, noack)
-            if payload is not None:
-                out.append((queue, payload))
-        if out:
+        out = self._read_once(queues, flags, qty)
+        if not out and arm:
+            # Nothing there: mark the queues as waited on, then read once more so that a
+            # message committed meanwhile is seen now or wakes us (sql/0002_transport.sql).
+            wait = self._execute("arm", {"queues": queues}).fetchone()[0]
+            out = self._read_once(queues, flags, qty)
+            self.next_visible = None if out else wait
+        elif out:
             self.next_visible = None
         return out
 
+    def _read_once(self, queues: list[str], flags: list[bool],
+                   qty: int) -> list[tuple[str, dict[str, Any]]]:
+        out: list[tuple[str, dict[str, Any]]] = []
+        limit = self.options.max_deliveries
+        for queue, noack in zip(queues, flags):
+            if len(out) >= qty:
+                break
+            rows = self._on_table("pop" if noack else "read", queue,
+                                  {"qty": qty - len(out),
+                                   "vt": self.options.visibility_timeout}).fetchall()
+            rows.sort(key=lambda r: (r[3], r[0]))
+            too_often = [r[0] for r in rows if not noack and limit and r[1] > limit]
+            if too_often:
+                self._execute("reject", {"queue": queue, "ids": too_often, "requeue": False,
+                                         "reason": f"delivered more than {limit} times"})
+            for msg_id, read_ct, message, _priority in rows:
+                if msg_id in too_often:
+                    continue
+                payload = self._payload(queue, msg_id, read_ct, message, noack)
+                if payload is not None:
+                    out.append((queue, payload))
+        return out
+
+    def flush_acks(self) -> None:
+        """Write the acks collected since the last flush (one statement per queue)."""
+        by_queue: dict[str, list[int]] = {}
+        pending = self._pending_acks
+        while pending:
+            queue, msg_id = pending.popleft()
+            by_queue.setdefault(queue, []).append(msg_id)
+        for queue, ids in by_queue.items():
+            if self.options.archive_acked:
+                self._execute("ack", {"queue": queue, "ids": ids, "archive": True})
+            else:
+                self._on_table("delete", queue, {"ids": ids})
+
+    def close(self) -> None:
+        """Write pending acks, then close as kombu does (restoring unacked messages)."""
+        if not self.closed and self.connection is not None:
+            try:
+                self.flush_acks()
+            except Exception:  # the connection is gone: the messages reappear after their VT
+                logger.warning("swf broker: %d acks lost at close", len(self._pending_acks))
+        super().close()
+
     def _get_many(self, queues: list[str], timeout: float | None = None) -> None:
+        self.flush_acks()
         qty = self._read_quantity()
         if qty <= 0:
             raise Empty()
@@ -238,12 +293,14 @@ class Channel(virtual.Channel):
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
         """Get one message synchronously (no_ack: removed at once)."""
+        self.flush_acks()
         got = self._read([check_queue_name(queue)], 1, arm=False, no_ack=[no_ack])
         if not got:
             return None
         message = self.Message(got[0][1], channel=self)
         if not no_ack:
             self.qos.append(message, message.delivery_tag)
+            self.connection.ensure_keeper()
         return message
 
     def _payload(self, queue: str, msg_id: int, read_ct: int, message: Any,
@@ -299,8 +356,9 @@ class Channel(virtual.Channel):
         """Acknowledge: delete the message (or archive it with ``archive_acked``)."""
         held = self._held_message(delivery_tag)
         if held is not None:
-            self._execute("ack", {"queue": held[0], "ids": [held[1]],
-                                  "archive": self.options.archive_acked})
+            # Written by the consuming thread at its next read or before it sleeps, batched
+            # with other acks (an ack lost in a crash only means a redelivery).
+            self._pending_acks.append(held)
         super().basic_ack(delivery_tag)
         self.connection.poke()
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 from kombu.transport import virtual
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from swf_celery import queries
@@ -18,11 +19,15 @@ from swf_celery.db import normalize_dsn
 from swf_celery.errors import DatabaseError, DatabaseUnavailable, SchemaNotMigrated
 from swf_celery.transport.channel import Channel
 from swf_celery.transport.listener import Listener
+from swf_celery.transport.names import check_queue_name, queue_table
 from swf_celery.transport.options import Options
 from swf_celery.transport.visibility import VisibilityKeeper
 
 _Q = queries.load("swf_celery.transport", "queries.sql")
+_T = queries.load("swf_celery.transport", "tables.sql")
 DEFAULT_PORT = 5432
+#: Queues whose names and statements are cached per transport (reply queues come and go).
+_CACHE_LIMIT = 1000
 
 
 class Transport(virtual.Transport):
@@ -54,6 +59,8 @@ class Transport(virtual.Transport):
         self._conn_lock = threading.Lock()
         self._listener: Listener | None = None
         self._keeper: VisibilityKeeper | None = None
+        self._pgmq_names: dict[str, str] = {}
+        self._statements: dict[tuple[str, str], sql.Composed] = {}
 
     # -- connections ------------------------------------------------------------------------
 
@@ -78,9 +85,44 @@ class Transport(virtual.Transport):
         if conn is None or conn.closed:
             with self._conn_lock:
                 if self._conn is None or self._conn.closed:
-                    self._conn = psycopg.connect(self.dsn, autocommit=True)
+                    conn = psycopg.connect(self.dsn, autocommit=True)
+                    # Consumer-side statements (read, ack, extend) need no WAL flush: after a
+                    # server crash a lost read or ack only means a redelivery. Publishes set
+                    # their own durability (option durable_publish).
+                    conn.execute(_Q["session"])
+                    self._conn = conn
                 conn = self._conn
         return conn
+
+    def pgmq_name(self, queue: str, expires_ms: int | None = None, *,
+                  refresh: bool = False) -> str:
+        """The pgmq name of ``queue``, creating the queue when missing."""
+        name = None if refresh else self._pgmq_names.get(queue)
+        if name is None:
+            check_queue_name(queue)
+            name = str(self.db().execute(_Q["ensure"], {"queue": queue,
+                                                        "expires_ms": expires_ms}).fetchone()[0])
+            if len(self._pgmq_names) >= _CACHE_LIMIT:
+                self._pgmq_names.clear()
+                self._statements.clear()
+            self._pgmq_names[queue] = name
+        return name
+
+    def statement(self, kind: str, queue: str) -> sql.Composed:
+        """Statement ``kind`` of tables.sql on ``queue``'s pgmq table (cached)."""
+        key = (kind, queue)
+        stmt = self._statements.get(key)
+        if stmt is None:
+            stmt = sql.SQL(_T[kind]).format(queue=sql.Identifier(*queue_table(
+                self.pgmq_name(queue))))
+            self._statements[key] = stmt
+        return stmt
+
+    def forget_queue(self, queue: str) -> None:
+        """Drop cached names and statements of ``queue`` (it was dropped or recreated)."""
+        self._pgmq_names.pop(queue, None)
+        for kind in _T:
+            self._statements.pop((kind, queue), None)
 
     def establish_connection(self) -> Any:
         """Connect and check that the swf schema carries the broker's functions."""
@@ -141,9 +183,19 @@ class Transport(virtual.Transport):
             pairs.extend(channel.held())
         return pairs
 
+    def flush_acks(self) -> None:
+        """Write every channel's pending acks (also called by the keeper thread)."""
+        for channel in list(self.channels):
+            if channel._pending_acks:
+                channel.flush_acks()
+
+    def ensure_keeper(self) -> None:
+        """Start the visibility keeper thread unless it runs."""
+        self._ensure_keeper()
+
     def _ensure_keeper(self) -> None:
         if self._keeper is None or not self._keeper.is_alive():
-            self._keeper = VisibilityKeeper(self.dsn, self._held,
+            self._keeper = VisibilityKeeper(self.dsn, self._held, self.flush_acks,
                                             self.options.visibility_timeout,
                                             self.options.extend_every)
             self._keeper.start()
@@ -167,6 +219,7 @@ class Transport(virtual.Transport):
                    if ch._consumers and ch.next_visible is not None]
             if due:
                 wait = min(wait, min(due) + 0.002)
+            self.flush_acks()
             if timeout is not None:
                 remaining = timeout - (monotonic() - start)
                 if remaining <= 0:

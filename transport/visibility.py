@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 
 from swf_celery import queries
+from swf_celery.errors import SwfError
 
 logger = logging.getLogger(__name__)
 _Q = queries.load("swf_celery.transport", "queries.sql")
@@ -29,10 +30,12 @@ class VisibilityKeeper(threading.Thread):
     """Extends held messages every ``interval`` seconds until :meth:`stop`."""
 
     def __init__(self, dsn: str, held: Callable[[], Iterable[tuple[str, int]]],
-                 visibility_timeout: float, interval: float) -> None:
+                 flush_acks: Callable[[], None], visibility_timeout: float,
+                 interval: float) -> None:
         super().__init__(name="swf-visibility", daemon=True)
         self._dsn = dsn
         self._held = held
+        self._flush_acks = flush_acks
         self._vt = visibility_timeout
         self._interval = interval
         self._stopped = threading.Event()
@@ -47,7 +50,7 @@ class VisibilityKeeper(threading.Thread):
         while not self._stopped.wait(self._interval):
             try:
                 self.tick()
-            except psycopg.Error as exc:
+            except (psycopg.Error, SwfError) as exc:
                 # The database may be restarting: kombu reconnects the consumer; here we
                 # retry on the next tick with a fresh connection.
                 logger.warning("swf broker: visibility extension failed: %s", exc)
@@ -56,6 +59,9 @@ class VisibilityKeeper(threading.Thread):
 
     def tick(self) -> int:
         """Extend every held message once; returns how many were extended."""
+        # Acks are written by the consuming thread before it reads or sleeps; a consumer
+        # that does neither (basic_get, then a long pause) gets them written here.
+        self._flush_acks()
         pairs = list(self._held())
         conn = self._connection()
         extended = 0
