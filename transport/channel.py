@@ -54,8 +54,6 @@ class Channel(virtual.Channel):
         self._noack_queues: set[str] = set()
         self._bindings_cache: dict[str, tuple[float, list[tuple[str, str | None, str]]]] = {}
         self._rotation = 0
-        #: Seconds until the earliest hidden message of our queues is due (None: none known).
-        self.next_visible: float | None = None
         #: Acks not yet written: (queue, msg_id). Appended by any thread, flushed in one
         #: statement per queue by the consuming thread before it reads or sleeps.
         self._pending_acks: deque[tuple[str, int]] = deque()
@@ -211,19 +209,16 @@ class Channel(virtual.Channel):
             return self.options.read_batch
         return min(int(estimate), self.options.read_batch)
 
-    def _read(self, queues: list[str], qty: int, *, arm: bool,
+    def _read(self, queues: list[str], qty: int,
               no_ack: Iterable[bool] | None = None) -> list[tuple[str, dict[str, Any]]]:
         flags = list(no_ack) if no_ack is not None else [q in self._noack_queues for q in queues]
-        out = self._read_once(queues, flags, qty)
-        if not out and arm:
-            # Nothing there: mark the queues as waited on, then read once more so that a
-            # message committed meanwhile is seen now or wakes us (sql/0002_transport.sql).
-            wait = self._execute("arm", {"queues": queues}).fetchone()[0]
-            out = self._read_once(queues, flags, qty)
-            self.next_visible = None if out else wait
-        elif out:
-            self.next_visible = None
-        return out
+        return self._read_once(queues, flags, qty)
+
+    def consumed_queues(self) -> list[str]:
+        """Queues this channel reads now (it has consumers and prefetch capacity)."""
+        if not self._consumers or not self.qos.can_consume():
+            return []
+        return list(dict.fromkeys(self._active_queues))
 
     def _read_once(self, queues: list[str], flags: list[bool],
                    qty: int) -> list[tuple[str, dict[str, Any]]]:
@@ -279,14 +274,14 @@ class Channel(virtual.Channel):
         if len(unique) > 1:  # rotate so that no queue starves the others
             self._rotation = (self._rotation + 1) % len(unique)
             unique = unique[self._rotation:] + unique[:self._rotation]
-        got = self._read(unique, qty, arm=self.options.wakeups)
+        got = self._read(unique, qty)
         if not got:
             raise Empty()
         for queue, payload in got:
             self.connection._deliver(payload, queue)
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
-        got = self._read([check_queue_name(queue)], 1, arm=False)
+        got = self._read([check_queue_name(queue)], 1)
         if not got:
             raise Empty()
         return got[0][1]
@@ -294,7 +289,7 @@ class Channel(virtual.Channel):
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
         """Get one message synchronously (no_ack: removed at once)."""
         self.flush_acks()
-        got = self._read([check_queue_name(queue)], 1, arm=False, no_ack=[no_ack])
+        got = self._read([check_queue_name(queue)], 1, no_ack=[no_ack])
         if not got:
             return None
         message = self.Message(got[0][1], channel=self)

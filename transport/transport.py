@@ -205,24 +205,36 @@ class Transport(virtual.Transport):
         super()._deliver(message, queue)
 
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:
-        """Deliver one batch; sleep on LISTEN (or poll) while there is nothing to read."""
+        """Deliver one batch; sleep on LISTEN (or poll) while there is nothing to read.
+
+        Before sleeping, the consumed queues are armed (``swf.queue_arm``) and read once more:
+        a message committed meanwhile is then either read or wakes us. Arming happens only
+        on the way to sleep, never between a wake-up and the read it triggers.
+        """
         start = monotonic()
         get = self.cycle.get
+        armed = False
+        due: float | None = None
         while True:
             try:
                 get(self._deliver, timeout=timeout)
                 return
             except Empty:
                 pass
-            wait = self.polling_interval or 1.0
-            due = [ch.next_visible for ch in self.channels
-                   if ch._consumers and ch.next_visible is not None]
-            if due:
-                wait = min(wait, min(due) + 0.002)
             self.flush_acks()
+            if self.options.wakeups and not armed:
+                queues = sorted({q for ch in self.channels for q in ch.consumed_queues()})
+                if queues:
+                    due = self.db().execute(_Q["arm"], {"queues": queues}).fetchone()[0]
+                    armed = True
+                    continue  # the read after arming (see the docstring)
+            wait = self.polling_interval or 1.0
+            if due is not None:
+                wait = min(wait, due + 0.002)
             if timeout is not None:
                 remaining = timeout - (monotonic() - start)
                 if remaining <= 0:
                     raise socket.timeout()
                 wait = min(wait, remaining)
             self.listener().wait(wait)
+            armed, due = False, None
