@@ -11,10 +11,10 @@ import psycopg
 import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from psycopg.types.json import Jsonb
+from swf_celery.transport import Transport
 
 import swf_celery  # noqa: F401 - registers swf://
 from swf_celery.errors import ConfigurationError
-from swf_celery.transport import Transport
 
 
 @pytest.fixture
@@ -84,8 +84,8 @@ def test_broker_transport_class_path_with_postgresql_url(db_url: str) -> None:
 
 def test_bad_option_is_named() -> None:
     with pytest.raises(ConfigurationError, match="visibility_timeout"):
-        Connection("swf://localhost/x",
-                   transport_options={"visibility_timeout": "soon"}).transport  # noqa: B018
+        _ = Connection("swf://localhost/x",
+                       transport_options={"visibility_timeout": "soon"}).transport
 
 
 def test_publish_consume_ack_size_purge(connections: Any, broker_url: str) -> None:

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 from kombu.transport import virtual
 from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
+from swf_celery.transport.names import check_queue_name, listen_channel
 
 from swf_celery import queries
 from swf_celery.errors import MessageError, QueueNameError
-from swf_celery.transport.names import check_queue_name, listen_channel
 
 if TYPE_CHECKING:
     from swf_celery.transport.transport import Transport
@@ -224,7 +224,7 @@ class Channel(virtual.Channel):
                    qty: int) -> list[tuple[str, dict[str, Any]]]:
         out: list[tuple[str, dict[str, Any]]] = []
         limit = self.options.max_deliveries
-        for queue, noack in zip(queues, flags):
+        for queue, noack in zip(queues, flags, strict=True):
             if len(out) >= qty:
                 break
             rows = self._on_table("pop" if noack else "read", queue,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 from queue import Empty
 from time import monotonic
@@ -13,15 +12,15 @@ import psycopg
 from kombu.transport import virtual
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-
-from swf_celery import queries
-from swf_celery.db import normalize_dsn
-from swf_celery.errors import DatabaseError, DatabaseUnavailable, SchemaNotMigrated
 from swf_celery.transport.channel import Channel
 from swf_celery.transport.listener import Listener
 from swf_celery.transport.names import check_queue_name, queue_table
 from swf_celery.transport.options import Options
 from swf_celery.transport.visibility import VisibilityKeeper
+
+from swf_celery import queries
+from swf_celery.db import normalize_dsn
+from swf_celery.errors import DatabaseError, DatabaseUnavailable, SchemaNotMigrated
 
 _Q = queries.load("swf_celery.transport", "queries.sql")
 _T = queries.load("swf_celery.transport", "tables.sql")
@@ -34,8 +33,12 @@ class Transport(virtual.Transport):
     """kombu transport over pgmq (see the package docstring for URL form and options)."""
 
     Channel = Channel
+    # kombu declares these as None on the base class.
+    client: Any
+    channels: list[Any]  # type: ignore[assignment]
+    cycle: Any
 
-    default_port = DEFAULT_PORT
+    default_port = DEFAULT_PORT  # type: ignore[assignment]
     driver_type = "swf"
     driver_name = "psycopg"
     can_parse_url = False
@@ -48,8 +51,9 @@ class Transport(virtual.Transport):
 
     connection_errors = virtual.Transport.connection_errors + (
         psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable, OSError,
-    )
-    channel_errors = virtual.Transport.channel_errors + (psycopg.DatabaseError, DatabaseError)
+    )  # type: ignore[assignment]
+    channel_errors = virtual.Transport.channel_errors + (  # type: ignore[assignment]
+        psycopg.DatabaseError, DatabaseError)
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
@@ -101,7 +105,8 @@ class Transport(virtual.Transport):
         if name is None:
             check_queue_name(queue)
             name = str(self.db().execute(_Q["ensure"], {"queue": queue,
-                                                        "expires_ms": expires_ms}).fetchone()[0])
+                                                        "expires_ms": expires_ms}
+                                             ).fetchone()[0])  # type: ignore[index]
             if len(self._pgmq_names) >= _CACHE_LIMIT:
                 self._pgmq_names.clear()
                 self._statements.clear()
@@ -204,7 +209,8 @@ class Transport(virtual.Transport):
         self._ensure_keeper()
         super()._deliver(message, queue)
 
-    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+    def drain_events(  # type: ignore[override]
+            self, connection: Any, timeout: float | None = None) -> None:
         """Deliver one batch; sleep on LISTEN (or poll) while there is nothing to read.
 
         Before sleeping, the consumed queues are armed (``swf.queue_arm``) and read once more:
@@ -225,7 +231,8 @@ class Transport(virtual.Transport):
             if self.options.wakeups and not armed:
                 queues = sorted({q for ch in self.channels for q in ch.consumed_queues()})
                 if queues:
-                    due = self.db().execute(_Q["arm"], {"queues": queues}).fetchone()[0]
+                    row = self.db().execute(_Q["arm"], {"queues": queues}).fetchone()
+                    due = row[0] if row else None
                     armed = True
                     continue  # the read after arming (see the docstring)
             wait = self.polling_interval or 1.0
@@ -234,7 +241,7 @@ class Transport(virtual.Transport):
             if timeout is not None:
                 remaining = timeout - (monotonic() - start)
                 if remaining <= 0:
-                    raise socket.timeout()
+                    raise TimeoutError()
                 wait = min(wait, remaining)
             self.listener().wait(wait)
             armed, due = False, None

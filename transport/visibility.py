@@ -69,7 +69,8 @@ class VisibilityKeeper(threading.Thread):
             queues = [q for q, _ in pairs]
             ids = [i for _, i in pairs]
             extended = conn.execute(_Q["extend"], {"queues": queues, "ids": ids,
-                                                   "vt": self._vt}).fetchone()[0]
+                                                   "vt": self._vt}
+                                    ).fetchone()[0]  # type: ignore[index]
         now = time.monotonic()
         if now - self._last_reap >= REAP_EVERY:
             self._last_reap = now
