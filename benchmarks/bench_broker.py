@@ -153,6 +153,7 @@ def _fmt(value: float, spec: str) -> str:
 def run(database_url: str) -> str:
     brokers = _brokers(database_url)
     best: dict[str, dict[str, float]] = {}
+    every: dict[str, list[dict[str, float]]] = {}
     errors: dict[str, str] = {}
     for round_no in range(ROUNDS):
         order = list(brokers) if round_no % 2 == 0 else list(reversed(brokers))
@@ -164,6 +165,7 @@ def run(database_url: str) -> str:
                 errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                 continue
             print(f"      {m}", flush=True)
+            every.setdefault(name, []).append(m)
             prev = best.get(name)
             if prev is None:
                 best[name] = m
@@ -175,10 +177,11 @@ def run(database_url: str) -> str:
     for mode in ("wakeups-off", "wakeups-on", "notify-every-insert"):
         print(f"   enqueue rate: {mode}", flush=True)
         rates[mode] = _enqueue_rate(database_url, mode)
-    return _section(best, errors, rates)
+    return _section(best, every, errors, rates)
 
 
-def _section(best: dict[str, dict[str, float]], errors: dict[str, str],
+def _section(best: dict[str, dict[str, float]], every: dict[str, list[dict[str, float]]],
+             errors: dict[str, str],
              rates: dict[str, tuple[float, int | None]]) -> str:
     lines = [
         "## Broker (`bench_broker`)",
@@ -198,6 +201,12 @@ def _section(best: dict[str, dict[str, float]], errors: dict[str, str],
     for name, err in errors.items():
         if name not in best:
             lines.append(f"| {name} | failed: {err} | | | |")
+    lines += ["", "Every round (the machine is shared with other work; rounds vary):", "",
+              "| broker | throughput per round | p50 per round (ms) |", "|---|---|---|"]
+    for name, ms in every.items():
+        per_round = " / ".join(format(m["throughput"], ".0f") for m in ms)
+        p50s = " / ".join(format(m["p50"], ".2f") for m in ms)
+        lines.append(f"| {name} | {per_round} | {p50s} |")
     swf = best.get("swf (this project)", {})
     redis = best.get("Redis", {})
     pgmq = best.get("kombu pgmq (use_notify)", {})
