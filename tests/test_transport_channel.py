@@ -235,3 +235,18 @@ def test_held_message_is_extended_beyond_the_visibility_timeout(connections: Any
     assert drain(other, q, expect=1, timeout=3) == []
     got[0][1].ack()  # written by the holder's keeper: the holder never reads again
     assert drain(other, q, expect=1, timeout=2.5) == []
+
+
+def test_unconsumed_expiring_queue_is_dropped_and_skipped_by_fanout(connections: Any,
+                                                                    broker_url: str) -> None:
+    conn = connections()
+    fx = Exchange("bcast2", type="fanout")
+    live, gone = Queue("live.pidbox", fx), Queue("dead.pidbox", fx, expires=0.5)
+    live(conn.channel()).declare()
+    gone(conn.channel()).declare()
+    time.sleep(1.0)  # nobody consumed "dead.pidbox" for longer than its x-expires
+    Producer(conn.channel()).publish({"ping": 1}, exchange=fx, declare=[fx])
+    assert sql(broker_url, "SELECT swf.queue_size('dead.pidbox')") == [(0,)]
+    assert sql(broker_url, "SELECT swf.queue_reap()") == [(1,)]
+    assert sql(broker_url, "SELECT name FROM swf.queues ORDER BY name") == [("live.pidbox",)]
+    assert [b for b, _ in drain(conn, live, expect=1)] == [{"ping": 1}]

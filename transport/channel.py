@@ -20,6 +20,7 @@ from queue import Empty
 from typing import TYPE_CHECKING, Any
 
 from kombu.transport import virtual
+from kombu.transport.base import to_rabbitmq_queue_arguments
 from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 from swf_celery.transport.names import check_queue_name, listen_channel
@@ -85,10 +86,16 @@ class Channel(virtual.Channel):
             self.connection.forget_queue(queue)
             return db.execute(self.connection.statement(kind, queue), params)
 
+    def prepare_queue_arguments(self, arguments: Any, **kwargs: Any) -> Any:
+        """Queue options as RabbitMQ spells them (``expires`` becomes ``x-expires``, in ms)."""
+        return to_rabbitmq_queue_arguments(arguments, **kwargs)
+
     def _new_queue(self, queue: str, **kwargs: Any) -> None:
         arguments = kwargs.get("arguments") or {}
         expires = arguments.get("x-expires")
         self.pgmq_name(queue, int(expires) if expires else None)
+        if expires:
+            self.connection.expiring.add(queue)
 
     def _has_queue(self, queue: str, **kwargs: Any) -> bool:
         check_queue_name(queue)
@@ -193,6 +200,7 @@ class Channel(virtual.Channel):
             self._noack_queues.add(queue)
         if self.options.wakeups:
             self.connection.listen(listen_channel(self.pgmq_name(queue)))
+        self.connection.ensure_keeper()
         return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
 
     def basic_cancel(self, consumer_tag: str) -> Any:

@@ -60,3 +60,7 @@ SELECT swf.queue_arm(%(queues)s);
 
 -- name: session
 SELECT set_config('synchronous_commit', 'off', false);
+
+-- name: touch
+UPDATE swf.queues SET last_active = clock_timestamp()
+ WHERE name = ANY (%(queues)s) AND expires_ms IS NOT NULL;

@@ -65,6 +65,8 @@ class Transport(virtual.Transport):
         self._keeper: VisibilityKeeper | None = None
         self._pgmq_names: dict[str, str] = {}
         self._statements: dict[tuple[str, str], sql.Composed] = {}
+        #: Queues declared with x-expires; consuming them keeps them alive (see _touch).
+        self.expiring: set[str] = set()
 
     # -- connections ------------------------------------------------------------------------
 
@@ -182,7 +184,8 @@ class Transport(virtual.Transport):
         if self._listener is not None:
             self._listener.poke()
 
-    def _held(self) -> list[tuple[str, int]]:
+    def held(self) -> list[tuple[str, int]]:
+        """(queue, msg_id) of every message the channels hold unacknowledged."""
         pairs: list[tuple[str, int]] = []
         for channel in list(self.channels):
             pairs.extend(channel.held())
@@ -196,18 +199,19 @@ class Transport(virtual.Transport):
 
     def ensure_keeper(self) -> None:
         """Start the visibility keeper thread unless it runs."""
-        self._ensure_keeper()
-
-    def _ensure_keeper(self) -> None:
         if self._keeper is None or not self._keeper.is_alive():
-            self._keeper = VisibilityKeeper(self.dsn, self._held, self.flush_acks,
-                                            self.options.visibility_timeout,
+            self._keeper = VisibilityKeeper(self, self.options.visibility_timeout,
                                             self.options.extend_every)
             self._keeper.start()
 
     def _deliver(self, message: Any, queue: str) -> None:
-        self._ensure_keeper()
+        self.ensure_keeper()
         super()._deliver(message, queue)
+
+    def consumed_expiring(self) -> list[str]:
+        """Consumed queues declared with x-expires (kept alive by the keeper)."""
+        return sorted({q for ch in list(self.channels) for q in list(ch._active_queues)
+                       if q in self.expiring})
 
     def drain_events(  # type: ignore[override]
             self, connection: Any, timeout: float | None = None) -> None:
