@@ -30,7 +30,7 @@ from tests.celery_worker import worker_process
 
 TASKS = 2000
 ROUND_TRIPS = 200
-ROUNDS = 2
+ROUNDS = 3
 REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379")
 RABBIT = os.environ.get("BENCH_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672//")
 BACKEND = f"{REDIS}/13"
