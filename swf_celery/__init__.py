@@ -11,7 +11,13 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from kombu.transport import TRANSPORT_ALIASES
+
 from swf_celery.errors import SwfError
+
+# kombu has no entry point for transports: registering the alias on import is the
+# documented way (kombu.transport.TRANSPORT_ALIASES). kombu's own "pgmq" alias is untouched.
+TRANSPORT_ALIASES["swf"] = "swf_celery.transport:Transport"
 
 __version__ = "0.1.0"
 
