@@ -55,31 +55,31 @@ def make_app(database_url: str, queue: str, **conf: Any) -> Celery:
 def register_tasks(app: Celery) -> None:
     """Define the test tasks on ``app``."""
 
-    @app.task(name="t.add")
+    @app.task(name="t.add", shared=False)
     def add(x: int, y: int) -> int:
         return x + y
 
-    @app.task(name="t.tsum")
+    @app.task(name="t.tsum", shared=False)
     def tsum(values: list[Any]) -> Any:
         return sum(_flatten(values))
 
-    @app.task(name="t.noop")
+    @app.task(name="t.noop", shared=False)
     def noop() -> None:
         return None
 
-    @app.task(name="t.echo")
+    @app.task(name="t.echo", shared=False)
     def echo(value: Any) -> Any:
         return value
 
-    @app.task(name="t.fail")
+    @app.task(name="t.fail", shared=False)
     def fail(message: str) -> None:
         raise ValueError(message)
 
-    @app.task(name="t.big")
+    @app.task(name="t.big", shared=False)
     def big(size: int) -> str:
         return "x" * size
 
-    @app.task(name="t.wait_for_file")
+    @app.task(name="t.wait_for_file", shared=False)
     def wait_for_file(path: str, value: Any = None, limit: float = 60.0) -> Any:
         deadline = time.monotonic() + limit
         while not os.path.exists(path):
@@ -88,19 +88,19 @@ def register_tasks(app: Celery) -> None:
             time.sleep(0.05)
         return value
 
-    @app.task(name="t.retry_until_file", bind=True, max_retries=None)
+    @app.task(name="t.retry_until_file", shared=False, bind=True, max_retries=None)
     def retry_until_file(self: Any, path: str, value: Any = None) -> Any:
         if not os.path.exists(path):
             raise self.retry(countdown=0.2)
         return value
 
-    @app.task(name="t.record_failure")
+    @app.task(name="t.record_failure", shared=False)
     def record_failure(task_id: str, directory: str) -> str:
         # Old-style errback: applied as a task with the failed task's id.
         Path(directory, task_id).write_text("failed")
         return task_id
 
-    @app.task(name="t.record_error")
+    @app.task(name="t.record_error", shared=False)
     def record_error(request: Any, exc: BaseException, traceback: Any, directory: str) -> None:
         # New-style errback: called in the worker with the request and the exception.
         Path(directory, request.id).write_text(f"{type(exc).__name__}: {exc}")

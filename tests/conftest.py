@@ -139,8 +139,18 @@ def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = PrivateServer(str(tmp_path_factory.mktemp("private-pg")), port)
+    # Not under pytest's basetemp: a concurrent pytest session of the same user resets
+    # /tmp/pytest-of-<user> to 0700, which locks the unprivileged server user (root
+    # runs) out of its own data directory.
+    import shutil
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="swf-private-pg-")
+    server = PrivateServer(home, port)
     server.start()
-    migrate.migrate(server.url)
-    yield server
-    server.stop()
+    try:
+        migrate.migrate(server.url)
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
