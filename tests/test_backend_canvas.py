@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (fixtures imported from tests.backend_fixtures are arguments)
 """Canvas on the swf result backend with a real in-process worker.
 
 Chords complete through the Postgres counter: no ``celery.chord_unlock`` task is ever

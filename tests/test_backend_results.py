@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (fixtures imported from tests.backend_fixtures are arguments)
 """The swf result backend with a real in-process worker: single results and their states."""
 
 from __future__ import annotations
