@@ -30,6 +30,12 @@ Options (``result_backend_transport_options``)
         Seconds a store/read keeps retrying while PostgreSQL is unreachable.
     ``cleanup_batch`` (10000)
         Rows deleted per statement by :meth:`SwfBackend.cleanup`.
+    ``synchronous_commit`` ("off")
+        PostgreSQL's ``synchronous_commit`` for storing results and chord parts (that
+        transaction only). "off" skips the WAL flush wait (about 1 ms per result on this
+        machine): a crash of the *server* (not of a worker) may lose results committed in
+        the last ~0.6 s, never corrupts anything, and loses less than Redis's default
+        snapshotting. Set "on" for results that must survive a server crash.
 """
 
 from __future__ import annotations
@@ -60,6 +66,8 @@ logger = get_logger(__name__)
 
 _Q = queries.load("swf_celery", "backend.sql")
 
+_SYNCHRONOUS_COMMIT = ("off", "local", "remote_write", "remote_apply", "on")
+
 #: How long the done marker of a finished chord outlives it (late header copies).
 CHORD_DONE_SECONDS = 3600.0
 
@@ -85,6 +93,11 @@ class SwfBackend(Backend, AsyncBackendMixin):
         options = self.app.conf.get("result_backend_transport_options") or {}
         self.retry_timeout = float(options.get("retry_timeout", 30.0))
         self.cleanup_batch = int(options.get("cleanup_batch", 10000))
+        self.synchronous_commit = str(options.get("synchronous_commit", "off"))
+        if self.synchronous_commit not in _SYNCHRONOUS_COMMIT:
+            raise ConfigurationError(
+                f"result_backend_transport_options synchronous_commit="
+                f"{self.synchronous_commit!r}: use one of {', '.join(_SYNCHRONOUS_COMMIT)}")
         failure_expires = self.app.conf.get("result_failure_expires")
         self.failure_expires = (self.expires if failure_expires is None
                                 else self.prepare_expires(failure_expires, type=float))
@@ -155,6 +168,7 @@ class SwfBackend(Backend, AsyncBackendMixin):
             "parent_id": meta.get("parent_id"),
             "ready": state in states.READY_STATES,
             "expires": self._expires(state),
+            "synchronous_commit": self.synchronous_commit,
         })
         return result
 
@@ -271,6 +285,7 @@ class SwfBackend(Backend, AsyncBackendMixin):
             # after it, a redelivered header part may take the callback over.
             "claim_seconds": max(60.0, 2 * float(join_timeout)),
             "expires": self._chord_expires(),
+            "synchronous_commit": self.synchronous_commit,
         }, fetch="one")
         if ready == -1 or not claimed:
             return

@@ -20,8 +20,10 @@ WITH stored AS (
     WHERE r.status <> 'SUCCESS'
     RETURNING r.task_id
 )
+-- set_config: the synchronous_commit option for this transaction only, in this same
+-- statement (no extra round trip).
 SELECT pg_notify('swf_results', CASE WHEN octet_length(task_id) < 7900 THEN task_id ELSE '' END)
-FROM stored;
+FROM stored, set_config('synchronous_commit', %(synchronous_commit)s, true);
 
 -- name: get_result
 SELECT payload FROM swf.task_results WHERE task_id = %(task_id)s;
@@ -71,7 +73,8 @@ ON CONFLICT (group_id) DO UPDATE SET extra = c.extra + 1;
 
 -- name: chord_part_return
 SELECT ready, total, claimed
-FROM swf.chord_part_return(%(group_id)s, %(task_id)s, %(group_index)s, %(state)s,
+FROM set_config('synchronous_commit', %(synchronous_commit)s, true),
+     swf.chord_part_return(%(group_id)s, %(task_id)s, %(group_index)s, %(state)s,
                            %(payload)s, %(token)s, %(claim_seconds)s, %(expires)s);
 
 -- name: chord_header

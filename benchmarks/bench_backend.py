@@ -1,0 +1,165 @@
+"""Result backend benchmark: swf backend vs Celery's Redis and database backends.
+
+For each system a real ``celery worker`` (prefork, concurrency 2) runs no-op tasks and this
+process is the client:
+
+- join: a group of 2000 no-op tasks, sent and joined (``GroupResult.get()``, which is
+  ``join_native`` where the backend supports it); tasks/s from first send to last result;
+- round trip: 200 sequential ``noop.delay().get()``, p50/p95;
+- chord: a chord of 500 no-op tasks, time from send to the callback's result.
+
+All three workers run at once and the measurements alternate between systems round by
+round, so background load hits them alike. The broker is the same for every system:
+the swf broker when ``swf_celery.transport`` provides one, else Redis.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import Any
+
+from celery import chord, group
+
+from benchmarks.bench_app import make_app
+from benchmarks.stats import summary_ms
+from tests.backend_app import broker_url
+from tests.celery_worker import worker_process
+
+REDIS_BROKER = "redis://127.0.0.1:6379/13"
+REDIS_BACKEND = "redis://127.0.0.1:6379/14"
+JOIN_TASKS = 2000
+ROUND_TRIPS = 200
+CHORD_TASKS = 500
+ROUNDS = 3
+
+
+def _systems(database_url: str) -> list[tuple[str, str, str]]:
+    broker = broker_url(database_url)
+    if broker.startswith("redis://"):
+        broker = REDIS_BROKER
+    swf = database_url.replace("postgresql://", "swf://", 1)
+    dbpg = database_url.replace("postgresql://", "db+postgresql+psycopg://", 1)
+    return [
+        ("swf backend", broker, swf),
+        ("Redis backend (Redis broker)", REDIS_BROKER, REDIS_BACKEND),
+        ("Celery db+postgresql+psycopg backend", broker, dbpg),
+    ]
+
+
+def _join(app: Any) -> float:
+    noop = app.tasks["bench.noop"]
+    start = time.perf_counter()
+    result = group(noop.s() for _ in range(JOIN_TASKS)).apply_async()
+    result.get(timeout=600)
+    return JOIN_TASKS / (time.perf_counter() - start)
+
+
+def _round_trips(app: Any) -> dict[str, float]:
+    noop = app.tasks["bench.noop"]
+    times = []
+    for _ in range(ROUND_TRIPS):
+        start = time.perf_counter()
+        noop.delay().get(timeout=60)
+        times.append(time.perf_counter() - start)
+    return summary_ms(times)
+
+
+def _chord(app: Any) -> float:
+    noop = app.tasks["bench.noop"]
+    start = time.perf_counter()
+    chord([noop.s() for _ in range(CHORD_TASKS)], noop.s())().get(timeout=600)
+    return time.perf_counter() - start
+
+
+def _flush_redis() -> None:
+    import redis
+
+    for url in (REDIS_BROKER, REDIS_BACKEND):
+        redis.Redis.from_url(url).flushdb()
+
+
+def run(database_url: str) -> str:
+    _flush_redis()
+    systems = _systems(database_url)
+    results: dict[str, dict[str, list[Any]]] = {name: {"join": [], "rt": [], "chord": []}
+                                                 for name, _, _ in systems}
+    with ExitStack() as stack:
+        apps = {}
+        for name, broker, backend in systems:
+            queue = f"bench-backend-{uuid.uuid4().hex[:8]}"
+            env = {"BENCH_BROKER": broker, "BENCH_BACKEND": backend, "BENCH_QUEUE": queue}
+            stack.enter_context(worker_process("benchmarks.bench_app", queues=[queue],
+                                               env=env, concurrency=2,
+                                               hostname=f"{queue}@%h"))
+            apps[name] = make_app(broker, backend, queue)
+            for _ in range(10):  # warm-up: connections, prepared statements
+                apps[name].tasks["bench.noop"].delay().get(timeout=60)
+        measures: list[tuple[str, Callable[[Any], Any]]] = [
+            ("rt", _round_trips), ("join", _join), ("chord", _chord)]
+        for round_ in range(ROUNDS):
+            for key, measure in measures:
+                for name, _, _ in systems:
+                    # Celery's database backend polls: one round of it is enough to see.
+                    if name.startswith("Celery db") and round_ > 0:
+                        continue
+                    value = measure(apps[name])
+                    results[name][key].append(value)
+                    print(f"  round {round_ + 1} {key:5} {name}: {value}", flush=True)
+        for app in apps.values():
+            app.close()
+    return _report(systems, results)
+
+
+def _report(systems: list[tuple[str, str, str]], results: dict[str, dict[str, list[Any]]]
+            ) -> str:
+    def median(values: list[float]) -> float:
+        return statistics.median(values)
+
+    rows = []
+    summary: dict[str, dict[str, float]] = {}
+    for name, broker, _backend in systems:
+        r = results[name]
+        s = {
+            "join": median(r["join"]),
+            "p50": median([x["p50"] for x in r["rt"]]),
+            "p95": median([x["p95"] for x in r["rt"]]),
+            "chord": median(r["chord"]),
+        }
+        summary[name] = s
+        broker_name = "swf" if broker.startswith("swf://") else "Redis"
+        rows.append(f"| {name} | {broker_name} | {s['join']:.0f} | {s['p50']:.1f} | "
+                    f"{s['p95']:.1f} | {s['chord'] * 1000:.0f} |")
+    ours, redis_, dbpg = (summary[n] for n, _, _ in systems)
+    checks = [
+        ("join throughput >= Redis", ours["join"] >= redis_["join"],
+         f"{ours['join'] / redis_['join']:.2f}x Redis"),
+        ("p95 round trip <= 2x Redis", ours["p95"] <= 2 * redis_["p95"],
+         f"{ours['p95'] / redis_['p95']:.2f}x Redis"),
+        ("chord time <= Redis", ours["chord"] <= redis_["chord"],
+         f"{ours['chord'] / redis_['chord']:.2f}x Redis"),
+        (">= 5x Celery's database backend throughput", ours["join"] >= 5 * dbpg["join"],
+         f"{ours['join'] / dbpg['join']:.1f}x"),
+    ]
+    lines = [
+        "## Result backend (`bench_backend`)",
+        "",
+        "Client in one process, one real `celery worker` per system (prefork, concurrency "
+        f"2), all running at once; measurements alternate between systems, {ROUNDS} rounds "
+        "(Celery's database backend: 1 round), medians shown. Same broker for every "
+        "system except where named.",
+        "",
+        f"| system | broker | join {JOIN_TASKS} (tasks/s) | round trip p50 (ms) | "
+        f"round trip p95 (ms) | chord {CHORD_TASKS} send→callback (ms) |",
+        "|---|---|---:|---:|---:|---:|",
+        *rows,
+        "",
+        "| target | met | measured |",
+        "|---|---|---|",
+        *[f"| {what} | {'yes' if ok else '**no**'} | {detail} |" for what, ok, detail in checks],
+        "",
+    ]
+    return "\n".join(lines)
