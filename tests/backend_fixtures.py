@@ -31,7 +31,7 @@ def backend_db(server_url: str, template_db: str) -> Iterator[str]:
 def celery_app(backend_db: str) -> Iterator[Celery]:
     app = make_app(backend_db, f"backend-{uuid.uuid4().hex[:12]}")
     yield app
-    app.backend.result_consumer.stop()
+    app.backend.close()
     app.close()
 
 

@@ -37,7 +37,7 @@ def test_prefork_worker_process(db_url):
             print(read_log(proc)[-4000:])
             raise
         finally:
-            app.backend.result_consumer.stop()
+            app.backend.close()
         assert "chord_unlock" not in read_log(proc)
 
 
@@ -69,5 +69,5 @@ def test_get_returns_after_database_restart(private_server, tmp_path):
         private_server.restart()
         flag.touch()  # the task finishes and stores its result after the restart
         waiter.join(90)
-        app.backend.result_consumer.stop()
+        app.backend.close()
     assert outcome == {"value": "after restart"}
