@@ -88,7 +88,7 @@ def test_retry_state(celery_app, worker, tmp_path, backend_db):
 
 def test_revoked_state(celery_app, worker):
     task_id = str(uuid.uuid4())
-    replies = celery_app.control.revoke(task_id, reply=True, timeout=5)
+    replies = celery_app.control.revoke(task_id, reply=True, timeout=5, limit=1)
     assert replies, "the worker did not acknowledge the revoke"
     result = celery_app.tasks["t.add"].apply_async((1, 1), task_id=task_id)
     with pytest.raises(TaskRevokedError):
