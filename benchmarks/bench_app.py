@@ -11,6 +11,7 @@ from typing import Any
 
 from celery import Celery
 
+import swf_celery  # noqa: F401 - registers the swf:// kombu transport
 
 def make_app(broker: str, backend: str, queue: str) -> Celery:
     """An app with the benchmark's tasks on ``queue``."""
