@@ -13,6 +13,7 @@ from celery import Celery
 
 import swf_celery  # noqa: F401 - registers the swf:// kombu transport
 
+
 def make_app(broker: str, backend: str, queue: str) -> Celery:
     """An app with the benchmark's tasks on ``queue``."""
     app = Celery("bench_backend", broker=broker, backend=backend, set_as_current=False)
