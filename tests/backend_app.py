@@ -94,6 +94,12 @@ def register_tasks(app: Celery) -> None:
             raise self.retry(countdown=0.2)
         return value
 
+    @app.task(name="t.append_line", shared=False)
+    def append_line(values: Any, path: str) -> Any:
+        with open(path, "a") as f:
+            f.write(f"{values!r}\n")
+        return values
+
     @app.task(name="t.record_failure", shared=False)
     def record_failure(task_id: str, directory: str) -> str:
         # Old-style errback: applied as a task with the failed task's id.

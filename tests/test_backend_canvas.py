@@ -7,9 +7,12 @@ sent, which each chord test checks on the worker's task statistics.
 
 from __future__ import annotations
 
+import threading
+import uuid
+
 import psycopg
 import pytest
-from celery import chain, chord, group
+from celery import chain, chord, group, states
 from celery.exceptions import ChordError
 
 from tests.backend_fixtures import backend_db, celery_app, wait_until, worker  # noqa: F401
@@ -127,3 +130,52 @@ def test_chord_callback_failure(t, worker):
     result = chord([t["t.add"].s(1, 1)], t["t.fail"].s())()
     with pytest.raises(ValueError):
         result.get(timeout=30)
+
+
+def _part(group_id, task_id, index, body):
+    from celery.app.task import Context
+
+    return Context(id=task_id, group=group_id, group_index=index, chord=dict(body))
+
+
+def test_header_part_counts_once_and_late_copies_are_ignored(celery_app, worker, backend_db):
+    backend = celery_app.backend
+    group_id = str(uuid.uuid4())
+    body = celery_app.tasks["t.echo"].s()
+    body.freeze()
+    backend.apply_chord((group_id, []), body)
+    backend.set_chord_size(group_id, 2)
+    backend.on_chord_part_return(_part(group_id, "a", 0, body), states.SUCCESS, "A")
+    # A redelivered copy of the same header task (acks_late, lost worker) counts once.
+    backend.on_chord_part_return(_part(group_id, "a", 0, body), states.SUCCESS, "A again")
+    backend.on_chord_part_return(_part(group_id, "b", 1, body), states.SUCCESS, "B")
+    assert celery_app.AsyncResult(body.id).get(timeout=30) == ["A", "B"]
+    # A copy arriving after the callback fired changes nothing.
+    backend.on_chord_part_return(_part(group_id, "b", 1, body), states.SUCCESS, "B late")
+    with psycopg.connect(backend_db) as conn:
+        assert conn.execute("SELECT done, ready FROM swf.chords WHERE group_id = %s",
+                            (group_id,)).fetchone() == (True, 2)
+
+
+def test_concurrent_parts_fire_the_callback_once(celery_app, worker, tmp_path):
+    backend = celery_app.backend
+    group_id = str(uuid.uuid4())
+    out = tmp_path / "callback.log"
+    body = celery_app.tasks["t.append_line"].s(str(out))
+    body.freeze()
+    parts = 200
+    backend.apply_chord((group_id, []), body)
+    backend.set_chord_size(group_id, parts)
+
+    def report(indexes):
+        for i in indexes:
+            backend.on_chord_part_return(_part(group_id, f"t{i}", i, body), states.SUCCESS, i)
+
+    threads = [threading.Thread(target=report, args=(range(k, parts, 8),)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert celery_app.AsyncResult(body.id).get(timeout=30) == list(range(parts))
+    wait_until(out.exists, what="callback output")
+    assert out.read_text().count("\n") == 1

@@ -192,3 +192,21 @@ def test_unreadable_url_is_a_clear_error(celery_app):
 
     with pytest.raises(ConfigurationError, match="swf://"):
         SwfBackend(app=celery_app, url="not a url")
+
+
+def test_synchronous_commit_option(celery_app, backend_db):
+    from celery import Celery
+
+    from swf_celery.errors import ConfigurationError
+
+    app = Celery("sync_commit", set_as_current=False)
+    app.conf.result_backend_transport_options = {"synchronous_commit": "sometimes"}
+    with pytest.raises(ConfigurationError, match="synchronous_commit='sometimes'"):
+        SwfBackend(app=app, url=backend_db.replace("postgresql://", "swf://"))
+    app.conf.result_backend_transport_options = {"synchronous_commit": "on"}
+    backend = SwfBackend(app=app, url=backend_db.replace("postgresql://", "swf://"))
+    try:
+        backend.store_result("sync-on", {"stored": True}, states.SUCCESS)
+        assert backend.get_task_meta("sync-on")["result"] == {"stored": True}
+    finally:
+        backend.close()
