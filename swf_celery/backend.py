@@ -312,6 +312,8 @@ class SwfBackend(Backend, AsyncBackendMixin):
         if not group_id or not task_id:
             return
         group_index = request.group_index
+        # One token per part: if the reply is lost and _execute retries, the retry carries
+        # the same token and recognises its own claim.
         token = uuid4().hex
         join_timeout = self.app.conf.result_chord_join_timeout or 5.0
         payload = self.encode([task_id, state, self.encode_result(result, state)])
