@@ -210,3 +210,20 @@ def test_synchronous_commit_option(celery_app, backend_db):
         assert backend.get_task_meta("sync-on")["result"] == {"stored": True}
     finally:
         backend.close()
+
+
+def test_compressed_results_round_trip(backend_db):
+    from celery import Celery
+
+    app = Celery("compressed", set_as_current=False)
+    app.conf.result_compression = "gzip"
+    backend = SwfBackend(app=app, url=backend_db.replace("postgresql://", "swf://"))
+    try:
+        backend.store_result("gz", "y" * 50_000, states.SUCCESS)
+        with psycopg.connect(backend_db) as conn:
+            size = conn.execute("SELECT octet_length(payload) FROM swf.task_results "
+                                "WHERE task_id = 'gz'").fetchone()[0]
+        assert size < 5_000
+        assert backend.get_task_meta("gz")["result"] == "y" * 50_000
+    finally:
+        backend.close()
