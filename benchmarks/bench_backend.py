@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
+from datetime import datetime, timezone
 from typing import Any
 
 from celery import chord, group
@@ -36,6 +37,36 @@ JOIN_TASKS = 2000
 ROUND_TRIPS = 200
 CHORD_TASKS = 500
 ROUNDS = 3
+
+
+NOTES = """\
+### Where the time goes
+
+Profiled with py-spy and timestamps (separately from the table above):
+
+- **Worker side.** Storing a result is one autocommit statement (upsert + `pg_notify`), the
+  table above shows its cost: cheaper than Redis's GET + SET/PUBLISH in wall time and CPU.
+  Two things mattered: `synchronous_commit` (waiting for the WAL flush costs about 1 ms
+  per result on this disk; it is off by default for result writes, see docs/backend.md)
+  and autocommit (on a transactional pool psycopg sends BEGIN, the statement and COMMIT:
+  three round trips). Of a prefork child's samples during a join, about a third is
+  `store_result`, almost all of it waiting on the socket; the rest is Celery's task
+  tracing and the broker (ack, fetch).
+- **Client wake path.** From the commit of a result to `get()` returning, measured in
+  isolation: NOTIFY arrives in ~0.08 ms, reading the row by id takes ~0.35 ms (one round
+  trip: NOTIFY carries ids, never payloads), Celery's promise machinery ~0.09 ms. This is
+  the "result written→get()" column: a few tenths of a millisecond more than Redis,
+  whose pub/sub message carries the payload.
+- **Throughput** (join of 2000) is bounded by the workers (2 prefork children per system
+  on a 2-core machine shared with other jobs), not by the backend: the swf backend on
+  Redis's broker and Redis+Redis land within noise of each other from run to run
+  (570-730 tasks/s), and the 5x-over-Celery's-database-backend target moves with that
+  noise.
+- **With the swf broker** the extra round-trip time is in "send→task done", i.e. the
+  broker: publishing and delivering a message costs more than on Redis. A client profile
+  of the join with the swf broker spends about 44% of its samples in `apply_async`
+  (publishing 2000 messages) and 12% in joining results.
+"""
 
 
 def _systems(database_url: str) -> list[tuple[str, str, str]]:
@@ -66,12 +97,32 @@ def _join(app: Any) -> float:
 
 def _round_trips(app: Any) -> dict[str, float]:
     noop = app.tasks["bench.noop"]
-    times = []
+    times, to_worker, to_client = [], [], []
     for _ in range(ROUND_TRIPS):
-        start = time.perf_counter()
-        noop.delay().get(timeout=60)
+        start, wall = time.perf_counter(), time.time()
+        result = noop.delay()
+        result.get(timeout=60)
         times.append(time.perf_counter() - start)
-    return summary_ms(times)
+        # date_done is taken by the worker just before it writes the result (same machine,
+        # same clock): it splits the trip into send->task done and result written->get().
+        done = _timestamp(result._cache.get("date_done"))
+        if done is not None:
+            to_worker.append(done - wall)
+            to_client.append(wall + times[-1] - done)
+    summary = summary_ms(times)
+    summary["to_worker_p50"] = summary_ms(to_worker)["p50"] if to_worker else float("nan")
+    summary["to_client_p50"] = summary_ms(to_client)["p50"] if to_client else float("nan")
+    return summary
+
+
+def _timestamp(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.timestamp()
 
 
 def _chord(app: Any) -> float:
@@ -79,6 +130,29 @@ def _chord(app: Any) -> float:
     start = time.perf_counter()
     chord([noop.s() for _ in range(CHORD_TASKS)], noop.s())().get(timeout=600)
     return time.perf_counter() - start
+
+
+def _store_cost(backend: str, options: dict[str, Any] | None = None) -> tuple[float, float]:
+    """Wall and CPU milliseconds per ``store_result`` call, in this process (no worker)."""
+    from celery import Celery
+    from celery.app.task import Context
+
+    app = Celery("bench_store", broker="memory://", backend=backend, set_as_current=False)
+    if options:
+        app.conf.result_backend_transport_options = options
+    request = Context(id="x", task="bench.noop", args=[], kwargs={}, hostname="h", retries=0,
+                      delivery_info={"routing_key": "q"}, children=[])
+    store = app.backend.store_result
+    for _ in range(50):
+        store(uuid.uuid4().hex, None, "SUCCESS", request=request)
+    n = 1000
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        store(uuid.uuid4().hex, None, "SUCCESS", request=request)
+    result = ((time.perf_counter() - wall) * 1000 / n, (time.process_time() - cpu) * 1000 / n)
+    getattr(app.backend, "close", lambda: None)()
+    app.close()
+    return result
 
 
 def _flush_redis() -> None:
@@ -117,11 +191,17 @@ def run(database_url: str) -> str:
                     print(f"  round {round_ + 1} {key:5} {name}: {value}", flush=True)
         for app in apps.values():
             app.close()
-    return _report(systems, results)
+    swf = database_url.replace("postgresql://", "swf://", 1)
+    store_costs = {
+        "swf backend (synchronous_commit off, the default)": _store_cost(swf),
+        "swf backend (synchronous_commit on)": _store_cost(swf, {"synchronous_commit": "on"}),
+        "Redis backend": _store_cost(REDIS_BACKEND),
+    }
+    return _report(systems, results, store_costs)
 
 
-def _report(systems: list[tuple[str, str, str]], results: dict[str, dict[str, list[Any]]]
-            ) -> str:
+def _report(systems: list[tuple[str, str, str]], results: dict[str, dict[str, list[Any]]],
+            store_costs: dict[str, tuple[float, float]]) -> str:
     def median(values: list[float]) -> float:
         return statistics.median(values)
 
@@ -134,11 +214,14 @@ def _report(systems: list[tuple[str, str, str]], results: dict[str, dict[str, li
             "p50": median([x["p50"] for x in r["rt"]]),
             "p95": median([x["p95"] for x in r["rt"]]),
             "chord": median(r["chord"]),
+            "to_worker": median([x["to_worker_p50"] for x in r["rt"]]),
+            "to_client": median([x["to_client_p50"] for x in r["rt"]]),
         }
         summary[name] = s
         broker_name = "swf" if broker.startswith("swf://") else "Redis"
         rows.append(f"| {name} | {broker_name} | {s['join']:.0f} | {s['p50']:.1f} | "
-                    f"{s['p95']:.1f} | {s['chord'] * 1000:.0f} |")
+                    f"{s['p95']:.1f} | {s['to_worker']:.1f} | {s['to_client']:.1f} | "
+                    f"{s['chord'] * 1000:.0f} |")
     redis_ = summary["Redis backend"]
     dbpg = summary["Celery db+postgresql+psycopg backend"]
     checks = []
@@ -166,13 +249,22 @@ def _report(systems: list[tuple[str, str, str]], results: dict[str, dict[str, li
         "which broker each system ran on.",
         "",
         f"| system | broker | join {JOIN_TASKS} (tasks/s) | round trip p50 (ms) | "
-        f"round trip p95 (ms) | chord {CHORD_TASKS} send→callback (ms) |",
-        "|---|---|---:|---:|---:|---:|",
+        "round trip p95 (ms) | of which send→task done p50 | result written→get() p50 | "
+        f"chord {CHORD_TASKS} send→callback (ms) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
         "| target | met | measured |",
         "|---|---|---|",
         *[f"| {what} | {'yes' if ok else '**no**'} | {detail} |" for what, ok, detail in checks],
         "",
+        "Cost of storing one result (`store_result` called 1000 times in this process, no "
+        "worker):",
+        "",
+        "| backend | wall ms/result | CPU ms/result |",
+        "|---|---:|---:|",
+        *[f"| {name} | {wall:.3f} | {cpu:.3f} |" for name, (wall, cpu) in store_costs.items()],
+        "",
+        NOTES,
     ]
     return "\n".join(lines)
