@@ -16,6 +16,7 @@ also runs on Redis's broker, which isolates the backend's cost from the broker's
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 import uuid
@@ -37,6 +38,7 @@ JOIN_TASKS = 2000
 ROUND_TRIPS = 200
 CHORD_TASKS = 500
 ROUNDS = 3
+LOAD = 0.0
 
 
 NOTES = """\
@@ -44,24 +46,24 @@ NOTES = """\
 
 Profiled with py-spy and timestamps (separately from the table above):
 
-- **Worker side.** Storing a result is one autocommit statement (upsert + `pg_notify`), the
-  table above shows its cost: cheaper than Redis's GET + SET/PUBLISH in wall time and CPU.
-  Two things mattered: `synchronous_commit` (waiting for the WAL flush costs about 1 ms
-  per result on this disk; it is off by default for result writes, see docs/backend.md)
-  and autocommit (on a transactional pool psycopg sends BEGIN, the statement and COMMIT:
-  three round trips). Of a prefork child's samples during a join, about a third is
-  `store_result`, almost all of it waiting on the socket; the rest is Celery's task
-  tracing and the broker (ack, fetch).
+- **Worker side.** Storing a result is one autocommit statement (upsert + `pg_notify`);
+  the table above shows its cost: cheaper than Redis's GET + SET/PUBLISH in wall time and
+  CPU. Two things mattered: `synchronous_commit` (waiting for the WAL flush costs 0.3-1 ms
+  per result on this disk, see the table; off by default for result writes, see
+  docs/backend.md) and autocommit (on a transactional pool psycopg sends BEGIN, the
+  statement and COMMIT: three round trips). Of a prefork child's samples during a join,
+  about a third is `store_result`, almost all of it waiting on the socket; the rest is
+  Celery's task tracing and the broker (ack, fetch).
 - **Client wake path.** From the commit of a result to `get()` returning, measured in
   isolation: NOTIFY arrives in ~0.08 ms, reading the row by id takes ~0.35 ms (one round
   trip: NOTIFY carries ids, never payloads), Celery's promise machinery ~0.09 ms. This is
   the "result written→get()" column: a few tenths of a millisecond more than Redis,
   whose pub/sub message carries the payload.
 - **Throughput** (join of 2000) is bounded by the workers (2 prefork children per system
-  on a 2-core machine shared with other jobs), not by the backend: the swf backend on
-  Redis's broker and Redis+Redis land within noise of each other from run to run
-  (570-730 tasks/s), and the 5x-over-Celery's-database-backend target moves with that
-  noise.
+  on a 2-core machine shared with other jobs), not by the backend: from run to run the
+  swf backend on Redis's broker measured 570-730 tasks/s and Redis+Redis 520-630, and
+  Celery's database backend 100-160, so the ratios (including the 5x target) move with
+  the machine's load.
 - **With the swf broker** the extra round-trip time is in "send→task done", i.e. the
   broker: publishing and delivering a message costs more than on Redis. A client profile
   of the join with the swf broker spends about 44% of its samples in `apply_async`
@@ -163,6 +165,8 @@ def _flush_redis() -> None:
 
 
 def run(database_url: str) -> str:
+    global LOAD
+    LOAD = os.getloadavg()[0]
     _flush_redis()
     systems = _systems(database_url)
     results: dict[str, dict[str, list[Any]]] = {name: {"join": [], "rt": [], "chord": []}
@@ -246,7 +250,8 @@ def _report(systems: list[tuple[str, str, str]], results: dict[str, dict[str, li
         "Client in one process, one real `celery worker` per system (prefork, concurrency "
         f"2), all running at once; measurements alternate between systems, {ROUNDS} rounds "
         "(Celery's database backend: 1 round), medians shown. The broker column says "
-        "which broker each system ran on.",
+        f"which broker each system ran on. Load average (1 min) at the start: {LOAD:.1f}, "
+        f"at the end: {os.getloadavg()[0]:.1f} (2 cores, shared with other jobs).",
         "",
         f"| system | broker | join {JOIN_TASKS} (tasks/s) | round trip p50 (ms) | "
         "round trip p95 (ms) | of which send→task done p50 | result written→get() p50 | "
