@@ -59,10 +59,12 @@ def test_payload_larger_than_notify_limit(celery_app, worker):
 
 
 def test_get_timeout_raises(celery_app, worker, tmp_path):
-    result = celery_app.tasks["t.wait_for_file"].delay(str(tmp_path / "never"), limit=5)
+    flag = tmp_path / "later"
+    result = celery_app.tasks["t.wait_for_file"].delay(str(flag), "late")
     with pytest.raises(TimeoutError):
         result.get(timeout=0.3)
-    result.revoke()
+    flag.touch()  # the same result can still be waited for afterwards
+    assert result.get(timeout=30) == "late"
 
 
 def test_task_track_started_state(celery_app, worker, tmp_path):
