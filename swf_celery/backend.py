@@ -101,8 +101,9 @@ class SwfBackend(Backend, AsyncBackendMixin):
         self.url = url
         self.dsn = db.normalize_dsn(url)
         options = self.app.conf.get("result_backend_transport_options") or {}
-        self.retry_timeout = float(options.get("retry_timeout", 30.0))
-        self.cleanup_batch = int(options.get("cleanup_batch", 10000))
+        self.retry_timeout = _option(options, "retry_timeout", float, 30.0, minimum=0)
+        self.cleanup_batch = _option(options, "cleanup_batch", int, 10000, minimum=1)
+        self.pool_size = _option(options, "pool_size", int, 8, minimum=1)
         self.synchronous_commit = str(options.get("synchronous_commit", "off"))
         if self.synchronous_commit not in _SYNCHRONOUS_COMMIT:
             raise ConfigurationError(
@@ -111,7 +112,6 @@ class SwfBackend(Backend, AsyncBackendMixin):
         failure_expires = self.app.conf.get("result_failure_expires")
         self.failure_expires = (self.expires if failure_expires is None
                                 else self.prepare_expires(failure_expires, type=float))
-        self.pool_size = int(options.get("pool_size", 8))
         self._own_pool: ConnectionPool | None = None
         self._pool_pid = os.getpid()
         self._pool_lock = threading.Lock()
@@ -405,6 +405,20 @@ class SwfBackend(Backend, AsyncBackendMixin):
             return cls(message)
         except Exception:  # noqa: BLE001 - a constructor that refuses the stored args
             return Exception(f"{exc_type}({message!r})")
+
+
+def _option(options: dict[str, Any], name: str, kind: type, default: Any, *,
+            minimum: float) -> Any:
+    value = options.get(name, default)
+    try:
+        converted = kind(value)
+    except (TypeError, ValueError):
+        converted = None
+    if converted is None or converted < minimum:
+        raise ConfigurationError(
+            f"result_backend_transport_options {name}={value!r}: expected a {kind.__name__} "
+            f">= {minimum}")
+    return converted
 
 
 def _stored_exception_class(module_name: Any, qualname: str) -> type[BaseException]:

@@ -196,7 +196,7 @@ def test_unreadable_url_is_a_clear_error(celery_app):
         SwfBackend(app=celery_app, url="not a url")
 
 
-def test_synchronous_commit_option(celery_app, backend_db):
+def test_transport_options(celery_app, backend_db):
     from celery import Celery
 
     from swf_celery.errors import ConfigurationError
@@ -204,6 +204,9 @@ def test_synchronous_commit_option(celery_app, backend_db):
     app = Celery("sync_commit", set_as_current=False)
     app.conf.result_backend_transport_options = {"synchronous_commit": "sometimes"}
     with pytest.raises(ConfigurationError, match="synchronous_commit='sometimes'"):
+        SwfBackend(app=app, url=backend_db.replace("postgresql://", "swf://"))
+    app.conf.result_backend_transport_options = {"pool_size": "many"}
+    with pytest.raises(ConfigurationError, match="pool_size='many'"):
         SwfBackend(app=app, url=backend_db.replace("postgresql://", "swf://"))
     app.conf.result_backend_transport_options = {"synchronous_commit": "on"}
     backend = SwfBackend(app=app, url=backend_db.replace("postgresql://", "swf://"))
