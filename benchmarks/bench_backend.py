@@ -60,10 +60,12 @@ Profiled with py-spy and timestamps (separately from the table above):
   the "result written→get()" column: a few tenths of a millisecond more than Redis,
   whose pub/sub message carries the payload.
 - **Throughput** (join of 2000) is bounded by the workers (2 prefork children per system
-  on a 2-core machine shared with other jobs), not by the backend: from run to run the
-  swf backend on Redis's broker measured 570-730 tasks/s and Redis+Redis 520-630, and
-  Celery's database backend 100-160, so the ratios (including the 5x target) move with
-  the machine's load.
+  on a 2-core machine shared with other jobs), not by the backend: over six runs of this
+  benchmark on this machine (load average 1-4) the swf backend measured 320-730 tasks/s
+  on Redis's broker and 320-600 on the swf broker, Redis+Redis 290-630 and Celery's
+  database backend 80-160, moving together with the load. So the ratios, and with them
+  the 5x-over-Celery's-database-backend target (met in some runs, 3.2-6.8x), move with
+  the machine's load more than with anything in the backend.
 - **With the swf broker** the extra round-trip time is in "send→task done", i.e. the
   broker: publishing and delivering a message costs more than on Redis. A client profile
   of the join with the swf broker spends about 44% of its samples in `apply_async`
