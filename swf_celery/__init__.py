@@ -12,4 +12,33 @@ from swf_celery.errors import SwfError
 
 __version__ = "0.1.0"
 
-__all__ = ["SwfError", "__version__"]
+# Public name -> module that defines it; imported on first access (PEP 562), so that
+# `import swf_celery` (which the broker transport needs) stays cheap.
+_LAZY = {
+    "step": "swf_celery.definition",
+    "Step": "swf_celery.definition",
+    "WorkflowDef": "swf_celery.definition",
+    "Executor": "swf_celery.executor",
+    "RunResult": "swf_celery.executor",
+    "FlowBuilder": "swf_celery.flows",
+    "WorkflowFailed": "swf_celery.errors",
+    "WorkflowTimeout": "swf_celery.errors",
+    "WorkflowDefinitionError": "swf_celery.errors",
+}
+
+__all__ = ["SwfError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'swf_celery' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
