@@ -509,7 +509,7 @@ BEGIN
            AND (p_run IS NULL OR t.run_id = p_run)
     LOOP
         IF swf.fail_task(v_task.task_id,
-                         format('timed out after %s s', v_task.timeout_ms / 1000.0)) <> 'ignored'
+                         format('timed out after %s s', trim_scale(v_task.timeout_ms / 1000.0))) <> 'ignored'
         THEN
             v_count := v_count + 1;
         END IF;
