@@ -316,7 +316,8 @@ DECLARE
     v_total integer := jsonb_array_length(p_steps);
     v_step  text;
 BEGIN
-    SELECT * INTO v_flow FROM swf.flows WHERE slug = p_slug;
+    -- FOR SHARE: a concurrent delete_flow waits for this run to exist (and then refuses).
+    SELECT * INTO v_flow FROM swf.flows WHERE slug = p_slug FOR SHARE;
     IF NOT FOUND AND NOT p_dynamic THEN
         INSERT INTO swf.flows (slug, dynamic) VALUES (p_slug, false)
             ON CONFLICT (slug) DO NOTHING;

@@ -176,6 +176,10 @@ def step(
     e.g. ``{"gpu": True}``; stored and used for routing. ``map_over``: the dependency (or
     ``"run"``) whose list output this step fans out over, one task per item.
     """
+    # Registers the step runner task with every Celery app, so a worker that imports a
+    # module using @step can run distributed steps.
+    from swf_celery import step_task  # noqa: F401
+
     options = _options(dict(depends_on=depends_on, queue=queue, execution=execution,
                             max_attempts=max_attempts, retry_delay=retry_delay,
                             timeout=timeout, resources=resources or {}, map_over=map_over,
@@ -374,8 +378,8 @@ def _task_queue(task: Any) -> str:
 
 def _is_task(obj: Any) -> bool:
     # Duck-typed so that loading a local-only workflow does not import Celery.
-    return all(hasattr(type(obj), a) or hasattr(obj, a)
-               for a in ("apply_async", "name", "app")) and not inspect.isclass(obj)
+    return not inspect.isclass(obj) and all(hasattr(obj, a)
+                                            for a in ("apply_async", "name", "app"))
 
 
 def _callable_name(obj: Any) -> str:

@@ -1,0 +1,157 @@
+"""Workflow engine throughput: a 1000-step layered DAG vs Celery canvas on Redis.
+
+The DAG: 20 layers x 50 no-op steps, each step depending on 2 steps of the layer before.
+swf-celery runs it as a workflow (distributed steps on the swf:// broker, coordination in
+Postgres). The closest Celery canvas is a chain of 20 chords (one per layer: a group of
+50 no-op tasks and a callback), on a Redis broker and Redis result backend: a full barrier
+per layer, which is a looser dependency structure than ours (it needs fewer
+coordination decisions), plus 20 callback tasks.
+
+Both use one `celery worker --pool=prefork --concurrency=2` each, started once and idle
+while the other system runs; rounds alternate (swf, redis, swf, redis, ...) so that
+noise from other processes on the machine hits both alike.
+
+Coordination overhead per step: time spent inside the coordinator's stored functions
+(``swf.start_run``, ``swf.start_task``, ``swf.complete_task``, including the broker
+inserts they make), from ``pg_stat_user_functions``, divided by the number of steps.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Any
+
+import psycopg
+
+ROUNDS = int(os.environ.get("BENCH_WORKFLOW_ROUNDS", "3"))
+LAYERS, WIDTH = 20, 50
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
+
+
+def layered_workflow(task: Any) -> type:
+    """The 20 x 50 layered DAG as a workflow class, every step running ``task``."""
+    entries = []
+    for layer in range(LAYERS):
+        for i in range(WIDTH):
+            deps = [] if layer == 0 else [f"s{layer - 1}_{i}", f"s{layer - 1}_{(i + 1) % WIDTH}"]
+            entries.append((f"s{layer}_{i}", task, {"depends_on": deps}))
+
+    class Layered:
+        __workflow_slug__ = "bench.layered_1000"
+
+        @staticmethod
+        def __workflow_steps__() -> list[Any]:
+            return entries
+
+    return Layered
+
+
+def _canvas(noop: Any, barrier: Any) -> Any:
+    from celery import chain, chord
+
+    return chain(*[chord([noop.si() for _ in range(WIDTH)], barrier.si())
+                   for _ in range(LAYERS)])
+
+
+def _function_stats(url: str) -> dict[str, float]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT funcname, calls, total_time FROM pg_stat_user_functions "
+                            "WHERE schemaname = 'swf'").fetchall()
+    return {name: total for name, _calls, total in rows}
+
+
+def run(database_url: str) -> str:
+    """Run the comparison; return the Markdown section."""
+    import redis
+
+    from swf_celery.executor import Executor
+    from tests.celery_worker import worker_process
+
+    url = database_url.replace("swf://", "postgresql://", 1)
+    with psycopg.connect(url, autocommit=True) as conn:
+        dbname = conn.execute("SELECT current_database()").fetchone()[0]
+        conn.execute(f'ALTER DATABASE "{dbname}" SET track_functions = \'pl\'')
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    swf_env = {"SWF_DATABASE_URL": url, "BENCH_BROKER": "swf"}
+    redis_env = {"BENCH_BROKER": "redis", "BENCH_REDIS_URL": REDIS_URL}
+    ours: list[float] = []
+    theirs: list[float] = []
+    overhead_ms: list[float] = []
+    os.environ.update({"BENCH_BROKER": "swf", "SWF_DATABASE_URL": url})
+    from benchmarks import workflow_app
+
+    layered = layered_workflow(workflow_app.noop)
+    with worker_process("benchmarks.workflow_app", queues=["bench_workflow"], env=swf_env,
+                        concurrency=2, hostname="swf@%h"), \
+            worker_process("benchmarks.workflow_app", queues=["bench_workflow"], env=redis_env,
+                           concurrency=2, hostname="redis@%h"):
+        redis_app = _redis_app()
+        Executor.execute(layered, {}, url, timeout=600_000)  # warm-up: flows row, plans
+        _canvas(redis_app.tasks["benchmarks.workflow_app.noop"],
+                redis_app.tasks["benchmarks.workflow_app.barrier"]).apply_async().get(
+                    timeout=600)
+        for _ in range(ROUNDS):
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("SELECT pg_stat_reset()")
+            t0 = time.perf_counter()
+            Executor.execute(layered, {}, url, timeout=600_000)
+            ours.append(time.perf_counter() - t0)
+            time.sleep(1.5)  # let backends flush their function statistics
+            stats = _function_stats(url)
+            coord = sum(stats.get(f, 0.0) for f in ("start_run", "start_task", "complete_task"))
+            overhead_ms.append(coord / (LAYERS * WIDTH))
+
+            t0 = time.perf_counter()
+            _canvas(redis_app.tasks["benchmarks.workflow_app.noop"],
+                    redis_app.tasks["benchmarks.workflow_app.barrier"]).apply_async().get(
+                        timeout=600)
+            theirs.append(time.perf_counter() - t0)
+    steps = LAYERS * WIDTH
+    ours_rate = steps / statistics.median(ours)
+    theirs_rate = steps / statistics.median(theirs)
+    ratio = ours_rate / theirs_rate
+    lines = [
+        "## Workflow engine: 1000-step layered DAG",
+        "",
+        f"20 layers x 50 no-op steps, each depending on 2 steps of the layer before; one "
+        f"prefork worker with concurrency 2 per system; {ROUNDS} alternating rounds, median "
+        "shown. Redis side: the closest canvas, a chain of 20 chords (group of 50 + callback "
+        "per layer), Redis broker + Redis result backend. Other processes shared the "
+        "machine's 2 cores during the run.",
+        "",
+        "| system | wall time (median) | steps/s | rounds (s) |",
+        "|---|---:|---:|---|",
+        f"| swf-celery workflow (swf:// broker) | {statistics.median(ours):.2f} s | "
+        f"{ours_rate:.0f} | {', '.join(f'{x:.2f}' for x in ours)} |",
+        f"| Celery canvas, chain of chords (Redis) | {statistics.median(theirs):.2f} s | "
+        f"{theirs_rate:.0f} | {', '.join(f'{x:.2f}' for x in theirs)} |",
+        "",
+        f"Throughput ratio: **{ratio:.2f}x** the Redis canvas (target >= 2x).",
+        "",
+        f"Coordination overhead per step (time inside swf.start_run/start_task/complete_task,"
+        f" which includes dispatching the ready steps into the broker): "
+        f"**{statistics.median(overhead_ms):.2f} ms** median "
+        f"({', '.join(f'{x:.2f}' for x in overhead_ms)}); target <= 2 ms.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _redis_app() -> Any:
+    """A client-side Celery app on Redis with the same task names as the workers'."""
+    from celery import Celery
+
+    app = Celery("workflow_app", broker=REDIS_URL, backend=REDIS_URL, set_as_current=False)
+    app.conf.task_default_queue = "bench_workflow"
+
+    @app.task(name="benchmarks.workflow_app.noop")
+    def noop(inputs: Any = None) -> int:
+        return 0
+
+    @app.task(name="benchmarks.workflow_app.barrier")
+    def barrier(results: Any = None) -> int:
+        return 0
+
+    return app
