@@ -1,1 +1,53 @@
-"""The ``swf://`` kombu transport over pgmq (importable without the workflow layer)."""
+"""The ``swf://`` kombu transport: Celery's broker in PostgreSQL, over pgmq.
+
+Connection string
+=================
+
+.. code-block:: text
+
+    swf://USER:PASSWORD@HOST:PORT/DATABASE
+    swf://postgres@127.0.0.1:5432/app
+
+``import swf_celery`` registers the scheme with kombu (kombu has no entry point for
+transports; the ``celery`` command imports it through our ``celery.commands`` entry point).
+Equivalently, set ``broker_transport = "swf_celery.transport:Transport"`` and give a
+``postgresql://`` URL. The database must be migrated (``swf-celery migrate``).
+
+Transport options (``broker_transport_options``)
+================================================
+
+* ``visibility_timeout`` (60): seconds a delivered message stays hidden. The worker extends
+  the messages it holds every third of it, so a long task is never delivered twice; a dead
+  worker's messages reappear after this long.
+* ``max_deliveries`` (10): a message delivered more often goes to the dead-letter store
+  (0: no limit).
+* ``wakeups`` (True): idle consumers LISTEN and producers wake them (coalesced: only while a
+  consumer waits). False: poll every ``polling_interval``.
+* ``polling_interval`` (1.0): seconds between polls when nothing woke the consumer.
+* ``eta_threshold`` (30): an ETA/countdown further away than this many seconds is stored as a
+  pgmq delay (waits in PostgreSQL, runs once); nearer ones wait in worker memory, extended.
+* ``read_batch`` (100): most messages per read when the prefetch window is unlimited; reads
+  otherwise fill the prefetch window in one query.
+* ``archive_acked`` (False): acknowledged messages are archived instead of deleted.
+
+Guarantees
+==========
+
+* At-least-once: a message is deleted only on ack (use ``task_acks_late`` for tasks).
+* Reject with requeue: visible again at once. Reject without requeue, malformed bodies and
+  messages over ``max_deliveries``: dead-lettered (pgmq archive, reason in ``headers``;
+  ``swf.queue_dead_letters(queue)``).
+* Priorities 0..9, 0 first (as on Redis); FIFO within a priority.
+* Fanout/topic/direct bindings are shared by all processes (``swf.queue_bindings``):
+  ``celery inspect``/``control``/``events`` work. A revoke also deletes the task's queued or
+  delayed message.
+* Any queue name works, mapped to a safe pgmq name (``swf.queues``); names that cannot be
+  stored faithfully (empty, control characters, over 255 UTF-8 bytes) raise
+  :class:`~swf_celery.errors.QueueNameError`.
+* Connection loss raises ``connection_errors`` so kombu/Celery reconnect with backoff.
+"""
+
+from swf_celery.transport.channel import Channel
+from swf_celery.transport.transport import Transport
+
+__all__ = ["Channel", "Transport"]

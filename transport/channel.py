@@ -1,0 +1,378 @@
+"""The kombu virtual channel of the ``swf://`` broker: kombu's hooks mapped onto SQL functions.
+
+Every hook is one round trip to a function of ``sql/0002_transport.sql``; queue names travel
+as parameters. Bindings live in PostgreSQL (``swf.queue_bindings``), so fanout, topic and
+direct routing see the bindings of every process, as kombu's Redis transport does with Redis.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from queue import Empty
+from typing import TYPE_CHECKING, Any
+
+from kombu.transport import virtual
+from psycopg import errors as pg_errors
+from psycopg.types.json import Jsonb
+
+from swf_celery import queries
+from swf_celery.errors import MessageError, QueueNameError
+from swf_celery.transport.names import check_queue_name, listen_channel
+
+if TYPE_CHECKING:
+    from swf_celery.transport.transport import Transport
+
+logger = logging.getLogger(__name__)
+_Q = queries.load("swf_celery.transport", "queries.sql")
+
+#: Seconds a topic/direct exchange's bindings are cached; a lookup that finds no queue always
+#: reads them afresh, so a just-bound reply queue is never missed.
+BINDINGS_TTL = 1.0
+_JSON_TYPES = ("application/json",)
+_BODY_ENCODINGS = (None, "", "utf-8", "UTF-8", "base64")
+
+
+class Channel(virtual.Channel):
+    """A kombu channel over pgmq queues (see the package docstring for the options)."""
+
+    connection: Transport
+    supports_fanout = True
+    # Redis semantics: 0 is served first, 9 last.
+    default_priority = 0
+
+    def __init__(self, connection: Transport, **kwargs: Any) -> None:
+        super().__init__(connection, **kwargs)
+        self.options = connection.options
+        self._noack_queues: set[str] = set()
+        self._bindings_cache: dict[str, tuple[float, list[tuple[str, str | None, str]]]] = {}
+        self._rotation = 0
+        #: Seconds until the earliest hidden message of our queues is due (None: none known).
+        self.next_visible: float | None = None
+
+    # -- queues -------------------------------------------------------------------------
+
+    def _execute(self, name: str, params: dict[str, Any]) -> Any:
+        try:
+            return self.connection.db().execute(_Q[name], params)
+        except pg_errors.InvalidParameterValue as exc:
+            message = exc.diag.message_primary or str(exc)
+            if "queue name" in message:
+                raise QueueNameError(message) from None
+            raise MessageError(message) from None
+
+    def pgmq_name(self, queue: str, expires_ms: int | None = None) -> str:
+        """The pgmq name of ``queue``, creating the queue when missing."""
+        check_queue_name(queue)
+        row = self._execute("ensure", {"queue": queue, "expires_ms": expires_ms}).fetchone()
+        return str(row[0])
+
+    def _new_queue(self, queue: str, **kwargs: Any) -> None:
+        arguments = kwargs.get("arguments") or {}
+        expires = arguments.get("x-expires")
+        self.pgmq_name(queue, int(expires) if expires else None)
+
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        check_queue_name(queue)
+        return bool(self._execute("has_queue", {"queue": queue}).fetchone()[0])
+
+    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        check_queue_name(queue)
+        self._execute("drop", {"queue": queue})
+
+    def queue_delete(self, queue: str, if_unused: bool = False, if_empty: bool = False,
+                     **kwargs: Any) -> None:
+        """Delete ``queue`` with its messages and bindings (in every process)."""
+        if if_empty and self._size(queue):
+            return
+        self.state.queue_bindings_delete(queue)
+        self._delete(queue)
+
+    def _size(self, queue: str) -> int:
+        check_queue_name(queue)
+        return int(self._execute("size", {"queue": queue}).fetchone()[0])
+
+    def _purge(self, queue: str) -> int:
+        check_queue_name(queue)
+        return int(self._execute("purge", {"queue": queue}).fetchone()[0])
+
+    # -- bindings and publishing ----------------------------------------------------------
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str | None,
+                    queue: str) -> None:
+        check_queue_name(queue)
+        self._execute("bind", {"exchange": exchange, "routing_key": routing_key or "",
+                               "pattern": pattern, "queue": queue})
+        self._bindings_cache.pop(exchange, None)
+
+    def queue_unbind(self, queue: str, exchange: str | None = None, routing_key: str = "",
+                     arguments: Any = None, **kwargs: Any) -> None:
+        """Remove a binding here and in PostgreSQL."""
+        super().queue_unbind(queue, exchange, routing_key, arguments, **kwargs)
+        self._execute("unbind", {"exchange": exchange or "amq.direct",
+                                 "routing_key": routing_key or "", "queue": queue})
+        self._bindings_cache.pop(exchange or "amq.direct", None)
+
+    def get_table(self, exchange: str) -> list[tuple[str, str | None, str]]:
+        """The bindings of ``exchange`` as kombu wants them: (routing_key, pattern, queue)."""
+        cached = self._bindings_cache.get(exchange)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < BINDINGS_TTL:
+            return cached[1]
+        rows = self._execute("bindings", {"exchange": exchange}).fetchall()
+        table = [(r[0], r[1], r[2]) for r in rows]
+        self._bindings_cache[exchange] = (now, table)
+        return table
+
+    def _lookup(self, exchange: str, routing_key: str, default: str | None = None) -> list[str]:
+        queues = super()._lookup(exchange, routing_key, default)
+        if not queues and exchange:
+            self._bindings_cache.pop(exchange, None)
+            queues = super()._lookup(exchange, routing_key, default)
+        return queues
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        check_queue_name(queue)
+        self._execute("send", {"queue": queue, "message": Jsonb(message),
+                               "delay": self._delay_for(message)})
+
+    def _put_fanout(self, exchange: str, message: dict[str, Any], routing_key: str,
+                    **kwargs: Any) -> None:
+        revoked = _revoked_task_ids(message) if exchange.endswith(".pidbox") else None
+        if revoked:
+            # A revoke also deletes the task's queued or delayed message, so it survives
+            # worker restarts (and the task never occupies a worker).
+            self._execute("fanout_revoke", {"exchange": exchange, "message": Jsonb(message),
+                                            "task_ids": revoked})
+        else:
+            self._execute("fanout", {"exchange": exchange, "message": Jsonb(message)})
+
+    def _delay_for(self, message: dict[str, Any]) -> int:
+        """Whole seconds to keep ``message`` hidden: its ETA when beyond the threshold."""
+        eta = (message.get("headers") or {}).get("eta")
+        if not eta or not isinstance(eta, str):
+            return 0
+        try:
+            when = dt.datetime.fromisoformat(eta)
+        except ValueError:
+            return 0
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+        seconds = (when - dt.datetime.now(dt.timezone.utc)).total_seconds()
+        if seconds <= self.options.eta_threshold:
+            return 0
+        # Floor: the worker receives it at most a second early and waits out the rest.
+        return int(seconds)
+
+    # -- consuming ------------------------------------------------------------------------
+
+    def basic_consume(self, queue: str, no_ack: bool, callback: Any, consumer_tag: str,
+                      **kwargs: Any) -> Any:
+        """Consume ``queue``; idle consumers are woken by NOTIFY on it."""
+        if no_ack:
+            self._noack_queues.add(queue)
+        if self.options.wakeups:
+            self.connection.listen(listen_channel(self.pgmq_name(queue)))
+        return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        """Stop consuming; the queue is no longer read as no-ack."""
+        queue = self._tag_to_queue.get(consumer_tag)
+        result = super().basic_cancel(consumer_tag)
+        if queue is not None and queue not in self._active_queues:
+            self._noack_queues.discard(queue)
+        return result
+
+    def _read_quantity(self) -> int:
+        estimate = self.qos.can_consume_max_estimate()
+        if estimate is None:
+            return self.options.read_batch
+        return min(int(estimate), self.options.read_batch)
+
+    def _read(self, queues: list[str], qty: int, *, arm: bool,
+              no_ack: Iterable[bool] | None = None) -> list[tuple[str, dict[str, Any]]]:
+        flags = list(no_ack) if no_ack is not None else [q in self._noack_queues for q in queues]
+        rows = self._execute("read", {
+            "queues": queues, "no_ack": flags, "qty": qty,
+            "vt": self.options.visibility_timeout,
+            "max_deliveries": self.options.max_deliveries, "arm": arm,
+        }).fetchall()
+        out: list[tuple[str, dict[str, Any]]] = []
+        for queue, msg_id, read_ct, message, next_visible in rows:
+            if msg_id is None:
+                self.next_visible = next_visible
+                continue
+            noack = flags[queues.index(queue)]
+            payload = self._payload(queue, msg_id, read_ct, message, noack)
+            if payload is not None:
+                out.append((queue, payload))
+        if out:
+            self.next_visible = None
+        return out
+
+    def _get_many(self, queues: list[str], timeout: float | None = None) -> None:
+        qty = self._read_quantity()
+        if qty <= 0:
+            raise Empty()
+        unique = list(dict.fromkeys(queues))
+        if len(unique) > 1:  # rotate so that no queue starves the others
+            self._rotation = (self._rotation + 1) % len(unique)
+            unique = unique[self._rotation:] + unique[:self._rotation]
+        got = self._read(unique, qty, arm=self.options.wakeups)
+        if not got:
+            raise Empty()
+        for queue, payload in got:
+            self.connection._deliver(payload, queue)
+
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        got = self._read([check_queue_name(queue)], 1, arm=False)
+        if not got:
+            raise Empty()
+        return got[0][1]
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        """Get one message synchronously (no_ack: removed at once)."""
+        got = self._read([check_queue_name(queue)], 1, arm=False, no_ack=[no_ack])
+        if not got:
+            return None
+        message = self.Message(got[0][1], channel=self)
+        if not no_ack:
+            self.qos.append(message, message.delivery_tag)
+        return message
+
+    def _payload(self, queue: str, msg_id: int, read_ct: int, message: Any,
+                 no_ack: bool) -> dict[str, Any] | None:
+        """The kombu payload of a read message, or None when it is malformed (dead-lettered)."""
+        problem = _malformed(message)
+        if problem is not None:
+            logger.error("swf broker: message %s on queue %r is malformed (%s); dead-lettered",
+                         msg_id, queue, problem)
+            if not no_ack:
+                self._execute("reject", {"queue": queue, "ids": [msg_id], "requeue": False,
+                                         "reason": f"malformed: {problem}"})
+            return None
+        props = message["properties"]
+        if not props.get("delivery_tag"):
+            props["delivery_tag"] = str(uuid.uuid4())
+        redelivered = read_ct > 1
+        info = dict(props.get("delivery_info") or {})
+        info.update(swf_queue=queue, swf_msg_id=msg_id, redelivered=redelivered)
+        props["delivery_info"] = info
+        message["redelivered"] = redelivered
+        if not isinstance(message.get("headers"), dict):
+            message["headers"] = {}
+        return message
+
+    def held(self) -> list[tuple[str, int]]:
+        """(queue, msg_id) of every message this channel holds unacknowledged."""
+        qos = self._qos
+        if qos is None:
+            return []
+        dirty = set(qos._dirty)
+        pairs = []
+        for tag, message in list(qos._delivered.items()):
+            if tag in dirty:
+                continue
+            info = message.delivery_info
+            if "swf_msg_id" in info:
+                pairs.append((info["swf_queue"], info["swf_msg_id"]))
+        return pairs
+
+    # -- acknowledgement ------------------------------------------------------------------
+
+    def _held_message(self, delivery_tag: str) -> tuple[str, int] | None:
+        try:
+            info = self.qos.get(delivery_tag).delivery_info
+        except KeyError:
+            return None
+        if "swf_msg_id" not in info:
+            return None
+        return info["swf_queue"], info["swf_msg_id"]
+
+    def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
+        """Acknowledge: delete the message (or archive it with ``archive_acked``)."""
+        held = self._held_message(delivery_tag)
+        if held is not None:
+            self._execute("ack", {"queue": held[0], "ids": [held[1]],
+                                  "archive": self.options.archive_acked})
+        super().basic_ack(delivery_tag)
+        self.connection.poke()
+
+    def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        """Reject: visible again at once (requeue) or dead-lettered."""
+        held = self._held_message(delivery_tag)
+        if held is not None:
+            self._execute("reject", {"queue": held[0], "ids": [held[1]], "requeue": requeue,
+                                     "reason": "rejected"})
+            self.qos.reject(delivery_tag, requeue=False)
+        else:
+            super().basic_reject(delivery_tag, requeue=requeue)
+        self.connection.poke()
+
+    def _restore(self, message: Any) -> None:
+        # Unacked at shutdown, or delivered to a queue nobody consumes any more: make it
+        # visible again at once rather than after the visibility timeout.
+        info = message.delivery_info
+        if "swf_msg_id" in info:
+            self._execute("reject", {"queue": info["swf_queue"], "ids": [info["swf_msg_id"]],
+                                     "requeue": True, "reason": "restored"})
+            return
+        super()._restore(message)
+
+
+def _malformed(message: Any) -> str | None:
+    """Why ``message`` cannot be handed to kombu, or None when it can."""
+    if not isinstance(message, dict):
+        return f"not an object but {type(message).__name__}"
+    props = message.get("properties")
+    if not isinstance(props, dict):
+        return "no properties object"
+    if not isinstance(props.get("delivery_info", {}), dict):
+        return "properties.delivery_info is not an object"
+    body = message.get("body")
+    if body is not None and not isinstance(body, str):
+        return f"body is {type(body).__name__}, not a string"
+    encoding = props.get("body_encoding")
+    if encoding not in _BODY_ENCODINGS:
+        return f"unknown body_encoding {encoding!r}"
+    if body and encoding == "base64":
+        try:
+            raw: str | bytes = base64.b64decode(body.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
+            return f"body is not base64: {exc}"
+    else:
+        raw = body or ""
+    content_type = message.get("content-type")
+    if content_type in _JSON_TYPES:
+        try:
+            json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return f"body is not JSON: {exc}"
+    return None
+
+
+def _revoked_task_ids(message: dict[str, Any]) -> list[str] | None:
+    """Task ids of a pidbox ``revoke`` broadcast, else None."""
+    if message.get("content-type") not in _JSON_TYPES:
+        return None
+    try:
+        body = message.get("body") or ""
+        if (message.get("properties") or {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body).decode("utf-8")
+        command = json.loads(body)
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        return None
+    if not isinstance(command, dict) or command.get("method") != "revoke":
+        return None
+    ids = (command.get("arguments") or {}).get("task_id")
+    if isinstance(ids, str):
+        return [ids]
+    if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
+        return ids
+    return None

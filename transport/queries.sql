@@ -1,0 +1,56 @@
+-- Queries of the swf:// transport. Queue names are always parameters; the SQL functions
+-- (sql/0002_transport.sql) look up the pgmq table names in swf.queues.
+
+-- name: schema_ready
+SELECT to_regprocedure('swf.queue_read(text[],boolean[],integer,double precision,integer,boolean)')
+       IS NOT NULL;
+
+-- name: ensure
+SELECT pgmq_name FROM swf.queue_ensure(%(queue)s, %(expires_ms)s);
+
+-- name: has_queue
+SELECT EXISTS (SELECT 1 FROM swf.queues WHERE name = %(queue)s);
+
+-- name: send
+SELECT swf.queue_send(%(queue)s, %(message)s, %(delay)s);
+
+-- name: fanout
+SELECT swf.queue_fanout(%(exchange)s, %(message)s);
+
+-- name: fanout_revoke
+SELECT swf.queue_fanout(%(exchange)s, %(message)s), swf.queue_remove_tasks(%(task_ids)s);
+
+-- name: read
+SELECT queue, msg_id, read_ct, message, next_visible
+  FROM swf.queue_read(%(queues)s, %(no_ack)s, %(qty)s, %(vt)s, %(max_deliveries)s, %(arm)s);
+
+-- name: ack
+SELECT swf.queue_ack(%(queue)s, %(ids)s, %(archive)s);
+
+-- name: reject
+SELECT swf.queue_reject(%(queue)s, %(ids)s, %(requeue)s, %(reason)s);
+
+-- name: extend
+SELECT swf.queue_extend(%(queues)s, %(ids)s, %(vt)s);
+
+-- name: size
+SELECT swf.queue_size(%(queue)s);
+
+-- name: purge
+SELECT swf.queue_purge(%(queue)s);
+
+-- name: drop
+SELECT swf.queue_drop(%(queue)s);
+
+-- name: reap
+SELECT swf.queue_reap();
+
+-- name: bind
+SELECT swf.queue_bind(%(exchange)s, %(routing_key)s, %(pattern)s, %(queue)s);
+
+-- name: unbind
+SELECT swf.queue_unbind(%(exchange)s, %(routing_key)s, %(queue)s);
+
+-- name: bindings
+SELECT routing_key, pattern, queue FROM swf.queue_bindings WHERE exchange = %(exchange)s
+ ORDER BY queue, routing_key;
