@@ -63,7 +63,7 @@ def run_step(self: Any, ref: dict[str, Any]) -> None:
     try:
         output = function(claim["input"])
     except SoftTimeLimitExceeded:
-        coordinator.fail_task(db, task_id, f"timed out after {claim['timeout_ms'] / 1000} s")
+        coordinator.fail_task(db, task_id, f"timed out after {claim['timeout_ms'] / 1000:g} s")
         return
     except Exception as exc:  # the step's own failure: reported, the attempt retried or failed
         coordinator.fail_task(db, task_id, f"{type(exc).__name__}: {exc}")
