@@ -30,13 +30,14 @@ LAYERS, WIDTH = 20, 50
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 
 
-def layered_workflow(task: Any) -> type:
+def layered_workflow(task: Any, queue: str | None = None) -> type:
     """The 20 x 50 layered DAG as a workflow class, every step running ``task``."""
+    extra = {"queue": queue} if queue else {}
     entries = []
     for layer in range(LAYERS):
         for i in range(WIDTH):
             deps = [] if layer == 0 else [f"s{layer - 1}_{i}", f"s{layer - 1}_{(i + 1) % WIDTH}"]
-            entries.append((f"s{layer}_{i}", task, {"depends_on": deps}))
+            entries.append((f"s{layer}_{i}", task, {"depends_on": deps, **extra}))
 
     class Layered:
         __workflow_slug__ = "bench.layered_1000"

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from celery import Celery
+from celery import Celery, shared_task
 
 import swf_celery as swf
 
@@ -102,3 +102,21 @@ def square(inputs: dict[str, Any]) -> int:
 def record(inputs: dict[str, Any]) -> str:
     _bump(inputs["run"]["counter"])
     return "recorded"
+
+
+@swf.step(depends_on=["fetch"], queue="cpu_workers")
+@shared_task
+def shared_double(inputs: dict[str, Any]) -> int:
+    return inputs["fetch"]["n"] * 2
+
+
+@shared_task
+@swf.step(depends_on=["shared_double"], queue="gpu_workers")
+def shared_inc(inputs: dict[str, Any]) -> int:
+    return inputs["shared_double"] + 1
+
+
+class SharedFlow:
+    fetch = fetch
+    shared_double = shared_double
+    shared_inc = shared_inc

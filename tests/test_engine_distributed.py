@@ -18,7 +18,7 @@ import swf_celery as swf
 from swf_celery.errors import WorkflowFailed
 from swf_celery.executor import Executor
 from tests import engine_app
-from tests.celery_worker import read_log, worker_process
+from tests.celery_worker import kill_worker, read_log, worker_process
 from tests.conftest import drop_database, new_database
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
@@ -39,6 +39,9 @@ def workers(shared_db: str) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
             worker_process("tests.engine_app", queues=["gpu_workers"], hostname="gpu@%h",
                            env={**env, "WORKER_ROLE": "gpu"}) as gpu:
         yield {"cpu": cpu, "gpu": gpu}
+        # The database is dropped next: a graceful shutdown would only cost time.
+        kill_worker(cpu)
+        kill_worker(gpu)
 
 
 @pytest.fixture
@@ -66,6 +69,23 @@ def test_diamond_across_cpu_and_gpu_workers(db: str) -> None:
                                  "run_id = %s AND step_name = 'right'",
                                  (result.run_id,)).fetchone()
     assert resources == ({"gpu": True}, "gpu_workers")  # routed by the resource map
+
+
+def test_shared_task_steps_in_both_decorator_orders(db: str) -> None:
+    result = Executor.execute(engine_app.SharedFlow, {"n": 5}, db, timeout=60_000)
+    assert result.output == {"shared_inc": 11}
+
+
+def test_thousand_step_layered_dag_on_workers(db: str) -> None:
+    from benchmarks.bench_workflow import layered_workflow
+
+    result = Executor.execute(layered_workflow(engine_app.noop, queue="gpu_workers"), {}, db, timeout=120_000)
+    assert len(result.output) == 50
+    assert set(result.output.values()) == {3}  # run input + two dependencies
+    with psycopg.connect(db) as conn:
+        done = conn.execute("SELECT count(*) FROM swf.step_states WHERE run_id = %s AND "
+                            "status = 'completed'", (result.run_id,)).fetchone()[0]
+    assert done == 1000
 
 
 def _single(task: Any, **options: Any) -> type:
@@ -176,10 +196,11 @@ def test_duplicate_delivery_completes_once(db: str, tmp_path: Path) -> None:
                      (psycopg.types.json.Jsonb(message), psycopg.types.json.Jsonb(message)))
     env = {"SWF_DATABASE_URL": db, "WORKER_ROLE": "dup"}
     with worker_process("tests.engine_app", queues=["dup_queue"], env=env, concurrency=1,
-                        hostname="dup@%h"):
+                        hostname="dup@%h") as dup_worker:
         result = Executor.wait(run_id, db, timeout=60_000)
         with psycopg.connect(db) as conn:
             remaining = conn.execute("SELECT swf.queue_size('dup_queue')").fetchone()[0]
+        kill_worker(dup_worker)
         assert remaining == 0
     assert result.output == {"after": 2}
     assert Path(counter).read_text().count("x") == 1  # the step function ran once
