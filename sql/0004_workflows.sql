@@ -88,7 +88,9 @@ CREATE TABLE swf.step_tasks (
     execution    text NOT NULL,
     attempt      integer NOT NULL DEFAULT 1,
     status       text NOT NULL DEFAULT 'queued'
-                 CHECK (status IN ('queued', 'started', 'completed', 'failed', 'cancelled')),
+                 -- paused: was queued when its run was paused; resume dispatches it anew
+                 CHECK (status IN ('queued', 'paused', 'started', 'completed', 'failed',
+                                   'cancelled')),
     item         jsonb,
     message_id   bigint,
     output       jsonb,
@@ -176,6 +178,7 @@ DECLARE
     v_state swf.step_states;
     v_items jsonb;
     v_count integer := 1;
+    v_left  integer;
 BEGIN
     SELECT * INTO v_run FROM swf.runs WHERE id = p_run;
     SELECT * INTO v_state FROM swf.step_states WHERE run_id = p_run AND step_name = p_step;
@@ -212,19 +215,27 @@ BEGIN
         v_count := jsonb_array_length(v_items);
     END IF;
     UPDATE swf.step_states
-       SET status = 'started', started_at = now(), task_count = v_count,
-           remaining_tasks = v_count
+       SET status = 'started', started_at = now(), task_count = v_count
      WHERE run_id = p_run AND step_name = p_step;
     PERFORM swf._notify(p_run, p_step, 'started');
-    IF v_count = 0 THEN
-        PERFORM swf._complete_step(p_run, p_step, '[]'::jsonb);
-        RETURN;
-    END IF;
+    -- Tasks a retried run reused (finished items of a map step) are already there.
     INSERT INTO swf.step_tasks (run_id, step_name, task_index, task_id, execution, item)
     SELECT p_run, p_step, i, gen_random_uuid(), v_state.execution,
            CASE WHEN v_items IS NULL THEN NULL ELSE v_items -> i END
       FROM generate_series(0, v_count - 1) AS i
         ON CONFLICT (run_id, step_name, task_index) DO NOTHING;
+    SELECT count(*) FILTER (WHERE status <> 'completed') INTO v_left
+      FROM swf.step_tasks WHERE run_id = p_run AND step_name = p_step;
+    UPDATE swf.step_states SET remaining_tasks = v_left
+     WHERE run_id = p_run AND step_name = p_step;
+    IF v_left = 0 THEN
+        PERFORM swf._complete_step(p_run, p_step,
+            (SELECT CASE WHEN v_state.map_over IS NULL
+                         THEN (array_agg(output ORDER BY task_index))[1]
+                         ELSE coalesce(jsonb_agg(output ORDER BY task_index), '[]') END
+               FROM swf.step_tasks WHERE run_id = p_run AND step_name = p_step));
+        RETURN;
+    END IF;
     IF v_state.execution = 'distributed' THEN
         PERFORM swf._dispatch(p_run, p_step, NULL, 0);
     END IF;
@@ -291,7 +302,7 @@ BEGIN
     END IF;
     WITH cancelled AS (
         UPDATE swf.step_tasks SET status = 'cancelled', deadline = NULL
-         WHERE run_id = p_run AND status = 'queued'
+         WHERE run_id = p_run AND status IN ('queued', 'paused')
         RETURNING task_id, execution)
     SELECT array_agg(task_id::text) FILTER (WHERE execution = 'distributed') INTO v_ids
       FROM cancelled;
@@ -469,12 +480,14 @@ BEGIN
     IF v_run.status IN ('in_progress', 'paused') AND v_task.attempt < v_state.max_attempts THEN
         v_delay_ms := v_state.retry_delay_ms::bigint * (2 ^ (v_task.attempt - 1))::bigint;
         UPDATE swf.step_tasks
-           SET task_id = v_new, attempt = attempt + 1, status = 'queued', error = p_error,
+           SET task_id = v_new, attempt = attempt + 1, error = p_error,
+               -- on a paused run the next attempt waits for resume
+               status = CASE WHEN v_run.status = 'paused' THEN 'paused' ELSE 'queued' END,
                started_at = NULL, deadline = NULL, message_id = NULL,
                available_at = now() + make_interval(secs => v_delay_ms / 1000.0)
          WHERE task_id = p_task;
         PERFORM swf._notify(v_task.run_id, v_task.step_name, 'retrying');
-        IF v_task.execution = 'distributed' THEN
+        IF v_task.execution = 'distributed' AND v_run.status = 'in_progress' THEN
             PERFORM swf._dispatch(v_task.run_id, v_task.step_name, v_new,
                                   ceil(v_delay_ms / 1000.0)::integer);
         END IF;

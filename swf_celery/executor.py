@@ -115,17 +115,24 @@ def _run_blocking(db: Database, wf: definition.WorkflowDef, run_input: Any,
 def _run_background(db: Database, wf: definition.WorkflowDef, run_input: Any,
                     max_local_workers: int | None, dynamic: bool) -> str:
     run_id = coordinator.start_run(db, wf, run_input, dynamic=dynamic)
-    if wf.has_local_steps:
-        runner = LocalRunner(db, wf, run_id, max_local_workers)
-
-        def drive() -> None:
-            try:
-                _drive(db, run_id, runner, None, watch_steps=True)
-            finally:
-                runner.close()
-
-        threading.Thread(target=drive, name=f"swf-run-{run_id[:8]}", daemon=True).start()
+    drive_in_background(db, wf, run_id, max_local_workers)
     return run_id
+
+
+def drive_in_background(db: Database, wf: definition.WorkflowDef, run_id: str,
+                        max_local_workers: int | None) -> None:
+    """Run the local steps of ``run_id`` from a daemon thread until the run ends."""
+    if not wf.has_local_steps:
+        return
+    runner = LocalRunner(db, wf, run_id, max_local_workers)
+
+    def drive() -> None:
+        try:
+            _drive(db, run_id, runner, None, watch_steps=True)
+        finally:
+            runner.close()
+
+    threading.Thread(target=drive, name=f"swf-run-{run_id[:8]}", daemon=True).start()
 
 
 def _watch_steps(wf: definition.WorkflowDef) -> bool:

@@ -225,3 +225,30 @@ def test_unregistered_distributed_step_is_refused(db: str) -> None:
     fake.apply_async = None  # type: ignore[attr-defined]
     with pytest.raises(swf.WorkflowDefinitionError, match="not registered"):
         Executor.execute(_single(fake, execution="distributed"), {}, db)
+
+
+def test_cancel_revokes_a_running_step(db: str, tmp_path: Path,
+                                       workers: dict[str, Any]) -> None:
+    import time
+
+    flow = _single(engine_app.sleepy, queue="cpu_workers", max_attempts=1)
+    run_id = Executor.start(flow, {"counter": str(tmp_path / "c"), "sleep": 60}, db)
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("LISTEN swf_workflow_events")
+        for _ in range(100):  # the step task is marked started by the worker
+            (status,) = conn.execute("SELECT status FROM swf.step_tasks WHERE run_id = %s",
+                                     (run_id,)).fetchone()
+            if status == "started":
+                break
+            time.sleep(0.1)
+    assert status == "started"
+    (task_id,) = psycopg.connect(db).execute(
+        "SELECT task_id::text FROM swf.step_tasks WHERE run_id = %s", (run_id,)).fetchone()
+    swf.cancel_workflow_run(run_id, db, reason="stop it")
+    with pytest.raises(WorkflowFailed, match="cancelled: stop it"):
+        Executor.wait(run_id, db, timeout=10_000)
+    for _ in range(100):  # the worker got the revoke broadcast and terminated the task
+        if f"Terminating {task_id}" in read_log(workers["cpu"]):
+            break
+        time.sleep(0.1)
+    assert f"Terminating {task_id}" in read_log(workers["cpu"])
