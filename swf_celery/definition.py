@@ -225,7 +225,8 @@ def _options(raw: Mapping[str, Any], where: str) -> StepOptions:
             f"{where}: execution must be 'distributed' or 'local', not {execution!r}")
     attempts = raw.get("max_attempts", 3)
     if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
-        raise WorkflowDefinitionError(f"{where}: max_attempts must be an int >= 1, not {attempts!r}")
+        raise WorkflowDefinitionError(
+            f"{where}: max_attempts must be an int >= 1, not {attempts!r}")
     delay = raw.get("retry_delay", 1.0)
     if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay < 0:
         raise WorkflowDefinitionError(f"{where}: retry_delay must be seconds >= 0, not {delay!r}")
@@ -268,20 +269,21 @@ def load(workflow: Any, *, resource_queues: Mapping[str, str] | None = None) -> 
                     f"{slug}.__workflow_steps__() entry {i} must be (name, function, "
                     f"{{options}}), not {entry!r:.100}")
             name, fn = entry[0], entry[1]
-            opts = dict(entry[2]) if len(entry) == 3 and entry[2] else {}
+            given = dict(entry[2]) if len(entry) == 3 and entry[2] else {}
             marked = step_options(fn)
             base = {k: getattr(marked, k) for k in _OPTION_KEYS} if marked else {}
-            base.update(opts)
+            base.update(given)
             entries.append((name, fn, _options(base, where=f"{slug} step {name!r}")))
     elif isinstance(workflow, (type, types.ModuleType)):
         namespace: dict[str, Any] = {}
-        bases = reversed(workflow.__mro__[:-1]) if isinstance(workflow, type) else [workflow]
-        for base in bases:
-            namespace.update(vars(base))
+        owners: list[Any] = (list(reversed(workflow.__mro__[:-1]))
+                             if isinstance(workflow, type) else [workflow])
+        for owner in owners:
+            namespace.update(vars(owner))
         for attr, value in namespace.items():
-            opts = step_options(value) if not attr.startswith("__") else None
-            if opts is not None:
-                entries.append((opts.name or attr, value, opts))
+            marked_opts = step_options(value) if not attr.startswith("__") else None
+            if marked_opts is not None:
+                entries.append((marked_opts.name or attr, value, marked_opts))
     else:
         raise WorkflowDefinitionError(
             f"a workflow must be a class or module listing steps, or define "

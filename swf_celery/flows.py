@@ -128,7 +128,8 @@ class FlowBuilder:
             row = conn.execute(_Q["lock_flow"], {"slug": workflow_id}).fetchone()
             if row is None:
                 raise FlowNotFound(f"flow {workflow_id!r} does not exist")
-            active = conn.execute(_Q["active_runs"], {"flow_id": row[0]}).fetchone()[0]
+            count = conn.execute(_Q["active_runs"], {"flow_id": row[0]}).fetchone()
+            active = count[0] if count else 0
             if active:
                 raise FlowInUse(f"flow {workflow_id!r} has {active} run(s) in progress or "
                                 "paused: cancel or finish them first")

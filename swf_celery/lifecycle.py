@@ -177,9 +177,9 @@ def list_workflow_runs(repo: Repo | None = None, *, status: str | Sequence[str] 
         raise SwfError(f"order_by direction must be 'asc' or 'desc', not {direction!r}")
     if column not in ORDER_COLUMNS:
         raise SwfError(f"cannot order runs by {column!r}: use one of {sorted(ORDER_COLUMNS)}")
-    for name, value in (("limit", limit), ("offset", offset)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise SwfError(f"{name} must be an int >= 0, not {value!r}")
+    for label, number in (("limit", limit), ("offset", offset)):
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            raise SwfError(f"{label} must be an int >= 0, not {number!r}")
     query = sql.SQL(_Q["list_runs"]).format(order=sql.Identifier(ORDER_COLUMNS[column]),
                                              direction=sql.SQL(direction.upper()))
     params = {"statuses": statuses, "slug": workflow_slug, "limit": limit, "offset": offset}

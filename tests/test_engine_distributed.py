@@ -79,7 +79,8 @@ def test_shared_task_steps_in_both_decorator_orders(db: str) -> None:
 def test_thousand_step_layered_dag_on_workers(db: str) -> None:
     from benchmarks.bench_workflow import layered_workflow
 
-    result = Executor.execute(layered_workflow(engine_app.noop, queue="gpu_workers"), {}, db, timeout=120_000)
+    flow = layered_workflow(engine_app.noop, queue="gpu_workers")
+    result = Executor.execute(flow, {}, db, timeout=120_000)
     assert len(result.output) == 50
     assert set(result.output.values()) == {3}  # run input + two dependencies
     with psycopg.connect(db) as conn:

@@ -138,8 +138,8 @@ def test_pause_while_a_step_completes(db_url: str) -> None:
     for _ in range(10):
         run_id = coordinator.start_run(db, _chain("a", "b"), {})
         [(task_id, _task)] = coordinator.claim_local_tasks(db, run_id, 5)
-        done, _ = _race(lambda: coordinator.complete_task(db, task_id, "A"),
-                        lambda: swf.pause_workflow_run(run_id, db_url))
+        done, _ = _race(lambda t=task_id: coordinator.complete_task(db, t, "A"),
+                        lambda r=run_id: swf.pause_workflow_run(r, db_url))
         assert done == "completed"
         status = swf.get_run_status(run_id, db_url)
         assert status.status == "paused"
@@ -162,8 +162,8 @@ def test_two_resumes_at_once_dispatch_once(db_url: str) -> None:
         queue = f"resume_q{i}"
         run_id = coordinator.start_run(db, _chain("a", "b", queue=queue), {})
         swf.pause_workflow_run(run_id, db_url)
-        _race(lambda: swf.resume_workflow_run(run_id, db_url),
-              lambda: swf.resume_workflow_run(run_id, db_url))
+        _race(lambda r=run_id: swf.resume_workflow_run(r, db_url),
+              lambda r=run_id: swf.resume_workflow_run(r, db_url))
         assert _queue_size(db_url, queue) == 1
         assert _tasks(db_url, run_id) == {"a": ("queued", 1)}
 
@@ -237,8 +237,8 @@ def test_cancel_while_a_step_completes(db_url: str) -> None:
     for _ in range(10):
         run_id = coordinator.start_run(db, _chain("a", "b"), {})
         [(task_id, _task)] = coordinator.claim_local_tasks(db, run_id, 5)
-        done, _ = _race(lambda: coordinator.complete_task(db, task_id, "A"),
-                        lambda: swf.cancel_workflow_run(run_id, db_url))
+        done, _ = _race(lambda t=task_id: coordinator.complete_task(db, t, "A"),
+                        lambda r=run_id: swf.cancel_workflow_run(r, db_url))
         status = swf.get_run_status(run_id, db_url)
         states = {s.name: s.status for s in status.steps}
         assert status.status == "cancelled"
