@@ -539,7 +539,7 @@ RETURNS TABLE (task_id uuid, task jsonb) LANGUAGE sql AS $$
       FROM (SELECT t.task_id FROM swf.step_tasks t
              WHERE t.run_id = p_run AND t.status = 'queued' AND t.execution = 'local'
                AND t.available_at <= now()
-             ORDER BY t.available_at
+             ORDER BY t.available_at, t.task_index
              LIMIT p_limit
                FOR UPDATE SKIP LOCKED) c;
 $$;

@@ -15,6 +15,7 @@ The resource -> queue map used to route steps that name resources but no queue i
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Mapping
@@ -23,13 +24,23 @@ from typing import Any
 
 from swf_celery import coordinator, definition, flows
 from swf_celery.db import Database, Repo, resolve
-from swf_celery.errors import RunNotFound, WorkflowFailed, WorkflowTimeout
+from swf_celery.errors import (
+    DatabaseUnavailable,
+    RunNotFound,
+    SwfError,
+    WorkflowFailed,
+    WorkflowTimeout,
+)
 from swf_celery.local import LocalRunner
 
 DEFAULT_TIMEOUT_MS = 300_000
 #: Longest sleep between two looks at a run when no event arrives (a safety net for a
 #: dropped notification; events normally wake the waiter at once).
 FALLBACK_WAKE_S = 5.0
+#: Consecutive database outages a background driver rides out before it gives up.
+BACKGROUND_RETRIES = 10
+
+log = logging.getLogger("swf_celery.executor")
 
 
 @dataclass(frozen=True)
@@ -127,8 +138,23 @@ def drive_in_background(db: Database, wf: definition.WorkflowDef, run_id: str,
     runner = LocalRunner(db, wf, run_id, max_local_workers)
 
     def drive() -> None:
+        # A background driver has no caller to raise to: it rides out a short database
+        # outage (a restart), and logs and stops when the database stays away.
+        failures = 0
         try:
-            _drive(db, run_id, runner, None, watch_steps=True)
+            while True:
+                try:
+                    _drive(db, run_id, runner, None, watch_steps=True)
+                    return
+                except DatabaseUnavailable as exc:
+                    failures += 1
+                    if failures > BACKGROUND_RETRIES:
+                        log.error("run %s: giving up driving local steps: %s", run_id, exc)
+                        return
+                    time.sleep(min(5.0, 0.5 * failures))
+                except SwfError as exc:
+                    log.error("run %s: stopped driving local steps: %s", run_id, exc)
+                    return
         finally:
             runner.close()
 

@@ -14,14 +14,20 @@ so the late result is ignored when it arrives.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from swf_celery import coordinator
 from swf_celery.db import Database
 from swf_celery.definition import WorkflowDef
+from swf_celery.errors import DatabaseUnavailable
+
+log = logging.getLogger("swf_celery.local")
 
 
 class LocalRunner:
@@ -68,9 +74,9 @@ class LocalRunner:
             try:
                 output = function(task["input"])
             except Exception as exc:  # the step's own failure: retried or fails the run
-                coordinator.fail_task(self.db, task_id, f"{type(exc).__name__}: {exc}")
+                self._report(coordinator.fail_task, task_id, f"{type(exc).__name__}: {exc}")
                 return
-            coordinator.complete_task(self.db, task_id, output)
+            self._report(coordinator.complete_task, task_id, output)
         finally:
             with self._lock:
                 self._busy -= 1
@@ -78,6 +84,21 @@ class LocalRunner:
             if not closed:
                 # Take the next due work at once: a map item's completion emits no event.
                 self.pump()
+
+    def _report(self, call: Callable[[Database, str, Any], str], task_id: str,
+                value: Any) -> None:
+        # The outcome is worth a few retries over a database restart; if it is lost, the
+        # attempt stays started and its timeout (if any) retries it.
+        for delay in (0.5, 1.0, 2.0, None):
+            try:
+                call(self.db, task_id, value)
+                return
+            except DatabaseUnavailable as exc:
+                if delay is None:
+                    log.error("run %s: lost the outcome of task %s: %s", self.run_id,
+                              task_id, exc)
+                    return
+                time.sleep(delay)
 
     def close(self) -> None:
         """Stop taking work; threads of timed-out attempts are not waited for."""

@@ -285,13 +285,22 @@ def test_retry_reuses_completed_steps_and_map_items(db_url: str) -> None:
     assert info.value.step == "each"
     broken["item"] = -1
     before = calls.copy()
+    with psycopg.connect(db_url) as conn:
+        finished = {i for (i,) in conn.execute(
+            "SELECT task_index FROM swf.step_tasks WHERE run_id = %s AND step_name = 'each' "
+            "AND status = 'completed'", (failed,))}
+    assert 7 not in finished and len(finished) >= 1
 
     new_id, again = _race(lambda: swf.retry_failed_workflow(failed, db_url, workflow=Job),
                           lambda: swf.retry_failed_workflow(failed, db_url, workflow=Job))
     assert new_id == again  # one retry per run
     assert Executor.wait(new_id, db_url, timeout=10_000).output == {"total": 450}
     rerun = calls - before
-    assert rerun == Counter({"each7": 1, "total": 1})  # source and items 0-6, 8, 9 reused
+    # Reused: the source step and every item that completed in the failed run (items
+    # queued behind the failure were cancelled with the run: never run, so they run now).
+    expected = Counter({f"each{i}": 1 for i in range(10) if i not in finished})
+    assert rerun == expected + Counter({"total": 1})
+    assert "each7" in rerun and "source" not in rerun
     status = swf.get_run_status(new_id, db_url)
     assert status.retry_of == failed
     assert swf.get_run_status(failed, db_url).retried_by == new_id
