@@ -8,6 +8,9 @@ and result backend load without the workflow layer.
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import Any
+
 from kombu.transport import TRANSPORT_ALIASES
 
 from swf_celery.errors import SwfError
@@ -18,15 +21,32 @@ TRANSPORT_ALIASES["swf"] = "swf_celery.transport:Transport"
 
 __version__ = "0.1.0"
 
-# Public name -> module that defines it; imported on first access (PEP 562), so that
-# `import swf_celery` (which the broker transport needs) stays cheap.
+# Public names loaded on first access (module __getattr__), so `import swf_celery` stays
+# cheap for the transport and the result backend.
 _LAZY = {
+    # messaging
+    "send_with_notify": "swf_celery.messaging",
+    "notify_only": "swf_celery.messaging",
+    "get_message": "swf_celery.messaging",
+    "read_pending": "swf_celery.messaging",
+    "acknowledge": "swf_celery.messaging",
+    "Message": "swf_celery.messaging",
+    "listen": "swf_celery.listener",
+    "alisten": "swf_celery.listener",
+    "unlisten": "swf_celery.listener",
+    "Listener": "swf_celery.listener",
+    "Notification": "swf_celery.listener",
+    # workflows
     "step": "swf_celery.definition",
     "Step": "swf_celery.definition",
     "WorkflowDef": "swf_celery.definition",
     "Executor": "swf_celery.executor",
     "RunResult": "swf_celery.executor",
     "FlowBuilder": "swf_celery.flows",
+    "WorkflowFailed": "swf_celery.errors",
+    "WorkflowTimeout": "swf_celery.errors",
+    "WorkflowDefinitionError": "swf_celery.errors",
+    # run lifecycle
     "get_run_status": "swf_celery.lifecycle",
     "list_workflow_runs": "swf_celery.lifecycle",
     "pause_workflow_run": "swf_celery.lifecycle",
@@ -35,21 +55,16 @@ _LAZY = {
     "retry_failed_workflow": "swf_celery.lifecycle",
     "RunStatus": "swf_celery.lifecycle",
     "RunSummary": "swf_celery.lifecycle",
-    "WorkflowFailed": "swf_celery.errors",
-    "WorkflowTimeout": "swf_celery.errors",
-    "WorkflowDefinitionError": "swf_celery.errors",
 }
 
 __all__ = ["SwfError", "__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'swf_celery' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(import_module(module), name)
     globals()[name] = value
     return value
 

@@ -142,6 +142,78 @@ def version_command(database: str | None) -> None:
     click.echo(f"database {migrate.current_version(url)}, code {migrate.latest_version()}")
 
 
+@main.command("drain-redis")
+@click.argument("redis_url")
+@click.argument("queues", nargs=-1, required=True)
+@_database_option
+def drain_redis_command(redis_url: str, queues: tuple[str, ...], database: str | None) -> None:
+    """Move queued messages of Redis QUEUES into the swf broker (stop workers first)."""
+    from swf_celery.redis_drain import drain_queue
+
+    url = resolve_database_url(database)
+    for queue in queues:
+        click.echo(f"{queue}: moved {drain_queue(redis_url, queue, url)} messages")
+
+
+@main.command("send")
+@click.argument("channel")
+@click.argument("message", metavar="JSON")
+@_database_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def send_command(channel: str, message: str, database: str | None, as_json: bool) -> None:
+    """Store JSON on CHANNEL and NOTIFY its listeners; print the message id."""
+    from swf_celery.errors import PayloadError
+    from swf_celery.messaging import send_with_notify
+
+    try:
+        body = json.loads(message)
+    except ValueError as exc:
+        raise PayloadError(f"JSON argument is not valid JSON ({exc}): {message[:80]!r}") from None
+    message_id = send_with_notify(channel, body, resolve_database_url(database))
+    _emit({"channel": channel, "message_id": message_id}, as_json,
+          lambda: click.echo(message_id))
+
+
+@main.command("listen")
+@click.argument("channel")
+@_database_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
+@click.option("--count", type=click.IntRange(min=1), default=None,
+              help="Exit after N notifications.")
+def listen_command(channel: str, database: str | None, as_json: bool,
+                   count: int | None) -> None:
+    """Print each notification on CHANNEL as it arrives (Ctrl-C to stop).
+
+    `workflow_events` shows the workflow engine's run events. After a reconnect a
+    "gap" line says that notifications may have been missed.
+    """
+    from swf_celery.listener import listen
+
+    listener = listen(channel, resolve_database_url(database))
+    # On stderr, so scripts reading stdout see only notifications but know when to send.
+    click.echo(f"listening on {listener.channel} (PostgreSQL channel "
+               f"{listener.notify_channel})", err=True)
+    seen = 0
+    try:
+        for note in listener:
+            if as_json:
+                click.echo(json.dumps(note.as_dict(), separators=(",", ":")))
+            elif note.kind == "message":
+                click.echo(f"{note.channel}  message {note.message_id}")
+            elif note.kind == "gap":
+                click.echo(f"{note.channel}  gap: reconnected, notifications may have been "
+                           "missed")
+            else:
+                click.echo(f"{note.channel}  {note.payload}")
+            seen += 1
+            if count is not None and seen >= count:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        listener.close()
+
+
 # ``celery -A app swf …`` (entry point group ``celery.commands``): the same commands.
 celery_command = _SwfGroup(name="swf", commands=main.commands,
                            help="swf-celery workflows, broker and results.")

@@ -139,9 +139,11 @@ class Database:
             if self._own_pool is None:
                 from psycopg_pool import ConnectionPool
 
+                # check_connection costs one empty round trip per checkout and means a
+                # database restart costs nobody an error: dead connections are replaced.
                 self._own_pool = ConnectionPool(
                     self.dsn, min_size=1, max_size=int(os.environ.get("SWF_POOL_SIZE", "8")),
-                    open=True, name="swf",
+                    open=True, name="swf", check=ConnectionPool.check_connection,
                 )
             return self._own_pool
 

@@ -101,7 +101,7 @@ class RunNotFound(SwfError, LookupError):
 
 
 class RunStateError(SwfError):
-    """Raised when a lifecycle operation does not fit the run's state (e.g. cancel a finished run)."""
+    """Raised when a lifecycle operation does not fit the run's state (cancel a finished run)."""
 
 
 class WorkflowFailed(SwfError):
@@ -132,7 +132,11 @@ class ChannelNameError(SwfError, ValueError):
     """Raised when a channel name breaks the identifier rules or the 63-byte limit."""
 
 
-class PayloadTooLarge(SwfError, ValueError):
+class PayloadError(SwfError, ValueError):
+    """Raised when a message or NOTIFY payload cannot be sent as given (not JSON, NUL, reserved)."""
+
+
+class PayloadTooLarge(PayloadError):
     """Raised when a NOTIFY payload exceeds PostgreSQL's 8000-byte limit."""
 
 

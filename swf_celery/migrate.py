@@ -23,7 +23,12 @@ from psycopg import errors as pg_errors
 
 from swf_celery import queries
 from swf_celery.db import Repo, resolve, translate_errors
-from swf_celery.errors import DatabasePermissionError, MigrationError, SchemaNotMigrated, SchemaTooNew
+from swf_celery.errors import (
+    DatabasePermissionError,
+    MigrationError,
+    SchemaNotMigrated,
+    SchemaTooNew,
+)
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _Q = queries.load("swf_celery", "migrate.sql")

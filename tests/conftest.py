@@ -132,15 +132,26 @@ class PrivateServer:
 
 
 @pytest.fixture(scope="session")
-def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateServer]:
+def private_server() -> Iterator[PrivateServer]:
     """A migrated embedded server of its own (database ``swf``), for restart tests."""
+    import shutil
     import socket
+    import tempfile
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = PrivateServer(str(tmp_path_factory.mktemp("private-pg")), port)
-    server.start()
-    migrate.migrate(server.url)
-    yield server
-    server.stop()
+    # Not under pytest's basetemp: every pytest run on the machine resets
+    # /tmp/pytest-of-<user> to mode 0700, which (as root) takes away the traverse bit the
+    # unprivileged server user needs, so a concurrent run would break our restart/stop.
+    home = tempfile.mkdtemp(prefix="swf-private-pg-")
+    server = PrivateServer(home, port)
+    try:
+        server.start()
+        migrate.migrate(server.url)
+        yield server
+    finally:
+        try:
+            server.stop()
+        finally:
+            shutil.rmtree(home, ignore_errors=True)

@@ -63,3 +63,13 @@ def test_sql_errors_are_translated(db_url: str) -> None:
 def test_other_objects_are_refused() -> None:
     with pytest.raises(ConfigurationError, match="DSN string"):
         db.resolve(42)
+
+
+def test_pool_survives_a_database_restart(private_server) -> None:  # type: ignore[no-untyped-def]
+    database = db.resolve(private_server.url)
+    try:
+        assert _select_one(database) == 42
+        private_server.restart()
+        assert _select_one(database) == 42  # the dead pooled connection is replaced
+    finally:
+        database.close()

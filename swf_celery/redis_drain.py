@@ -1,0 +1,68 @@
+"""Move queued Celery messages from a Redis broker into the swf broker.
+
+For teams switching ``broker_url`` from ``redis://`` to ``swf://``. The safe procedure
+(also in ``examples/from_redis/README.md``):
+
+1. Stop the producers, then stop the Redis workers with a warm shutdown (``TERM``):
+   kombu puts their unacknowledged and ETA-held messages back on the Redis lists.
+2. ``swf-celery drain-redis redis://host:6379/0 celery gpu_workers …``
+3. Start the workers and producers on ``swf://``.
+
+Each message is moved with ``RPOPLPUSH`` onto a backup list ``<queue>.swf-draining``,
+written to Postgres (``swf.queue_send``, committed), and only then removed from the
+backup. A crash in between leaves the message in the backup list, and the next run
+moves the backup first: nothing is lost; a message may be delivered twice (the same
+at-least-once promise Celery makes). Priority sub-queues (``queue\\x06\\x16N``) are
+drained too, keeping each message's priority property.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from swf_celery import queries
+from swf_celery.db import Repo, resolve
+from swf_celery.errors import ConfigurationError, MessageError
+
+_Q = queries.load("swf_celery", "redis_drain.sql")
+PRIORITY_SEP = "\x06\x16"
+PRIORITY_STEPS = (0, 3, 6, 9)
+
+
+def _redis(url: str) -> Any:
+    try:
+        import redis
+    except ImportError:
+        raise ConfigurationError("draining Redis needs the redis package: pip install redis") \
+            from None
+    return redis.Redis.from_url(url)
+
+
+def drain_queue(redis_url: str, queue: str, repo: Repo | None = None) -> int:
+    """Move every message of Redis queue ``queue`` into the swf queue of the same name."""
+    client = _redis(redis_url)
+    db = resolve(repo)
+    moved = 0
+    for step in PRIORITY_STEPS:
+        key = queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}"
+        backup = f"{key}.swf-draining"
+        while True:
+            raw = client.lindex(backup, -1)  # leftovers of an interrupted run go first
+            if raw is None:
+                raw = client.rpoplpush(key, backup)
+            if raw is None:
+                break
+            try:
+                message = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise MessageError(
+                    f"message in Redis list {key!r} is not JSON ({exc}); it stays in "
+                    f"{backup!r} for inspection"
+                ) from exc
+            with db.connection() as conn:
+                conn.execute(_Q["queue_send"], {"queue": queue,
+                                                "message": json.dumps(message)})
+            client.rpop(backup)
+            moved += 1
+    return moved

@@ -1,0 +1,2 @@
+-- name: queue_send
+SELECT swf.queue_send(%(queue)s, %(message)s::jsonb, 0);
