@@ -336,3 +336,20 @@ def test_other_definition_errors(db_url: str) -> None:
     with pytest.raises(RunInputError, match="run input"):
         Executor.execute(Diamond, {"n": object()}, db_url)
     _no_rows(db_url)
+
+
+def test_workflow_events_arrive_through_listen(db_url: str) -> None:
+    """The messaging API's listen("workflow_events") hears the engine's events."""
+    listener = swf.listen("workflow_events", db_url)
+    try:
+        result = Executor.execute(Diamond, {"n": 1}, db_url)
+        events = []
+        while True:
+            note = listener.get(timeout=2)
+            assert note is not None, f"no run-completed event among {events}"
+            events.append(note.json())
+            if note.json() == {"run_id": result.run_id, "step": None, "status": "completed"}:
+                break
+    finally:
+        swf.unlisten(listener, db_url)
+    assert {"run_id": result.run_id, "step": "join", "status": "completed"} in events
