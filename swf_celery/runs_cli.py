@@ -95,10 +95,10 @@ def runs_show(run_id: str, database: str | None, as_json: bool) -> None:
             console.print(f"error{where}: {status.error}")
         table = Table("step", "status", "where", "tasks", "attempts", "resources", "error")
         for s in status.steps:
-            where = s.queue if s.execution == "distributed" else "local"
+            where = (s.queue or "") if s.execution == "distributed" else "local"
             tasks = "" if s.task_count is None else f"{s.completed_tasks}/{s.task_count}"
             resources = ", ".join(f"{k}={v}" for k, v in s.resources.items())
-            table.add_row(s.name, _styled(s.status), where or "", tasks, str(s.attempts),
+            table.add_row(s.name, _styled(s.status), where, tasks, str(s.attempts),
                           resources, s.error or "")
         console.print(table)
 
