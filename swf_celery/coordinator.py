@@ -90,6 +90,13 @@ def tick(db: Database, run_id: str) -> dict[str, Any] | None:
     return row[0] if row else None
 
 
+def expire_tasks(db: Database, run_id: str | None = None) -> int:
+    """Fail started attempts past their timeout (of one run, or of all); how many."""
+    with db.connection() as conn:
+        row = conn.execute(_Q["expire_tasks"], {"run_id": run_id}).fetchone()
+    return int(row[0]) if row else 0
+
+
 def listen_query() -> str:
     """The LISTEN statement for workflow events."""
     return _Q["listen"]

@@ -19,6 +19,7 @@ that only runs steps may ``import swf_celery.step_task`` instead.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from celery import shared_task
@@ -29,6 +30,8 @@ from swf_celery.db import Database, resolve
 from swf_celery.errors import ConfigurationError
 
 DATABASE_SETTING = "swf_database_url"
+#: Seconds between two sweeps of timed-out attempts by one worker process.
+SWEEP_INTERVAL = 30.0
 
 
 def database_for(app: Any) -> Database:
@@ -69,3 +72,18 @@ def run_step(self: Any, ref: dict[str, Any]) -> None:
         coordinator.fail_task(db, task_id, f"{type(exc).__name__}: {exc}")
         return
     coordinator.complete_task(db, task_id, output)
+    _sweep(db)
+
+
+_last_sweep = 0.0
+
+
+def _sweep(db: Database) -> None:
+    # An attempt whose worker died past its hard time limit reports nothing and its message
+    # is acked; callers waiting on the run expire it, and so do workers, every
+    # SWEEP_INTERVAL seconds, so that a run nobody waits on cannot hang on it forever.
+    global _last_sweep
+    now = time.monotonic()
+    if now - _last_sweep >= SWEEP_INTERVAL:
+        _last_sweep = now
+        coordinator.expire_tasks(db)

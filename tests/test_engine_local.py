@@ -353,3 +353,19 @@ def test_workflow_events_arrive_through_listen(db_url: str) -> None:
     finally:
         swf.unlisten(listener, db_url)
     assert {"run_id": result.run_id, "step": "join", "status": "completed"} in events
+
+
+def test_expire_tasks_fails_overdue_attempts_of_any_run(db_url: str) -> None:
+    db = resolve(db_url)
+    options = definition._options({"timeout": 0.5, "max_attempts": 2, "retry_delay": 0},
+                                  where="test")
+    wf = definition.build("tests.overdue", [("slow", lambda inputs: None, options)])
+    run_id = coordinator.start_run(db, wf, {})
+    [(task_id, _task)] = coordinator.claim_local_tasks(db, run_id, 1)
+    assert coordinator.expire_tasks(db) == 0  # not yet due
+    time.sleep(0.6)
+    assert coordinator.expire_tasks(db) == 1  # what workers run every 30 s, for every run
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT attempt, status, error FROM swf.step_tasks").fetchone()
+    assert row == (2, "queued", "timed out after 0.5 s")
+    assert coordinator.complete_task(db, task_id, "late") == "ignored"
