@@ -234,3 +234,26 @@ LANGUAGE sql STABLE AS $$
               FROM swf.step_states s WHERE s.run_id = r.id), '[]'::jsonb))
       FROM swf.runs r WHERE r.id = p_run;
 $$;
+
+
+-- Cancel a plain Celery canvas (chain, group, chord) by its root id: remove its queued
+-- messages from every queue and return the task ids of its messages that workers hold
+-- (fetched, not yet acknowledged), for the caller to revoke. Queue tables are named from
+-- swf.queues, never from the caller's text.
+CREATE FUNCTION swf.cancel_canvas(p_root text) RETURNS TABLE (removed integer, held text[])
+LANGUAGE plpgsql AS $$
+DECLARE
+    q      swf.queues;
+    v_ids  text[];
+BEGIN
+    held := '{}';
+    FOR q IN SELECT * FROM swf.queues ORDER BY id LOOP
+        EXECUTE format('SELECT array_agg(headers ->> ''task_id'') FROM pgmq.%I '
+                       'WHERE headers ->> ''root_id'' = $1 AND read_ct > 0 '
+                       'AND vt > clock_timestamp()', 'q_' || q.pgmq_name)
+           INTO v_ids USING p_root;
+        held := held || coalesce(v_ids, '{}');
+    END LOOP;
+    removed := swf.queue_remove_root(p_root);
+    RETURN NEXT;
+END $$;

@@ -53,6 +53,7 @@ _LAZY = {
     "resume_workflow_run": "swf_celery.lifecycle",
     "cancel_workflow_run": "swf_celery.lifecycle",
     "retry_failed_workflow": "swf_celery.lifecycle",
+    "cancel_canvas": "swf_celery.lifecycle",
     "RunStatus": "swf_celery.lifecycle",
     "RunSummary": "swf_celery.lifecycle",
 }

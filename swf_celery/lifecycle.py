@@ -219,6 +219,33 @@ def cancel_workflow_run(run_id: str, repo: Repo | None = None, *,
         _revoke(db, list(running), app)
 
 
+@dataclass(frozen=True)
+class CanvasCancel:
+    """What :func:`cancel_canvas` did: queued messages removed, task ids revoked."""
+
+    removed: int
+    revoked: list[str]
+
+
+def cancel_canvas(root_id: str, repo: Repo | None = None, *, app: Any = None) -> CanvasCancel:
+    """Cancel a plain Celery chain, group or chord by its root id (``result.root_id``).
+
+    Every queued message with that root id is removed from its queue (including delayed
+    ETA/countdown messages), and the tasks of messages that workers hold are revoked with
+    ``terminate=True``. A chain stops there; a chord whose header tasks are gone never
+    fires its body.
+    """
+    if not isinstance(root_id, str) or not root_id:
+        raise SwfError(f"root_id must be a task id, not {root_id!r}")
+    db = resolve(repo)
+    with db.connection() as conn:
+        row = conn.execute(_Q["cancel_canvas"], {"root_id": root_id}).fetchone()
+    removed, held = (row[0], list(row[1] or [])) if row else (0, [])
+    if held:
+        _revoke(db, held, app)
+    return CanvasCancel(removed, held)
+
+
 def _revoke(db: Database, task_ids: list[str], app: Any) -> None:
     from celery import Celery
 

@@ -27,3 +27,6 @@ SELECT id::text, flow_slug, status, total_steps, total_steps - remaining_steps,
    AND (%(slug)s::text IS NULL OR flow_slug = %(slug)s::text)
  ORDER BY {order} {direction}, id
  LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: cancel_canvas
+SELECT removed, held FROM swf.cancel_canvas(%(root_id)s);

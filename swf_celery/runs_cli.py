@@ -2,7 +2,8 @@
 
 ``runs list``, ``runs show RUN_ID`` (per-step table), ``runs watch RUN_ID`` (a live
 progress bar driven by the engine's NOTIFY events; exits when the run ends, with status 1
-unless it completed), ``pause``, ``resume``, ``cancel``, ``retry``. Human output by
+unless it completed), ``pause``, ``resume``, ``cancel``, ``retry``, and
+``cancel-canvas ROOT_ID`` for plain Celery canvases. Human output by
 default, ``--json`` for scripts; errors are one line and a non-zero exit (cli.py).
 """
 
@@ -196,7 +197,23 @@ def retry_command(run_id: str, database: str | None, as_json: bool, reset_all: b
           lambda: click.echo(new_id))
 
 
+@click.command("cancel-canvas")
+@click.argument("root_id")
+@_database_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def cancel_canvas_command(root_id: str, database: str | None, as_json: bool) -> None:
+    """Cancel a Celery chain/group/chord by ROOT_ID: remove its queued messages, revoke
+    the tasks workers hold."""
+    from swf_celery.lifecycle import cancel_canvas
+
+    done = cancel_canvas(root_id, resolve_database_url(database))
+    _emit({"root_id": root_id, "removed": done.removed, "revoked": done.revoked}, as_json,
+          lambda: click.echo(f"canvas {root_id}: removed {done.removed} queued message(s), "
+                             f"revoked {len(done.revoked)} task(s)"))
+
+
 def register(group: click.Group) -> None:
     """Add the run commands to the ``swf-celery`` group."""
-    for command in (runs, pause_command, resume_command, cancel_command, retry_command):
+    for command in (runs, pause_command, resume_command, cancel_command, retry_command,
+                    cancel_canvas_command):
         group.add_command(command)

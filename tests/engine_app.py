@@ -120,3 +120,15 @@ class SharedFlow:
     fetch = fetch
     shared_double = shared_double
     shared_inc = shared_inc
+
+
+@app.task
+def nap(seconds: float) -> str:
+    """A plain Celery task (no workflow) that sleeps, for canvas cancellation."""
+    time.sleep(seconds)
+    return "rested"
+
+
+@app.task
+def touch(path: str) -> None:
+    Path(path).write_text("ran")

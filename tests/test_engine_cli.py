@@ -85,3 +85,14 @@ def test_runs_watch_follows_events_until_the_run_ends(db_url: str) -> None:
         watch.kill()
     assert watch.returncode == 0, err
     assert f"run {run_id} completed" in out
+
+
+def test_cancel_canvas_command(db_url: str) -> None:
+    from celery import Celery
+
+    client = Celery("cli-canvas", broker="swf://" + db_url.split("://", 1)[1],
+                    set_as_current=False)
+    sent = client.send_task("tests.engine_app.touch", args=["/nonexistent"], queue="cli_canvas_q")
+    client.close()
+    out = _json("cancel-canvas", sent.id, url=db_url)
+    assert out == {"root_id": sent.id, "removed": 1, "revoked": []}

@@ -253,3 +253,44 @@ def test_cancel_revokes_a_running_step(db: str, tmp_path: Path,
             break
         time.sleep(0.1)
     assert f"Terminating {task_id}" in read_log(workers["cpu"])
+
+
+def test_cancel_canvas_removes_queued_and_revokes_held(db: str, tmp_path: Path,
+                                                       workers: dict[str, Any]) -> None:
+    import time
+
+    from celery import Celery, chain
+
+    client = Celery("canvas-client", broker="swf://" + db.split("://", 1)[1],
+                    set_as_current=False)
+    marker = tmp_path / "after"
+
+    def sig(name: str, *args: Any, queue: str) -> Any:
+        return client.signature(f"tests.engine_app.{name}", args=args, immutable=True,
+                                queue=queue)
+
+    running = chain(sig("nap", 30, queue="cpu_workers"),
+                    sig("touch", str(marker), queue="cpu_workers")).apply_async()
+    queued = chain(sig("touch", str(marker), queue="canvas_hold_q"),
+                   sig("touch", str(marker), queue="canvas_hold_q")).apply_async()
+    root, queued_root = running.parent.id, queued.parent.id
+    for _ in range(100):  # the worker holds the chain's first message
+        if f"tests.engine_app.nap[{root}] received" in read_log(workers["cpu"]):
+            break
+        time.sleep(0.1)
+
+    done = swf.cancel_canvas(root, db, app=client)
+    assert done.revoked == [root] and done.removed == 0
+    for _ in range(100):
+        log = read_log(workers["cpu"])
+        if (f"Terminating {root}" in log
+                or f"Discarding revoked task: tests.engine_app.nap[{root}]" in log):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"{root} was not revoked:\n{read_log(workers['cpu'])[-2000:]}")
+
+    assert swf.cancel_canvas(queued_root, db).removed == 1
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT swf.queue_size('canvas_hold_q')").fetchone()[0] == 0
+    assert not marker.exists()  # neither chain went on
