@@ -214,19 +214,18 @@ BEGIN
         END IF;
         v_count := jsonb_array_length(v_items);
     END IF;
-    UPDATE swf.step_states
-       SET status = 'started', started_at = now(), task_count = v_count
-     WHERE run_id = p_run AND step_name = p_step;
     PERFORM swf._notify(p_run, p_step, 'started');
-    -- Tasks a retried run reused (finished items of a map step) are already there.
+    -- Tasks a retried run reused (finished items of a map step) are already there: only
+    -- the missing ones are created, and only those remain to be done.
     INSERT INTO swf.step_tasks (run_id, step_name, task_index, task_id, execution, item)
     SELECT p_run, p_step, i, gen_random_uuid(), v_state.execution,
            CASE WHEN v_items IS NULL THEN NULL ELSE v_items -> i END
       FROM generate_series(0, v_count - 1) AS i
         ON CONFLICT (run_id, step_name, task_index) DO NOTHING;
-    SELECT count(*) FILTER (WHERE status <> 'completed') INTO v_left
-      FROM swf.step_tasks WHERE run_id = p_run AND step_name = p_step;
-    UPDATE swf.step_states SET remaining_tasks = v_left
+    GET DIAGNOSTICS v_left = ROW_COUNT;
+    UPDATE swf.step_states
+       SET status = 'started', started_at = now(), task_count = v_count,
+           remaining_tasks = v_left
      WHERE run_id = p_run AND step_name = p_step;
     IF v_left = 0 THEN
         PERFORM swf._complete_step(p_run, p_step,

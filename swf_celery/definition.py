@@ -243,6 +243,13 @@ def _options(raw: Mapping[str, Any], where: str) -> StepOptions:
         if value is not None and (not isinstance(value, str) or not value):
             raise WorkflowDefinitionError(f"{where}: {key} must be a non-empty string, "
                                           f"not {value!r}")
+    queue = raw.get("queue")
+    # The broker's rules, checked here so that a bad name fails the definition, not the
+    # transaction that dispatches the step.
+    if queue is not None and (len(queue.encode()) > 255
+                              or any(ord(c) < 32 or ord(c) == 127 for c in queue)):
+        raise WorkflowDefinitionError(
+            f"{where}: queue name {queue[:40]!r} has control characters or is over 255 bytes")
     return StepOptions(tuple(depends_on), raw.get("queue"), execution, attempts, float(delay),
                        None if timeout is None else float(timeout), dict(resources),
                        raw.get("map_over"), raw.get("name"))

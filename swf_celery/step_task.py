@@ -20,18 +20,21 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import shared_task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from swf_celery import coordinator
 from swf_celery.db import Database, resolve
-from swf_celery.errors import ConfigurationError
+from swf_celery.errors import ConfigurationError, DatabaseUnavailable
 
 DATABASE_SETTING = "swf_database_url"
 #: Seconds between two sweeps of timed-out attempts by one worker process.
 SWEEP_INTERVAL = 30.0
+#: Pauses between attempts to store a step's outcome while the database is unreachable.
+REPORT_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
 
 
 def database_for(app: Any) -> Database:
@@ -50,7 +53,10 @@ def database_for(app: Any) -> Database:
     return resolve(url)
 
 
-@shared_task(name="swf_celery.step", bind=True, acks_late=True, ignore_result=True)
+# acks_late + reject_on_worker_lost: a worker that dies mid-step gives the message back,
+# so the attempt runs again (at-least-once); the coordinator ignores duplicate reports.
+@shared_task(name="swf_celery.step", bind=True, acks_late=True, reject_on_worker_lost=True,
+             ignore_result=True)
 def run_step(self: Any, ref: dict[str, Any]) -> None:
     """Run one step task of a workflow run (``ref``: run id, step, index, attempt)."""
     db = database_for(self.app)
@@ -60,19 +66,37 @@ def run_step(self: Any, ref: dict[str, Any]) -> None:
         return  # duplicate delivery, superseded attempt, or the run ended: nothing to do
     function = self.app.tasks.get(claim["task_name"])
     if function is None:
-        coordinator.fail_task(db, task_id, f"task {claim['task_name']!r} is not registered "
-                                           f"on worker {self.request.hostname}")
+        _report(coordinator.fail_task, db, task_id,
+                f"task {claim['task_name']!r} is not registered on worker "
+                f"{self.request.hostname}")
         return
     try:
         output = function(claim["input"])
     except SoftTimeLimitExceeded:
-        coordinator.fail_task(db, task_id, f"timed out after {claim['timeout_ms'] / 1000:g} s")
+        _report(coordinator.fail_task, db, task_id,
+                f"timed out after {claim['timeout_ms'] / 1000:g} s")
         return
     except Exception as exc:  # the step's own failure: reported, the attempt retried or failed
-        coordinator.fail_task(db, task_id, f"{type(exc).__name__}: {exc}")
+        _report(coordinator.fail_task, db, task_id, f"{type(exc).__name__}: {exc}")
         return
-    coordinator.complete_task(db, task_id, output)
+    _report(coordinator.complete_task, db, task_id, output)
     _sweep(db)
+
+
+def _report(call: Callable[[Database, str, Any], str], db: Database, task_id: str,
+            value: Any) -> None:
+    # The outcome is worth a few retries over a database restart. If it still cannot be
+    # stored, the message goes back to the queue and the attempt runs again later.
+    for delay in REPORT_RETRY_DELAYS:
+        try:
+            call(db, task_id, value)
+            return
+        except DatabaseUnavailable:
+            time.sleep(delay)
+    try:
+        call(db, task_id, value)
+    except DatabaseUnavailable as exc:
+        raise Reject(f"cannot report step task {task_id}: {exc}", requeue=True) from exc
 
 
 _last_sweep = 0.0

@@ -333,6 +333,8 @@ def test_other_definition_errors(db_url: str) -> None:
         swf.step(execution="remote")
     with pytest.raises(WorkflowDefinitionError, match="max_attempts"):
         swf.step(max_attempts=0)
+    with pytest.raises(WorkflowDefinitionError, match="control characters"):
+        swf.step(queue="gpu\nworkers")
     with pytest.raises(RunInputError, match="run input"):
         Executor.execute(Diamond, {"n": object()}, db_url)
     _no_rows(db_url)
