@@ -436,18 +436,21 @@ BEGIN
     IF NOT FOUND THEN
         RETURN 'ignored';
     END IF;
+    SELECT map_over INTO v_map FROM swf.step_states
+     WHERE run_id = v_task.run_id AND step_name = v_task.step_name;
+    IF v_map IS NULL THEN
+        -- One task, one step: complete it directly (_complete_step checks it is started).
+        PERFORM swf._complete_step(v_task.run_id, v_task.step_name, p_output);
+        RETURN 'completed';
+    END IF;
     UPDATE swf.step_states SET remaining_tasks = remaining_tasks - 1
      WHERE run_id = v_task.run_id AND step_name = v_task.step_name AND status = 'started'
-    RETURNING remaining_tasks, map_over INTO v_remaining, v_map;
+    RETURNING remaining_tasks INTO v_remaining;
     IF NOT FOUND OR v_remaining > 0 THEN
         RETURN 'completed';
     END IF;
-    IF v_map IS NULL THEN
-        v_output := p_output;
-    ELSE
-        SELECT jsonb_agg(output ORDER BY task_index) INTO v_output FROM swf.step_tasks
-         WHERE run_id = v_task.run_id AND step_name = v_task.step_name;
-    END IF;
+    SELECT jsonb_agg(output ORDER BY task_index) INTO v_output FROM swf.step_tasks
+     WHERE run_id = v_task.run_id AND step_name = v_task.step_name;
     PERFORM swf._complete_step(v_task.run_id, v_task.step_name, v_output);
     RETURN 'completed';
 END $$;
