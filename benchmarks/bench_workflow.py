@@ -160,6 +160,12 @@ def run(database_url: str) -> str:
         f"**{statistics.median(overhead_ms):.2f} ms** median "
         f"({', '.join(f'{x:.2f}' for x in overhead_ms)}); target <= 2 ms.",
         "",
+        f"Profile: with 2 worker processes, each step costs "
+        f"{2000 * statistics.median(ours) / steps:.1f} ms of worker-process time on our side "
+        f"against {2000 * statistics.median(flat) / steps:.1f} ms for an independent Redis "
+        "task (the reference row): Celery's own per-task work dominates both; the "
+        "coordinator's SQL above and the broker's read/ack make the difference.",
+        "",
         "Where the coordinator's time goes (last round, `pg_stat_user_functions`; nested "
         "calls are included in their caller's time; calls are those flushed to the "
         "statistics when read; `queue_read`/`queue_ack` are the broker's, per batch/message):",
