@@ -18,7 +18,8 @@ import swf_celery as swf
 _url = os.environ.get("SWF_DATABASE_URL", "postgresql://localhost/unset")
 app = Celery("engine_app", broker="swf://" + _url.split("://", 1)[1])
 app.conf.update(task_acks_late=True, worker_prefetch_multiplier=4,
-                broker_transport_options={"visibility_timeout": 30},
+                broker_transport_options={
+                    "visibility_timeout": float(os.environ.get("SWF_TEST_VT", "30"))},
                 worker_hijack_root_logger=False,
                 swf_resource_queues={"gpu": "gpu_workers"})
 

@@ -294,3 +294,41 @@ def test_cancel_canvas_removes_queued_and_revokes_held(db: str, tmp_path: Path,
     with psycopg.connect(db) as conn:
         assert conn.execute("SELECT swf.queue_size('canvas_hold_q')").fetchone()[0] == 0
     assert not marker.exists()  # neither chain went on
+
+
+def test_worker_killed_mid_step_runs_it_again_and_completes_once(db: str,
+                                                                   tmp_path: Path) -> None:
+    """At-least-once: the step may run twice, it completes once, dependents dispatch once."""
+    import time
+
+    counter = str(tmp_path / "crash")
+
+    class Crash:
+        @staticmethod
+        def __workflow_steps__() -> list[Any]:
+            return [("slow", engine_app.sleepy, {"queue": "crash_q"}),
+                    ("after", engine_app.noop, {"depends_on": ["slow"],
+                                                "queue": "gpu_workers"})]
+
+    env = {"SWF_DATABASE_URL": db, "WORKER_ROLE": "crash", "SWF_TEST_VT": "2"}
+    run_id = Executor.start(Crash, {"counter": counter, "sleep": 30}, db)
+    with worker_process("tests.engine_app", queues=["crash_q"], env=env, concurrency=1,
+                        hostname="crash1@%h") as first:
+        for _ in range(200):  # the first attempt is running
+            if Path(counter).exists():
+                break
+            time.sleep(0.05)
+        kill_worker(first)
+    assert Path(counter).read_text().count("x") == 1
+    with worker_process("tests.engine_app", queues=["crash_q"], env=env, concurrency=1,
+                        hostname="crash2@%h") as second:
+        # The message reappears after the 2 s visibility timeout; the second run of
+        # sleepy is quick (it sleeps only on its first call).
+        result = Executor.wait(run_id, db, timeout=60_000)
+        kill_worker(second)
+    assert result.output == {"after": 2}
+    assert Path(counter).read_text().count("x") == 2
+    with psycopg.connect(db) as conn:
+        rows = conn.execute("SELECT step_name, attempt, status, output FROM swf.step_tasks "
+                            "WHERE run_id = %s ORDER BY step_name", (run_id,)).fetchall()
+    assert rows == [("after", 1, "completed", 2), ("slow", 1, "completed", "attempt 2")]

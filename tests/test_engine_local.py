@@ -371,3 +371,18 @@ def test_expire_tasks_fails_overdue_attempts_of_any_run(db_url: str) -> None:
         row = conn.execute("SELECT attempt, status, error FROM swf.step_tasks").fetchone()
     assert row == (2, "queued", "timed out after 0.5 s")
     assert coordinator.complete_task(db, task_id, "late") == "ignored"
+
+
+def test_repo_may_be_an_engine_or_a_pool(db_url: str) -> None:
+    import sqlalchemy
+    from psycopg_pool import ConnectionPool
+
+    engine = sqlalchemy.create_engine(db_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        assert Executor.execute(Diamond, {"n": 2}, engine).output["join"]["sum"] == 7
+    finally:
+        engine.dispose()
+    with ConnectionPool(db_url, min_size=1, max_size=4) as pool:
+        result = Executor.execute(Diamond, {"n": 3}, pool)
+        assert result.output["join"]["sum"] == 10
+        assert swf.get_run_status(result.run_id, pool).status == "completed"
