@@ -19,6 +19,7 @@ from swf_celery.errors import (
 )
 from swf_celery.executor import Executor
 from swf_celery.flows import FlowBuilder
+from tests.test_engine_local import _join_run_drivers  # noqa: F401
 
 
 def test_build_list_get_execute_delete(db_url: str) -> None:

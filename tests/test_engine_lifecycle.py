@@ -19,7 +19,7 @@ from swf_celery import coordinator, definition, lifecycle
 from swf_celery.db import resolve
 from swf_celery.errors import RunNotFound, RunStateError, SwfError, WorkflowFailed
 from swf_celery.executor import Executor
-from tests.test_engine_local import Diamond
+from tests.test_engine_local import Diamond, _join_run_drivers  # noqa: F401
 
 
 def _noop(inputs: dict[str, Any]) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -24,6 +25,16 @@ from swf_celery.errors import (
     WorkflowFailed,
 )
 from swf_celery.executor import Executor
+
+
+@pytest.fixture(autouse=True)
+def _join_run_drivers(db_url: str) -> Iterator[None]:
+    """Let background run drivers (Executor.start) see their run end before the database
+    is dropped (this fixture is torn down before ``db_url``)."""
+    yield
+    for thread in threading.enumerate():
+        if thread.name.startswith("swf-run-"):
+            thread.join(10)
 
 
 def _count(url: str, table: str) -> int:
