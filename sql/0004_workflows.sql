@@ -326,12 +326,29 @@ DECLARE
     v_total integer := jsonb_array_length(p_steps);
     v_step  text;
 BEGIN
-    -- FOR SHARE: a concurrent delete_flow waits for this run to exist (and then refuses).
-    SELECT * INTO v_flow FROM swf.flows WHERE slug = p_slug FOR SHARE;
-    IF NOT FOUND AND NOT p_dynamic THEN
+    IF NOT p_dynamic THEN
         INSERT INTO swf.flows (slug, dynamic) VALUES (p_slug, false)
             ON CONFLICT (slug) DO NOTHING;
-        SELECT * INTO v_flow FROM swf.flows WHERE slug = p_slug;
+    END IF;
+    SELECT * INTO v_flow FROM swf.flows WHERE slug = p_slug;
+    IF NOT p_dynamic AND v_flow.dynamic IS FALSE
+       AND v_flow.definition_hash IS DISTINCT FROM p_hash THEN
+        -- A code-defined flow's catalogue entry follows the code: refresh it when it
+        -- changed, under the row lock (two first runs of a new version must not both
+        -- rewrite it), checking again once the lock is ours.
+        SELECT * INTO v_flow FROM swf.flows WHERE slug = p_slug FOR UPDATE;
+        IF v_flow.definition_hash IS DISTINCT FROM p_hash THEN
+            DELETE FROM swf.flow_steps WHERE flow_id = v_flow.id;
+            INSERT INTO swf.flow_steps (flow_id, step_name, step_index, depends_on, options)
+            SELECT v_flow.id, s ->> 'name', idx::integer - 1,
+                   ARRAY(SELECT jsonb_array_elements_text(s -> 'depends_on')),
+                   s - 'name' - 'depends_on' - 'dependents'
+              FROM jsonb_array_elements(p_steps) WITH ORDINALITY AS e(s, idx);
+            UPDATE swf.flows SET definition_hash = p_hash WHERE id = v_flow.id;
+        END IF;
+    ELSE
+        -- FOR SHARE: a concurrent delete_flow waits for this run to exist (then refuses).
+        SELECT * INTO v_flow FROM swf.flows WHERE slug = p_slug FOR SHARE;
     END IF;
     IF v_flow.id IS NULL THEN
         RAISE EXCEPTION 'flow % does not exist', p_slug USING ERRCODE = 'no_data_found';
@@ -340,16 +357,6 @@ BEGIN
         RAISE EXCEPTION 'flow % is a % flow', p_slug,
             CASE WHEN v_flow.dynamic THEN 'dynamic' ELSE 'code-defined' END
             USING ERRCODE = 'unique_violation';
-    END IF;
-    -- A code-defined flow's catalogue entry follows the code: refresh it when it changed.
-    IF NOT p_dynamic AND v_flow.definition_hash IS DISTINCT FROM p_hash THEN
-        DELETE FROM swf.flow_steps WHERE flow_id = v_flow.id;
-        INSERT INTO swf.flow_steps (flow_id, step_name, step_index, depends_on, options)
-        SELECT v_flow.id, s ->> 'name', idx::integer - 1,
-               ARRAY(SELECT jsonb_array_elements_text(s -> 'depends_on')),
-               s - 'name' - 'depends_on' - 'dependents'
-          FROM jsonb_array_elements(p_steps) WITH ORDINALITY AS e(s, idx);
-        UPDATE swf.flows SET definition_hash = p_hash WHERE id = v_flow.id;
     END IF;
     INSERT INTO swf.runs (flow_id, flow_slug, input, retry_of, total_steps, remaining_steps)
     VALUES (v_flow.id, p_slug, p_input, p_retry_of, v_total, v_total)

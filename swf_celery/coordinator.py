@@ -15,10 +15,12 @@ import hashlib
 import json
 from typing import Any
 
+from psycopg import errors as pg_errors
+
 from swf_celery import queries
 from swf_celery.db import Database
 from swf_celery.definition import WorkflowDef
-from swf_celery.errors import RunInputError
+from swf_celery.errors import DatabaseError, FlowNotFound, RunInputError, WorkflowDefinitionError
 
 #: PostgreSQL channel of workflow events.
 EVENTS_CHANNEL = "swf_workflow_events"
@@ -44,8 +46,18 @@ def start_run(db: Database, workflow: WorkflowDef, run_input: Any, *, dynamic: b
     params = {"slug": workflow.slug, "steps": steps_text,
               "input": to_json(run_input, "the run input"), "dynamic": dynamic,
               "hash": hashlib.sha256(steps_text.encode()).hexdigest(), "retry_of": retry_of}
-    with db.connection() as conn:
-        return str(conn.execute(_Q["start_run"], params).fetchone()[0])  # type: ignore[index]
+    try:
+        with db.connection() as conn:
+            return str(conn.execute(_Q["start_run"], params).fetchone()[0])  # type: ignore[index]
+    except DatabaseError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, pg_errors.NoDataFound):
+            raise FlowNotFound(cause.diag.message_primary or str(cause)) from None
+        if isinstance(cause, pg_errors.UniqueViolation):  # slug taken by the other kind
+            raise WorkflowDefinitionError(
+                f"{cause.diag.message_primary}: give the workflow another "
+                "__workflow_slug__") from None
+        raise
 
 
 def start_task(db: Database, task_id: str) -> dict[str, Any] | None:

@@ -8,6 +8,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from swf_celery import coordinator, definition
+from swf_celery.db import resolve
 from swf_celery.errors import (
     CycleError,
     DuplicateStepError,
@@ -123,3 +125,47 @@ def test_code_defined_flows_are_listed(db_url: str) -> None:
         == ["fetch", "left", "right", "join"]
     with pytest.raises(WorkflowDefinitionError, match="defined in code"):
         FlowBuilder.add_step(listed["workflow_id"], "x", [], db_url)
+
+
+def test_concurrent_first_runs_of_a_changed_code_defined_flow(db_url: str) -> None:
+    """Several first runs of a changed workflow refresh its catalogue entry once."""
+    def fn(inputs: dict[str, Any]) -> None:
+        return None
+
+    def version(*names: str) -> definition.WorkflowDef:
+        opts = definition.StepOptions()
+        return definition.build("tests.versioned", [(n, fn, opts) for n in names])
+
+    db = resolve(db_url)
+    coordinator.start_run(db, version("a"), {})
+    wf = version("a", "b")
+    errors: list[BaseException] = []
+    started: list[str] = []
+    start = threading.Barrier(6)
+
+    def run() -> None:
+        start.wait()
+        try:
+            started.append(coordinator.start_run(db, wf, {"n": 1}))
+        except BaseException as exc:  # collected: the assertion below names it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == [] and len(set(started)) == 6
+    steps = FlowBuilder.get_flow("tests.versioned", db_url)["steps"]
+    assert [s["name"] for s in steps] == ["a", "b"]
+
+
+def test_a_code_defined_workflow_cannot_take_a_dynamic_flows_name(db_url: str) -> None:
+    from tests.test_engine_local import Diamond
+
+    class Clash(Diamond):
+        __workflow_slug__ = "taken"
+
+    FlowBuilder.create_flow("taken", db_url)
+    with pytest.raises(WorkflowDefinitionError, match="flow taken is a dynamic flow"):
+        Executor.execute(Clash, {"n": 1}, db_url)
