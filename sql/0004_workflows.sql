@@ -530,6 +530,7 @@ BEGIN
           JOIN swf.step_states s ON s.run_id = t.run_id AND s.step_name = t.step_name
          WHERE t.status = 'started' AND t.deadline < now()
            AND (p_run IS NULL OR t.run_id = p_run)
+         ORDER BY t.run_id, t.task_id  -- one lock order for concurrent sweeps
     LOOP
         IF swf.fail_task(v_task.task_id,
                          format('timed out after %s s', trim_scale(v_task.timeout_ms / 1000.0))) <> 'ignored'
