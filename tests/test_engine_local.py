@@ -397,3 +397,24 @@ def test_repo_may_be_an_engine_or_a_pool(db_url: str) -> None:
         result = Executor.execute(Diamond, {"n": 3}, pool)
         assert result.output["join"]["sum"] == 10
         assert swf.get_run_status(result.run_id, pool).status == "completed"
+
+
+def test_a_module_listing_steps_is_a_workflow(db_url: str) -> None:
+    import types
+
+    module = types.ModuleType("pipeline_module")
+
+    @swf.step()
+    def load(inputs: dict[str, Any]) -> list[int]:
+        return [1, 2, 3]
+
+    @swf.step(depends_on=["load"])
+    def total(inputs: dict[str, Any]) -> int:
+        return sum(inputs["load"])
+
+    module.load = load  # type: ignore[attr-defined]
+    module.total = total  # type: ignore[attr-defined]
+    module.helper = lambda: None  # type: ignore[attr-defined]  # not a step: ignored
+    result = Executor.execute(module, {}, db_url)
+    assert result.output == {"total": 6}
+    assert swf.get_run_status(result.run_id, db_url).workflow_slug == "pipeline_module"
