@@ -36,6 +36,26 @@ _LAZY = {
     "unlisten": "swf_celery.listener",
     "Listener": "swf_celery.listener",
     "Notification": "swf_celery.listener",
+    # workflows
+    "step": "swf_celery.definition",
+    "Step": "swf_celery.definition",
+    "WorkflowDef": "swf_celery.definition",
+    "Executor": "swf_celery.executor",
+    "RunResult": "swf_celery.executor",
+    "FlowBuilder": "swf_celery.flows",
+    "WorkflowFailed": "swf_celery.errors",
+    "WorkflowTimeout": "swf_celery.errors",
+    "WorkflowDefinitionError": "swf_celery.errors",
+    # run lifecycle
+    "get_run_status": "swf_celery.lifecycle",
+    "list_workflow_runs": "swf_celery.lifecycle",
+    "pause_workflow_run": "swf_celery.lifecycle",
+    "resume_workflow_run": "swf_celery.lifecycle",
+    "cancel_workflow_run": "swf_celery.lifecycle",
+    "retry_failed_workflow": "swf_celery.lifecycle",
+    "cancel_canvas": "swf_celery.lifecycle",
+    "RunStatus": "swf_celery.lifecycle",
+    "RunSummary": "swf_celery.lifecycle",
 }
 
 __all__ = ["SwfError", "__version__", *_LAZY]

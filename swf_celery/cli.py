@@ -214,6 +214,14 @@ def listen_command(channel: str, database: str | None, as_json: bool,
         listener.close()
 
 
+# Workflow run commands (runs list/show/watch, pause, resume, cancel, retry) live in their
+# own module, which imports the helpers above: registered here, after them. Under
+# `python -m swf_celery.cli` this file is __main__ and defers to the imported module.
+if __name__ != "__main__":
+    from swf_celery.runs_cli import register as _register_run_commands
+
+    _register_run_commands(main)
+
 # ``celery -A app swf …`` (entry point group ``celery.commands``): the same commands.
 celery_command = _SwfGroup(name="swf", commands=main.commands,
                            help="swf-celery workflows, broker and results.")
@@ -225,4 +233,6 @@ def run() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    from swf_celery.cli import main as _main
+
+    _main()

@@ -149,3 +149,7 @@ class GoalError(SwfError):
 
 class DecomposerError(GoalError):
     """Raised when a decomposer raises or returns something that is not a task list."""
+
+
+class RunInputError(SwfError, ValueError):
+    """Raised when a run's input (or a step's output) is not JSON-serialisable."""

@@ -1,0 +1,259 @@
+-- 0006: run lifecycle: pause, resume, cancel, retry. Like every coordinator transition
+-- (0004), each takes the run's row lock first, so it is serialised with the completions and
+-- failures of the run's steps: every race has one outcome, decided by lock order.
+--
+-- Errors: SQLSTATE P0002 (no_data_found) for an unknown run, 55000
+-- (object_not_in_prerequisite_state) for an operation that does not fit the run's state.
+
+CREATE FUNCTION swf._lock_run(p_run uuid) RETURNS swf.runs
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_run swf.runs;
+BEGIN
+    SELECT * INTO v_run FROM swf.runs WHERE id = p_run FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('run %s does not exist', p_run);
+    END IF;
+    RETURN v_run;
+END $$;
+
+
+-- Pause: queued tasks are held (their messages removed from the broker), steps that become
+-- ready wait ('ready'), running tasks finish and their results are kept. Pausing a paused
+-- run does nothing.
+CREATE FUNCTION swf.pause_run(p_run uuid) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_run swf.runs := swf._lock_run(p_run);
+    v_ids text[];
+BEGIN
+    IF v_run.status = 'paused' THEN
+        RETURN 'paused';
+    END IF;
+    IF v_run.status <> 'in_progress' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('run %s is %s: only a run in progress can be paused', p_run,
+                             v_run.status);
+    END IF;
+    UPDATE swf.runs SET status = 'paused', updated_at = now() WHERE id = p_run;
+    WITH held AS (
+        UPDATE swf.step_tasks SET status = 'paused'
+         WHERE run_id = p_run AND status = 'queued'
+        RETURNING task_id, execution)
+    SELECT array_agg(task_id::text) FILTER (WHERE execution = 'distributed') INTO v_ids
+      FROM held;
+    IF v_ids IS NOT NULL THEN
+        -- A message a worker already holds cannot be removed: swf.start_task refuses it
+        -- (its task is 'paused'), and resume sends the task again under a new id.
+        PERFORM swf.queue_remove_tasks(v_ids);
+    END IF;
+    PERFORM swf._notify(p_run, NULL, 'paused');
+    RETURN 'paused';
+END $$;
+
+
+-- Resume: held tasks are dispatched again (each under a new Celery task id, so a stale copy
+-- is ignored) and ready steps start. Resuming a run in progress does nothing, so of two
+-- concurrent resumes the second finds nothing to dispatch.
+CREATE FUNCTION swf.resume_run(p_run uuid) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_run  swf.runs := swf._lock_run(p_run);
+    v_task record;
+    v_step text;
+BEGIN
+    IF v_run.status = 'in_progress' THEN
+        RETURN 'in_progress';
+    END IF;
+    IF v_run.status <> 'paused' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('run %s is %s: only a paused run can be resumed', p_run,
+                             v_run.status);
+    END IF;
+    UPDATE swf.runs SET status = 'in_progress', updated_at = now() WHERE id = p_run;
+    PERFORM swf._notify(p_run, NULL, 'in_progress');
+    FOR v_task IN
+        UPDATE swf.step_tasks
+           SET task_id = gen_random_uuid(), status = 'queued', message_id = NULL,
+               available_at = greatest(available_at, now())
+         WHERE run_id = p_run AND status = 'paused'
+        RETURNING task_id, step_name, execution, available_at
+    LOOP
+        IF v_task.execution = 'distributed' THEN
+            PERFORM swf._dispatch(p_run, v_task.step_name, v_task.task_id,
+                ceil(extract(epoch FROM v_task.available_at - now()))::integer);
+        END IF;
+    END LOOP;
+    FOR v_step IN SELECT step_name FROM swf.step_states
+                   WHERE run_id = p_run AND status = 'ready' ORDER BY step_index
+    LOOP
+        PERFORM swf._start_step(p_run, v_step);
+    END LOOP;
+    RETURN 'in_progress';
+END $$;
+
+
+-- Cancel: the run and its unfinished steps become 'cancelled' with the reason, queued
+-- messages are removed from the broker, late reports of running tasks are ignored. Returns
+-- the Celery task ids of distributed tasks that were running, for the caller to revoke.
+-- A finished run is refused unless p_force (then it is marked cancelled all the same).
+CREATE FUNCTION swf.cancel_run(p_run uuid, p_reason text, p_force boolean)
+RETURNS text[] LANGUAGE plpgsql AS $$
+DECLARE
+    v_run     swf.runs := swf._lock_run(p_run);
+    v_queued  text[];
+    v_running text[];
+BEGIN
+    IF v_run.status IN ('completed', 'failed', 'cancelled') AND NOT p_force THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('run %s is already %s: pass force=True to mark it cancelled',
+                             p_run, v_run.status);
+    END IF;
+    UPDATE swf.runs
+       SET status = 'cancelled', error = p_reason, updated_at = now(),
+           finished_at = coalesce(finished_at, now())
+     WHERE id = p_run;
+    WITH old AS (
+        SELECT task_id, status, execution FROM swf.step_tasks
+         WHERE run_id = p_run AND status IN ('queued', 'paused', 'started')
+           FOR UPDATE),
+    cancelled AS (
+        UPDATE swf.step_tasks t SET status = 'cancelled', deadline = NULL
+          FROM old WHERE t.task_id = old.task_id
+        RETURNING old.task_id, old.status, old.execution)
+    SELECT array_agg(task_id::text) FILTER (WHERE status = 'queued' AND execution = 'distributed'),
+           array_agg(task_id::text) FILTER (WHERE status = 'started' AND execution = 'distributed')
+      INTO v_queued, v_running
+      FROM cancelled;
+    IF v_queued IS NOT NULL THEN
+        PERFORM swf.queue_remove_tasks(v_queued);
+    END IF;
+    UPDATE swf.step_states SET status = 'cancelled', completed_at = now()
+     WHERE run_id = p_run AND status IN ('created', 'ready', 'started');
+    PERFORM swf._notify(p_run, NULL, 'cancelled');
+    RETURN coalesce(v_running, '{}');
+END $$;
+
+
+-- Retry a failed or cancelled run as a new run linked by retry_of. With p_reuse, every
+-- completed step keeps its output and every completed task of an unfinished map step is
+-- kept, so only failed or never-run work runs again. One retry per run: asking again
+-- returns the retry made first.
+CREATE FUNCTION swf.retry_run(p_run uuid, p_reuse boolean) RETURNS uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_old    swf.runs := swf._lock_run(p_run);
+    v_new    uuid;
+    v_reused integer;
+    v_step   text;
+BEGIN
+    SELECT id INTO v_new FROM swf.runs WHERE retry_of = p_run ORDER BY inserted_at LIMIT 1;
+    IF FOUND THEN
+        RETURN v_new;
+    END IF;
+    IF v_old.status NOT IN ('failed', 'cancelled') THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('run %s is %s: only a failed or cancelled run can be retried',
+                             p_run, v_old.status);
+    END IF;
+    INSERT INTO swf.runs (flow_id, flow_slug, input, retry_of, total_steps, remaining_steps)
+    VALUES (v_old.flow_id, v_old.flow_slug, v_old.input, p_run, v_old.total_steps,
+            v_old.total_steps)
+    RETURNING id INTO v_new;
+    INSERT INTO swf.step_states (run_id, step_name, step_index, depends_on, dependents,
+                                 remaining_deps, status, execution, task_name, queue,
+                                 max_attempts, retry_delay_ms, timeout_ms, resources, map_over,
+                                 task_count, remaining_tasks, output, started_at, completed_at)
+    SELECT v_new, s.step_name, s.step_index, s.depends_on, s.dependents,
+           (SELECT count(*) FROM swf.step_states d
+             WHERE d.run_id = p_run AND d.step_name = ANY (s.depends_on)
+               AND NOT (p_reuse AND d.status = 'completed')),
+           CASE WHEN p_reuse AND s.status = 'completed' THEN 'completed' ELSE 'created' END,
+           s.execution, s.task_name, s.queue, s.max_attempts, s.retry_delay_ms, s.timeout_ms,
+           s.resources, s.map_over,
+           CASE WHEN p_reuse AND s.status = 'completed' THEN s.task_count END,
+           CASE WHEN p_reuse AND s.status = 'completed' THEN 0 END,
+           CASE WHEN p_reuse AND s.status = 'completed' THEN s.output END,
+           CASE WHEN p_reuse AND s.status = 'completed' THEN s.started_at END,
+           CASE WHEN p_reuse AND s.status = 'completed' THEN s.completed_at END
+      FROM swf.step_states s WHERE s.run_id = p_run;
+    IF p_reuse THEN
+        INSERT INTO swf.step_tasks (run_id, step_name, task_index, task_id, execution, attempt,
+                                    status, item, output, queued_at, available_at, started_at,
+                                    completed_at)
+        SELECT v_new, t.step_name, t.task_index, gen_random_uuid(), t.execution, t.attempt,
+               'completed', t.item, t.output, t.queued_at, t.available_at, t.started_at,
+               t.completed_at
+          FROM swf.step_tasks t WHERE t.run_id = p_run AND t.status = 'completed';
+    END IF;
+    SELECT count(*) INTO v_reused FROM swf.step_states
+     WHERE run_id = v_new AND status = 'completed';
+    UPDATE swf.runs SET remaining_steps = total_steps - v_reused WHERE id = v_new;
+    PERFORM swf._notify(v_new, NULL, 'in_progress');
+    FOR v_step IN SELECT step_name FROM swf.step_states
+                   WHERE run_id = v_new AND status = 'created' AND remaining_deps = 0
+                   ORDER BY step_index
+    LOOP
+        PERFORM swf._start_step(v_new, v_step);
+    END LOOP;
+    RETURN v_new;
+END $$;
+
+
+-- The status view of one run: the run row plus one object per step.
+CREATE FUNCTION swf.run_status(p_run uuid) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'run_id', r.id, 'workflow_slug', r.flow_slug, 'status', r.status,
+        'input', r.input, 'output', r.output, 'error', r.error, 'failed_step', r.failed_step,
+        'retry_of', r.retry_of,
+        'retried_by', (SELECT n.id FROM swf.runs n WHERE n.retry_of = r.id
+                        ORDER BY n.inserted_at LIMIT 1),
+        'total_steps', r.total_steps, 'completed_steps', r.total_steps - r.remaining_steps,
+        'inserted_at', r.inserted_at, 'updated_at', r.updated_at, 'finished_at', r.finished_at,
+        'steps', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                       'name', s.step_name, 'status', s.status, 'depends_on', s.depends_on,
+                       'execution', s.execution, 'queue', s.queue, 'task_name', s.task_name,
+                       'resources', s.resources, 'map_over', s.map_over,
+                       'task_count', s.task_count,
+                       'completed_tasks', (SELECT count(*) FROM swf.step_tasks t
+                                            WHERE t.run_id = s.run_id
+                                              AND t.step_name = s.step_name
+                                              AND t.status = 'completed'),
+                       'attempts', (SELECT coalesce(max(t.attempt), 0) FROM swf.step_tasks t
+                                     WHERE t.run_id = s.run_id AND t.step_name = s.step_name),
+                       'error', coalesce(s.error,
+                                         (SELECT t.error FROM swf.step_tasks t
+                                           WHERE t.run_id = s.run_id
+                                             AND t.step_name = s.step_name
+                                             AND t.error IS NOT NULL
+                                           ORDER BY t.task_index LIMIT 1)),
+                       'started_at', s.started_at, 'completed_at', s.completed_at)
+                   ORDER BY s.step_index)
+              FROM swf.step_states s WHERE s.run_id = r.id), '[]'::jsonb))
+      FROM swf.runs r WHERE r.id = p_run;
+$$;
+
+
+-- Cancel a plain Celery canvas (chain, group, chord) by its root id: remove its queued
+-- messages from every queue and return the task ids of its messages that workers hold
+-- (fetched, not yet acknowledged), for the caller to revoke. Queue tables are named from
+-- swf.queues, never from the caller's text.
+CREATE FUNCTION swf.cancel_canvas(p_root text) RETURNS TABLE (removed integer, held text[])
+LANGUAGE plpgsql AS $$
+DECLARE
+    q      swf.queues;
+    v_ids  text[];
+BEGIN
+    held := '{}';
+    FOR q IN SELECT * FROM swf.queues ORDER BY id LOOP
+        EXECUTE format('SELECT array_agg(headers ->> ''task_id'') FROM pgmq.%I '
+                       'WHERE headers ->> ''root_id'' = $1 AND read_ct > 0 '
+                       'AND vt > clock_timestamp()', 'q_' || q.pgmq_name)
+           INTO v_ids USING p_root;
+        held := held || coalesce(v_ids, '{}');
+    END LOOP;
+    removed := swf.queue_remove_root(p_root);
+    RETURN NEXT;
+END $$;

@@ -1,0 +1,282 @@
+"""The run lifecycle: status, listing, pause, resume, cancel and retry (the seed's names).
+
+Each operation is one stored function (``sql/0006_lifecycle.sql``) that takes the run's
+row lock, so it is serialised with the completions of the run's steps. The races and
+their one outcome each:
+
+- cancel while a step completes: whichever takes the lock first wins. Completion first:
+  its output is kept, its dependents are dispatched and then cancelled (their messages
+  removed). Cancel first: the late report is ignored; the output is not stored.
+- pause while a step completes: the output is kept, its dependents become ``ready`` and
+  wait for resume.
+- two resumes at once: the first dispatches the held work, the second finds the run in
+  progress and does nothing; nothing is dispatched twice.
+- retry twice on the same failed run: one retry per run; the second call returns the run
+  id the first created.
+
+Statuses: ``in_progress``, ``paused``, ``completed``, ``failed``, ``cancelled``. The seed
+knows only in_progress/completed/failed: its ``"started"`` filter matches ``in_progress``
+and ``paused`` here, and a run the seed would mark failed on cancel is ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from psycopg import errors as pg_errors
+from psycopg import sql
+
+from swf_celery import queries
+from swf_celery.db import Database, Repo, resolve
+from swf_celery.errors import DatabaseError, RunNotFound, RunStateError, SwfError
+
+_Q = queries.load("swf_celery", "lifecycle.sql")
+
+STATUSES = ("in_progress", "paused", "completed", "failed", "cancelled")
+#: The seed's filter values, as written in its code, mapped to our statuses.
+SEED_STATUSES = {"started": ("in_progress", "paused")}
+ORDER_COLUMNS = {"inserted_at": "inserted_at", "updated_at": "updated_at",
+                 "finished_at": "finished_at", "status": "status",
+                 "workflow_slug": "flow_slug"}
+DEFAULT_CANCEL_REASON = "User requested cancellation"
+
+
+@dataclass(frozen=True)
+class StepStatus:
+    """One step of a run as :func:`get_run_status` shows it."""
+
+    name: str
+    status: str
+    depends_on: list[str]
+    execution: str
+    queue: str | None
+    task_name: str | None
+    resources: dict[str, Any]
+    map_over: str | None
+    task_count: int | None
+    completed_tasks: int
+    attempts: int
+    error: str | None
+    started_at: str | None
+    completed_at: str | None
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """A run's state: status, progress, steps, error, and its retry links."""
+
+    run_id: str
+    workflow_slug: str
+    status: str
+    total_steps: int
+    completed_steps: int
+    percentage: float
+    error: str | None
+    failed_step: str | None
+    retry_of: str | None
+    retried_by: str | None
+    input: Any
+    output: Any
+    inserted_at: str
+    updated_at: str
+    finished_at: str | None
+    steps: list[StepStatus] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (timestamps as ISO-8601 text)."""
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One row of :func:`list_workflow_runs`."""
+
+    run_id: str
+    workflow_slug: str
+    status: str
+    total_steps: int
+    completed_steps: int
+    percentage: float
+    error: str | None
+    failed_step: str | None
+    retry_of: str | None
+    inserted_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+def _run_uuid(run_id: Any) -> str:
+    try:
+        return str(uuid.UUID(str(run_id)))
+    except ValueError:
+        raise RunNotFound(f"run {run_id!r} does not exist (not a run id)") from None
+
+
+def _call(db: Database, query: str, params: Mapping[str, Any]) -> Any:
+    """Run one lifecycle function; its SQLSTATEs become RunNotFound / RunStateError."""
+    try:
+        with db.connection() as conn:
+            row = conn.execute(_Q[query], params).fetchone()
+            return row[0] if row else None
+    except DatabaseError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, pg_errors.NoDataFound):
+            raise RunNotFound(cause.diag.message_primary or str(cause)) from None
+        if isinstance(cause, pg_errors.ObjectNotInPrerequisiteState):
+            raise RunStateError(cause.diag.message_primary or str(cause)) from None
+        raise
+
+
+def _percentage(done: int, total: int) -> float:
+    return round(100.0 * done / total, 1) if total else 100.0
+
+
+def get_run_status(run_id: str, repo: Repo | None = None) -> RunStatus:
+    """The run's status, progress and per-step states; :class:`RunNotFound` if unknown."""
+    rid = _run_uuid(run_id)
+    data = _call(resolve(repo), "run_status", {"run_id": rid})
+    if data is None:
+        raise RunNotFound(f"run {rid} does not exist")
+    steps = [StepStatus(**s) for s in data.pop("steps")]
+    return RunStatus(percentage=_percentage(data["completed_steps"], data["total_steps"]),
+                     steps=steps, **data)
+
+
+def list_workflow_runs(repo: Repo | None = None, *, status: str | Sequence[str] | None = None,
+                       workflow_slug: str | None = None, limit: int = 100, offset: int = 0,
+                       order_by: tuple[str, str] = ("desc", "inserted_at")
+                       ) -> list[RunSummary]:
+    """Runs, newest first by default; filters are validated, never spliced into SQL.
+
+    ``status``: one status (or a list) of :data:`STATUSES`, or the seed's ``"started"``
+    (in progress or paused). ``order_by``: ``(direction, column)`` as in the seed, with
+    direction ``"asc"``/``"desc"`` and column one of :data:`ORDER_COLUMNS`.
+    """
+    statuses: list[str] | None = None
+    if status is not None:
+        wanted = [status] if isinstance(status, str) else list(status)
+        statuses = []
+        for value in wanted:
+            if value in SEED_STATUSES:
+                statuses.extend(SEED_STATUSES[value])
+            elif value in STATUSES:
+                statuses.append(value)
+            else:
+                raise SwfError(f"unknown run status {value!r}: use one of "
+                               f"{list(STATUSES) + list(SEED_STATUSES)}")
+    if not isinstance(order_by, (tuple, list)) or len(order_by) != 2:
+        raise SwfError(f"order_by must be (direction, column), not {order_by!r}")
+    direction, column = order_by
+    if direction not in ("asc", "desc"):
+        raise SwfError(f"order_by direction must be 'asc' or 'desc', not {direction!r}")
+    if column not in ORDER_COLUMNS:
+        raise SwfError(f"cannot order runs by {column!r}: use one of {sorted(ORDER_COLUMNS)}")
+    for label, number in (("limit", limit), ("offset", offset)):
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            raise SwfError(f"{label} must be an int >= 0, not {number!r}")
+    query = sql.SQL(_Q["list_runs"]).format(order=sql.Identifier(ORDER_COLUMNS[column]),
+                                             direction=sql.SQL(direction.upper()))
+    params = {"statuses": statuses, "slug": workflow_slug, "limit": limit, "offset": offset}
+    with resolve(repo).connection() as conn:
+        rows = conn.execute(query, params).fetchall()
+    return [RunSummary(rid, slug, st, total, done, _percentage(done, total), error, failed,
+                       retry_of, ins, upd, fin)
+            for rid, slug, st, total, done, error, failed, retry_of, ins, upd, fin in rows]
+
+
+def pause_workflow_run(run_id: str, repo: Repo | None = None) -> None:
+    """Pause a run: no new step starts; running steps finish and their results are kept.
+
+    Pausing a paused run does nothing; a finished run raises :class:`RunStateError`.
+    """
+    _call(resolve(repo), "pause_run", {"run_id": _run_uuid(run_id)})
+
+
+def resume_workflow_run(run_id: str, repo: Repo | None = None) -> None:
+    """Resume a paused run: held and ready steps are dispatched (once, however often called)."""
+    _call(resolve(repo), "resume_run", {"run_id": _run_uuid(run_id)})
+
+
+def cancel_workflow_run(run_id: str, repo: Repo | None = None, *,
+                        reason: str = DEFAULT_CANCEL_REASON, force: bool = False,
+                        app: Any = None) -> None:
+    """Cancel a run: queued messages removed, running Celery tasks revoked, status cancelled.
+
+    A finished run raises :class:`RunStateError` unless ``force=True``. Running tasks are
+    revoked (``terminate=True``) through ``app`` — default: a Celery app on this
+    database's ``swf://`` broker; their late reports are ignored either way.
+    """
+    db = resolve(repo)
+    running = _call(db, "cancel_run", {"run_id": _run_uuid(run_id), "reason": reason,
+                                       "force": force})
+    if running:
+        _revoke(db, list(running), app)
+
+
+@dataclass(frozen=True)
+class CanvasCancel:
+    """What :func:`cancel_canvas` did: queued messages removed, task ids revoked."""
+
+    removed: int
+    revoked: list[str]
+
+
+def cancel_canvas(root_id: str, repo: Repo | None = None, *, app: Any = None) -> CanvasCancel:
+    """Cancel a plain Celery chain, group or chord by its root id (``result.root_id``).
+
+    Every queued message with that root id is removed from its queue (including delayed
+    ETA/countdown messages), and the tasks of messages that workers hold are revoked with
+    ``terminate=True``. A chain stops there; a chord whose header tasks are gone never
+    fires its body.
+    """
+    if not isinstance(root_id, str) or not root_id:
+        raise SwfError(f"root_id must be a task id, not {root_id!r}")
+    db = resolve(repo)
+    with db.connection() as conn:
+        row = conn.execute(_Q["cancel_canvas"], {"root_id": root_id}).fetchone()
+    removed, held = (row[0], list(row[1] or [])) if row else (0, [])
+    if held:
+        _revoke(db, held, app)
+    return CanvasCancel(removed, held)
+
+
+def _revoke(db: Database, task_ids: list[str], app: Any) -> None:
+    from celery import Celery
+
+    own = app is None
+    if own:
+        app = Celery("swf-cancel", broker="swf://" + db.dsn.split("://", 1)[1],
+                     set_as_current=False)
+    try:
+        app.control.revoke(task_ids, terminate=True)
+    finally:
+        if own:
+            app.close()
+
+
+def retry_failed_workflow(run_id: str, repo: Repo | None = None, *,
+                          skip_completed: bool = True, reset_all: bool = False,
+                          workflow: Any = None) -> str:
+    """Start a new run retrying a failed (or cancelled) one; return the new run id.
+
+    Unless ``reset_all`` (or ``skip_completed=False``), every completed step and every
+    completed item of a map step is reused; only failed or never-run work runs again. The
+    new run's ``retry_of`` names the old one. Calling it again for the same run returns the
+    same new run. Local steps need their functions: pass the ``workflow`` (class or
+    :class:`~swf_celery.definition.WorkflowDef`) to run them from this process.
+    """
+    db = resolve(repo)
+    new_id = str(_call(db, "retry_run", {"run_id": _run_uuid(run_id),
+                                         "reuse": bool(skip_completed and not reset_all)}))
+    if workflow is not None:
+        from swf_celery import definition
+        from swf_celery.executor import drive_in_background
+
+        drive_in_background(db, definition.load(workflow), new_id, None)
+    return new_id
