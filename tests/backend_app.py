@@ -94,6 +94,11 @@ def register_tasks(app: Celery) -> None:
             raise self.retry(countdown=0.2)
         return value
 
+    @app.task(name="t.grow_chord", bind=True, shared=False)
+    def grow_chord(self: Any, value: int) -> int:
+        self.add_to_chord(app.tasks["t.echo"].s(value * 100))
+        return value
+
     @app.task(name="t.append_line", shared=False)
     def append_line(values: Any, path: str) -> Any:
         with open(path, "a") as f:

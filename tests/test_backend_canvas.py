@@ -92,6 +92,11 @@ def test_group_in_chord_header(t, worker):
     assert sorted(result.get(timeout=30)) == [0, 2, 4, 10]
 
 
+def test_add_to_chord(t, worker):
+    result = chord([t["t.grow_chord"].s(1), t["t.echo"].s(2)], t["t.tsum"].s())()
+    assert result.get(timeout=30) == 1 + 2 + 100
+
+
 def test_chord_with_empty_header(t, worker):
     assert chord([], t["t.echo"].s())().get(timeout=30) == []
 

@@ -232,3 +232,29 @@ def test_compressed_results_round_trip(backend_db):
         assert backend.get_task_meta("gz")["result"] == "y" * 50_000
     finally:
         backend.close()
+
+
+def test_result_stored_while_listener_was_cut_off_is_not_missed(celery_app, backend_db):
+    from swf_celery.result_consumer import APPLICATION_NAME
+
+    backend = celery_app.backend
+    waiting = celery_app.AsyncResult(str(uuid.uuid4()))
+    backend.result_consumer.consume_from(waiting.id)
+    backend.result_consumer.drain_events(timeout=0.01)  # the listener connects
+    with psycopg.connect(backend_db, autocommit=True) as conn:
+        killed = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = %s AND datname = current_database()",
+            (APPLICATION_NAME,)).fetchone()[0]
+    assert killed == 1
+    # Stored while nobody listens: its NOTIFY reaches no one. Only the consumer (not a
+    # read by get()) may deliver it here: it must notice the lost connection, reconnect
+    # and read what it still waits for.
+    backend.store_result(waiting.id, "stored meanwhile", states.SUCCESS)
+    backend.add_pending_result(waiting)
+    for _ in range(40):
+        if waiting._cache is not None:
+            break
+        backend.result_consumer.drain_events(timeout=0.25)
+    assert waiting._cache is not None and waiting._cache["result"] == "stored meanwhile"
+    assert waiting.get(timeout=1) == "stored meanwhile"
