@@ -56,6 +56,12 @@ _LAZY = {
     "cancel_canvas": "swf_celery.lifecycle",
     "RunStatus": "swf_celery.lifecycle",
     "RunSummary": "swf_celery.lifecycle",
+    # goals
+    "Orchestrator": "swf_celery.goals",
+    "WorkflowComposer": "swf_celery.goals",
+    "GoalResult": "swf_celery.goals",
+    "RuleDecomposer": "swf_celery.decomposers",
+    "LLMDecomposer": "swf_celery.decomposers",
 }
 
 __all__ = ["SwfError", "__version__", *_LAZY]
