@@ -1,0 +1,21 @@
+"""Smoke test: the goal_to_dag example runs end to end as a user would run it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_goal_to_dag_example(db_url: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "examples.goal_to_dag.run", "Train a churn model", "--yes"],
+        cwd=ROOT, env=dict(os.environ, SWF_DATABASE_URL=db_url, COLUMNS="200"),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "prepare.clean" in proc.stdout          # the preview shows flattened subtasks
+    assert "completed: {'report':" in proc.stdout
