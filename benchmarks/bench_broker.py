@@ -207,6 +207,12 @@ def _section(best: dict[str, dict[str, float]], every: dict[str, list[dict[str, 
         per_round = " / ".join(format(m["throughput"], ".0f") for m in ms)
         p50s = " / ".join(format(m["p50"], ".2f") for m in ms)
         lines.append(f"| {name} | {per_round} | {p50s} |")
+    ours, theirs = every.get("swf (this project)", []), every.get("Redis", [])
+    if ours and len(ours) == len(theirs):
+        pairs = list(zip(ours, theirs, strict=True))
+        thr = " / ".join(f"{a['throughput'] / b['throughput']:.2f}x" for a, b in pairs)
+        lat = " / ".join(f"{a['p50'] / b['p50']:.2f}x" for a, b in pairs)
+        lines += ["", f"Per round, swf vs Redis: throughput {thr}; p50 latency {lat}."]
     swf = best.get("swf (this project)", {})
     redis = best.get("Redis", {})
     pgmq = best.get("kombu pgmq (use_notify)", {})

@@ -302,9 +302,10 @@ BEGIN
     END IF;
 END $$;
 
--- Arm the wake-up of the given queues (see the header); the caller then reads once more
--- before it sleeps. Returns seconds until the earliest hidden message is due (NULL: none),
--- or 0 when a producer is committing right now (read again instead of sleeping).
+-- Arm the wake-up of the given queues (see the header). Returns seconds until the earliest
+-- message of the queues is visible, computed after arming: 0 means one is visible now, or a
+-- producer is committing right now, so the caller reads again instead of sleeping; NULL means
+-- the queues are empty. Any message committed later wakes the caller.
 CREATE FUNCTION swf.queue_arm(p_queues text[]) RETURNS double precision
 LANGUAGE plpgsql AS $$
 DECLARE

@@ -217,9 +217,10 @@ class Transport(virtual.Transport):
             self, connection: Any, timeout: float | None = None) -> None:
         """Deliver one batch; sleep on LISTEN (or poll) while there is nothing to read.
 
-        Before sleeping, the consumed queues are armed (``swf.queue_arm``) and read once more:
-        a message committed meanwhile is then either read or wakes us. Arming happens only
-        on the way to sleep, never between a wake-up and the read it triggers.
+        Before sleeping, the consumed queues are armed (``swf.queue_arm``), which also reports
+        whether a message became visible meanwhile (then we read again): a message committed
+        meanwhile is either read or wakes us. Arming happens only on the way to sleep, never
+        between a wake-up and the read it triggers.
         """
         start = monotonic()
         get = self.cycle.get
@@ -238,7 +239,10 @@ class Transport(virtual.Transport):
                     row = self.db().execute(_Q["arm"], {"queues": queues}).fetchone()
                     due = row[0] if row else None
                     armed = True
-                    continue  # the read after arming (see the docstring)
+                    if due is not None and due <= 0:
+                        # A message is visible (or a producer is committing): read again.
+                        # Otherwise nothing was visible after arming, so we may sleep.
+                        continue
             wait = self.polling_interval or 1.0
             if due is not None:
                 wait = min(wait, due + 0.002)
