@@ -74,11 +74,15 @@ def worker_process(
 
 
 def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    """TERM the worker's process group, then KILL it if it lingers."""
+    """TERM the worker (main process only), then KILL its process group if it lingers.
+
+    TERM to the whole group would also hit idle prefork children, which may die holding
+    billiard's queue lock and leave the parent hanging at exit.
+    """
     if proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
