@@ -127,6 +127,17 @@ BEGIN
     RETURN q;
 END $$;
 
+-- The pgmq headers of a kombu message: what the broker sorts and filters on.
+CREATE FUNCTION swf.queue_headers(message jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT jsonb_strip_nulls(jsonb_build_object(
+        'priority', CASE WHEN jsonb_typeof(message #> '{properties,priority}') = 'number'
+                         THEN greatest(0, least(9, floor((message #>> '{properties,priority}')::numeric)))::integer
+                         ELSE 0 END,
+        'task_id', message #>> '{headers,id}',
+        'root_id', message #>> '{headers,root_id}'))
+$$;
+
 -- Enqueue a kombu message (the dict kombu's virtual Channel._put receives) on a queue named
 -- as Celery names it. Priority 0..9 (0 first, as on Redis), delay in whole seconds.
 CREATE FUNCTION swf.queue_send(queue text, message jsonb, delay_seconds integer DEFAULT 0)
@@ -135,7 +146,6 @@ LANGUAGE plpgsql AS $$
 DECLARE
     q swf.queues;
     v_msg jsonb := queue_send.message;
-    v_priority integer := 0;
     v_id bigint;
 BEGIN
     IF v_msg IS NULL OR jsonb_typeof(v_msg) <> 'object' OR NOT v_msg ? 'body' THEN
@@ -161,15 +171,7 @@ BEGIN
         v_msg := jsonb_set(v_msg, '{properties,delivery_info}',
                            jsonb_build_object('exchange', '', 'routing_key', queue_send.queue));
     END IF;
-    IF jsonb_typeof(v_msg #> '{properties,priority}') = 'number' THEN
-        v_priority := greatest(0, least(9, floor((v_msg #>> '{properties,priority}')::numeric)));
-    END IF;
-    SELECT pgmq.send(q.pgmq_name, v_msg,
-                     jsonb_strip_nulls(jsonb_build_object(
-                         'priority', v_priority,
-                         'task_id', v_msg #>> '{headers,id}',
-                         'root_id', v_msg #>> '{headers,root_id}')),
-                     delay_seconds)
+    SELECT pgmq.send(q.pgmq_name, v_msg, swf.queue_headers(v_msg), delay_seconds)
       INTO v_id;
     RETURN v_id;
 END $$;
@@ -298,6 +300,41 @@ BEGIN
         queue := NULL; msg_id := NULL; read_ct := NULL; message := NULL; next_visible := v_min;
         RETURN NEXT;
     END IF;
+END $$;
+
+-- Arm the wake-up of the given queues (see the header); the caller then reads once more
+-- before it sleeps. Returns seconds until the earliest hidden message is due (NULL: none),
+-- or 0 when a producer is committing right now (read again instead of sleeping).
+CREATE FUNCTION swf.queue_arm(p_queues text[]) RETURNS double precision
+LANGUAGE plpgsql AS $$
+DECLARE
+    q swf.queues;
+    v_busy boolean := false;
+    v_next double precision;
+    v_min double precision;
+BEGIN
+    FOR q IN SELECT * FROM swf.queues s WHERE s.name = ANY (p_queues) ORDER BY s.id LOOP
+        IF pg_try_advisory_xact_lock(swf._queue_lock_space(), q.id) THEN
+            INSERT INTO swf.queue_waiters AS w (queue_id, waiting) VALUES (q.id, true)
+            ON CONFLICT (queue_id) DO UPDATE SET waiting = true WHERE NOT w.waiting;
+        ELSE
+            v_busy := true;
+        END IF;
+    END LOOP;
+    UPDATE swf.queues s SET last_active = clock_timestamp()
+     WHERE s.name = ANY (p_queues) AND s.expires_ms IS NOT NULL
+       AND s.last_active < clock_timestamp() - interval '1 second';
+    IF v_busy THEN
+        RETURN 0;
+    END IF;
+    FOR q IN SELECT * FROM swf.queues s WHERE s.name = ANY (p_queues) LOOP
+        EXECUTE format('SELECT extract(epoch FROM min(vt) - clock_timestamp()) FROM pgmq.%I',
+                       'q_' || q.pgmq_name) INTO v_next;
+        IF v_next IS NOT NULL THEN
+            v_min := greatest(0, least(coalesce(v_min, v_next), v_next));
+        END IF;
+    END LOOP;
+    RETURN v_min;
 END $$;
 
 -- Move messages to the queue's archive (its dead-letter store), recording why.

@@ -9,10 +9,10 @@ from typing import Any
 import psycopg
 import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
+from swf_celery.transport.names import check_queue_name
 
 import swf_celery  # noqa: F401 - registers swf://
 from swf_celery.errors import QueueNameError
-from swf_celery.transport.names import check_queue_name
 
 ROUND_TRIP = [
     "a;drop",

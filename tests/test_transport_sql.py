@@ -119,3 +119,29 @@ def test_send_refuses_malformed_input_clearly(db_url: str) -> None:
         with pytest.raises(psycopg.errors.InvalidParameterValue, match="255 bytes"):
             conn.execute("SELECT swf.queue_send(%s, %s)", ["é" * 128, Jsonb(kombu_message("n"))])
         assert conn.execute("SELECT count(*) FROM swf.queues").fetchone()[0] == 0
+
+
+def test_wakeups_are_sent_only_to_an_armed_queue_and_coalesced(db_url: str) -> None:
+    from psycopg import sql
+
+    with psycopg.connect(db_url, autocommit=True) as listener, \
+            psycopg.connect(db_url, autocommit=True) as conn:
+        pgmq_name = conn.execute("SELECT pgmq_name FROM swf.queue_ensure('celery')").fetchone()[0]
+        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(f"swfq_{pgmq_name}")))
+
+        def send(n: int) -> None:
+            for i in range(n):  # one transaction each
+                conn.execute("SELECT swf.queue_send('celery', %s)", [Jsonb(kombu_message(f"{i}"))])
+
+        def received() -> int:
+            return len(list(listener.notifies(timeout=0.3)))
+
+        send(5)
+        assert received() == 0  # nobody waits: producers do not NOTIFY
+        assert conn.execute("SELECT swf.queue_arm(ARRAY['celery'])").fetchone()[0] == 0
+        send(5)
+        assert received() == 1  # the first commit wakes the consumer, the rest do not
+        conn.execute("SELECT swf.queue_arm(ARRAY['celery'])")
+        with conn.transaction():
+            send(3)
+        assert received() == 1

@@ -29,6 +29,10 @@ Transport options (``broker_transport_options``)
 * ``read_batch`` (100): most messages per read when the prefetch window is unlimited; reads
   otherwise fill the prefetch window in one query.
 * ``archive_acked`` (False): acknowledged messages are archived instead of deleted.
+* ``durable_publish`` (False): each publish waits for its WAL flush. Off, publishes commit
+  asynchronously like the consumer side (whose lost writes only mean a redelivery): a clean
+  restart loses nothing, a server or machine crash may lose the last few hundred ms of
+  publishes.
 
 Guarantees
 ==========

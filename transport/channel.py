@@ -14,17 +14,19 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable
 from queue import Empty
 from typing import TYPE_CHECKING, Any
 
 from kombu.transport import virtual
+from kombu.transport.base import to_rabbitmq_queue_arguments
 from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
+from swf_celery.transport.names import check_queue_name, listen_channel
 
 from swf_celery import queries
 from swf_celery.errors import MessageError, QueueNameError
-from swf_celery.transport.names import check_queue_name, listen_channel
 
 if TYPE_CHECKING:
     from swf_celery.transport.transport import Transport
@@ -53,8 +55,9 @@ class Channel(virtual.Channel):
         self._noack_queues: set[str] = set()
         self._bindings_cache: dict[str, tuple[float, list[tuple[str, str | None, str]]]] = {}
         self._rotation = 0
-        #: Seconds until the earliest hidden message of our queues is due (None: none known).
-        self.next_visible: float | None = None
+        #: Acks not yet written: (queue, msg_id). Appended by any thread, flushed in one
+        #: statement per queue by the consuming thread before it reads or sleeps.
+        self._pending_acks: deque[tuple[str, int]] = deque()
 
     # -- queues -------------------------------------------------------------------------
 
@@ -69,14 +72,30 @@ class Channel(virtual.Channel):
 
     def pgmq_name(self, queue: str, expires_ms: int | None = None) -> str:
         """The pgmq name of ``queue``, creating the queue when missing."""
-        check_queue_name(queue)
-        row = self._execute("ensure", {"queue": queue, "expires_ms": expires_ms}).fetchone()
-        return str(row[0])
+        try:
+            return self.connection.pgmq_name(queue, expires_ms)
+        except pg_errors.InvalidParameterValue as exc:
+            raise QueueNameError(exc.diag.message_primary or str(exc)) from None
+
+    def _on_table(self, kind: str, queue: str, params: dict[str, Any]) -> Any:
+        """Run statement ``kind`` on ``queue``'s table; recreate a queue dropped meanwhile."""
+        db = self.connection.db()
+        try:
+            return db.execute(self.connection.statement(kind, queue), params)
+        except pg_errors.UndefinedTable:
+            self.connection.forget_queue(queue)
+            return db.execute(self.connection.statement(kind, queue), params)
+
+    def prepare_queue_arguments(self, arguments: Any, **kwargs: Any) -> Any:
+        """Queue options as RabbitMQ spells them (``expires`` becomes ``x-expires``, in ms)."""
+        return to_rabbitmq_queue_arguments(arguments, **kwargs)
 
     def _new_queue(self, queue: str, **kwargs: Any) -> None:
         arguments = kwargs.get("arguments") or {}
         expires = arguments.get("x-expires")
         self.pgmq_name(queue, int(expires) if expires else None)
+        if expires:
+            self.connection.expiring.add(queue)
 
     def _has_queue(self, queue: str, **kwargs: Any) -> bool:
         check_queue_name(queue)
@@ -85,6 +104,7 @@ class Channel(virtual.Channel):
     def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
         check_queue_name(queue)
         self._execute("drop", {"queue": queue})
+        self.connection.forget_queue(queue)
 
     def queue_delete(self, queue: str, if_unused: bool = False, if_empty: bool = False,
                      **kwargs: Any) -> None:
@@ -138,9 +158,10 @@ class Channel(virtual.Channel):
         return queues
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
-        check_queue_name(queue)
-        self._execute("send", {"queue": queue, "message": Jsonb(message),
-                               "delay": self._delay_for(message)})
+        self.pgmq_name(queue)  # checks the name, creates the queue when missing
+        self._on_table("send", queue, {
+            "message": Jsonb(message), "delay": self._delay_for(message),
+            "commit": "on" if self.options.durable_publish else "off"})
 
     def _put_fanout(self, exchange: str, message: dict[str, Any], routing_key: str,
                     **kwargs: Any) -> None:
@@ -179,6 +200,7 @@ class Channel(virtual.Channel):
             self._noack_queues.add(queue)
         if self.options.wakeups:
             self.connection.listen(listen_channel(self.pgmq_name(queue)))
+        self.connection.ensure_keeper()
         return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
 
     def basic_cancel(self, consumer_tag: str) -> Any:
@@ -195,28 +217,64 @@ class Channel(virtual.Channel):
             return self.options.read_batch
         return min(int(estimate), self.options.read_batch)
 
-    def _read(self, queues: list[str], qty: int, *, arm: bool,
+    def _read(self, queues: list[str], qty: int,
               no_ack: Iterable[bool] | None = None) -> list[tuple[str, dict[str, Any]]]:
         flags = list(no_ack) if no_ack is not None else [q in self._noack_queues for q in queues]
-        rows = self._execute("read", {
-            "queues": queues, "no_ack": flags, "qty": qty,
-            "vt": self.options.visibility_timeout,
-            "max_deliveries": self.options.max_deliveries, "arm": arm,
-        }).fetchall()
+        return self._read_once(queues, flags, qty)
+
+    def consumed_queues(self) -> list[str]:
+        """Queues this channel reads now (it has consumers and prefetch capacity)."""
+        if not self._consumers or not self.qos.can_consume():
+            return []
+        return list(dict.fromkeys(self._active_queues))
+
+    def _read_once(self, queues: list[str], flags: list[bool],
+                   qty: int) -> list[tuple[str, dict[str, Any]]]:
         out: list[tuple[str, dict[str, Any]]] = []
-        for queue, msg_id, read_ct, message, next_visible in rows:
-            if msg_id is None:
-                self.next_visible = next_visible
-                continue
-            noack = flags[queues.index(queue)]
-            payload = self._payload(queue, msg_id, read_ct, message, noack)
-            if payload is not None:
-                out.append((queue, payload))
-        if out:
-            self.next_visible = None
+        limit = self.options.max_deliveries
+        for queue, noack in zip(queues, flags, strict=True):
+            if len(out) >= qty:
+                break
+            rows = self._on_table("pop" if noack else "read", queue,
+                                  {"qty": qty - len(out),
+                                   "vt": self.options.visibility_timeout}).fetchall()
+            rows.sort(key=lambda r: (r[3], r[0]))
+            too_often = [r[0] for r in rows if not noack and limit and r[1] > limit]
+            if too_often:
+                self._execute("reject", {"queue": queue, "ids": too_often, "requeue": False,
+                                         "reason": f"delivered more than {limit} times"})
+            for msg_id, read_ct, message, _priority in rows:
+                if msg_id in too_often:
+                    continue
+                payload = self._payload(queue, msg_id, read_ct, message, noack)
+                if payload is not None:
+                    out.append((queue, payload))
         return out
 
+    def flush_acks(self) -> None:
+        """Write the acks collected since the last flush (one statement per queue)."""
+        by_queue: dict[str, list[int]] = {}
+        pending = self._pending_acks
+        while pending:
+            queue, msg_id = pending.popleft()
+            by_queue.setdefault(queue, []).append(msg_id)
+        for queue, ids in by_queue.items():
+            if self.options.archive_acked:
+                self._execute("ack", {"queue": queue, "ids": ids, "archive": True})
+            else:
+                self._on_table("delete", queue, {"ids": ids})
+
+    def close(self) -> None:
+        """Write pending acks, then close as kombu does (restoring unacked messages)."""
+        if not self.closed and self.connection is not None:
+            try:
+                self.flush_acks()
+            except Exception:  # the connection is gone: the messages reappear after their VT
+                logger.warning("swf broker: %d acks lost at close", len(self._pending_acks))
+        super().close()
+
     def _get_many(self, queues: list[str], timeout: float | None = None) -> None:
+        self.flush_acks()
         qty = self._read_quantity()
         if qty <= 0:
             raise Empty()
@@ -224,26 +282,28 @@ class Channel(virtual.Channel):
         if len(unique) > 1:  # rotate so that no queue starves the others
             self._rotation = (self._rotation + 1) % len(unique)
             unique = unique[self._rotation:] + unique[:self._rotation]
-        got = self._read(unique, qty, arm=self.options.wakeups)
+        got = self._read(unique, qty)
         if not got:
             raise Empty()
         for queue, payload in got:
             self.connection._deliver(payload, queue)
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
-        got = self._read([check_queue_name(queue)], 1, arm=False)
+        got = self._read([check_queue_name(queue)], 1)
         if not got:
             raise Empty()
         return got[0][1]
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
         """Get one message synchronously (no_ack: removed at once)."""
-        got = self._read([check_queue_name(queue)], 1, arm=False, no_ack=[no_ack])
+        self.flush_acks()
+        got = self._read([check_queue_name(queue)], 1, no_ack=[no_ack])
         if not got:
             return None
         message = self.Message(got[0][1], channel=self)
         if not no_ack:
             self.qos.append(message, message.delivery_tag)
+            self.connection.ensure_keeper()
         return message
 
     def _payload(self, queue: str, msg_id: int, read_ct: int, message: Any,
@@ -299,8 +359,9 @@ class Channel(virtual.Channel):
         """Acknowledge: delete the message (or archive it with ``archive_acked``)."""
         held = self._held_message(delivery_tag)
         if held is not None:
-            self._execute("ack", {"queue": held[0], "ids": [held[1]],
-                                  "archive": self.options.archive_acked})
+            # Written by the consuming thread at its next read or before it sleeps, batched
+            # with other acks (an ack lost in a crash only means a redelivery).
+            self._pending_acks.append(held)
         super().basic_ack(delivery_tag)
         self.connection.poke()
 

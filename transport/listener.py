@@ -26,6 +26,8 @@ class Listener:
         self._conn: psycopg.Connection[Any] | None = None
         self._channels: set[str] = set()
         self._lock = threading.Lock()
+        #: NOTIFYs received so far (the benchmark reports how far wake-ups were coalesced).
+        self.notifications = 0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -68,6 +70,7 @@ class Listener:
             pgconn = conn.pgconn
             pgconn.consume_input()  # raises OperationalError when the server went away
             while pgconn.notifies() is not None:
+                self.notifications += 1
                 woken = True
         return woken
 

@@ -44,3 +44,10 @@ def listen_channel(pgmq_name: str) -> str:
     if not PGMQ_NAME.match(pgmq_name):
         raise QueueNameError(f"unexpected pgmq queue name {pgmq_name!r} from swf.queues")
     return f"swfq_{pgmq_name}"
+
+
+def queue_table(pgmq_name: str) -> tuple[str, str]:
+    """(schema, table) of a pgmq queue, for ``psycopg.sql.Identifier``."""
+    if not PGMQ_NAME.match(pgmq_name):
+        raise QueueNameError(f"unexpected pgmq queue name {pgmq_name!r} from swf.queues")
+    return "pgmq", f"q_{pgmq_name}"

@@ -27,6 +27,8 @@ class Options:
     read_batch: int = 100
     #: Ack archives instead of deleting.
     archive_acked: bool = False
+    #: A publish returns only once its WAL is flushed (synchronous_commit on for publishes).
+    durable_publish: bool = False
 
     @classmethod
     def parse(cls, options: Mapping[str, Any] | None) -> Options:

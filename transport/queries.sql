@@ -54,3 +54,13 @@ SELECT swf.queue_unbind(%(exchange)s, %(routing_key)s, %(queue)s);
 -- name: bindings
 SELECT routing_key, pattern, queue FROM swf.queue_bindings WHERE exchange = %(exchange)s
  ORDER BY queue, routing_key;
+
+-- name: arm
+SELECT swf.queue_arm(%(queues)s);
+
+-- name: session
+SELECT set_config('synchronous_commit', 'off', false);
+
+-- name: touch
+UPDATE swf.queues SET last_active = clock_timestamp()
+ WHERE name = ANY (%(queues)s) AND expires_ms IS NOT NULL;

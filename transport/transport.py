@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 from queue import Empty
 from time import monotonic
@@ -11,26 +10,35 @@ from typing import Any
 
 import psycopg
 from kombu.transport import virtual
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from swf_celery.transport.channel import Channel
+from swf_celery.transport.listener import Listener
+from swf_celery.transport.names import check_queue_name, queue_table
+from swf_celery.transport.options import Options
+from swf_celery.transport.visibility import VisibilityKeeper
 
 from swf_celery import queries
 from swf_celery.db import normalize_dsn
 from swf_celery.errors import DatabaseError, DatabaseUnavailable, SchemaNotMigrated
-from swf_celery.transport.channel import Channel
-from swf_celery.transport.listener import Listener
-from swf_celery.transport.options import Options
-from swf_celery.transport.visibility import VisibilityKeeper
 
 _Q = queries.load("swf_celery.transport", "queries.sql")
+_T = queries.load("swf_celery.transport", "tables.sql")
 DEFAULT_PORT = 5432
+#: Queues whose names and statements are cached per transport (reply queues come and go).
+_CACHE_LIMIT = 1000
 
 
 class Transport(virtual.Transport):
     """kombu transport over pgmq (see the package docstring for URL form and options)."""
 
     Channel = Channel
+    # kombu declares these as None on the base class.
+    client: Any
+    channels: list[Any]  # type: ignore[assignment]
+    cycle: Any
 
-    default_port = DEFAULT_PORT
+    default_port = DEFAULT_PORT  # type: ignore[assignment]
     driver_type = "swf"
     driver_name = "psycopg"
     can_parse_url = False
@@ -43,8 +51,9 @@ class Transport(virtual.Transport):
 
     connection_errors = virtual.Transport.connection_errors + (
         psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable, OSError,
-    )
-    channel_errors = virtual.Transport.channel_errors + (psycopg.DatabaseError, DatabaseError)
+    )  # type: ignore[assignment]
+    channel_errors = virtual.Transport.channel_errors + (  # type: ignore[assignment]
+        psycopg.DatabaseError, DatabaseError)
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
@@ -54,6 +63,10 @@ class Transport(virtual.Transport):
         self._conn_lock = threading.Lock()
         self._listener: Listener | None = None
         self._keeper: VisibilityKeeper | None = None
+        self._pgmq_names: dict[str, str] = {}
+        self._statements: dict[tuple[str, str], sql.Composed] = {}
+        #: Queues declared with x-expires; consuming them keeps them alive (see _touch).
+        self.expiring: set[str] = set()
 
     # -- connections ------------------------------------------------------------------------
 
@@ -78,9 +91,45 @@ class Transport(virtual.Transport):
         if conn is None or conn.closed:
             with self._conn_lock:
                 if self._conn is None or self._conn.closed:
-                    self._conn = psycopg.connect(self.dsn, autocommit=True)
+                    conn = psycopg.connect(self.dsn, autocommit=True)
+                    # Consumer-side statements (read, ack, extend) need no WAL flush: after a
+                    # server crash a lost read or ack only means a redelivery. Publishes set
+                    # their own durability (option durable_publish).
+                    conn.execute(_Q["session"])
+                    self._conn = conn
                 conn = self._conn
         return conn
+
+    def pgmq_name(self, queue: str, expires_ms: int | None = None, *,
+                  refresh: bool = False) -> str:
+        """The pgmq name of ``queue``, creating the queue when missing."""
+        name = None if refresh else self._pgmq_names.get(queue)
+        if name is None:
+            check_queue_name(queue)
+            name = str(self.db().execute(_Q["ensure"], {"queue": queue,
+                                                        "expires_ms": expires_ms}
+                                             ).fetchone()[0])  # type: ignore[index]
+            if len(self._pgmq_names) >= _CACHE_LIMIT:
+                self._pgmq_names.clear()
+                self._statements.clear()
+            self._pgmq_names[queue] = name
+        return name
+
+    def statement(self, kind: str, queue: str) -> sql.Composed:
+        """Statement ``kind`` of tables.sql on ``queue``'s pgmq table (cached)."""
+        key = (kind, queue)
+        stmt = self._statements.get(key)
+        if stmt is None:
+            stmt = sql.SQL(_T[kind]).format(queue=sql.Identifier(*queue_table(
+                self.pgmq_name(queue))))
+            self._statements[key] = stmt
+        return stmt
+
+    def forget_queue(self, queue: str) -> None:
+        """Drop cached names and statements of ``queue`` (it was dropped or recreated)."""
+        self._pgmq_names.pop(queue, None)
+        for kind in _T:
+            self._statements.pop((kind, queue), None)
 
     def establish_connection(self) -> Any:
         """Connect and check that the swf schema carries the broker's functions."""
@@ -135,41 +184,68 @@ class Transport(virtual.Transport):
         if self._listener is not None:
             self._listener.poke()
 
-    def _held(self) -> list[tuple[str, int]]:
+    def held(self) -> list[tuple[str, int]]:
+        """(queue, msg_id) of every message the channels hold unacknowledged."""
         pairs: list[tuple[str, int]] = []
         for channel in list(self.channels):
             pairs.extend(channel.held())
         return pairs
 
-    def _ensure_keeper(self) -> None:
+    def flush_acks(self) -> None:
+        """Write every channel's pending acks (also called by the keeper thread)."""
+        for channel in list(self.channels):
+            if channel._pending_acks:
+                channel.flush_acks()
+
+    def ensure_keeper(self) -> None:
+        """Start the visibility keeper thread unless it runs."""
         if self._keeper is None or not self._keeper.is_alive():
-            self._keeper = VisibilityKeeper(self.dsn, self._held,
-                                            self.options.visibility_timeout,
+            self._keeper = VisibilityKeeper(self, self.options.visibility_timeout,
                                             self.options.extend_every)
             self._keeper.start()
 
     def _deliver(self, message: Any, queue: str) -> None:
-        self._ensure_keeper()
+        self.ensure_keeper()
         super()._deliver(message, queue)
 
-    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
-        """Deliver one batch; sleep on LISTEN (or poll) while there is nothing to read."""
+    def consumed_expiring(self) -> list[str]:
+        """Consumed queues declared with x-expires (kept alive by the keeper)."""
+        return sorted({q for ch in list(self.channels) for q in list(ch._active_queues)
+                       if q in self.expiring})
+
+    def drain_events(  # type: ignore[override]
+            self, connection: Any, timeout: float | None = None) -> None:
+        """Deliver one batch; sleep on LISTEN (or poll) while there is nothing to read.
+
+        Before sleeping, the consumed queues are armed (``swf.queue_arm``) and read once more:
+        a message committed meanwhile is then either read or wakes us. Arming happens only
+        on the way to sleep, never between a wake-up and the read it triggers.
+        """
         start = monotonic()
         get = self.cycle.get
+        armed = False
+        due: float | None = None
         while True:
             try:
                 get(self._deliver, timeout=timeout)
                 return
             except Empty:
                 pass
+            self.flush_acks()
+            if self.options.wakeups and not armed:
+                queues = sorted({q for ch in self.channels for q in ch.consumed_queues()})
+                if queues:
+                    row = self.db().execute(_Q["arm"], {"queues": queues}).fetchone()
+                    due = row[0] if row else None
+                    armed = True
+                    continue  # the read after arming (see the docstring)
             wait = self.polling_interval or 1.0
-            due = [ch.next_visible for ch in self.channels
-                   if ch._consumers and ch.next_visible is not None]
-            if due:
-                wait = min(wait, min(due) + 0.002)
+            if due is not None:
+                wait = min(wait, due + 0.002)
             if timeout is not None:
                 remaining = timeout - (monotonic() - start)
                 if remaining <= 0:
-                    raise socket.timeout()
+                    raise TimeoutError()
                 wait = min(wait, remaining)
             self.listener().wait(wait)
+            armed, due = False, None
