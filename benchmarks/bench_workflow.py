@@ -168,7 +168,7 @@ def run(database_url: str) -> str:
         "",
         "Where the coordinator's time goes (last round, `pg_stat_user_functions`; nested "
         "calls are included in their caller's time; calls are those flushed to the "
-        "statistics when read; `queue_read`/`queue_ack` are the broker's, per batch/message):",
+        "statistics when read):",
         "",
         "| function | calls | total ms | ms/call |",
         "|---|---:|---:|---:|",
