@@ -4,9 +4,9 @@ Starts a worker on the ``reports`` queue, then:
 
 1. pauses a run while its first step runs (that step finishes, the next one waits),
    and resumes it;
-2. cancels a run while a step runs (the step is revoked, the rest never starts);
-3. lets a run fail at its quality gate, fixes the cause and retries it: the new run
-   reuses the completed steps' outputs and runs only the rest.
+2. lets a run fail at its quality gate, fixes the cause and retries it: the new run
+   reuses the completed steps' outputs and runs only the rest;
+3. cancels a run while a step runs (the step is revoked, the rest never starts).
 
 Each stage prints the run's status and its steps' statuses.
 """
@@ -83,16 +83,10 @@ def main() -> int:
         wait_for(events, run, None, "completed")
         show("completed", run)
 
-        print("2. cancel")
-        run = swf.Executor.start(ReportFlow, {"gate": str(gate), "tag": "second"}, DB)
-        wait_running(running, "second", "transform")
-        show("transform running", run)
-        swf.cancel_workflow_run(run, DB, reason="report no longer needed")
-        show("cancelled", run)
-
-        print("3. fail, fix, retry")
+        print("2. fail, fix, retry")
         gate.unlink()                    # the upstream data is not there yet
-        run = swf.Executor.start(ReportFlow, {"gate": str(gate), "tag": "third", "seconds": 0.3}, DB)
+        run = swf.Executor.start(ReportFlow, {"gate": str(gate), "tag": "second",
+                                              "seconds": 0.3}, DB)
         wait_for(events, run, None, "failed")
         failed = show("failed", run)
         gate.touch()                     # fixed
@@ -103,6 +97,13 @@ def main() -> int:
         reused = [s.name for s in status.steps if s.started_at == before[s.name]]
         print(f"  retry {retry[:8]} is retry_of {status.retry_of[:8]}; "
               f"reused without running again: {', '.join(reused)}")
+
+        print("3. cancel")
+        run = swf.Executor.start(ReportFlow, {"gate": str(gate), "tag": "third"}, DB)
+        wait_running(running, "third", "transform")
+        show("transform running", run)
+        swf.cancel_workflow_run(run, DB, reason="report no longer needed")
+        show("cancelled", run)
     print(f"result: {result.output}")
     return 0
 
