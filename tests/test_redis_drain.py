@@ -7,6 +7,7 @@ tasks afterwards.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -121,7 +122,7 @@ def test_messages_held_by_redis_workers_are_reported(redis_client: Any, queue: s
     # kombu keeps a delivered, unacknowledged message in the hash "unacked" as
     # [message, exchange, routing_key]; only a warm shutdown puts it back on the list.
     key = f"{queue}_unacked"
-    redis_client.hset(key, "tag-1", '[{"body": "x"}, "", "%s"]' % queue)
+    redis_client.hset(key, "tag-1", json.dumps([{"body": "x"}, "", queue]))
     redis_client.hset(key, "tag-2", '[{"body": "y"}, "", "other"]')
     assert held_by_workers(REDIS_URL, [queue], unacked_key=key) == 1
     assert held_by_workers(REDIS_URL, ["nothing"], unacked_key=key) == 0

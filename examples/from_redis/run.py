@@ -68,7 +68,7 @@ def main() -> int:
         print("5. results, from the swf result backend")
         results = [after.AsyncResult(task_id).get(timeout=60) for task_id in ids]
     after.close()
-    for task_id, value in zip(ids, results):
+    for task_id, value in zip(ids, results, strict=True):
         print(f"  {task_id}  {value}")
     print(f"result: moved and ran {len(results)} tasks")
     return 0

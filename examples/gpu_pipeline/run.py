@@ -12,10 +12,9 @@ import contextlib
 import json
 import sys
 
+from examples.gpu_pipeline.app import DATABASE_URL, GpuPipeline
 from swf_celery import Executor, get_run_status, migrate
 from swf_celery.worker_process import worker_process
-
-from examples.gpu_pipeline.app import DATABASE_URL, GpuPipeline
 
 APP = "examples.gpu_pipeline.app"
 

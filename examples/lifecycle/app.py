@@ -2,8 +2,8 @@
 
 ``extract`` and ``transform`` announce on the channel ``report_steps`` that they are
 running (``swf.notify_only``), so the example can pause or cancel a run while a step is
-really executing. ``quality_gate`` fails while the file named in the run input (``gate``) is missing: the
-stand-in for bad upstream data that someone fixes before retrying the run.
+really executing. ``quality_gate`` fails while the file named in the run input (``gate``)
+is missing: the stand-in for bad upstream data that someone fixes before retrying the run.
 """
 
 from __future__ import annotations

@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 
 import swf_celery as swf
+from examples.lifecycle.app import DATABASE_URL, QUEUE, RUNNING_CHANNEL, ReportFlow
 from swf_celery import migrate
 from swf_celery.listener import Listener
 from swf_celery.worker_process import worker_process
-
-from examples.lifecycle.app import DATABASE_URL, QUEUE, RUNNING_CHANNEL, ReportFlow
 
 APP = "examples.lifecycle.app"
 DB = DATABASE_URL
