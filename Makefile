@@ -45,7 +45,7 @@ bench: migrate
 	$(BIN)/python -m benchmarks.run
 
 lint: $(STAMP)
-	$(BIN)/ruff check swf_celery transport tests
+	$(BIN)/ruff check swf_celery transport tests examples
 
 type: $(STAMP)
 	$(BIN)/mypy

@@ -1,0 +1,1 @@
+"""Runnable examples of swf-celery; each folder has a README and a ``run`` module."""

@@ -148,11 +148,16 @@ def version_command(database: str | None) -> None:
 @_database_option
 def drain_redis_command(redis_url: str, queues: tuple[str, ...], database: str | None) -> None:
     """Move queued messages of Redis QUEUES into the swf broker (stop workers first)."""
-    from swf_celery.redis_drain import drain_queue
+    from swf_celery.redis_drain import drain_queue, held_by_workers
 
     url = resolve_database_url(database)
     for queue in queues:
         click.echo(f"{queue}: moved {drain_queue(redis_url, queue, url)} messages")
+    held = held_by_workers(redis_url, queues)
+    if held:
+        click.echo(f"warning: {held} message(s) of these queues are held unacknowledged by "
+                   "Redis workers (hash 'unacked') and were not moved: stop those workers "
+                   "with a warm shutdown (TERM) and run drain-redis again", err=True)
 
 
 @main.command("send")

@@ -34,6 +34,10 @@ class EmbeddedPostgresError(SwfError):
     """Raised when the embedded PostgreSQL cannot be initialised, started or stopped."""
 
 
+class WorkerStartError(SwfError, RuntimeError):
+    """Raised when a ``celery worker`` subprocess exits or is not ready in time."""
+
+
 class MigrationError(SwfError):
     """Raised when the schema cannot be migrated."""
 

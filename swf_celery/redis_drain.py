@@ -13,7 +13,13 @@ written to Postgres (``swf.queue_send``, committed), and only then removed from 
 backup. A crash in between leaves the message in the backup list, and the next run
 moves the backup first: nothing is lost; a message may be delivered twice (the same
 at-least-once promise Celery makes). Priority sub-queues (``queue\\x06\\x16N``) are
-drained too, keeping each message's priority property.
+drained too, keeping each message's priority property; every sub-queue 1-9 is looked at,
+so custom ``priority_steps`` are covered.
+
+Not moved: messages a Redis worker holds unacknowledged (kombu keeps them in the hash
+``unacked`` until the worker acks them or a warm shutdown puts them back on the list).
+:func:`held_by_workers` counts them, and ``drain-redis`` warns when there are any. A
+``global_keyprefix`` transport option is not supported: pass the prefixed queue name.
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ from swf_celery.errors import ConfigurationError, MessageError
 
 _Q = queries.load("swf_celery", "redis_drain.sql")
 PRIORITY_SEP = "\x06\x16"
-PRIORITY_STEPS = (0, 3, 6, 9)
+#: kombu's default steps are 0, 3, 6, 9; any 0-9 is possible with ``priority_steps``.
+PRIORITY_STEPS = tuple(range(10))
+#: kombu's default ``unacked_key``.
+UNACKED_KEY = "unacked"
 
 
 def _redis(url: str) -> Any:
@@ -37,6 +46,22 @@ def _redis(url: str) -> Any:
         raise ConfigurationError("draining Redis needs the redis package: pip install redis") \
             from None
     return redis.Redis.from_url(url)
+
+
+def held_by_workers(redis_url: str, queues: list[str] | tuple[str, ...], *,
+                    unacked_key: str = UNACKED_KEY) -> int:
+    """How many messages of ``queues`` Redis workers hold unacknowledged (not drainable)."""
+    client = _redis(redis_url)
+    wanted = set(queues)
+    held = 0
+    for _tag, raw in client.hscan_iter(unacked_key):
+        try:
+            _message, _exchange, routing_key = json.loads(raw)
+        except (ValueError, TypeError, UnicodeDecodeError):
+            continue
+        if routing_key in wanted:
+            held += 1
+    return held
 
 
 def drain_queue(redis_url: str, queue: str, repo: Repo | None = None) -> int:
