@@ -205,18 +205,21 @@ def resume_workflow_run(run_id: str, repo: Repo | None = None) -> None:
 
 def cancel_workflow_run(run_id: str, repo: Repo | None = None, *,
                         reason: str = DEFAULT_CANCEL_REASON, force: bool = False,
-                        app: Any = None) -> None:
+                        app: Any = None, terminate: bool = False) -> None:
     """Cancel a run: queued messages removed, running Celery tasks revoked, status cancelled.
 
     A finished run raises :class:`RunStateError` unless ``force=True``. Running tasks are
-    revoked (``terminate=True``) through ``app`` — default: a Celery app on this
-    database's ``swf://`` broker; their late reports are ignored either way.
+    revoked through ``app`` (default: a Celery app on this database's ``swf://`` broker):
+    a worker that has not started one drops it, one already running finishes and its late
+    report is ignored. ``terminate=True`` also kills the pool process running it — Celery's
+    "last resort": with the prefork pool a process killed mid-write can leave the pool's
+    shared result pipe locked, so it is off by default.
     """
     db = resolve(repo)
     running = _call(db, "cancel_run", {"run_id": _run_uuid(run_id), "reason": reason,
                                        "force": force})
     if running:
-        _revoke(db, list(running), app)
+        _revoke(db, list(running), app, terminate)
 
 
 @dataclass(frozen=True)
@@ -227,13 +230,14 @@ class CanvasCancel:
     revoked: list[str]
 
 
-def cancel_canvas(root_id: str, repo: Repo | None = None, *, app: Any = None) -> CanvasCancel:
+def cancel_canvas(root_id: str, repo: Repo | None = None, *, app: Any = None,
+                  terminate: bool = False) -> CanvasCancel:
     """Cancel a plain Celery chain, group or chord by its root id (``result.root_id``).
 
     Every queued message with that root id is removed from its queue (including delayed
-    ETA/countdown messages), and the tasks of messages that workers hold are revoked with
-    ``terminate=True``. A chain stops there; a chord whose header tasks are gone never
-    fires its body.
+    ETA/countdown messages), and the tasks of messages that workers hold are revoked
+    (``terminate`` as in :func:`cancel_workflow_run`). A chain stops there; a chord whose
+    header tasks are gone never fires its body.
     """
     if not isinstance(root_id, str) or not root_id:
         raise SwfError(f"root_id must be a task id, not {root_id!r}")
@@ -242,11 +246,11 @@ def cancel_canvas(root_id: str, repo: Repo | None = None, *, app: Any = None) ->
         row = conn.execute(_Q["cancel_canvas"], {"root_id": root_id}).fetchone()
     removed, held = (row[0], list(row[1] or [])) if row else (0, [])
     if held:
-        _revoke(db, held, app)
+        _revoke(db, held, app, terminate)
     return CanvasCancel(removed, held)
 
 
-def _revoke(db: Database, task_ids: list[str], app: Any) -> None:
+def _revoke(db: Database, task_ids: list[str], app: Any, terminate: bool) -> None:
     from celery import Celery
 
     own = app is None
@@ -254,7 +258,7 @@ def _revoke(db: Database, task_ids: list[str], app: Any) -> None:
         app = Celery("swf-cancel", broker="swf://" + db.dsn.split("://", 1)[1],
                      set_as_current=False)
     try:
-        app.control.revoke(task_ids, terminate=True)
+        app.control.revoke(task_ids, terminate=terminate)
     finally:
         if own:
             app.close()
