@@ -25,6 +25,7 @@ from swf_celery.errors import (
     DatabasePermissionError,
     DatabaseUnavailable,
     SwfError,
+    TransactionConflict,
 )
 
 ENV_DATABASE_URL = "SWF_DATABASE_URL"
@@ -210,6 +211,12 @@ def translate_errors() -> Iterator[None]:
         raise DatabasePermissionError(
             f"permission denied: {exc.diag.message_primary or exc}; grant the role the "
             "privilege or run the command as the database owner"
+        ) from exc
+    except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure,
+            pg_errors.LockNotAvailable) as exc:
+        # OperationalError subclasses, but the server is fine: a conflict to retry.
+        raise TransactionConflict(
+            f"transaction conflict: {exc.diag.message_primary or exc}; retry the operation"
         ) from exc
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

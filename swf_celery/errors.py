@@ -26,6 +26,10 @@ class DatabaseUnavailable(DatabaseError):
     """Raised when the PostgreSQL server cannot be reached or the connection dropped."""
 
 
+class TransactionConflict(DatabaseError):
+    """Raised when PostgreSQL aborted a transaction (deadlock, serialization); retry it."""
+
+
 class DatabasePermissionError(DatabaseError):
     """Raised when the database role lacks a privilege the operation needs."""
 

@@ -73,3 +73,12 @@ def test_pool_survives_a_database_restart(private_server) -> None:  # type: igno
         assert _select_one(database) == 42  # the dead pooled connection is replaced
     finally:
         database.close()
+
+
+def test_deadlock_is_a_conflict_not_an_outage(db_url: str) -> None:
+    from swf_celery.errors import TransactionConflict
+
+    with pytest.raises(TransactionConflict, match="retry"):
+        with db.resolve(db_url).connection() as conn:
+            conn.execute("DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '40P01', "
+                         "MESSAGE = 'deadlock detected'; END $$")
