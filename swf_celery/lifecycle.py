@@ -231,13 +231,16 @@ class CanvasCancel:
 
 
 def cancel_canvas(root_id: str, repo: Repo | None = None, *, app: Any = None,
-                  terminate: bool = False) -> CanvasCancel:
+                  terminate: bool = True) -> CanvasCancel:
     """Cancel a plain Celery chain, group or chord by its root id (``result.root_id``).
 
     Every queued message with that root id is removed from its queue (including delayed
-    ETA/countdown messages), and the tasks of messages that workers hold are revoked
-    (``terminate`` as in :func:`cancel_workflow_run`). A chain stops there; a chord whose
-    header tasks are gone never fires its body.
+    ETA/countdown messages), and the tasks of messages that workers hold are revoked with
+    ``terminate=True`` by default: unlike a workflow run, whose coordinator ignores a
+    cancelled step's late report, a plain chain would go on from a task that finishes, so
+    a running task must be stopped. (See :func:`cancel_workflow_run` for the prefork risk
+    of terminating; pass ``terminate=False`` to let running tasks finish.) A chain stops
+    there; a chord whose header tasks are gone never fires its body.
     """
     if not isinstance(root_id, str) or not root_id:
         raise SwfError(f"root_id must be a task id, not {root_id!r}")
