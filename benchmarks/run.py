@@ -38,7 +38,9 @@ def machine() -> str:
 
 
 def main(argv: list[str]) -> None:
-    names = argv or sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py"))
+    # bench_*.py modules that define run(); the others (e.g. bench_app) are worker apps.
+    names = argv or sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py")
+                           if "\ndef run(" in p.read_text())
     url = embedded.database_url()
     migrate.migrate(url)
     sections: dict[str, str] = {}
