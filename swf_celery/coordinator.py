@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from psycopg import errors as pg_errors
-from psycopg.pq import TransactionStatus
 
 from swf_celery import queries
 from swf_celery.db import Database
@@ -33,22 +32,9 @@ _Q = queries.load("swf_celery", "coordinator.sql")
 
 
 def _one(db: Database, query: str, params: Mapping[str, Any]) -> Any:
-    """The first column of the one row of a single-statement call.
-
-    Every transition is one ``SELECT swf.fn(...)``; run it in autocommit mode, where
-    Postgres makes the statement its own transaction: one network round trip instead of
-    three (BEGIN, statement, COMMIT), the same atomicity. The connection goes back to the
-    pool in the mode it came in.
-    """
-    with db.connection() as conn:
-        switch = not conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE
-        if switch:
-            conn.autocommit = True
-        try:
-            row = conn.execute(query, params).fetchone()
-        finally:
-            if switch and not conn.closed:
-                conn.autocommit = False
+    """The first column of the one row of a transition (one ``SELECT swf.fn(...)``)."""
+    with db.single_statement() as conn:
+        row = conn.execute(query, params).fetchone()
     return row[0] if row else None
 
 

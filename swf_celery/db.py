@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import pq
 
 from swf_celery.errors import (
     ConfigurationError,
@@ -129,6 +130,25 @@ class Database:
             pool = self._pool or self._shared_pool()
             with pool.connection() as conn:
                 yield conn
+
+    @contextlib.contextmanager
+    def single_statement(self) -> Iterator[psycopg.Connection[Any]]:
+        """Borrow a connection for exactly one statement, run in autocommit mode.
+
+        Postgres then makes the statement its own transaction: one network round trip
+        instead of three (BEGIN, statement, COMMIT), the same atomicity. The connection
+        goes back to the pool in the mode it came in.
+        """
+        with self.connection() as conn:
+            switch = (not conn.autocommit
+                      and conn.info.transaction_status == pq.TransactionStatus.IDLE)
+            if switch:
+                conn.autocommit = True
+            try:
+                yield conn
+            finally:
+                if switch and not conn.closed:  # a broken one is discarded by the pool
+                    conn.autocommit = False
 
     def connect(self, *, autocommit: bool = True) -> psycopg.Connection[Any]:
         """Open a dedicated connection (for LISTEN, advisory locks); the caller closes it."""

@@ -26,14 +26,11 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
-from psycopg.pq import TransactionStatus
-from psycopg_pool import PoolTimeout
 
 from swf_celery import channels, queries
 from swf_celery.db import Database, Repo, resolve, translate_errors
 from swf_celery.errors import (
     ChannelNameError,
-    DatabaseUnavailable,
     PayloadError,
     PayloadTooLarge,
 )
@@ -41,7 +38,6 @@ from swf_celery.errors import (
 _Q = queries.load("swf_celery", "messaging.sql")
 T = TypeVar("T")
 # Pooled connections tried before giving up on a server that just restarted.
-_ATTEMPTS = 5
 
 #: Postgres refuses a NOTIFY payload of this many bytes or more (BLCKSZ - NAMEDATALEN - 128).
 NOTIFY_PAYLOAD_LIMIT = 8000
@@ -257,39 +253,12 @@ def _transaction(
 ) -> T:
     """Run ``work`` in one transaction on a pooled connection.
 
-    ``single_statement``: ``work`` runs exactly one statement, which Postgres then runs as
-    its own transaction in autocommit mode: one network round trip instead of three
-    (BEGIN, statement, COMMIT) with the same atomicity. The connection goes back to the
-    pool in the mode it came in.
-
-    After a server restart the pool still holds connections that died with it; the first
-    statement on one fails before anything was committed, so it is safe to try again on
-    another (the pool discards the dead one). A failure at COMMIT is not retried: the
-    transaction may have committed, and a retry could duplicate a message.
+    ``single_statement``: ``work`` runs exactly one statement, in autocommit mode
+    (:meth:`Database.single_statement`: one round trip instead of three).
     """
-    for attempt in range(1, _ATTEMPTS + 1):
-        worked = False
-        try:
-            with db.connection() as conn:
-                if single_statement and not conn.autocommit and \
-                        conn.info.transaction_status == TransactionStatus.IDLE:
-                    conn.autocommit = True
-                    try:
-                        result = work(conn)
-                        worked = True
-                    finally:
-                        if not conn.closed:  # a broken one is discarded by the pool
-                            conn.autocommit = False
-                else:
-                    result = work(conn)
-                    worked = True
-            return result
-        except DatabaseUnavailable as exc:
-            # PoolTimeout: no connection could be made at all, so the server is down and
-            # another attempt would only wait as long again.
-            if worked or attempt == _ATTEMPTS or isinstance(exc.__cause__, PoolTimeout):
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
+    borrow = db.single_statement if single_statement else db.connection
+    with borrow() as conn:
+        return work(conn)
 
 
 def _registered_queue(conn: psycopg.Connection[Any], ch: channels.Channel) -> str | None:
