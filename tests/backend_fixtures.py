@@ -17,14 +17,11 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 from tests.backend_app import make_app
-from tests.conftest import drop_database, new_database
 
 
 @pytest.fixture(scope="module")
-def backend_db(server_url: str, template_db: str) -> Iterator[str]:
-    url = new_database(server_url, template_db)
-    yield url
-    drop_database(server_url, url)
+def backend_db(module_db_url: str) -> str:
+    return module_db_url
 
 
 @pytest.fixture(scope="module")

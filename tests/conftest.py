@@ -84,6 +84,14 @@ def db_url(server_url: str, template_db: str) -> Iterator[str]:
     drop_database(server_url, url)
 
 
+@pytest.fixture(scope="module")
+def module_db_url(server_url: str, template_db: str) -> Iterator[str]:
+    """A fresh, migrated database shared by the tests of one module (e.g. with workers)."""
+    url = new_database(server_url, template_db)
+    yield url
+    drop_database(server_url, url)
+
+
 @pytest.fixture
 def empty_db_url(server_url: str) -> Iterator[str]:
     """A fresh database that has never been migrated."""
@@ -96,7 +104,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Every test that touches a database runs in the second CI pass too (`-m db`).
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
-        if {"db_url", "empty_db_url", "server_url"} & set(fixtures):
+        if {"db_url", "module_db_url", "empty_db_url", "server_url"} & set(fixtures):
             item.add_marker(pytest.mark.db)
 
 

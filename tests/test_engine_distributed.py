@@ -19,16 +19,13 @@ from swf_celery.errors import WorkflowFailed
 from swf_celery.executor import Executor
 from tests import engine_app
 from tests.celery_worker import kill_worker, read_log, worker_process
-from tests.conftest import drop_database, new_database
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def shared_db(server_url: str, template_db: str) -> Iterator[str]:
-    url = new_database(server_url, template_db)
-    yield url
-    drop_database(server_url, url)
+def shared_db(module_db_url: str) -> str:
+    return module_db_url
 
 
 @pytest.fixture(scope="module")
