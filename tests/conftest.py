@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -163,3 +164,20 @@ def private_server() -> Iterator[PrivateServer]:
             server.stop()
         finally:
             shutil.rmtree(home, ignore_errors=True)
+
+
+#: The machine's Redis, DB 7: drain tests and the from_redis example (comparisons only).
+REDIS_URL = "redis://127.0.0.1:6379/7"
+
+
+@pytest.fixture
+def redis_client() -> Iterator[Any]:
+    """A client of :data:`REDIS_URL`; the test is skipped clearly where Redis is absent."""
+    redis = pytest.importorskip("redis")
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    yield client
+    client.close()

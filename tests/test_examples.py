@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from tests.celery_worker import read_log, worker_process
+from tests.conftest import REDIS_URL
 
 ROOT = Path(__file__).resolve().parents[1]
-REDIS_URL = "redis://127.0.0.1:6379/7"
 
 pytestmark = pytest.mark.slow
 
@@ -60,19 +60,11 @@ def test_gpu_pipeline_routes_gpu_steps_to_the_gpu_worker(db_url: str) -> None:
     assert "train       completed  queue=gpu_workers" in output
 
 
-def test_from_redis_moves_the_backlog_and_runs_it_on_swf(db_url: str) -> None:
-    redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.skip("no Redis on 127.0.0.1:6379")
-    for key in client.scan_iter(match="shop*"):  # leftovers of an interrupted run
-        client.delete(key)
-    try:
-        output = _run("examples.from_redis.run", db_url, REDIS_URL=REDIS_URL)
-    finally:
-        client.close()
+def test_from_redis_moves_the_backlog_and_runs_it_on_swf(db_url: str,
+                                                         redis_client: Any) -> None:
+    for key in redis_client.scan_iter(match="shop*"):  # leftovers of an interrupted run
+        redis_client.delete(key)
+    output = _run("examples.from_redis.run", db_url, REDIS_URL=REDIS_URL)
     assert "shop: moved 4 messages" in output
     assert "{'invoice': 3, 'amount': 30.0}" in output
     assert "receipt 3 sent" in output

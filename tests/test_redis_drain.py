@@ -20,20 +20,7 @@ from celery import Celery
 from swf_celery.errors import MessageError
 from swf_celery.redis_drain import PRIORITY_SEP, drain_queue, held_by_workers
 from tests.celery_worker import read_log, worker_process
-
-REDIS_URL = "redis://127.0.0.1:6379/7"
-
-
-@pytest.fixture
-def redis_client() -> Iterator[Any]:
-    redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.skip("no Redis on 127.0.0.1:6379")
-    yield client
-    client.close()
+from tests.conftest import REDIS_URL
 
 
 @pytest.fixture
