@@ -100,6 +100,7 @@ class Database:
         self._pool = pool
         self._engine = engine
         self._own_pool: Any = None
+        self._pool_pid = os.getpid()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -157,6 +158,15 @@ class Database:
 
     def _shared_pool(self) -> Any:
         with self._lock:
+            if self._pool_pid != os.getpid():
+                # A forked child (a prefork worker) must not use its parent's pool: the
+                # sockets are shared and the pool's threads did not survive the fork. Nor
+                # may it close it (libpq would end the parent's sessions), so it is kept
+                # referenced and left alone.
+                if self._own_pool is not None:
+                    _inherited_pools.append(self._own_pool)
+                self._own_pool = None
+                self._pool_pid = os.getpid()
             if self._own_pool is None:
                 from psycopg_pool import ConnectionPool
 
@@ -171,12 +181,13 @@ class Database:
     def close(self) -> None:
         """Close the pool this handle opened itself (a user's pool or engine is left open)."""
         with self._lock:
-            if self._own_pool is not None:
+            if self._own_pool is not None and self._pool_pid == os.getpid():
                 self._own_pool.close()
-                self._own_pool = None
+            self._own_pool = None
 
 
 _databases: dict[str, Database] = {}
+_inherited_pools: list[Any] = []  # parents' pools in a forked child: referenced, unused
 _databases_lock = threading.Lock()
 
 

@@ -82,3 +82,31 @@ def test_deadlock_is_a_conflict_not_an_outage(db_url: str) -> None:
         with db.resolve(db_url).connection() as conn:
             conn.execute("DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '40P01', "
                          "MESSAGE = 'deadlock detected'; END $$")
+
+
+def test_forked_child_gets_its_own_pool_and_leaves_the_parents_alone(db_url: str) -> None:
+    import os
+
+    database = db.resolve(db_url)
+
+    def backend_pid() -> int:
+        with database.connection() as conn:
+            return conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+
+    parent_session = backend_pid()  # the parent's pool is open before the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: a prefork worker would do this
+        try:
+            os.write(write, str(backend_pid()).encode())
+            database.close()
+        finally:
+            os._exit(0)
+    os.close(write)
+    child_session = int(os.read(read, 32) or b"0")
+    os.waitpid(pid, 0)
+    assert child_session not in (0, parent_session)  # its own connection, not our socket
+    with database.connection() as conn:  # our session was not ended by the child
+        alive = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                             (parent_session,)).fetchone()[0]  # type: ignore[index]
+    assert alive == 1
