@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-second bench migrate db lint type clean-db help
+.PHONY: demo test test-second bench migrate db lint type check-tree clean-db help
 
 help:
 	@echo "make demo   - install, start Postgres, migrate, run the example workflow"
@@ -29,11 +29,11 @@ migrate: db
 	$(BIN)/swf-celery migrate
 
 demo: migrate
-	$(BIN)/python -m swf_celery.demo
+	$(BIN)/python -m examples.demo.app
 
 # The whole suite against the default server, then (when SWF_SECOND_DATABASE_URL is set,
 # as .ci/run does for the machine's system PostgreSQL) the database-facing tests again.
-test: migrate
+test: migrate lint type
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	@if [ -n "$$SWF_SECOND_DATABASE_URL" ]; then $(MAKE) --no-print-directory test-second; fi
 
@@ -44,11 +44,23 @@ test-second: $(STAMP)
 bench: migrate
 	$(BIN)/python -m benchmarks.run
 
-lint: $(STAMP)
-	$(BIN)/ruff check swf_celery transport tests examples
+# transport/ and sql/ are installed inside swf_celery (pyproject's package-dir): the
+# import-linter and mypy read the package as installed, from a tree of hard links.
+CHECK_TREE := build/check
 
-type: $(STAMP)
-	$(BIN)/mypy
+check-tree:
+	@rm -rf $(CHECK_TREE) && mkdir -p $(CHECK_TREE)
+	@cp -al swf_celery $(CHECK_TREE)/swf_celery
+	@cp -al transport $(CHECK_TREE)/swf_celery/transport
+	@cp -al sql $(CHECK_TREE)/swf_celery/sql
+	@find $(CHECK_TREE) -name __pycache__ -prune -exec rm -rf {} +
+
+lint: $(STAMP) check-tree
+	$(BIN)/ruff check swf_celery transport tests examples benchmarks
+	cd $(CHECK_TREE) && $(CURDIR)/$(BIN)/lint-imports $(CURDIR)/pyproject.toml
+
+type: $(STAMP) check-tree
+	cd $(CHECK_TREE) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p swf_celery
 
 clean-db:
 	-$(BIN)/swf-celery db stop

@@ -29,8 +29,9 @@ from celery import chord, group
 
 from benchmarks.bench_app import make_app
 from benchmarks.stats import summary_ms
-from tests.backend_app import broker_url
-from tests.celery_worker import worker_process
+from swf_celery import db
+from tests.helpers import worker_process
+from tests.results.backend_app import broker_url
 
 REDIS_BROKER = "redis://127.0.0.1:6379/13"
 REDIS_BACKEND = "redis://127.0.0.1:6379/14"
@@ -77,7 +78,7 @@ def _systems(database_url: str) -> list[tuple[str, str, str]]:
     broker = broker_url(database_url)
     if broker.startswith("redis://"):
         broker = REDIS_BROKER
-    swf = database_url.replace("postgresql://", "swf://", 1)
+    swf = db.broker_url(database_url)
     dbpg = database_url.replace("postgresql://", "db+postgresql+psycopg://", 1)
     systems = [
         ("swf backend", broker, swf),
@@ -197,7 +198,7 @@ def run(database_url: str) -> str:
                     print(f"  round {round_ + 1} {key:5} {name}: {value}", flush=True)
         for app in apps.values():
             app.close()
-    swf = database_url.replace("postgresql://", "swf://", 1)
+    swf = db.broker_url(database_url)
     store_costs = {
         "swf backend (synchronous_commit off, the default)": _store_cost(swf),
         "swf backend (synchronous_commit on)": _store_cost(swf, {"synchronous_commit": "on"}),

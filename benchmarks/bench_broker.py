@@ -26,7 +26,8 @@ from psycopg.types.json import Jsonb
 
 import swf_celery  # noqa: F401 - registers swf://
 from benchmarks.stats import percentile
-from tests.celery_worker import worker_process
+from swf_celery import db
+from tests.helpers import worker_process
 
 TASKS = 2000
 ROUND_TRIPS = 200
@@ -38,7 +39,7 @@ BACKEND = f"{REDIS}/13"
 
 def _brokers(database_url: str) -> dict[str, tuple[str, dict[str, Any]]]:
     parts = urlsplit(database_url)
-    pg = parts._replace(scheme="swf").geturl()
+    pg = db.broker_url(database_url)
     return {
         "swf (this project)": (pg, {}),
         "swf, durable_publish=True": (pg, {"durable_publish": True}),
@@ -134,7 +135,7 @@ def _consume_until(database_url: str, queue: str, stop: threading.Event,
                    woken: list[int]) -> None:
     from kombu import Connection, Consumer, Queue
 
-    url = urlsplit(database_url)._replace(scheme="swf").geturl()
+    url = db.broker_url(database_url)
     with Connection(url) as conn:
         with Consumer(conn.channel(), [Queue(queue)], accept=["json"],
                       callbacks=[lambda body, msg: msg.ack()]):
@@ -143,7 +144,7 @@ def _consume_until(database_url: str, queue: str, stop: threading.Event,
                     conn.drain_events(timeout=0.5)
                 except TimeoutError:
                     pass
-            woken.append(conn.transport.listener().notifications)
+            woken.append(conn.transport.wakeup().notifications)
 
 
 def _fmt(value: float, spec: str) -> str:

@@ -29,7 +29,7 @@ ROUNDS = int(os.environ.get("BENCH_WORKFLOW_ROUNDS", "3"))
 LAYERS, WIDTH = 20, 50
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 _SHOWN = {"start_run", "start_task", "complete_task", "_complete_step", "_start_step",
-          "_dispatch", "queue_send", "_step_message", "_notify", "queue_read", "queue_ack"}
+          "_dispatch", "queue_send", "_step_message", "_notify", "queue_ack"}
 
 
 def layered_workflow(task: Any, queue: str | None = None) -> type:
@@ -79,10 +79,11 @@ def run(database_url: str) -> str:
     """Run the comparison; return the Markdown section."""
     import redis
 
-    from swf_celery.executor import Executor
-    from tests.celery_worker import worker_process
+    from swf_celery.db import normalize_dsn
+    from swf_celery.workflows.executor import Executor
+    from tests.helpers import worker_process
 
-    url = database_url.replace("swf://", "postgresql://", 1)
+    url = normalize_dsn(database_url)
     with psycopg.connect(url, autocommit=True) as conn:
         dbname = conn.execute("SELECT current_database()").fetchone()[0]
         conn.execute(f'ALTER DATABASE "{dbname}" SET track_functions = \'pl\'')

@@ -16,7 +16,8 @@ import re
 import sys
 from pathlib import Path
 
-from swf_celery import embedded, migrate
+from swf_celery import db
+from swf_celery.ops import migrate
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -41,7 +42,7 @@ def main(argv: list[str]) -> None:
     # bench_*.py modules that define run(); the others (e.g. bench_app) are worker apps.
     names = argv or sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py")
                            if "\ndef run(" in p.read_text())
-    url = embedded.database_url()
+    url = db.database_url(start_embedded=True).url
     migrate.migrate(url)
     sections: dict[str, str] = {}
     if DOC.exists():

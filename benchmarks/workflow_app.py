@@ -15,6 +15,7 @@ from celery import Celery
 from celery.signals import after_setup_logger
 
 import swf_celery as swf
+from swf_celery import db
 
 _kind = os.environ.get("BENCH_BROKER", "swf")
 if _kind == "redis":
@@ -22,7 +23,7 @@ if _kind == "redis":
     app = Celery("workflow_app", broker=_redis, backend=_redis)
 else:
     _url = os.environ.get("SWF_DATABASE_URL", "postgresql://localhost/unset")
-    app = Celery("workflow_app", broker="swf://" + _url.split("://", 1)[1])
+    app = Celery("workflow_app", broker=db.broker_url(_url))
 app.conf.update(task_acks_late=True, worker_prefetch_multiplier=4,
                 task_default_queue="bench_workflow", worker_hijack_root_logger=False,
                 broker_transport_options={"visibility_timeout": 60})

@@ -1,4 +1,4 @@
--- 0003: the Celery result backend (swf_celery/backend.py).
+-- 0003: the Celery result backend (swf_celery/results/backend.py).
 --
 -- task_results holds one row per task: the encoded result meta exactly as Celery's
 -- serializer wrote it (JSON by default) plus a few columns copied out of it so that

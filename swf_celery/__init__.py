@@ -1,15 +1,15 @@
 """swf-celery: PostgreSQL-backed DAG workflows for Celery.
 
 Importing the package registers the ``swf://`` kombu transport alias, so a Celery app
-that does ``import swf_celery`` can use ``broker_url="swf://user@host/db"``. The
-workflow API is imported lazily (``swf_celery.Executor`` etc.) so that the transport
-and result backend load without the workflow layer.
+that does ``import swf_celery`` can use ``broker_url="swf://user@host/db"``. The public
+API below is imported lazily on first use (so the transport and result backend load
+without the workflow layer) and typed for checkers through the ``TYPE_CHECKING`` imports.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kombu.transport import TRANSPORT_ALIASES
 
@@ -21,50 +21,115 @@ TRANSPORT_ALIASES["swf"] = "swf_celery.transport:Transport"
 
 __version__ = "0.1.0"
 
-# Public names loaded on first access (module __getattr__), so `import swf_celery` stays
-# cheap for the transport and the result backend.
+if TYPE_CHECKING:
+    from swf_celery.errors import WorkflowDefinitionError, WorkflowFailed, WorkflowTimeout
+    from swf_celery.goals.decomposers import LLMDecomposer, RuleDecomposer
+    from swf_celery.goals.orchestrator import GoalResult, Orchestrator, WorkflowComposer
+    from swf_celery.messaging.listen import Listener, Notification, alisten, listen, unlisten
+    from swf_celery.messaging.send import (
+        Message,
+        acknowledge,
+        get_message,
+        notify_only,
+        read_pending,
+        send_with_notify,
+    )
+    from swf_celery.ops.canvas import cancel_canvas
+    from swf_celery.workflows.definition import WorkflowDef
+    from swf_celery.workflows.executor import Executor, RunResult
+    from swf_celery.workflows.flows import FlowBuilder
+    from swf_celery.workflows.lifecycle import (
+        RunStatus,
+        RunSummary,
+        cancel_workflow_run,
+        get_run_status,
+        list_workflow_runs,
+        pause_workflow_run,
+        resume_workflow_run,
+        retry_failed_workflow,
+    )
+    from swf_celery.workflows.steps import Step, step
+
+# Public name -> the module that defines it, imported on first access (module __getattr__).
 _LAZY = {
     # messaging
-    "send_with_notify": "swf_celery.messaging",
-    "notify_only": "swf_celery.messaging",
-    "get_message": "swf_celery.messaging",
-    "read_pending": "swf_celery.messaging",
-    "acknowledge": "swf_celery.messaging",
-    "Message": "swf_celery.messaging",
-    "listen": "swf_celery.listener",
-    "alisten": "swf_celery.listener",
-    "unlisten": "swf_celery.listener",
-    "Listener": "swf_celery.listener",
-    "Notification": "swf_celery.listener",
+    "send_with_notify": "swf_celery.messaging.send",
+    "notify_only": "swf_celery.messaging.send",
+    "get_message": "swf_celery.messaging.send",
+    "read_pending": "swf_celery.messaging.send",
+    "acknowledge": "swf_celery.messaging.send",
+    "Message": "swf_celery.messaging.send",
+    "listen": "swf_celery.messaging.listen",
+    "alisten": "swf_celery.messaging.listen",
+    "unlisten": "swf_celery.messaging.listen",
+    "Listener": "swf_celery.messaging.listen",
+    "Notification": "swf_celery.messaging.listen",
     # workflows
-    "step": "swf_celery.definition",
-    "Step": "swf_celery.definition",
-    "WorkflowDef": "swf_celery.definition",
-    "Executor": "swf_celery.executor",
-    "RunResult": "swf_celery.executor",
-    "FlowBuilder": "swf_celery.flows",
+    "step": "swf_celery.workflows.steps",
+    "Step": "swf_celery.workflows.steps",
+    "WorkflowDef": "swf_celery.workflows.definition",
+    "Executor": "swf_celery.workflows.executor",
+    "RunResult": "swf_celery.workflows.executor",
+    "FlowBuilder": "swf_celery.workflows.flows",
     "WorkflowFailed": "swf_celery.errors",
     "WorkflowTimeout": "swf_celery.errors",
     "WorkflowDefinitionError": "swf_celery.errors",
     # run lifecycle
-    "get_run_status": "swf_celery.lifecycle",
-    "list_workflow_runs": "swf_celery.lifecycle",
-    "pause_workflow_run": "swf_celery.lifecycle",
-    "resume_workflow_run": "swf_celery.lifecycle",
-    "cancel_workflow_run": "swf_celery.lifecycle",
-    "retry_failed_workflow": "swf_celery.lifecycle",
-    "cancel_canvas": "swf_celery.lifecycle",
-    "RunStatus": "swf_celery.lifecycle",
-    "RunSummary": "swf_celery.lifecycle",
+    "get_run_status": "swf_celery.workflows.lifecycle",
+    "list_workflow_runs": "swf_celery.workflows.lifecycle",
+    "pause_workflow_run": "swf_celery.workflows.lifecycle",
+    "resume_workflow_run": "swf_celery.workflows.lifecycle",
+    "cancel_workflow_run": "swf_celery.workflows.lifecycle",
+    "retry_failed_workflow": "swf_celery.workflows.lifecycle",
+    "RunStatus": "swf_celery.workflows.lifecycle",
+    "RunSummary": "swf_celery.workflows.lifecycle",
+    "cancel_canvas": "swf_celery.ops.canvas",
     # goals
-    "Orchestrator": "swf_celery.goals",
-    "WorkflowComposer": "swf_celery.goals",
-    "GoalResult": "swf_celery.goals",
-    "RuleDecomposer": "swf_celery.decomposers",
-    "LLMDecomposer": "swf_celery.decomposers",
+    "Orchestrator": "swf_celery.goals.orchestrator",
+    "WorkflowComposer": "swf_celery.goals.orchestrator",
+    "GoalResult": "swf_celery.goals.orchestrator",
+    "RuleDecomposer": "swf_celery.goals.decomposers",
+    "LLMDecomposer": "swf_celery.goals.decomposers",
 }
 
-__all__ = ["SwfError", "__version__", *_LAZY]
+__all__ = [
+    "SwfError",
+    "__version__",
+    "send_with_notify",
+    "notify_only",
+    "get_message",
+    "read_pending",
+    "acknowledge",
+    "Message",
+    "listen",
+    "alisten",
+    "unlisten",
+    "Listener",
+    "Notification",
+    "step",
+    "Step",
+    "WorkflowDef",
+    "Executor",
+    "RunResult",
+    "FlowBuilder",
+    "WorkflowFailed",
+    "WorkflowTimeout",
+    "WorkflowDefinitionError",
+    "get_run_status",
+    "list_workflow_runs",
+    "pause_workflow_run",
+    "resume_workflow_run",
+    "cancel_workflow_run",
+    "retry_failed_workflow",
+    "RunStatus",
+    "RunSummary",
+    "cancel_canvas",
+    "Orchestrator",
+    "WorkflowComposer",
+    "GoalResult",
+    "RuleDecomposer",
+    "LLMDecomposer",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -18,6 +18,10 @@ class ConfigurationError(SwfError):
     """Raised when a setting (URL, option, environment variable) is malformed."""
 
 
+class ArgumentError(SwfError, ValueError, TypeError):
+    """Raised when an argument of a public function has the wrong type or value."""
+
+
 class DatabaseError(SwfError):
     """Raised when PostgreSQL reports an error we do not translate more precisely."""
 

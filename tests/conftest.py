@@ -4,6 +4,10 @@ The server is ``$SWF_DATABASE_URL`` when set, else the embedded one (started if 
 A template database is migrated once per session; each test that asks for ``db_url``
 gets its own ``CREATE DATABASE … TEMPLATE`` clone, dropped afterwards, so tests run in
 any order and never see each other's rows.
+
+Also shared by every folder: ``private_server`` (an embedded server a test may restart)
+and ``redis_client``. Each folder's own fixtures are in its conftest.py; helper functions
+are in :mod:`tests.helpers`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from swf_celery import embedded, migrate
+from swf_celery.ops import embedded, migrate
+from tests.helpers import REDIS_URL, embedded_env, free_port, pg_url, run_cli
 
 _counter = itertools.count()
 
@@ -31,8 +36,7 @@ def _with_dbname(url: str, dbname: str) -> str:
 @pytest.fixture(scope="session")
 def server_url() -> str:
     """URL of the server under test (any database on it)."""
-    url = os.environ.get("SWF_DATABASE_URL") or embedded.start(quiet=True)
-    return url.replace("swf://", "postgresql://", 1)
+    return pg_url(os.environ.get("SWF_DATABASE_URL") or embedded.start(quiet=True))
 
 
 @pytest.fixture(scope="session")
@@ -113,18 +117,11 @@ class PrivateServer:
     """A private embedded PostgreSQL that a test may restart without disturbing others."""
 
     def __init__(self, home: str, port: int) -> None:
-        import sys
-
-        self.env = dict(os.environ, SWF_HOME=home, SWF_EMBEDDED_PORT=str(port))
-        self.env.pop("SWF_DATABASE_URL", None)
-        self._cli = [sys.executable, "-m", "swf_celery.cli"]
+        self.env = embedded_env(home, port)
         self.url = f"postgresql://postgres@127.0.0.1:{port}/swf"
 
     def _run(self, *args: str) -> str:
-        import subprocess
-
-        proc = subprocess.run(self._cli + list(args), env=self.env, capture_output=True,
-                              text=True, timeout=120)
+        proc = run_cli(*args, env=self.env)
         if proc.returncode != 0:
             raise RuntimeError(f"swf-celery {' '.join(args)} failed: {proc.stderr}")
         return proc.stdout.strip()
@@ -144,17 +141,13 @@ class PrivateServer:
 def private_server() -> Iterator[PrivateServer]:
     """A migrated embedded server of its own (database ``swf``), for restart tests."""
     import shutil
-    import socket
     import tempfile
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     # Not under pytest's basetemp: every pytest run on the machine resets
     # /tmp/pytest-of-<user> to mode 0700, which (as root) takes away the traverse bit the
     # unprivileged server user needs, so a concurrent run would break our restart/stop.
     home = tempfile.mkdtemp(prefix="swf-private-pg-")
-    server = PrivateServer(home, port)
+    server = PrivateServer(home, free_port())
     try:
         server.start()
         migrate.migrate(server.url)
@@ -166,13 +159,9 @@ def private_server() -> Iterator[PrivateServer]:
             shutil.rmtree(home, ignore_errors=True)
 
 
-#: The machine's Redis, DB 7: drain tests and the from_redis example (comparisons only).
-REDIS_URL = "redis://127.0.0.1:6379/7"
-
-
 @pytest.fixture
 def redis_client() -> Iterator[Any]:
-    """A client of :data:`REDIS_URL`; the test is skipped clearly where Redis is absent."""
+    """A client of :data:`tests.helpers.REDIS_URL`; skipped clearly where Redis is absent."""
     redis = pytest.importorskip("redis")
     client = redis.Redis.from_url(REDIS_URL)
     try:

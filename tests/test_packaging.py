@@ -1,4 +1,5 @@
-"""The wheel carries transport/ and sql/ inside the package, found via importlib.resources."""
+"""The wheel carries transport/, sql/ and every package's queries inside the package, found
+via importlib.resources."""
 
 from __future__ import annotations
 
@@ -7,9 +8,8 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
-from swf_celery import migrate
-
-ROOT = Path(__file__).resolve().parents[1]
+from swf_celery.ops import migrate
+from tests.helpers import ROOT
 
 
 def test_installed_package_finds_its_sql_files() -> None:
@@ -29,6 +29,11 @@ def test_non_editable_install_ships_sql_and_transport(tmp_path: Path) -> None:
     probe = (
         "import sys; from importlib.resources import files; "
         "import swf_celery, swf_celery.transport; "
+        # Every module that loads a .sql file at import: the wheel must carry them all.
+        "import swf_celery.transport.transport, swf_celery.results.backend, "
+        "swf_celery.workflows.lifecycle, swf_celery.messaging.send, "
+        "swf_celery.goals.orchestrator, swf_celery.ops.canvas, swf_celery.ops.migrate, "
+        "swf_celery.ops.redis_drain, swf_celery.cli; "
         "assert swf_celery.__file__.startswith(sys.argv[1]), swf_celery.__file__; "
         "print(sorted(e.name for e in files('swf_celery.sql').iterdir() "
         "if e.name.endswith('.sql')))"

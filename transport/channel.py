@@ -7,10 +7,6 @@ direct routing see the bindings of every process, as kombu's Redis transport doe
 
 from __future__ import annotations
 
-import base64
-import binascii
-import datetime as dt
-import json
 import logging
 import time
 import uuid
@@ -23,22 +19,21 @@ from kombu.transport import virtual
 from kombu.transport.base import to_rabbitmq_queue_arguments
 from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
-from swf_celery.transport.names import check_queue_name, listen_channel
 
-from swf_celery import queries
+from swf_celery.db import load_queries
 from swf_celery.errors import MessageError, QueueNameError
+from swf_celery.transport.messages import eta_delay, malformed, revoked_task_ids
+from swf_celery.transport.names import check_queue_name, listen_channel
 
 if TYPE_CHECKING:
     from swf_celery.transport.transport import Transport
 
 logger = logging.getLogger(__name__)
-_Q = queries.load("swf_celery.transport", "queries.sql")
+QUERIES = load_queries("swf_celery.transport")
 
 #: Seconds a topic/direct exchange's bindings are cached; a lookup that finds no queue always
 #: reads them afresh, so a just-bound reply queue is never missed.
 BINDINGS_TTL = 1.0
-_JSON_TYPES = ("application/json",)
-_BODY_ENCODINGS = (None, "", "utf-8", "UTF-8", "base64")
 
 
 class Channel(virtual.Channel):
@@ -63,7 +58,7 @@ class Channel(virtual.Channel):
 
     def _execute(self, name: str, params: dict[str, Any]) -> Any:
         try:
-            return self.connection.db().execute(_Q[name], params)
+            return self.connection.pg_connection().execute(QUERIES[name], params)
         except pg_errors.InvalidParameterValue as exc:
             message = exc.diag.message_primary or str(exc)
             if "queue name" in message:
@@ -79,12 +74,12 @@ class Channel(virtual.Channel):
 
     def _on_table(self, kind: str, queue: str, params: dict[str, Any]) -> Any:
         """Run statement ``kind`` on ``queue``'s table; recreate a queue dropped meanwhile."""
-        db = self.connection.db()
+        conn = self.connection.pg_connection()
         try:
-            return db.execute(self.connection.statement(kind, queue), params)
+            return conn.execute(self.connection.statement(kind, queue), params)
         except pg_errors.UndefinedTable:
             self.connection.forget_queue(queue)
-            return db.execute(self.connection.statement(kind, queue), params)
+            return conn.execute(self.connection.statement(kind, queue), params)
 
     def prepare_queue_arguments(self, arguments: Any, **kwargs: Any) -> Any:
         """Queue options as RabbitMQ spells them (``expires`` becomes ``x-expires``, in ms)."""
@@ -160,12 +155,13 @@ class Channel(virtual.Channel):
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         self.pgmq_name(queue)  # checks the name, creates the queue when missing
         self._on_table("send", queue, {
-            "message": Jsonb(message), "delay": self._delay_for(message),
+            "message": Jsonb(message),
+            "delay": eta_delay(message, self.options.eta_threshold),
             "commit": "on" if self.options.durable_publish else "off"})
 
     def _put_fanout(self, exchange: str, message: dict[str, Any], routing_key: str,
                     **kwargs: Any) -> None:
-        revoked = _revoked_task_ids(message) if exchange.endswith(".pidbox") else None
+        revoked = revoked_task_ids(message) if exchange.endswith(".pidbox") else None
         if revoked:
             # A revoke also deletes the task's queued or delayed message, so it survives
             # worker restarts (and the task never occupies a worker).
@@ -173,23 +169,6 @@ class Channel(virtual.Channel):
                                             "task_ids": revoked})
         else:
             self._execute("fanout", {"exchange": exchange, "message": Jsonb(message)})
-
-    def _delay_for(self, message: dict[str, Any]) -> int:
-        """Whole seconds to keep ``message`` hidden: its ETA when beyond the threshold."""
-        eta = (message.get("headers") or {}).get("eta")
-        if not eta or not isinstance(eta, str):
-            return 0
-        try:
-            when = dt.datetime.fromisoformat(eta)
-        except ValueError:
-            return 0
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.timezone.utc)
-        seconds = (when - dt.datetime.now(dt.timezone.utc)).total_seconds()
-        if seconds <= self.options.eta_threshold:
-            return 0
-        # Floor: the worker receives it at most a second early and waits out the rest.
-        return int(seconds)
 
     # -- consuming ------------------------------------------------------------------------
 
@@ -309,7 +288,7 @@ class Channel(virtual.Channel):
     def _payload(self, queue: str, msg_id: int, read_ct: int, message: Any,
                  no_ack: bool) -> dict[str, Any] | None:
         """The kombu payload of a read message, or None when it is malformed (dead-lettered)."""
-        problem = _malformed(message)
+        problem = malformed(message)
         if problem is not None:
             logger.error("swf broker: message %s on queue %r is malformed (%s); dead-lettered",
                          msg_id, queue, problem)
@@ -385,55 +364,3 @@ class Channel(virtual.Channel):
                                      "requeue": True, "reason": "restored"})
             return
         super()._restore(message)
-
-
-def _malformed(message: Any) -> str | None:
-    """Why ``message`` cannot be handed to kombu, or None when it can."""
-    if not isinstance(message, dict):
-        return f"not an object but {type(message).__name__}"
-    props = message.get("properties")
-    if not isinstance(props, dict):
-        return "no properties object"
-    if not isinstance(props.get("delivery_info", {}), dict):
-        return "properties.delivery_info is not an object"
-    body = message.get("body")
-    if body is not None and not isinstance(body, str):
-        return f"body is {type(body).__name__}, not a string"
-    encoding = props.get("body_encoding")
-    if encoding not in _BODY_ENCODINGS:
-        return f"unknown body_encoding {encoding!r}"
-    if body and encoding == "base64":
-        try:
-            raw: str | bytes = base64.b64decode(body.encode("ascii"), validate=True)
-        except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
-            return f"body is not base64: {exc}"
-    else:
-        raw = body or ""
-    content_type = message.get("content-type")
-    if content_type in _JSON_TYPES:
-        try:
-            json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return f"body is not JSON: {exc}"
-    return None
-
-
-def _revoked_task_ids(message: dict[str, Any]) -> list[str] | None:
-    """Task ids of a pidbox ``revoke`` broadcast, else None."""
-    if message.get("content-type") not in _JSON_TYPES:
-        return None
-    try:
-        body = message.get("body") or ""
-        if (message.get("properties") or {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body).decode("utf-8")
-        command = json.loads(body)
-    except (ValueError, UnicodeDecodeError, binascii.Error):
-        return None
-    if not isinstance(command, dict) or command.get("method") != "revoke":
-        return None
-    ids = (command.get("arguments") or {}).get("task_id")
-    if isinstance(ids, str):
-        return [ids]
-    if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
-        return ids
-    return None

@@ -2,8 +2,8 @@
 -- (sql/0002_transport.sql) look up the pgmq table names in swf.queues.
 
 -- name: schema_ready
-SELECT to_regprocedure('swf.queue_read(text[],boolean[],integer,double precision,integer,boolean)')
-       IS NOT NULL;
+SELECT to_regprocedure('swf.queue_arm(text[])') IS NOT NULL
+   AND to_regprocedure('swf.queue_extend(text[],bigint[],double precision)') IS NOT NULL;
 
 -- name: ensure
 SELECT pgmq_name FROM swf.queue_ensure(%(queue)s, %(expires_ms)s);
@@ -11,18 +11,11 @@ SELECT pgmq_name FROM swf.queue_ensure(%(queue)s, %(expires_ms)s);
 -- name: has_queue
 SELECT EXISTS (SELECT 1 FROM swf.queues WHERE name = %(queue)s);
 
--- name: send
-SELECT swf.queue_send(%(queue)s, %(message)s, %(delay)s);
-
 -- name: fanout
 SELECT swf.queue_fanout(%(exchange)s, %(message)s);
 
 -- name: fanout_revoke
 SELECT swf.queue_fanout(%(exchange)s, %(message)s), swf.queue_remove_tasks(%(task_ids)s);
-
--- name: read
-SELECT queue, msg_id, read_ct, message, next_visible
-  FROM swf.queue_read(%(queues)s, %(no_ack)s, %(qty)s, %(vt)s, %(max_deliveries)s, %(arm)s);
 
 -- name: ack
 SELECT swf.queue_ack(%(queue)s, %(ids)s, %(archive)s);

@@ -1,7 +1,8 @@
 -- Statements on one queue's pgmq table, prepared per connection by psycopg. {queue} is
 -- replaced by a quoted identifier built from a pgmq name read from swf.queues and checked
--- against names.PGMQ_NAME; values are parameters. The same reads exist as SQL functions
--- (swf.queue_read) for SQL callers; these skip PL/pgSQL's re-planning on the hot path.
+-- against names.PGMQ_NAME; values are parameters. These are the broker's only reads: plain
+-- statements that psycopg prepares once per connection (no PL/pgSQL re-planning on the hot
+-- path); channel.py drops messages over max_deliveries after reading.
 
 -- name: read
 WITH picked AS (

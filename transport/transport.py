@@ -12,18 +12,17 @@ import psycopg
 from kombu.transport import virtual
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+
+from swf_celery.db import load_queries, normalize_dsn
+from swf_celery.errors import DatabaseError, DatabaseUnavailable, SchemaNotMigrated
 from swf_celery.transport.channel import Channel
-from swf_celery.transport.listener import Listener
 from swf_celery.transport.names import check_queue_name, queue_table
 from swf_celery.transport.options import Options
 from swf_celery.transport.visibility import VisibilityKeeper
+from swf_celery.transport.wakeup import Wakeup
 
-from swf_celery import queries
-from swf_celery.db import normalize_dsn
-from swf_celery.errors import DatabaseError, DatabaseUnavailable, SchemaNotMigrated
-
-_Q = queries.load("swf_celery.transport", "queries.sql")
-_T = queries.load("swf_celery.transport", "tables.sql")
+QUERIES = load_queries("swf_celery.transport")
+TABLE_STATEMENTS = load_queries("swf_celery.transport", "tables.sql")
 DEFAULT_PORT = 5432
 #: Queues whose names and statements are cached per transport (reply queues come and go).
 _CACHE_LIMIT = 1000
@@ -61,7 +60,7 @@ class Transport(virtual.Transport):
         self.polling_interval = self.options.polling_interval
         self._conn: psycopg.Connection[Any] | None = None
         self._conn_lock = threading.Lock()
-        self._listener: Listener | None = None
+        self._wakeup: Wakeup | None = None
         self._keeper: VisibilityKeeper | None = None
         self._pgmq_names: dict[str, str] = {}
         self._statements: dict[tuple[str, str], sql.Composed] = {}
@@ -85,8 +84,8 @@ class Transport(virtual.Transport):
         }
         return normalize_dsn(make_conninfo(**{k: v for k, v in params.items() if v}))
 
-    def db(self) -> psycopg.Connection[Any]:
-        """The transport's autocommit connection (opened on first use)."""
+    def pg_connection(self) -> psycopg.Connection[Any]:
+        """The transport's autocommit PostgreSQL connection (opened on first use)."""
         conn = self._conn
         if conn is None or conn.closed:
             with self._conn_lock:
@@ -95,7 +94,7 @@ class Transport(virtual.Transport):
                     # Consumer-side statements (read, ack, extend) need no WAL flush: after a
                     # server crash a lost read or ack only means a redelivery. Publishes set
                     # their own durability (option durable_publish).
-                    conn.execute(_Q["session"])
+                    conn.execute(QUERIES["session"])
                     self._conn = conn
                 conn = self._conn
         return conn
@@ -106,7 +105,7 @@ class Transport(virtual.Transport):
         name = None if refresh else self._pgmq_names.get(queue)
         if name is None:
             check_queue_name(queue)
-            name = str(self.db().execute(_Q["ensure"], {"queue": queue,
+            name = str(self.pg_connection().execute(QUERIES["ensure"], {"queue": queue,
                                                         "expires_ms": expires_ms}
                                              ).fetchone()[0])  # type: ignore[index]
             if len(self._pgmq_names) >= _CACHE_LIMIT:
@@ -120,7 +119,7 @@ class Transport(virtual.Transport):
         key = (kind, queue)
         stmt = self._statements.get(key)
         if stmt is None:
-            stmt = sql.SQL(_T[kind]).format(queue=sql.Identifier(*queue_table(
+            stmt = sql.SQL(TABLE_STATEMENTS[kind]).format(queue=sql.Identifier(*queue_table(
                 self.pgmq_name(queue))))
             self._statements[key] = stmt
         return stmt
@@ -128,12 +127,12 @@ class Transport(virtual.Transport):
     def forget_queue(self, queue: str) -> None:
         """Drop cached names and statements of ``queue`` (it was dropped or recreated)."""
         self._pgmq_names.pop(queue, None)
-        for kind in _T:
+        for kind in TABLE_STATEMENTS:
             self._statements.pop((kind, queue), None)
 
     def establish_connection(self) -> Any:
         """Connect and check that the swf schema carries the broker's functions."""
-        if not self.db().execute(_Q["schema_ready"]).fetchone()[0]:  # type: ignore[index]
+        if not self.pg_connection().execute(QUERIES["schema_ready"]).fetchone()[0]:  # type: ignore[index]
             raise SchemaNotMigrated(
                 "the database has no swf broker functions: run `swf-celery migrate` "
                 "against the broker URL first")
@@ -147,9 +146,9 @@ class Transport(virtual.Transport):
             if self._keeper is not None:
                 self._keeper.stop()
                 self._keeper = None
-            if self._listener is not None:
-                self._listener.close()
-                self._listener = None
+            if self._wakeup is not None:
+                self._wakeup.close()
+                self._wakeup = None
             conn, self._conn = self._conn, None
             if conn is not None:
                 with contextlib.suppress(Exception):
@@ -158,7 +157,7 @@ class Transport(virtual.Transport):
     def verify_connection(self, connection: Any) -> bool:
         """True when a trivial query succeeds."""
         try:
-            self.db().execute("SELECT 1")
+            self.pg_connection().execute("SELECT 1")
             return True
         except psycopg.Error:
             return False
@@ -169,20 +168,20 @@ class Transport(virtual.Transport):
 
     # -- wake-ups ---------------------------------------------------------------------------
 
-    def listener(self) -> Listener:
+    def wakeup(self) -> Wakeup:
         """The LISTEN connection and self-pipe (created on first use)."""
-        if self._listener is None:
-            self._listener = Listener(self.dsn)
-        return self._listener
+        if self._wakeup is None:
+            self._wakeup = Wakeup(self.dsn)
+        return self._wakeup
 
     def listen(self, channel: str) -> None:
         """LISTEN on a queue's wake-up channel."""
-        self.listener().listen(channel)
+        self.wakeup().listen(channel)
 
     def poke(self) -> None:
         """Wake the consume loop (an ack freed prefetch capacity)."""
-        if self._listener is not None:
-            self._listener.poke()
+        if self._wakeup is not None:
+            self._wakeup.poke()
 
     def held(self) -> list[tuple[str, int]]:
         """(queue, msg_id) of every message the channels hold unacknowledged."""
@@ -236,7 +235,8 @@ class Transport(virtual.Transport):
             if self.options.wakeups and not armed:
                 queues = sorted({q for ch in self.channels for q in ch.consumed_queues()})
                 if queues:
-                    row = self.db().execute(_Q["arm"], {"queues": queues}).fetchone()
+                    row = self.pg_connection().execute(QUERIES["arm"],
+                                                       {"queues": queues}).fetchone()
                     due = row[0] if row else None
                     armed = True
                     if due is not None and due <= 0:
@@ -251,5 +251,5 @@ class Transport(virtual.Transport):
                 if remaining <= 0:
                     raise TimeoutError()
                 wait = min(wait, remaining)
-            self.listener().wait(wait)
+            self.wakeup().wait(wait)
             armed, due = False, None

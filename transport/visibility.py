@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from swf_celery import queries
+from swf_celery.db import load_queries
 from swf_celery.errors import SwfError
 
 if TYPE_CHECKING:
     from swf_celery.transport.transport import Transport
 
 logger = logging.getLogger(__name__)
-_Q = queries.load("swf_celery.transport", "queries.sql")
+QUERIES = load_queries("swf_celery.transport")
 REAP_EVERY = 10.0
 TICK = 1.0
 
@@ -79,11 +79,11 @@ class VisibilityKeeper(threading.Thread):
         conn = self._connection()
         expiring = transport.consumed_expiring()
         if expiring:
-            conn.execute(_Q["touch"], {"queues": expiring})
+            conn.execute(QUERIES["touch"], {"queues": expiring})
         now = time.monotonic()
         if now - self._last_reap >= REAP_EVERY:
             self._last_reap = now
-            conn.execute(_Q["reap"])
+            conn.execute(QUERIES["reap"])
         extended = 0
         if not force and now - self._last_extend < self._interval:
             return 0
@@ -93,7 +93,7 @@ class VisibilityKeeper(threading.Thread):
         if pairs:
             queues = [q for q, _ in pairs]
             ids = [i for _, i in pairs]
-            extended = conn.execute(_Q["extend"], {"queues": queues, "ids": ids,
+            extended = conn.execute(QUERIES["extend"], {"queues": queues, "ids": ids,
                                                    "vt": self._vt}
                                     ).fetchone()[0]  # type: ignore[index]
         return int(extended)

@@ -20,8 +20,8 @@ import sys
 
 from celery import Celery
 
-from swf_celery import embedded
-from swf_celery.worker_process import worker_process
+from swf_celery import db
+from swf_celery.testing import worker_process
 
 APP = "examples.from_redis.tasks"
 QUEUE = "shop"
@@ -44,7 +44,7 @@ def _app(config: str) -> Celery:
 
 
 def main() -> int:
-    os.environ["SWF_DATABASE_URL"] = database = embedded.database_url()
+    os.environ["SWF_DATABASE_URL"] = database = db.database_url(start_embedded=True).url
     from examples.from_redis import redis_config
 
     redis_url = redis_config.REDIS_URL

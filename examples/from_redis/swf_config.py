@@ -2,11 +2,11 @@
 
 import swf_celery  # noqa: F401  registers the swf:// broker with kombu
 from examples.from_redis.redis_config import *  # noqa: F403  everything else stays
-from swf_celery import embedded
+from swf_celery import db
 
 # In your app write your URL: "swf://user:password@db-host:5432/app". The example uses
 # $SWF_DATABASE_URL, else the embedded PostgreSQL, so it runs anywhere.
-_SWF = "swf://" + embedded.database_url().split("://", 1)[1]
+_SWF = db.broker_url(db.database_url(start_embedded=True).url)
 
 broker_url = _SWF
 result_backend = _SWF

@@ -18,8 +18,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from swf_celery import Orchestrator, embedded, get_run_status, listen, migrate
-from swf_celery.decomposers import EXAMPLE_RULES, RuleDecomposer
+from swf_celery import Orchestrator, db, get_run_status, listen
+from swf_celery.goals.decomposers import EXAMPLE_RULES, RuleDecomposer
+from swf_celery.ops import migrate
 
 
 def do_task(inputs: dict[str, Any]) -> str:
@@ -32,7 +33,7 @@ def do_task(inputs: dict[str, Any]) -> str:
 def main(argv: list[str]) -> int:
     console = Console()
     goal = next((a for a in argv if not a.startswith("-")), "Train a churn model")
-    url = embedded.database_url()
+    url = db.database_url(start_embedded=True).url
     migrate.migrate(url)
 
     graph = Orchestrator.decompose_goal(goal, RuleDecomposer(EXAMPLE_RULES), url)

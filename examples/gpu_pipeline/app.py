@@ -15,10 +15,11 @@ from celery import Celery
 from celery.signals import celeryd_init
 
 import swf_celery as swf
-from swf_celery import embedded
+from swf_celery import db
 
-DATABASE_URL = embedded.database_url()  # $SWF_DATABASE_URL, else the embedded server
-SWF_URL = "swf://" + DATABASE_URL.split("://", 1)[1]
+# $SWF_DATABASE_URL, else the embedded server (started if needed).
+DATABASE_URL = db.database_url(start_embedded=True).url
+SWF_URL = db.broker_url(DATABASE_URL)
 
 app = Celery("gpu_pipeline", broker=SWF_URL, backend=SWF_URL)
 app.conf.update(

@@ -13,8 +13,9 @@ import json
 import sys
 
 from examples.gpu_pipeline.app import DATABASE_URL, GpuPipeline
-from swf_celery import Executor, get_run_status, migrate
-from swf_celery.worker_process import worker_process
+from swf_celery import Executor, get_run_status
+from swf_celery.ops import migrate
+from swf_celery.testing import worker_process
 
 APP = "examples.gpu_pipeline.app"
 

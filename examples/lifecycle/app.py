@@ -15,10 +15,11 @@ from typing import Any
 from celery import Celery
 
 import swf_celery as swf
-from swf_celery import embedded
+from swf_celery import db
 
-DATABASE_URL = embedded.database_url()  # $SWF_DATABASE_URL, else the embedded server
-SWF_URL = "swf://" + DATABASE_URL.split("://", 1)[1]
+# $SWF_DATABASE_URL, else the embedded server (started if needed).
+DATABASE_URL = db.database_url(start_embedded=True).url
+SWF_URL = db.broker_url(DATABASE_URL)
 QUEUE = "reports"
 #: Channel on which steps say "I am running" (``{"tag": <run input tag>, "step": name}``).
 RUNNING_CHANNEL = "report_steps"

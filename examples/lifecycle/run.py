@@ -20,9 +20,9 @@ from pathlib import Path
 
 import swf_celery as swf
 from examples.lifecycle.app import DATABASE_URL, QUEUE, RUNNING_CHANNEL, ReportFlow
-from swf_celery import migrate
-from swf_celery.listener import Listener
-from swf_celery.worker_process import worker_process
+from swf_celery.messaging.listen import Listener
+from swf_celery.ops import migrate
+from swf_celery.testing import worker_process
 
 APP = "examples.lifecycle.app"
 DB = DATABASE_URL

@@ -10,8 +10,8 @@ import argparse
 import sys
 
 from examples.web_events.tasks import DATABASE_URL, QUEUE
-from swf_celery import migrate
-from swf_celery.worker_process import worker_process
+from swf_celery.ops import migrate
+from swf_celery.testing import worker_process
 
 APP = "examples.web_events.tasks"
 

@@ -12,10 +12,11 @@ from typing import Any
 from celery import Celery
 
 import swf_celery as swf
-from swf_celery import embedded
+from swf_celery import db
 
-DATABASE_URL = embedded.database_url()  # $SWF_DATABASE_URL, else the embedded server
-SWF_URL = "swf://" + DATABASE_URL.split("://", 1)[1]
+# $SWF_DATABASE_URL, else the embedded server (started if needed).
+DATABASE_URL = db.database_url(start_embedded=True).url
+SWF_URL = db.broker_url(DATABASE_URL)
 QUEUE = "web_steps"
 
 app = Celery("web_events", broker=SWF_URL, backend=SWF_URL)

@@ -1,0 +1,32 @@
+"""The ``swf-celery`` command line, also mounted as ``celery -A app swf …``.
+
+One module per command group: :mod:`.database` (``db``), :mod:`.schema` (``migrate``,
+``version``), :mod:`.messaging` (``send``, ``listen``), :mod:`.runs` (``runs``, ``pause``,
+``resume``, ``cancel``, ``retry``) and :mod:`.broker` (``drain-redis``, ``cancel-canvas``).
+Errors print one line (``error: …``) and exit with status 1. ``--json`` gives
+machine-readable output where a command prints data.
+"""
+
+from __future__ import annotations
+
+import click
+
+from swf_celery.cli import broker, messaging, runs, schema
+from swf_celery.cli._common import SwfGroup
+from swf_celery.cli.database import database
+
+
+@click.group(cls=SwfGroup)
+def main() -> None:
+    """swf-celery: PostgreSQL-backed workflows, broker and results for Celery."""
+
+
+for _command in (database, schema.migrate_command, schema.version_command,
+                 broker.drain_redis_command, messaging.send_command, messaging.listen_command,
+                 runs.runs, runs.pause_command, runs.resume_command, runs.cancel_command,
+                 runs.retry_command, broker.cancel_canvas_command):
+    main.add_command(_command)
+
+#: ``celery -A app swf …`` (entry point group ``celery.commands``): the same commands.
+celery_command = SwfGroup(name="swf", commands=main.commands,
+                          help="swf-celery workflows, broker and results.")

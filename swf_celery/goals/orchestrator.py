@@ -1,0 +1,232 @@
+"""Goal-driven workflows: a decomposer turns a goal into a task graph that runs as a flow.
+
+The seed's ``Orchestrator`` and ``WorkflowComposer``:
+
+- :meth:`Orchestrator.decompose_goal` asks a decomposer (any ``goal -> task list``
+  callable, see :mod:`swf_celery.goals.decomposers`) for tasks, validates them, and persists
+  the graph in ``swf.task_graphs``; it returns ``{id, goal, tasks, decomposed_at, ...}``.
+- :meth:`Orchestrator.execute_goal` decomposes (or loads a graph already decomposed, by
+  id), builds a dynamic flow with one step per leaf task, and runs it.
+- :meth:`WorkflowComposer.compose_from_goal` is the one-call form.
+
+Hierarchical tasks (``subtasks``) are flattened by :func:`swf_celery.workflows.dag.flatten`: a
+subtask's id is qualified by its parent's (``prepare.clean``), it inherits the parent's
+dependencies, and whatever depends on the parent waits for all of the parent's leaves.
+Checked before anything runs: the answer's shape, duplicate ids, unknown dependencies,
+cycles (named), an empty graph, nesting deeper than ``max_depth`` (default 5), and, at
+execution, a leaf task with no step function.
+
+Step functions are looked up for each leaf by, in order: its qualified id, the task's
+``step`` key, its own (unqualified) id, then ``"*"`` (a default for every task). A step
+receives the usual mapping ``{"run": run_input, <dependency>: <output>, ...}``; the run
+input is ``{"goal", "graph_id", "tasks": {id: description}, "input": <caller's input>}``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from swf_celery.db import Database, Repo, load_queries, resolve
+from swf_celery.errors import (
+    FlowNotFound,
+    GoalError,
+    StepFunctionError,
+    SwfError,
+    WorkflowFailed,
+)
+from swf_celery.goals.decomposers import PLANNER_OPTIONS, run_decomposer
+from swf_celery.workflows import dag
+from swf_celery.workflows.executor import DEFAULT_TIMEOUT_MS, Executor
+from swf_celery.workflows.flows import FlowBuilder
+
+QUERIES = load_queries(__package__)
+DEFAULT_MAX_DEPTH = 5
+
+
+@dataclass(frozen=True)
+class GoalResult:
+    """A finished goal run: the task graph, the run and its output ``{leaf: output}``."""
+
+    graph_id: str
+    run_id: str
+    output: dict[str, Any]
+
+
+def _graph_row(row: tuple[Any, ...]) -> dict[str, Any]:
+    (graph_id, goal, tasks, flat, status, workflow_id, run_id, decomposed_at,
+     approved_at) = row
+    return {"id": graph_id, "goal": goal, "tasks": tasks, "flat_tasks": flat,
+            "status": status, "workflow_id": workflow_id, "last_run_id": run_id,
+            "decomposed_at": decomposed_at, "approved_at": approved_at}
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+class Orchestrator:
+    """Decompose goals into persisted task graphs and execute them (the seed's API)."""
+
+    @staticmethod
+    def decompose_goal(goal: str, decomposer: Callable[[str], Any], repo: Repo | None = None,
+                       *, max_depth: int = DEFAULT_MAX_DEPTH) -> dict[str, Any]:
+        """Ask ``decomposer`` for tasks, validate them, persist the graph and return it."""
+        if not isinstance(goal, str) or not goal.strip():
+            raise GoalError("goal must be non-empty text")
+        tasks = run_decomposer(decomposer, goal)
+        flat = _flatten(tasks, max_depth)
+        with resolve(repo).connection() as conn:
+            graph_id, decomposed_at = conn.execute(QUERIES["insert_graph"], {
+                "goal": goal, "tasks": json.dumps(tasks), "flat": json.dumps(flat),
+            }).fetchone()  # type: ignore[misc]
+        return {"id": graph_id, "goal": goal, "tasks": tasks, "flat_tasks": flat,
+                "status": "decomposed", "decomposed_at": decomposed_at,
+                "approved_at": None, "workflow_id": None, "last_run_id": None}
+
+    @staticmethod
+    def get_task_graph(graph_id: str, repo: Repo | None = None) -> dict[str, Any]:
+        """A persisted task graph by id; :class:`GoalError` if there is none."""
+        if not isinstance(graph_id, str) or not _is_uuid(graph_id):
+            raise GoalError(f"task graph id {graph_id!r} is not a UUID")
+        with resolve(repo).connection() as conn:
+            row = conn.execute(QUERIES["get_graph"], {"id": graph_id}).fetchone()
+        if row is None:
+            raise GoalError(f"no task graph with id {graph_id}")
+        return _graph_row(row)
+
+    @staticmethod
+    def list_task_graphs(repo: Repo | None = None, *, limit: int = 100,
+                         offset: int = 0) -> list[dict[str, Any]]:
+        """Persisted task graphs, newest first."""
+        if limit < 1 or offset < 0:
+            raise GoalError("limit must be >= 1 and offset >= 0")
+        with resolve(repo).connection() as conn:
+            rows = conn.execute(QUERIES["list_graphs"], {"limit": limit, "offset": offset})
+            return [_graph_row(r) for r in rows]
+
+    @staticmethod
+    def approve_task_graph(graph_id: str, repo: Repo | None = None) -> dict[str, Any]:
+        """Record approval of a previewed graph (``execute_goal(require_approval=True)``)."""
+        Orchestrator.get_task_graph(graph_id, repo)
+        with resolve(repo).connection() as conn:
+            conn.execute(QUERIES["approve_graph"], {"id": graph_id})
+        return Orchestrator.get_task_graph(graph_id, repo)
+
+    @staticmethod
+    def execute_goal(goal: str | Mapping[str, Any], decomposer: Callable[[str], Any] | None,
+                     step_functions: Mapping[str, Any], repo: Repo | None = None, *,
+                     input: Any = None, timeout: int | None = DEFAULT_TIMEOUT_MS,
+                     require_approval: bool = False, max_depth: int = DEFAULT_MAX_DEPTH,
+                     resource_queues: Mapping[str, str] | None = None) -> GoalResult:
+        """Decompose (unless ``goal`` is a graph or a graph id), build a flow, run it.
+
+        ``goal`` is goal text, a graph returned by :meth:`decompose_goal`, or the id of
+        one; the last two run without asking the decomposer again. Blocks until the run
+        ends (``timeout`` in ms); a failed run raises
+        :class:`~swf_celery.errors.WorkflowFailed`.
+        """
+        db = resolve(repo)
+        graph = _load_or_decompose(goal, decomposer, db, max_depth)
+        if require_approval and graph["approved_at"] is None:
+            raise GoalError(f"task graph {graph['id']} is not approved: call "
+                            "Orchestrator.approve_task_graph first")
+        functions = _bind_functions(graph["flat_tasks"], step_functions)
+        workflow_id = _ensure_flow(graph, db)
+        run_input = {"goal": graph["goal"], "graph_id": graph["id"],
+                     "tasks": {t["id"]: t.get("description", "")
+                               for t in graph["flat_tasks"]},
+                     "input": input}
+        run_id = Executor.start_dynamic(workflow_id, run_input, functions, db,
+                                        resource_queues=resource_queues)
+        with db.connection() as conn:
+            conn.execute(QUERIES["mark_running"], {"id": graph["id"], "workflow_id": workflow_id,
+                                              "run_id": run_id})
+        try:
+            result = Executor.wait(run_id, db, timeout)
+        except WorkflowFailed:
+            _mark_finished(db, graph["id"], run_id, "failed")
+            raise
+        _mark_finished(db, graph["id"], run_id, "completed")
+        return GoalResult(graph["id"], run_id, result.output)
+
+
+class WorkflowComposer:
+    """The one-call form: goal -> task graph -> flow -> result."""
+
+    @staticmethod
+    def compose_from_goal(goal: str, decomposer: Callable[[str], Any],
+                          step_functions: Mapping[str, Any], repo: Repo | None = None,
+                          **options: Any) -> GoalResult:
+        """Decompose ``goal``, persist the graph, run it and return its result."""
+        return Orchestrator.execute_goal(goal, decomposer, step_functions, repo, **options)
+
+
+def _flatten(tasks: list[dict[str, Any]], max_depth: int) -> list[dict[str, Any]]:
+    if not tasks:
+        raise GoalError("the decomposer returned an empty task list: nothing to run")
+    # dag's own errors (DuplicateStepError, UnknownDependencyError, CycleError naming the
+    # cycle, depth) are raised as they are: they already name the qualified task ids.
+    return dag.flatten(tasks, max_depth=max_depth)
+
+
+def _load_or_decompose(goal: str | Mapping[str, Any], decomposer: Any, db: Database,
+                       max_depth: int) -> dict[str, Any]:
+    if isinstance(goal, Mapping):
+        return Orchestrator.get_task_graph(str(goal.get("id")), db)
+    if isinstance(goal, str) and _is_uuid(goal.strip()):
+        return Orchestrator.get_task_graph(goal.strip(), db)
+    if decomposer is None:
+        raise GoalError("a decomposer is needed to run a goal that is not decomposed yet")
+    return Orchestrator.decompose_goal(goal, decomposer, db, max_depth=max_depth)
+
+
+def _bind_functions(flat: list[dict[str, Any]],
+                    step_functions: Mapping[str, Any]) -> dict[str, Any]:
+    bound: dict[str, Any] = {}
+    missing: list[str] = []
+    for task in flat:
+        qid = task["id"]
+        short = qid.rsplit(dag.QUALIFIER, 1)[-1]
+        for key in (qid, task.get("step"), short, "*"):
+            if key is not None and key in step_functions:
+                bound[qid] = step_functions[key]
+                break
+        else:
+            missing.append(qid)
+    if missing:
+        raise StepFunctionError(
+            f"no step function for task(s) {missing}: map them by id, by the task's 'step' "
+            "key, or give a '*' default")
+    return bound
+
+
+def _ensure_flow(graph: dict[str, Any], db: Database) -> str:
+    workflow_id = graph["workflow_id"] or f"goal-{graph['id']}"
+    try:
+        FlowBuilder.get_flow(workflow_id, db)
+        return workflow_id
+    except FlowNotFound:
+        pass
+    FlowBuilder.create_flow(workflow_id, db)
+    for task in graph["flat_tasks"]:
+        options = {k: task[k] for k in PLANNER_OPTIONS if task.get(k) is not None}
+        FlowBuilder.add_step(workflow_id, task["id"], task["depends_on"], db, **options)
+    return workflow_id
+
+
+def _mark_finished(db: Database, graph_id: str, run_id: str, status: str) -> None:
+    try:
+        with db.connection() as conn:
+            conn.execute(QUERIES["mark_finished"], {"id": graph_id, "run_id": run_id,
+                                               "status": status})
+    except SwfError:  # the run's own outcome matters more than this bookkeeping
+        pass
+

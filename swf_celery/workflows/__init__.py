@@ -1,0 +1,12 @@
+"""Workflows: DAGs of Celery tasks whose state lives in PostgreSQL.
+
+Pure graph rules in :mod:`~swf_celery.workflows.dag`; step options and ``@step`` in
+:mod:`~swf_celery.workflows.steps`; loading definitions in
+:mod:`~swf_celery.workflows.definition`; stored (dynamic) flows in
+:mod:`~swf_celery.workflows.flows`; the SQL state machine's Python side in
+:mod:`~swf_celery.workflows.coordinator`; the step runner on workers in
+:mod:`~swf_celery.workflows.worker_task`; local steps and waiting in
+:mod:`~swf_celery.workflows.local_runner`; starting runs in
+:mod:`~swf_celery.workflows.executor`; pause/resume/cancel/retry in
+:mod:`~swf_celery.workflows.lifecycle`.
+"""

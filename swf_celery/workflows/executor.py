@@ -1,0 +1,130 @@
+"""Running workflows: ``Executor.execute`` (blocking), ``start`` and the dynamic forms.
+
+``Executor.execute(workflow, input, repo, timeout=300_000)`` validates the workflow,
+starts a run (one transaction that records it and dispatches its root steps), drives its
+local steps, and waits — woken by the coordinator's NOTIFY events, not by polling — until
+the run ends. It returns a :class:`RunResult` (``.output`` is ``{leaf step: output}``,
+``.run_id`` the run's id); a failed run raises :class:`~swf_celery.errors.WorkflowFailed`
+(``run_id``, ``step``, ``cause``); a run still going after ``timeout`` milliseconds
+raises :class:`~swf_celery.errors.WorkflowTimeout` and keeps running.
+
+The resource -> queue map used to route steps that name resources but no queue is
+``resource_queues=`` here, merged over the Celery setting ``swf_resource_queues``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from swf_celery.db import Database, Repo, resolve
+from swf_celery.errors import WorkflowFailed
+from swf_celery.workflows import coordinator, definition, flows
+from swf_celery.workflows.local_runner import LocalRunner, drive, drive_in_background
+
+DEFAULT_TIMEOUT_MS = 300_000
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A completed run: its id and its output ``{leaf step name: output}``."""
+
+    run_id: str
+    output: dict[str, Any]
+
+
+class Executor:
+    """Start and await workflow runs (the seed's ``Executor``)."""
+
+    @staticmethod
+    def execute(workflow: Any, input: Any, repo: Repo | None = None,
+                timeout: int | None = DEFAULT_TIMEOUT_MS, *,
+                resource_queues: Mapping[str, str] | None = None,
+                max_local_workers: int | None = None) -> RunResult:
+        """Run ``workflow`` on ``input`` and block until it ends (``timeout`` in ms)."""
+        wf = definition.load(workflow, resource_queues=resource_queues)
+        return _run_blocking(resolve(repo), wf, input, timeout, max_local_workers, False)
+
+    @staticmethod
+    def start(workflow: Any, input: Any, repo: Repo | None = None, *,
+              resource_queues: Mapping[str, str] | None = None,
+              max_local_workers: int | None = None) -> str:
+        """Start a run and return its id at once.
+
+        Local steps of the run execute in this process, driven by a background thread
+        that ends with the run; distributed steps need only the Celery workers.
+        """
+        wf = definition.load(workflow, resource_queues=resource_queues)
+        return _run_background(resolve(repo), wf, input, max_local_workers, False)
+
+    @staticmethod
+    def execute_dynamic(workflow_id: str, input: Any, step_functions: Mapping[str, Any],
+                        repo: Repo | None = None, timeout: int | None = DEFAULT_TIMEOUT_MS,
+                        *, resource_queues: Mapping[str, str] | None = None,
+                        max_local_workers: int | None = None) -> RunResult:
+        """Run a stored flow; ``step_functions`` maps its step names to tasks/callables."""
+        db = resolve(repo)
+        wf = flows.load_dynamic(workflow_id, step_functions, db,
+                                resource_queues=resource_queues)
+        return _run_blocking(db, wf, input, timeout, max_local_workers, True)
+
+    @staticmethod
+    def start_dynamic(workflow_id: str, input: Any, step_functions: Mapping[str, Any],
+                      repo: Repo | None = None, *,
+                      resource_queues: Mapping[str, str] | None = None,
+                      max_local_workers: int | None = None) -> str:
+        """Start a run of a stored flow and return its id at once."""
+        db = resolve(repo)
+        wf = flows.load_dynamic(workflow_id, step_functions, db,
+                                resource_queues=resource_queues)
+        return _run_background(db, wf, input, max_local_workers, True)
+
+    @staticmethod
+    def wait(run_id: str, repo: Repo | None = None,
+             timeout: int | None = DEFAULT_TIMEOUT_MS) -> RunResult:
+        """Block until a run ends; its result, or :class:`WorkflowFailed`.
+
+        Local steps run only in the process that started the run.
+        """
+        db = resolve(repo)
+        deadline = None if timeout is None else time.monotonic() + timeout / 1000
+        return _result(run_id, drive(db, run_id, None, deadline, watch_steps=True))
+
+
+def _run_blocking(db: Database, wf: definition.WorkflowDef, run_input: Any,
+                  timeout: int | None, max_local_workers: int | None,
+                  dynamic: bool) -> RunResult:
+    deadline = None if timeout is None else time.monotonic() + timeout / 1000
+    run_id = coordinator.start_run(db, wf, run_input, dynamic=dynamic)
+    runner = LocalRunner(db, wf, run_id, max_local_workers) if wf.has_local_steps else None
+    try:
+        state = drive(db, run_id, runner, deadline, watch_steps=_watch_steps(wf))
+    finally:
+        if runner is not None:
+            runner.close()
+    return _result(run_id, state)
+
+
+def _run_background(db: Database, wf: definition.WorkflowDef, run_input: Any,
+                    max_local_workers: int | None, dynamic: bool) -> str:
+    run_id = coordinator.start_run(db, wf, run_input, dynamic=dynamic)
+    drive_in_background(db, wf, run_id, max_local_workers)
+    return run_id
+
+
+def _watch_steps(wf: definition.WorkflowDef) -> bool:
+    # Step events matter when this process runs local steps or must expire timed-out
+    # attempts; otherwise only the run's own events (completed/failed/...) wake us.
+    return wf.has_local_steps or any(s.timeout is not None for s in wf.steps)
+
+
+def _result(run_id: str, state: dict[str, Any]) -> RunResult:
+    if state["status"] == "completed":
+        return RunResult(run_id, state["output"] or {})
+    step = state.get("failed_step")
+    cause = state.get("error") or state["status"]
+    where = f" at step {step!r}" if step else ""
+    raise WorkflowFailed(f"run {run_id} {state['status']}{where}: {cause}",
+                         run_id=run_id, step=step, cause=cause)

@@ -1,0 +1,234 @@
+"""The run lifecycle: status, listing, pause, resume, cancel and retry (the seed's names).
+
+Each operation is one stored function (``sql/0006_lifecycle.sql``) that takes the run's
+row lock, so it is serialised with the completions of the run's steps. The races and
+their one outcome each:
+
+- cancel while a step completes: whichever takes the lock first wins. Completion first:
+  its output is kept, its dependents are dispatched and then cancelled (their messages
+  removed). Cancel first: the late report is ignored; the output is not stored.
+- pause while a step completes: the output is kept, its dependents become ``ready`` and
+  wait for resume.
+- two resumes at once: the first dispatches the held work, the second finds the run in
+  progress and does nothing; nothing is dispatched twice.
+- retry twice on the same failed run: one retry per run; the second call returns the run
+  id the first created.
+
+Statuses: ``in_progress``, ``paused``, ``completed``, ``failed``, ``cancelled``. The seed
+knows only in_progress/completed/failed: its ``"started"`` filter matches ``in_progress``
+and ``paused`` here, and a run the seed would mark failed on cancel is ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from psycopg import errors as pg_errors
+from psycopg import sql
+
+from swf_celery.db import Database, ErrorMap, Repo, load_queries, resolve
+from swf_celery.errors import ArgumentError, RunNotFound, RunStateError
+from swf_celery.ops.canvas import revoke_tasks
+from swf_celery.workflows import definition
+from swf_celery.workflows.local_runner import drive_in_background
+
+STATUSES = ("in_progress", "paused", "completed", "failed", "cancelled")
+#: The seed's filter values, as written in its code, mapped to our statuses.
+SEED_STATUSES = {"started": ("in_progress", "paused")}
+ORDER_COLUMNS = {"inserted_at": "inserted_at", "updated_at": "updated_at",
+                 "finished_at": "finished_at", "status": "status",
+                 "workflow_slug": "flow_slug"}
+DEFAULT_CANCEL_REASON = "User requested cancellation"
+#: The SQLSTATEs the lifecycle functions raise, as our errors.
+_RUN_ERRORS: ErrorMap = {pg_errors.NoDataFound: RunNotFound,
+                         pg_errors.ObjectNotInPrerequisiteState: RunStateError}
+
+QUERIES = load_queries(__package__)
+
+
+@dataclass(frozen=True)
+class StepStatus:
+    """One step of a run as :func:`get_run_status` shows it."""
+
+    name: str
+    status: str
+    depends_on: list[str]
+    execution: str
+    queue: str | None
+    task_name: str | None
+    resources: dict[str, Any]
+    map_over: str | None
+    task_count: int | None
+    completed_tasks: int
+    attempts: int
+    error: str | None
+    started_at: str | None
+    completed_at: str | None
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """What every view of a run shows: identity, status, progress, error, retry origin."""
+
+    run_id: str
+    workflow_slug: str
+    status: str
+    total_steps: int
+    completed_steps: int
+    percentage: float
+    error: str | None
+    failed_step: str | None
+    retry_of: str | None
+
+
+@dataclass(frozen=True)
+class RunStatus(RunProgress):
+    """A run's state (:func:`get_run_status`): progress, steps, input, output, retry links.
+
+    Timestamps are ISO-8601 text, as the database's JSON gives them.
+    """
+
+    retried_by: str | None
+    input: Any
+    output: Any
+    inserted_at: str
+    updated_at: str
+    finished_at: str | None
+    steps: list[StepStatus] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (timestamps as ISO-8601 text)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunSummary(RunProgress):
+    """One row of :func:`list_workflow_runs`."""
+
+    inserted_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+def _run_uuid(run_id: Any) -> str:
+    try:
+        return str(uuid.UUID(str(run_id)))
+    except ValueError:
+        raise RunNotFound(f"run {run_id!r} does not exist (not a run id)") from None
+
+
+def _call(db: Database, query: str, params: dict[str, Any]) -> Any:
+    """Run one lifecycle function; its SQLSTATEs become RunNotFound / RunStateError."""
+    return db.fetch_value(QUERIES[query], params, errors=_RUN_ERRORS)
+
+
+def _percentage(done: int, total: int) -> float:
+    return round(100.0 * done / total, 1) if total else 100.0
+
+
+def get_run_status(run_id: str, repo: Repo | None = None) -> RunStatus:
+    """The run's status, progress and per-step states; :class:`RunNotFound` if unknown."""
+    rid = _run_uuid(run_id)
+    data = _call(resolve(repo), "run_status", {"run_id": rid})
+    if data is None:
+        raise RunNotFound(f"run {rid} does not exist")
+    steps = [StepStatus(**s) for s in data.pop("steps")]
+    return RunStatus(percentage=_percentage(data["completed_steps"], data["total_steps"]),
+                     steps=steps, **data)
+
+
+def list_workflow_runs(repo: Repo | None = None, *, status: str | Sequence[str] | None = None,
+                       workflow_slug: str | None = None, limit: int = 100, offset: int = 0,
+                       order_by: tuple[str, str] = ("desc", "inserted_at")
+                       ) -> list[RunSummary]:
+    """Runs, newest first by default; filters are validated, never spliced into SQL.
+
+    ``status``: one status (or a list) of :data:`STATUSES`, or the seed's ``"started"``
+    (in progress or paused). ``order_by``: ``(direction, column)`` as in the seed, with
+    direction ``"asc"``/``"desc"`` and column one of :data:`ORDER_COLUMNS`.
+    """
+    statuses: list[str] | None = None
+    if status is not None:
+        wanted = [status] if isinstance(status, str) else list(status)
+        statuses = []
+        for value in wanted:
+            if value in SEED_STATUSES:
+                statuses.extend(SEED_STATUSES[value])
+            elif value in STATUSES:
+                statuses.append(value)
+            else:
+                raise ArgumentError(f"unknown run status {value!r}: use one of "
+                               f"{list(STATUSES) + list(SEED_STATUSES)}")
+    if not isinstance(order_by, (tuple, list)) or len(order_by) != 2:
+        raise ArgumentError(f"order_by must be (direction, column), not {order_by!r}")
+    direction, column = order_by
+    if direction not in ("asc", "desc"):
+        raise ArgumentError(f"order_by direction must be 'asc' or 'desc', not {direction!r}")
+    if column not in ORDER_COLUMNS:
+        raise ArgumentError(f"cannot order runs by {column!r}: use one of {sorted(ORDER_COLUMNS)}")
+    for label, number in (("limit", limit), ("offset", offset)):
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            raise ArgumentError(f"{label} must be an int >= 0, not {number!r}")
+    query = sql.SQL(QUERIES["list_runs"]).format(order=sql.Identifier(ORDER_COLUMNS[column]),
+                                             direction=sql.SQL(direction.upper()))
+    params = {"statuses": statuses, "slug": workflow_slug, "limit": limit, "offset": offset}
+    with resolve(repo).connection() as conn:
+        rows = conn.execute(query, params).fetchall()
+    return [RunSummary(rid, slug, st, total, done, _percentage(done, total), error, failed,
+                       retry_of, ins, upd, fin)
+            for rid, slug, st, total, done, error, failed, retry_of, ins, upd, fin in rows]
+
+
+def pause_workflow_run(run_id: str, repo: Repo | None = None) -> None:
+    """Pause a run: no new step starts; running steps finish and their results are kept.
+
+    Pausing a paused run does nothing; a finished run raises :class:`RunStateError`.
+    """
+    _call(resolve(repo), "pause_run", {"run_id": _run_uuid(run_id)})
+
+
+def resume_workflow_run(run_id: str, repo: Repo | None = None) -> None:
+    """Resume a paused run: held and ready steps are dispatched (once, however often called)."""
+    _call(resolve(repo), "resume_run", {"run_id": _run_uuid(run_id)})
+
+
+def cancel_workflow_run(run_id: str, repo: Repo | None = None, *,
+                        reason: str = DEFAULT_CANCEL_REASON, force: bool = False,
+                        app: Any = None, terminate: bool = False) -> None:
+    """Cancel a run: queued messages removed, running Celery tasks revoked, status cancelled.
+
+    A finished run raises :class:`RunStateError` unless ``force=True``. Running tasks are
+    revoked through ``app`` (default: a Celery app on this database's ``swf://`` broker):
+    a worker that has not started one drops it, one already running finishes and its late
+    report is ignored. ``terminate=True`` also kills the pool process running it — Celery's
+    "last resort": with the prefork pool a process killed mid-write can leave the pool's
+    shared result pipe locked, so it is off by default.
+    """
+    db = resolve(repo)
+    running = _call(db, "cancel_run", {"run_id": _run_uuid(run_id), "reason": reason,
+                                       "force": force})
+    if running:
+        revoke_tasks(db, list(running), app=app, terminate=terminate)
+
+
+def retry_failed_workflow(run_id: str, repo: Repo | None = None, *,
+                          skip_completed: bool = True, reset_all: bool = False,
+                          workflow: Any = None) -> str:
+    """Start a new run retrying a failed (or cancelled) one; return the new run id.
+
+    Unless ``reset_all`` (or ``skip_completed=False``), every completed step and every
+    completed item of a map step is reused; only failed or never-run work runs again. The
+    new run's ``retry_of`` names the old one. Calling it again for the same run returns the
+    same new run. Local steps need their functions: pass the ``workflow`` (class or
+    :class:`~swf_celery.workflows.definition.WorkflowDef`) to run them from this process.
+    """
+    db = resolve(repo)
+    new_id = str(_call(db, "retry_run", {"run_id": _run_uuid(run_id),
+                                         "reuse": bool(skip_completed and not reset_all)}))
+    if workflow is not None:
+        drive_in_background(db, definition.load(workflow), new_id, None)
+    return new_id

@@ -1,0 +1,191 @@
+"""Runs driven from this process: local steps, and waiting for a run on its events.
+
+Steps with ``execution="local"`` run in the process that started the run.
+
+They go through the same state machine as distributed steps: the coordinator leaves a
+ready local task ``queued`` (no broker message), the :class:`LocalRunner` of the run's
+process claims it (``swf.claim_local_tasks``), runs the function in a thread pool and
+reports the outcome with the same ``swf.complete_task`` / ``swf.fail_task`` calls a
+worker uses. Status, retries, timeouts, pause and cancel therefore behave the same.
+
+A local step runs only while the process that started the run is alive and driving it
+(``Executor.execute`` blocks; ``Executor.start`` drives it from a background thread).
+A timed-out local attempt is failed by the coordinator; Python cannot stop its thread,
+so the late result is ignored when it arrives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from swf_celery.db import Database
+from swf_celery.errors import DatabaseUnavailable, RunNotFound, SwfError, WorkflowTimeout
+from swf_celery.workflows import coordinator
+from swf_celery.workflows.definition import WorkflowDef
+
+log = logging.getLogger("swf_celery.workflows.local_runner")
+
+#: Longest sleep between two looks at a run when no event arrives (a safety net for a
+#: dropped notification; events normally wake the waiter at once).
+FALLBACK_WAKE_S = 5.0
+#: Consecutive database outages a background driver rides out before it gives up.
+BACKGROUND_RETRIES = 10
+
+
+class LocalRunner:
+    """Runs one run's local step tasks in a bounded thread pool."""
+
+    def __init__(self, db: Database, workflow: WorkflowDef, run_id: str,
+                 max_workers: int | None = None) -> None:
+        self.db = db
+        self.run_id = run_id
+        self._functions = {s.name: s.function for s in workflow.steps
+                           if s.execution == "local"}
+        self._slots = max_workers or min(32, (os.cpu_count() or 1) + 4)
+        self._pool = ThreadPoolExecutor(self._slots, thread_name_prefix=f"swf-local-{run_id[:8]}")
+        self._busy = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self._claiming = threading.Lock()
+
+    def pump(self) -> int:
+        """Claim and submit as many due local tasks as there are free threads."""
+        with self._claiming:  # one claim at a time, so busy never exceeds the slots
+            with self._lock:
+                free = self._slots - self._busy
+                if self._closed or free <= 0:
+                    return 0
+            claimed = coordinator.claim_local_tasks(self.db, self.run_id, free)
+            with self._lock:
+                self._busy += len(claimed)
+            for task_id, task in claimed:
+                try:
+                    self._pool.submit(self._run, task_id, task)
+                except RuntimeError:  # closed meanwhile: the attempt times out or is retried
+                    with self._lock:
+                        self._busy -= 1
+            return len(claimed)
+
+    def _run(self, task_id: str, task: dict[str, Any]) -> None:
+        try:
+            function = self._functions.get(task["step"])
+            if function is None:
+                coordinator.fail_task(self.db, task_id,
+                                      f"no local function for step {task['step']!r}")
+                return
+            try:
+                output = function(task["input"])
+            except Exception as exc:  # the step's own failure: retried or fails the run
+                self._report(coordinator.fail_task, task_id, f"{type(exc).__name__}: {exc}")
+                return
+            self._report(coordinator.complete_task, task_id, output)
+        finally:
+            with self._lock:
+                self._busy -= 1
+                closed = self._closed
+            if not closed:
+                # Take the next due work at once: a map item's completion emits no event.
+                self.pump()
+
+    def _report(self, call: Callable[[Database, str, Any], str], task_id: str,
+                value: Any) -> None:
+        # If the outcome is lost, the attempt stays started and its timeout (if any)
+        # retries it.
+        try:
+            coordinator.report_outcome(call, self.db, task_id, value)
+        except DatabaseUnavailable as exc:
+            log.error("run %s: lost the outcome of task %s: %s", self.run_id, task_id, exc)
+
+    def close(self) -> None:
+        """Stop taking work; threads of timed-out attempts are not waited for."""
+        with self._lock:
+            self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def drive(db: Database, run_id: str, runner: LocalRunner | None, deadline: float | None,
+           *, watch_steps: bool) -> dict[str, Any]:
+    """Wait for a run to end (woken by its events), pumping its local tasks; return its
+    final state. :class:`WorkflowTimeout` once ``deadline`` (monotonic) passes."""
+    listener = db.connect(autocommit=True)
+    try:
+        listener.execute(coordinator.listen_statement())
+        while True:
+            state = coordinator.refresh_run(db, run_id)
+            if state is None:
+                raise RunNotFound(f"run {run_id} does not exist")
+            if state["status"] in coordinator.TERMINAL:
+                return state
+            if runner is not None:
+                runner.pump()
+            wait = FALLBACK_WAKE_S
+            if state["wake_in_ms"] is not None:
+                wait = min(wait, float(state["wake_in_ms"]) / 1000 + 0.005)
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WorkflowTimeout(
+                        f"run {run_id} did not finish in time; it keeps running (cancel it "
+                        "with cancel_workflow_run, or wait for it with Executor.wait)",
+                        run_id=run_id)
+                wait = min(wait, left)
+            _await_event(listener, run_id, wait, watch_steps)
+    finally:
+        listener.close()
+
+
+def _await_event(listener: Any, run_id: str, wait: float, watch_steps: bool) -> None:
+    """Return when an event of this run arrives (any step event if ``watch_steps``)."""
+    end = time.monotonic() + wait
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        hit = False
+        for note in listener.notifies(timeout=left, stop_after=1):
+            try:
+                event = json.loads(note.payload)
+            except ValueError:
+                continue
+            if event.get("run_id") == run_id and (watch_steps or event.get("step") is None):
+                hit = True
+        if hit:
+            return
+
+
+def drive_in_background(db: Database, wf: WorkflowDef, run_id: str,
+                        max_local_workers: int | None) -> None:
+    """Run the local steps of ``run_id`` from a daemon thread until the run ends."""
+    if not wf.has_local_steps:
+        return
+    runner = LocalRunner(db, wf, run_id, max_local_workers)
+
+    def keep_driving() -> None:
+        # A background driver has no caller to raise to: it rides out a short database
+        # outage (a restart), and logs and stops when the database stays away.
+        failures = 0
+        try:
+            while True:
+                try:
+                    drive(db, run_id, runner, None, watch_steps=True)
+                    return
+                except DatabaseUnavailable as exc:
+                    failures += 1
+                    if failures > BACKGROUND_RETRIES:
+                        log.error("run %s: giving up driving local steps: %s", run_id, exc)
+                        return
+                    time.sleep(min(5.0, 0.5 * failures))
+                except SwfError as exc:
+                    log.error("run %s: stopped driving local steps: %s", run_id, exc)
+                    return
+        finally:
+            runner.close()
+
+    threading.Thread(target=keep_driving, name=f"swf-run-{run_id[:8]}", daemon=True).start()

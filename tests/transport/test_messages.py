@@ -1,0 +1,65 @@
+"""Broker messages as data: malformed bodies, revoke broadcasts, ETA delays (pure)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+
+from swf_celery.transport.messages import eta_delay, malformed, revoked_task_ids
+
+
+def _message(body: str = "[]", **props: Any) -> dict[str, Any]:
+    return {"body": body, "content-type": "application/json",
+            "properties": {"delivery_info": {}, "body_encoding": "utf-8", **props},
+            "headers": {}}
+
+
+@pytest.mark.parametrize(("message", "reason"), [
+    ("text", "not an object but str"),
+    ({"body": "[]"}, "no properties object"),
+    (_message("{", body_encoding="utf-8"), "body is not JSON"),
+    (_message("@@@", body_encoding="base64"), "body is not base64"),
+    (_message("[]", body_encoding="rot13"), "unknown body_encoding 'rot13'"),
+    ({**_message(), "body": 42}, "body is int, not a string"),
+])
+def test_malformed_messages_are_named(message: Any, reason: str) -> None:
+    problem = malformed(message)
+    assert problem is not None and reason in problem
+
+
+def test_well_formed_messages_pass() -> None:
+    assert malformed(_message('{"a": 1}')) is None
+    encoded = base64.b64encode(b'[1, 2]').decode()
+    assert malformed(_message(encoded, body_encoding="base64")) is None
+
+
+def _revoke(task_id: Any, *, base64_body: bool = False, method: str = "revoke") -> dict:
+    body = json.dumps({"method": method, "arguments": {"task_id": task_id}})
+    if base64_body:
+        return _message(base64.b64encode(body.encode()).decode(), body_encoding="base64")
+    return _message(body)
+
+
+def test_revoke_broadcasts_give_their_task_ids() -> None:
+    assert revoked_task_ids(_revoke("t1")) == ["t1"]
+    assert revoked_task_ids(_revoke(["t1", "t2"], base64_body=True)) == ["t1", "t2"]
+    assert revoked_task_ids(_revoke("t1", method="ping")) is None
+    assert revoked_task_ids(_revoke([1, 2])) is None
+    assert revoked_task_ids(_message("not json")) is None
+
+
+def test_eta_delay_only_beyond_the_threshold() -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    far = {"headers": {"eta": (now + dt.timedelta(seconds=120)).isoformat()}}
+    near = {"headers": {"eta": (now + dt.timedelta(seconds=10)).isoformat()}}
+    naive = {"headers": {"eta": (now + dt.timedelta(seconds=120)).replace(tzinfo=None)
+                         .isoformat()}}
+    assert 118 <= eta_delay(far, 30) <= 120
+    assert 118 <= eta_delay(naive, 30) <= 120  # a naive ETA is UTC, as Celery sends it
+    assert eta_delay(near, 30) == 0
+    assert eta_delay({"headers": {"eta": "soon"}}, 30) == 0
+    assert eta_delay({"headers": {}}, 30) == 0

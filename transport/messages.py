@@ -1,0 +1,90 @@
+"""Broker messages as data: the checks and readings the channel needs, pure (no I/O).
+
+- :func:`malformed` says why a stored message cannot be handed to kombu (it is then
+  dead-lettered with that reason), or None;
+- :func:`revoked_task_ids` reads the task ids out of a pidbox ``revoke`` broadcast, so a
+  revoke also deletes the task's queued message;
+- :func:`eta_delay` turns a message's ETA into the seconds PostgreSQL keeps it hidden.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+from typing import Any
+
+_JSON_TYPES = ("application/json",)
+_BODY_ENCODINGS = (None, "", "utf-8", "UTF-8", "base64")
+
+
+def eta_delay(message: dict[str, Any], threshold: float) -> int:
+    """Whole seconds to keep ``message`` hidden: its ETA when more than ``threshold``
+    seconds away (nearer ETAs wait in worker memory), else 0."""
+    eta = (message.get("headers") or {}).get("eta")
+    if not eta or not isinstance(eta, str):
+        return 0
+    try:
+        when = dt.datetime.fromisoformat(eta)
+    except ValueError:
+        return 0
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    seconds = (when - dt.datetime.now(dt.timezone.utc)).total_seconds()
+    if seconds <= threshold:
+        return 0
+    # Floor: the worker receives it at most a second early and waits out the rest.
+    return int(seconds)
+
+
+def malformed(message: Any) -> str | None:
+    """Why ``message`` cannot be handed to kombu, or None when it can."""
+    if not isinstance(message, dict):
+        return f"not an object but {type(message).__name__}"
+    props = message.get("properties")
+    if not isinstance(props, dict):
+        return "no properties object"
+    if not isinstance(props.get("delivery_info", {}), dict):
+        return "properties.delivery_info is not an object"
+    body = message.get("body")
+    if body is not None and not isinstance(body, str):
+        return f"body is {type(body).__name__}, not a string"
+    encoding = props.get("body_encoding")
+    if encoding not in _BODY_ENCODINGS:
+        return f"unknown body_encoding {encoding!r}"
+    if body and encoding == "base64":
+        try:
+            raw: str | bytes = base64.b64decode(body.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
+            return f"body is not base64: {exc}"
+    else:
+        raw = body or ""
+    content_type = message.get("content-type")
+    if content_type in _JSON_TYPES:
+        try:
+            json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return f"body is not JSON: {exc}"
+    return None
+
+
+def revoked_task_ids(message: dict[str, Any]) -> list[str] | None:
+    """Task ids of a pidbox ``revoke`` broadcast, else None."""
+    if message.get("content-type") not in _JSON_TYPES:
+        return None
+    try:
+        body = message.get("body") or ""
+        if (message.get("properties") or {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body).decode("utf-8")
+        command = json.loads(body)
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        return None
+    if not isinstance(command, dict) or command.get("method") != "revoke":
+        return None
+    ids = (command.get("arguments") or {}).get("task_id")
+    if isinstance(ids, str):
+        return [ids]
+    if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
+        return ids
+    return None
