@@ -57,10 +57,10 @@ check-tree:
 
 lint: $(STAMP) check-tree
 	$(BIN)/ruff check swf_celery transport tests examples benchmarks
-	cd $(CHECK_TREE) && $(CURDIR)/$(BIN)/lint-imports $(CURDIR)/pyproject.toml
+	cd $(CHECK_TREE) && $(abspath $(BIN))/lint-imports $(CURDIR)/pyproject.toml
 
 type: $(STAMP) check-tree
-	cd $(CHECK_TREE) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p swf_celery
+	cd $(CHECK_TREE) && $(abspath $(BIN))/mypy --config-file $(CURDIR)/pyproject.toml -p swf_celery
 
 clean-db:
 	-$(BIN)/swf-celery db stop

@@ -31,7 +31,6 @@ from benchmarks.bench_app import make_app
 from benchmarks.stats import summary_ms
 from swf_celery import db
 from tests.helpers import worker_process
-from tests.results.backend_app import broker_url
 
 REDIS_BROKER = "redis://127.0.0.1:6379/13"
 REDIS_BACKEND = "redis://127.0.0.1:6379/14"
@@ -75,7 +74,7 @@ Profiled with py-spy and timestamps (separately from the table above):
 
 
 def _systems(database_url: str) -> list[tuple[str, str, str]]:
-    broker = broker_url(database_url)
+    broker = db.broker_url(database_url)
     if broker.startswith("redis://"):
         broker = REDIS_BROKER
     swf = db.broker_url(database_url)

@@ -24,12 +24,8 @@ from swf_celery import db
 QUEUE = "demo_workers"
 
 
-def _swf_url(url: str) -> str:
-    return db.broker_url(url)
-
-
 _DB = os.environ.get("SWF_DATABASE_URL", "postgresql://postgres@127.0.0.1/swf")
-app = Celery("swf_demo", broker=_swf_url(_DB), backend=_swf_url(_DB))
+app = Celery("swf_demo", broker=db.broker_url(_DB), backend=db.broker_url(_DB))
 app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1,
                 worker_hijack_root_logger=False, task_default_queue=QUEUE)
 
@@ -152,7 +148,7 @@ def main() -> int:
     url = db.database_url(start_embedded=True).url
     version = migrate.migrate(url).version
     console.print(f"database {url} (schema version {version})")
-    app.conf.update(broker_url=_swf_url(url), result_backend=_swf_url(url))
+    app.conf.update(broker_url=db.broker_url(url), result_backend=db.broker_url(url))
     console.print(f"starting: celery -A examples.demo.app worker -Q {QUEUE} --concurrency 4")
     with worker_process("examples.demo.app", queues=[QUEUE], concurrency=4,
                         env={"SWF_DATABASE_URL": url},

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import psycopg
 from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict
 
 from swf_celery.db.errors import ErrorMap, translate_errors
 from swf_celery.db.urls import database_url, normalize_dsn, redact
@@ -27,8 +28,8 @@ if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
     from sqlalchemy.engine import Engine
 
-#: Most connections of a process's shared pool (``$SWF_POOL_SIZE``).
-DEFAULT_POOL_SIZE = int(os.environ.get("SWF_POOL_SIZE", "8"))
+#: Most connections of a process's shared pool, unless ``$SWF_POOL_SIZE`` says otherwise.
+DEFAULT_POOL_SIZE = 8
 
 #: What every public function accepts as its ``repo`` argument.
 Repo = Union[str, "Database", "Engine", "ConnectionPool"]
@@ -48,15 +49,19 @@ class Database:
         self._engine = engine
         self._own_pool: ConnectionPool | None = None
         self._pool_pid = os.getpid()
-        self._pool_size = DEFAULT_POOL_SIZE
+        self._pool_size = _pool_size_setting()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Database({redact(self.dsn)!r})"
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """Borrow a connection; commit on success, roll back on error, errors translated."""
+    def connection(self, *, timeout: float | None = None) -> Iterator[psycopg.Connection[Any]]:
+        """Borrow a connection; commit on success, roll back on error, errors translated.
+
+        ``timeout``: most seconds to wait for a pooled connection (the pool's default, 30,
+        when None); waiting out a database restart happens here.
+        """
         with translate_errors():
             if self._engine is not None:
                 raw = self._engine.raw_connection()
@@ -76,18 +81,19 @@ class Database:
                     raw.close()
                 return
             pool = self._pool or self._shared_pool()
-            with pool.connection() as conn:
+            with pool.connection(timeout=timeout) as conn:
                 yield conn
 
     @contextlib.contextmanager
-    def single_statement(self) -> Iterator[psycopg.Connection[Any]]:
+    def single_statement(self, *, timeout: float | None = None
+                         ) -> Iterator[psycopg.Connection[Any]]:
         """Borrow a connection for exactly one statement, run in autocommit mode.
 
         Postgres then makes the statement its own transaction: one network round trip
         instead of three (BEGIN, statement, COMMIT), the same atomicity. The connection
         goes back to the pool in the mode it came in.
         """
-        with self.connection() as conn:
+        with self.connection(timeout=timeout) as conn:
             switch = (not conn.autocommit
                       and conn.info.transaction_status == pq.TransactionStatus.IDLE)
             if switch:
@@ -95,8 +101,11 @@ class Database:
             try:
                 yield conn
             finally:
-                if switch and not conn.closed:  # a broken one is discarded by the pool
-                    conn.autocommit = False
+                # A broken or interrupted connection (mid-statement) cannot switch back; the
+                # pool discards it, and the original exception is the one that counts.
+                if switch and not conn.closed:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.autocommit = False
 
     def fetch_one(self, query: Any, params: Mapping[str, Any] | None = None, *,
                   errors: ErrorMap | None = None) -> tuple[Any, ...] | None:
@@ -142,9 +151,12 @@ class Database:
             if self._own_pool is None:
                 from psycopg_pool import ConnectionPool
 
+                # A DSN's own application_name wins; else pg_stat_activity shows ours.
+                named = "application_name" in conninfo_to_dict(self.dsn)
                 self._own_pool = ConnectionPool(
                     self.dsn, min_size=1, max_size=self._pool_size, open=True, name="swf",
-                    check=_check_idle_connection, kwargs={"application_name": "swf-celery"})
+                    check=_check_idle_connection,
+                    kwargs={} if named else {"application_name": "swf-celery"})
             return self._own_pool
 
     def close(self) -> None:
@@ -155,18 +167,32 @@ class Database:
             self._own_pool = None
 
 
+def _pool_size_setting() -> int:
+    raw = os.environ.get("SWF_POOL_SIZE")
+    if raw is None:
+        return DEFAULT_POOL_SIZE
+    try:
+        size = int(raw)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ConfigurationError(f"SWF_POOL_SIZE={raw!r} is not a number of connections >= 1")
+    return size
+
+
 def _check_idle_connection(conn: psycopg.Connection[Any]) -> None:
     """Pool checkout check: replace a connection the server has closed, so a database
     restart costs no caller an error.
 
     An idle pooled connection's socket is readable only when the server sent something,
     which on a restart is its termination notice: only then does the check pay psycopg's
-    round trip. A healthy connection costs one non-blocking ``select``.
+    round trip. A healthy connection costs one non-blocking ``poll``.
     """
     if conn.closed:
         raise psycopg.OperationalError("connection is closed")
-    readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    if readable:
+    poller = select.poll()  # poll, not select: descriptors above 1023 are fine
+    poller.register(conn.fileno(), select.POLLIN)
+    if poller.poll(0):
         from psycopg_pool import ConnectionPool
 
         ConnectionPool.check_connection(conn)

@@ -94,7 +94,7 @@ def database_url(explicit: str | None = None, *, app: Any = None,
     """The database a process should use, and where that choice came from.
 
     In order: ``explicit``; ``app.conf.swf_database_url``; the app's broker URL when it is
-    ``swf://`` (or ``postgresql://`` with our transport), then its ``swf://`` result
+    ``swf://`` or ``postgresql://``, then its ``swf://`` result
     backend; ``$SWF_DATABASE_URL``; the embedded server
     (started first when ``start_embedded``, else only if it runs). Raises
     :class:`ConfigurationError` when none applies.
@@ -107,7 +107,8 @@ def database_url(explicit: str | None = None, *, app: Any = None,
             return DatabaseUrl(setting, f"app.conf.{APP_SETTING}")
         for name, schemes in (("broker_url", ("swf", "postgresql", "postgres")),
                               ("result_backend", ("swf",))):
-            value = app.conf.get(name)
+            # The properties, not conf.get(): they honour CELERY_BROKER_URL and friends.
+            value = getattr(app.conf, name, None)
             if isinstance(value, str) and value.split("://", 1)[0] in schemes:
                 return DatabaseUrl(value, f"app.conf.{name}")
     env = os.environ.get(ENV_DATABASE_URL)

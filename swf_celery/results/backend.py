@@ -31,8 +31,9 @@ Options (``result_backend_transport_options``)
     ``cleanup_batch`` (10000)
         Rows deleted per statement by :meth:`SwfBackend.cleanup`.
     ``pool_size`` (8)
-        Most connections of the process's shared pool (:mod:`swf_celery.db`) for storing
-        and reading results (plus one listening connection in processes that wait).
+        Lets the process's shared pool (:mod:`swf_celery.db`, shared with the workflow
+        engine and messaging) grow to this many connections for storing and reading
+        results (plus one listening connection in processes that wait).
     ``synchronous_commit`` ("off")
         PostgreSQL's ``synchronous_commit`` for storing results and chord parts (that
         transaction only). "off" skips the WAL flush wait (about 1 ms per result on this
@@ -121,7 +122,8 @@ class SwfBackend(Backend, AsyncBackendMixin):
         """Run query ``name`` as one statement; retry while the server is unreachable
         (every query is idempotent or guarded, so a retry after a lost reply is harmless)."""
         def once() -> Any:
-            with db.translate_errors(), self.database.single_statement() as conn:
+            # Wait for a pooled connection no longer than the retries would (at least 1 s).
+            with self.database.single_statement(timeout=max(1.0, self.retry_timeout)) as conn:
                 cur = conn.execute(QUERIES[name], params)
                 if fetch == "one":
                     return cur.fetchone()

@@ -34,8 +34,9 @@ STEP_TASK_NAME = "swf_celery.step"
 EVENTS_NOTIFY_CHANNEL = channels.resolve(channels.WORKFLOW_EVENTS).notify_channel
 #: Run statuses after which nothing changes any more.
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
-#: Seconds a step outcome keeps being retried while the database is unreachable.
-REPORT_RETRY_SECONDS = 7.5
+#: Seconds a step outcome keeps being retried while the database is unreachable (a
+#: restart); a pooled connection is waited for within the same budget.
+REPORT_RETRY_SECONDS = 30.0
 
 QUERIES = db.load_queries(__package__)
 

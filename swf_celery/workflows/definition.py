@@ -87,6 +87,13 @@ class WorkflowDef:
     slug: str
     steps: tuple[StepDef, ...]
 
+    def step(self, name: str) -> StepDef:
+        """The step called ``name``; :class:`StepFunctionError` if there is none."""
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise StepFunctionError(f"workflow {self.slug!r} has no step {name!r}")
+
     @property
     def graph(self) -> dict[str, list[str]]:
         """``{step: [dependencies]}``."""

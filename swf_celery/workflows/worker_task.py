@@ -11,7 +11,8 @@ The coordinator sends every distributed step as a message for this task (headers
    coordinator, whose transaction also dispatches the steps that became ready.
 
 It needs no result backend. The database is the app's (:func:`swf_celery.db.database_url`:
-``app.conf.swf_database_url``, else the ``swf://`` broker URL, else ``$SWF_DATABASE_URL``).
+``app.conf.swf_database_url``, else the ``swf://`` broker URL, else the ``swf://`` result
+backend, else ``$SWF_DATABASE_URL``, else a running embedded server).
 It is registered with every Celery app as a shared task when
 :mod:`swf_celery.workflows.steps` is used (``@swf_celery.step``); an app that only runs
 steps may ``import swf_celery.workflows.worker_task`` instead.

@@ -60,3 +60,10 @@ def test_broker_url_of_every_dsn_form(dsn: str, expected: str) -> None:
 def test_broker_url_refuses_what_is_not_postgresql() -> None:
     with pytest.raises(ConfigurationError, match="not PostgreSQL"):
         db.broker_url("redis://localhost/0")
+
+
+def test_broker_url_from_celerys_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Celery reads CELERY_BROKER_URL into app.conf.broker_url when nothing sets it in code.
+    monkeypatch.delenv("SWF_DATABASE_URL", raising=False)
+    monkeypatch.setenv("CELERY_BROKER_URL", BROKER)
+    assert db.database_url(app=_app()) == db.DatabaseUrl(BROKER, "app.conf.broker_url")

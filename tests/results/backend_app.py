@@ -18,22 +18,12 @@ from celery import Celery
 from swf_celery import db
 
 
-def broker_url(database_url: str) -> str:
-    """The broker the backend tests run on: the swf:// transport on the same database."""
-    return db.broker_url(database_url)
-
-
-def backend_url(database_url: str) -> str:
-    """The swf:// result backend URL of ``database_url``."""
-    return db.broker_url(database_url)
-
-
 def make_app(database_url: str, queue: str, **conf: Any) -> Celery:
     """An app on ``queue`` with the swf backend on ``database_url`` and the test tasks."""
     app = Celery("backend_tests", set_as_current=False)
     app.conf.update(
-        broker_url=broker_url(database_url),
-        result_backend=backend_url(database_url),
+        broker_url=db.broker_url(database_url),
+        result_backend=db.broker_url(database_url),
         task_default_queue=queue,
         task_track_started=True,
         result_extended=True,
