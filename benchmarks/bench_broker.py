@@ -25,7 +25,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 import swf_celery  # noqa: F401 - registers swf://
-from benchmarks.stats import percentile
+from benchmarks.stats import percentile, run_together
 from swf_celery import db
 from tests.helpers import worker_process
 
@@ -107,21 +107,14 @@ def _enqueue_rate(database_url: str, mode: str, threads: int = 8,
                                     args=(database_url, queue, stop, woken))
         consumer.start()
         time.sleep(0.5)
-    barrier = threading.Barrier(threads + 1)
 
-    def produce() -> None:
+    def produce(barrier: threading.Barrier) -> None:
         with psycopg.connect(database_url, autocommit=True) as conn:
             barrier.wait()
             for _ in range(per_thread):
                 conn.execute("SELECT swf.queue_send(%s, %s)", [queue, Jsonb(message)])
 
-    workers = [threading.Thread(target=produce) for _ in range(threads)]
-    for w in workers:
-        w.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for w in workers:
-        w.join()
+    start = run_together(produce, threads)
     elapsed = time.perf_counter() - start
     stop.set()
     if consumer is not None:

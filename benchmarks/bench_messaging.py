@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.stats import summary_ms
+from benchmarks.stats import run_together, summary_ms
 
 REDIS_URL = os.environ.get("SWF_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 ROUNDS = 6
@@ -123,20 +123,13 @@ def _redis_systems(tag: str) -> list[_System]:
 def _throughput(system: _System, senders: int) -> float:
     per = THROUGHPUT_MESSAGES // senders
     target = system.sink.count + per * senders
-    barrier = threading.Barrier(senders + 1)
 
-    def blast() -> None:
+    def blast(barrier: threading.Barrier) -> None:
         barrier.wait()
         for i in range(per):
             system.send(i)
 
-    threads = [threading.Thread(target=blast) for _ in range(senders)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for t in threads:
-        t.join()
+    start = run_together(blast, senders)
     system.sink.wait_for(target, timeout=120)
     return per * senders / (system.sink.last - start)
 
