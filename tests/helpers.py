@@ -132,14 +132,10 @@ def worker_process(app: str, **options: Any) -> Iterator[subprocess.Popen[bytes]
 # -- URLs ---------------------------------------------------------------------------------
 
 
-def swf_url(db_url: str) -> str:
-    """The ``swf://`` URL (broker and result backend) of the database at ``db_url``."""
-    return broker_url(db_url)
-
-
-def pg_url(url: str) -> str:
-    """The ``postgresql://`` URL of a database given by any URL we accept (``swf://``…)."""
-    return normalize_dsn(url)
+#: The ``swf://`` URL (broker and result backend) of the database at a URL.
+swf_url = broker_url
+#: The ``postgresql://`` URL of a database given by any URL we accept (``swf://``…).
+pg_url = normalize_dsn
 
 
 # -- SQL ----------------------------------------------------------------------------------

@@ -56,13 +56,16 @@ class Database:
         return f"Database({redact(self.dsn)!r})"
 
     @contextlib.contextmanager
-    def connection(self, *, timeout: float | None = None) -> Iterator[psycopg.Connection[Any]]:
+    def connection(self, *, timeout: float | None = None, errors: ErrorMap | None = None
+                   ) -> Iterator[psycopg.Connection[Any]]:
         """Borrow a connection; commit on success, roll back on error, errors translated.
 
         ``timeout``: most seconds to wait for a pooled connection (the pool's default, 30,
-        when None); waiting out a database restart happens here.
+        when None); waiting out a database restart happens here. ``errors`` maps psycopg
+        error classes (SQLSTATEs a stored function raises) to the caller's own errors,
+        before the shared map of :func:`~.errors.translate_errors` applies.
         """
-        with translate_errors():
+        with translate_errors(errors):
             if self._engine is not None:
                 raw = self._engine.raw_connection()
                 try:
@@ -85,7 +88,7 @@ class Database:
                 yield conn
 
     @contextlib.contextmanager
-    def single_statement(self, *, timeout: float | None = None
+    def single_statement(self, *, timeout: float | None = None, errors: ErrorMap | None = None
                          ) -> Iterator[psycopg.Connection[Any]]:
         """Borrow a connection for exactly one statement, run in autocommit mode.
 
@@ -93,7 +96,7 @@ class Database:
         instead of three (BEGIN, statement, COMMIT), the same atomicity. The connection
         goes back to the pool in the mode it came in.
         """
-        with self.connection(timeout=timeout) as conn:
+        with self.connection(timeout=timeout, errors=errors) as conn:
             switch = (not conn.autocommit
                       and conn.info.transaction_status == pq.TransactionStatus.IDLE)
             if switch:
@@ -111,10 +114,9 @@ class Database:
                   errors: ErrorMap | None = None) -> tuple[Any, ...] | None:
         """Run one statement (autocommit, one round trip) and return its first row.
 
-        ``errors`` maps psycopg error classes (SQLSTATEs a stored function raises) to the
-        error to raise instead, with the server's message.
+        ``errors``: as for :meth:`connection`.
         """
-        with translate_errors(errors), self.single_statement() as conn:
+        with self.single_statement(errors=errors) as conn:
             return conn.execute(query, params).fetchone()
 
     def fetch_value(self, query: Any, params: Mapping[str, Any] | None = None, *,

@@ -31,16 +31,12 @@ def translate_errors(errors: ErrorMap | None = None) -> Iterator[None]:
     """
     try:
         yield
-    except (SwfError, psycopg.Error) as exc:
-        # An inner translate_errors (a borrowed connection's) may have translated already:
-        # the caller's map applies to the psycopg error underneath.
-        cause = exc if isinstance(exc, psycopg.Error) else exc.__cause__
-        if isinstance(cause, psycopg.Error):
-            for pg_class, swf_class in (errors or {}).items():
-                if isinstance(cause, pg_class):
-                    raise swf_class(cause.diag.message_primary or str(cause)) from None
-        if isinstance(exc, SwfError):
-            raise
+    except SwfError:
+        raise
+    except psycopg.Error as exc:
+        for pg_class, swf_class in (errors or {}).items():
+            if isinstance(exc, pg_class):
+                raise swf_class(exc.diag.message_primary or str(exc)) from None
         raise _translate(exc) from exc
 
 

@@ -169,15 +169,10 @@ def message_id_of(payload: str) -> int | None:
 def get_message(channel: str, message_id: int, repo: Repo | None = None) -> Message | None:
     """The stored message ``message_id`` of ``channel`` (pending or archived), or None."""
     ch = channels.resolve(channel)
-    params = {"id": int(message_id)}
-
-    def fetch(conn: psycopg.Connection[Any]) -> Any:
-        queue = _registered_queue(conn, ch)
-        return None if queue is None else conn.execute(
-            _tables(QUERIES["get_message"], queue), params).fetchone()
-
     with resolve(repo).connection() as conn:
-        row = fetch(conn)
+        queue = _registered_queue(conn, ch)
+        row = None if queue is None else conn.execute(
+            _tables(QUERIES["get_message"], queue), {"id": int(message_id)}).fetchone()
     return _message(ch.name, row) if row else None
 
 
@@ -192,15 +187,12 @@ def read_pending(
     ch = channels.resolve(channel)
     if not isinstance(limit, int) or limit < 1:
         raise ArgumentError(f"limit must be a positive integer, not {limit!r}")
-    params = {"after_id": int(after_id), "limit": limit}
-
-    def fetch(conn: psycopg.Connection[Any]) -> list[Any]:
-        queue = _registered_queue(conn, ch)
-        return [] if queue is None else conn.execute(
-            _tables(QUERIES["read_pending"], queue), params).fetchall()
-
     with resolve(repo).connection() as conn:
-        return [_message(ch.name, row) for row in fetch(conn)]
+        queue = _registered_queue(conn, ch)
+        rows = [] if queue is None else conn.execute(
+            _tables(QUERIES["read_pending"], queue),
+            {"after_id": int(after_id), "limit": limit}).fetchall()
+    return [_message(ch.name, row) for row in rows]
 
 
 def acknowledge(
@@ -218,13 +210,11 @@ def acknowledge(
     if not ids:
         return []
 
-    def retire(conn: psycopg.Connection[Any]) -> list[Any]:
-        queue = _registered_queue(conn, ch)
-        return [] if queue is None else conn.execute(
-            QUERIES["archive" if archive else "delete"], {"queue": queue, "ids": ids}).fetchall()
-
     with resolve(repo).connection() as conn:
-        return sorted(int(r[0]) for r in retire(conn))
+        queue = _registered_queue(conn, ch)
+        rows = [] if queue is None else conn.execute(
+            QUERIES["archive" if archive else "delete"], {"queue": queue, "ids": ids}).fetchall()
+    return sorted(int(r[0]) for r in rows)
 
 
 def _ensure(db: Database, ch: channels.ChannelNames) -> None:
@@ -247,8 +237,7 @@ def _ensure_on(conn: psycopg.Connection[Any], ch: channels.ChannelNames) -> None
 
 
 def _registered_queue(conn: psycopg.Connection[Any], ch: channels.ChannelNames) -> str | None:
-    with translate_errors():
-        row = conn.execute(QUERIES["channel_queue"], {"channel": ch.name}).fetchone()
+    row = conn.execute(QUERIES["channel_queue"], {"channel": ch.name}).fetchone()
     return str(row[0]) if row else None
 
 

@@ -60,8 +60,6 @@ def start_run(database: db.Database, workflow: WorkflowDef, run_input: Any, *,
         return str(database.fetch_value(QUERIES["start_run"], params, errors={
             pg_errors.NoDataFound: FlowNotFound,
             pg_errors.UniqueViolation: WorkflowDefinitionError}))
-    except FlowNotFound:
-        raise
     except WorkflowDefinitionError as exc:  # the slug is taken by the other kind of flow
         raise WorkflowDefinitionError(
             f"{exc}: give the workflow another __workflow_slug__") from None
