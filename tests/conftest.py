@@ -118,7 +118,9 @@ class PrivateServer:
 
     def __init__(self, home: str, port: int) -> None:
         self.env = embedded_env(home, port)
-        self.url = f"postgresql://postgres@127.0.0.1:{port}/swf"
+        self.port = port
+        #: The URL of database ``swf``, password included (known once started).
+        self.url = ""
 
     def _run(self, *args: str) -> str:
         proc = run_cli(*args, env=self.env)
@@ -128,6 +130,17 @@ class PrivateServer:
 
     def start(self) -> None:
         self._run("db", "start")
+        self.url = self._run("db", "url")
+
+    def data_dir(self) -> str:
+        """The server's data directory (as root: in its service folder)."""
+        import json
+
+        return str(json.loads(self._run("db", "status", "--json"))["data_dir"])
+
+    def remove(self) -> None:
+        """Stop the server and delete its cluster (its service folder too, as root)."""
+        self._run("db", "remove")
 
     def restart(self) -> None:
         """Fast restart: every connection to the server is dropped."""
@@ -154,7 +167,7 @@ def private_server() -> Iterator[PrivateServer]:
         yield server
     finally:
         try:
-            server.stop()
+            server.remove()
         finally:
             shutil.rmtree(home, ignore_errors=True)
 

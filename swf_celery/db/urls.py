@@ -8,6 +8,7 @@ result backend) URL, ``$SWF_DATABASE_URL``, then the embedded server.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -70,15 +71,30 @@ def broker_url(dsn: str) -> str:
 
 
 def redact(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (for messages and logs)."""
+    """Return ``url`` with any password replaced by ``***`` (for messages and logs).
+
+    Covers the URL's user info, a ``password=`` query parameter and the libpq keyword
+    form (``password=…``).
+    """
+    if not isinstance(url, str):
+        return "<not a URL>"
+    if "://" not in url:
+        return _KEYWORD_PASSWORD.sub(r"\1***", url)
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable>"
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        if ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
+    query = _QUERY_PASSWORD.sub(r"\1***", parts.query)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+_KEYWORD_PASSWORD = re.compile(r"""(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)""")
+_QUERY_PASSWORD = re.compile(r"(\bpassword=)[^&]*")
 
 
 @dataclass(frozen=True)
@@ -87,6 +103,15 @@ class DatabaseUrl:
 
     url: str
     source: str
+
+    @property
+    def masked(self) -> str:
+        """The URL with its password shown as ``***``."""
+        return redact(self.url)
+
+    def describe(self) -> str:
+        """``"<masked URL> (from <source>)"``: what commands print on stderr."""
+        return f"{self.masked} (from {self.source})"
 
 
 def database_url(explicit: str | None = None, *, app: Any = None,
