@@ -201,9 +201,6 @@ def start(*, quiet: bool = False) -> str:
     home().mkdir(mode=0o700, parents=True, exist_ok=True)
     if host.as_root():
         _retire_root_trust_cluster(quiet)
-        host.prepare_service_dir(cluster_dir())
-    else:
-        cluster_dir().mkdir(mode=0o700, exist_ok=True)
     data = data_dir()
     pid = _pid()
     if pid is not None:
@@ -219,6 +216,10 @@ def start(*, quiet: bool = False) -> str:
             f"port {p} on 127.0.0.1 is in use by another process, not by the embedded "
             f"server in {data}; set SWF_EMBEDDED_PORT to a free port or stop that process"
         )
+    if host.as_root():
+        host.prepare_service_dir(cluster_dir())
+    else:
+        cluster_dir().mkdir(mode=0o700, exist_ok=True)
     if not (data / "PG_VERSION").exists():
         _initdb(quiet)
     options = (f"-p {p} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
