@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from swf_celery.errors import ConfigurationError
 
@@ -68,6 +68,33 @@ def broker_url(dsn: str) -> str:
         port = f":{params['port']}" if params.get("port") else ""
         return f"swf://{auth}{params.get('host', 'localhost')}{port}/{params.get('dbname', '')}"
     return urlunsplit(("swf", *urlsplit(dsn)[1:]))
+
+
+#: libpq parameters documented to pass through ``swf://…?`` to every connection (any
+#: other libpq parameter passes too; these are the ones the README promises).
+LIBPQ_PARAMETERS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "target_session_attrs",
+                    "application_name", "connect_timeout")
+
+
+def kombu_dsn(client: Any, application_name: str) -> str:
+    """The libpq DSN of a kombu ``Connection`` to the ``swf://`` broker.
+
+    The transport declares ``can_parse_url``, so kombu hands over the URL whole and its
+    query parameters (``?sslmode=require&sslrootcert=…``) reach libpq; a connection built
+    from keyword arguments (``Connection(hostname=…, userid=…)``) is assembled here. The
+    URL's own ``application_name`` wins over ``application_name``.
+    """
+    hostname = client.hostname or "localhost"
+    if "://" in hostname:
+        dsn = normalize_dsn(hostname)
+    else:
+        vhost = (client.virtual_host or "").lstrip("/")
+        params = {"host": hostname, "port": client.port or 5432, "user": client.userid,
+                  "password": client.password, "dbname": vhost or None}
+        dsn = make_conninfo(**{k: v for k, v in params.items() if v})
+    if "application_name" in conninfo_to_dict(dsn):
+        return dsn
+    return make_conninfo(dsn, application_name=application_name)
 
 
 def redact(url: str) -> str:

@@ -53,16 +53,16 @@ def test_role_without_create_privilege_gets_a_clear_error(empty_db_url: str) -> 
     role = f"swf_noprivs_{os.getpid()}"
     with psycopg.connect(empty_db_url, autocommit=True) as conn:
         conn.execute(f"DROP ROLE IF EXISTS {role}")
-        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'role-secret'")
         conn.execute(f"REVOKE CREATE ON SCHEMA public FROM {role}")
     try:
-        url = as_role(empty_db_url, role)
+        url = as_role(empty_db_url, role, "role-secret")
         with pytest.raises(DatabasePermissionError, match="GRANT CREATE ON DATABASE"):
             migrate.migrate(url)
     finally:
         from swf_celery import db
 
-        db.resolve(as_role(empty_db_url, role)).close()
+        db.resolve(as_role(empty_db_url, role, "role-secret")).close()
         with psycopg.connect(empty_db_url, autocommit=True) as conn:
             conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
