@@ -7,8 +7,9 @@ any order and never see each other's rows.
 
 Also shared by every folder: ``private_server`` (an embedded server a test may restart),
 ``redis_client``, and ``worker_role_url`` / ``client_role_url`` / ``operator_role_url``
-(the test's database as a non-superuser role with the grants of ``swf-celery grant``). Each folder's own fixtures are in its conftest.py; helper functions
-are in :mod:`tests.helpers`.
+(the test's database as a non-superuser role with the grants of ``swf-celery grant``).
+Each folder's own fixtures are in its conftest.py; helper functions are in
+:mod:`tests.helpers`.
 """
 
 from __future__ import annotations

@@ -41,8 +41,9 @@ CLI = [sys.executable, "-m", "swf_celery.cli"]
 REDIS_URL = "redis://127.0.0.1:6379/7"
 
 __all__ = [
-    "CLI", "as_role", "REDIS_URL", "ROOT", "connections_named", "create_task_runs", "drain",
-    "embedded_env", "error_lines", "free_port", "kill_worker", "kombu_message", "next_visible", "pg_url",
+    "CLI", "REDIS_URL", "ROOT", "as_role", "connections_named", "create_task_runs", "drain",
+    "embedded_env", "error_lines", "free_port", "kill_worker", "kombu_message", "next_visible",
+    "pg_url",
     "publish", "queue_size", "read_log", "read_queue", "run_cli", "run_module", "sql",
     "sql_value", "start_cli", "stop_worker", "swf_url", "task_runs", "wait_until",
     "worker_process",

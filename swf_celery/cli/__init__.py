@@ -13,9 +13,9 @@ from __future__ import annotations
 import click
 
 from swf_celery.cli import broker, messaging, runs, schema
-from swf_celery.cli.grant import grant_command
 from swf_celery.cli._common import SwfGroup
 from swf_celery.cli.database import database
+from swf_celery.cli.grant import grant_command
 
 
 @click.group(cls=SwfGroup)

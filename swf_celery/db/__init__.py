@@ -16,8 +16,8 @@ from swf_celery.db.queries import load_queries
 from swf_celery.db.urls import (
     APP_SETTING,
     ENV_DATABASE_URL,
-    DatabaseUrl,
     LIBPQ_PARAMETERS,
+    DatabaseUrl,
     broker_url,
     database_url,
     kombu_dsn,

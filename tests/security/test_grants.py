@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 from importlib import resources
-from typing import Any
 
 import psycopg
 import pytest
@@ -23,7 +22,6 @@ from tests.helpers import (
     sql,
     sql_value,
     swf_url,
-    wait_until,
     worker_process,
 )
 from tests.security import role_app
