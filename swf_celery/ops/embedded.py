@@ -105,6 +105,11 @@ def password() -> str:
     try:
         return path.read_text().strip()
     except FileNotFoundError:
+        if (data_dir() / "PG_VERSION").exists():
+            raise EmbeddedPostgresError(
+                f"{path} is missing, so nobody can log in to the cluster in {data_dir()}: "
+                "`swf-celery db remove` deletes it, `swf-celery db start` makes a new one"
+            ) from None
         raise EmbeddedPostgresError(
             f"no embedded server in {home()}: start one with `swf-celery db start`, or set "
             "SWF_DATABASE_URL") from None
@@ -298,7 +303,13 @@ def _retire_root_trust_cluster(quiet: bool) -> None:
     """As root: a cluster an older version left in ``.swf/pg`` (owned by the server user,
     trust authentication) is stopped and deleted; its contents cannot be trusted."""
     old = home() / "pg" / "data"
-    if not (old / "PG_VERSION").exists():
+    try:
+        owner = old.lstat().st_uid
+    except OSError:
+        return
+    # Only what an older version made as root (owned by the server user); an ordinary
+    # user's own cluster there is theirs, and root leaves it alone.
+    if owner != host.system_user().pw_uid or not (old / "PG_VERSION").exists():
         return
     _note(quiet, f"stopping and deleting {old}: an embedded cluster of an older version that "
                  "let any local user log in as superuser; a new one is initialised")

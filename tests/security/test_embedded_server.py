@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +18,7 @@ import psycopg
 import pytest
 
 from tests.conftest import PrivateServer
-from tests.helpers import free_port, run_cli
+from tests.helpers import ROOT, free_port, run_cli
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
 
@@ -40,8 +43,6 @@ def own_server() -> Iterator[PrivateServer]:
         try:
             server.remove()
         finally:
-            import shutil
-
             shutil.rmtree(outer, ignore_errors=True)
 
 
@@ -131,6 +132,8 @@ def test_cluster_of_an_older_version_is_retired(tmp_path: Path) -> None:
     old = home / "pg" / "data"
     old.mkdir(parents=True)
     (old / "PG_VERSION").write_text("18\n")  # what an older version left in .swf/pg
+    server_user = pwd.getpwnam("swf-postgres")
+    os.chown(old, server_user.pw_uid, server_user.pw_gid)
     env = dict(os.environ, SWF_HOME=str(home), SWF_EMBEDDED_PORT=str(free_port()))
     env.pop("SWF_DATABASE_URL", None)
     try:
@@ -169,3 +172,73 @@ def test_trust_authentication_is_locked_down_on_start(own_server: PrivateServer)
     with psycopg.connect(own_server.url) as conn:
         assert conn.execute("SELECT 1").fetchone()[0] == 1
     assert json.loads(run_cli("db", "status", "--json", env=own_server.env).stdout)["running"]
+
+
+def _as_user(user: str, home: Path, port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """``swf-celery args…`` run as the OS user ``user`` (by the system Python, which that
+    user can run; the packages come from this virtualenv)."""
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home.parent), "SWF_HOME": str(home),
+           "SWF_EMBEDDED_PORT": str(port), "PYTHONPATH": f"{site}:{ROOT}"}
+    return subprocess.run(["runuser", "-u", user, "--", "/usr/bin/env", *(
+        f"{k}={v}" for k, v in env.items()), SYSTEM_PYTHON, "-m", "swf_celery.cli", *args],
+        capture_output=True, text=True, timeout=120, cwd="/")
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def _system_python_fits() -> bool:
+    try:
+        out = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=30).stdout.strip()
+    except OSError:
+        return False
+    return out == str(tuple(sys.version_info[:2]))
+
+
+@as_root
+def test_an_ordinary_users_server_is_theirs_alone(tmp_path: Path) -> None:
+    """The path of every developer who is not root: the cluster in .swf/pg, the password
+    readable by its creator only; a trust cluster of an older version is locked down."""
+    if shutil.which("runuser") is None or not _system_python_fits():
+        pytest.skip("needs runuser and a system Python of this version to run as another user")
+    for user in ("nobody", "daemon"):
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            pytest.skip(f"no OS user {user!r} to run as")
+    owner = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="swf-user-"))
+    base.chmod(0o755)
+    os.chown(base, owner.pw_uid, owner.pw_gid)
+    home, port = base / ".swf", free_port()
+    try:
+        started = _as_user("nobody", home, port, "db", "start")
+        assert started.returncode == 0, started.stderr
+        secret = home / "password"
+        assert (secret.stat().st_uid, stat.S_IMODE(secret.stat().st_mode)) == (owner.pw_uid,
+                                                                               0o600)
+        assert (home / "pg" / "data" / "PG_VERSION").exists()
+        url = _as_user("nobody", home, port, "db", "url").stdout.strip()
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(_without_password(url), connect_timeout=5)
+        other = _as_user("daemon", home, port, "db", "url")
+        assert other.returncode == 1
+        assert "not readable by this user" in other.stderr
+        # A cluster an older version made: trust in pg_hba.conf, no password file.
+        assert _as_user("nobody", home, port, "db", "stop").returncode == 0
+        hba = home / "pg" / "data" / "pg_hba.conf"
+        hba.write_text("host all all 127.0.0.1/32 trust\n")
+        secret.unlink()
+        relocked = _as_user("nobody", home, port, "db", "start")
+        assert relocked.returncode == 0, relocked.stderr
+        assert "allowed logins without a password" in relocked.stderr
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(_without_password(url), connect_timeout=5)
+        fresh = _as_user("nobody", home, port, "db", "url").stdout.strip()
+        with psycopg.connect(fresh) as conn:
+            assert conn.execute("SELECT 1").fetchone()[0] == 1
+    finally:
+        _as_user("nobody", home, port, "db", "remove")
+        shutil.rmtree(base, ignore_errors=True)
