@@ -53,10 +53,11 @@ def test_worker_logs_inspect_and_report_mask_the_password(worker_role_url: str) 
 
 
 def test_errors_and_reprs_mask_the_password(db_url: str) -> None:
-    wrong = db_url.replace("@", "-wrong-secret@", 1) if urlsplit(db_url).password else (
-        db_url.replace("@", ":wrong-secret@", 1))
     unreachable = "postgresql://app:s3cret-pass@127.0.0.1:1/app?connect_timeout=2"
-    for url, secret in ((unreachable, "s3cret-pass"), (wrong, "wrong-secret")):
+    cases = [(unreachable, "s3cret-pass")]
+    if urlsplit(db_url).password:  # a server that checks passwords (not trust)
+        cases.append((db_url.replace("@", "-wrong-secret@", 1), "wrong-secret"))
+    for url, secret in cases:
         handle = db.resolve(url)
         assert secret not in repr(handle)
         with pytest.raises(SwfError) as caught:
