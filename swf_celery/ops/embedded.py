@@ -170,7 +170,7 @@ def _run(args: list[str], what: str, timeout: float = 60, stdin: str | None = No
 
 def _pid() -> int | None:
     try:
-        return int((data_dir() / "postmaster.pid").read_text().splitlines()[0])
+        return int(host.read_small(data_dir() / "postmaster.pid").splitlines()[0])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -272,7 +272,7 @@ def _run_write(path: Path, text: str) -> None:
 
 def _hba_trusts() -> bool:
     try:
-        lines = (data_dir() / "pg_hba.conf").read_text().splitlines()
+        lines = host.read_small(data_dir() / "pg_hba.conf").splitlines()
     except OSError:
         return False
     return any(line.split() and not line.lstrip().startswith("#")

@@ -113,6 +113,18 @@ def prepare_service_dir(cluster: Path) -> None:
             "remove it and run `swf-celery db start` again")
 
 
+def read_small(path: Path, limit: int = 1 << 20) -> str:
+    """Read a small regular file of the cluster without following a symlink (a planted
+    ``pg_hba.conf -> /dev/zero`` must not hang root); OSError otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return os.read(fd, limit).decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
 def _reachable(path: Path) -> bool:
     """Whether others may traverse every folder above ``path`` (read and exec inside)."""
     return all(p.stat().st_mode & stat.S_IXOTH for p in path.parents)

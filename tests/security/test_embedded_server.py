@@ -242,3 +242,15 @@ def test_an_ordinary_users_server_is_theirs_alone(tmp_path: Path) -> None:
     finally:
         _as_user("nobody", home, port, "db", "remove")
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_cluster_files_are_read_without_following_symlinks(tmp_path: Path) -> None:
+    from swf_celery.ops.embedded_host import read_small
+
+    (tmp_path / "pg_hba.conf").write_text("host all all 127.0.0.1/32 scram-sha-256\n")
+    assert "scram" in read_small(tmp_path / "pg_hba.conf")
+    os.symlink("/dev/zero", tmp_path / "planted")
+    os.mkfifo(tmp_path / "fifo")
+    for name in ("planted", "fifo"):
+        with pytest.raises(OSError):
+            read_small(tmp_path / name)
