@@ -63,5 +63,5 @@ type: $(STAMP) check-tree
 	cd $(CHECK_TREE) && $(abspath $(BIN))/mypy --config-file $(CURDIR)/pyproject.toml -p swf_celery
 
 clean-db:
-	-$(BIN)/swf-celery db stop
+	-$(BIN)/swf-celery db remove
 	rm -rf .swf

@@ -5,9 +5,11 @@ A template database is migrated once per session; each test that asks for ``db_u
 gets its own ``CREATE DATABASE … TEMPLATE`` clone, dropped afterwards, so tests run in
 any order and never see each other's rows.
 
-Also shared by every folder: ``private_server`` (an embedded server a test may restart)
-and ``redis_client``. Each folder's own fixtures are in its conftest.py; helper functions
-are in :mod:`tests.helpers`.
+Also shared by every folder: ``private_server`` (an embedded server a test may restart),
+``redis_client``, and ``worker_role_url`` / ``client_role_url`` / ``operator_role_url``
+(the test's database as a non-superuser role with the grants of ``swf-celery grant``).
+Each folder's own fixtures are in its conftest.py; helper functions are in
+:mod:`tests.helpers`.
 """
 
 from __future__ import annotations
@@ -118,7 +120,9 @@ class PrivateServer:
 
     def __init__(self, home: str, port: int) -> None:
         self.env = embedded_env(home, port)
-        self.url = f"postgresql://postgres@127.0.0.1:{port}/swf"
+        self.port = port
+        #: The URL of database ``swf``, password included (known once started).
+        self.url = ""
 
     def _run(self, *args: str) -> str:
         proc = run_cli(*args, env=self.env)
@@ -128,6 +132,17 @@ class PrivateServer:
 
     def start(self) -> None:
         self._run("db", "start")
+        self.url = self._run("db", "url")
+
+    def data_dir(self) -> str:
+        """The server's data directory (as root: in its service folder)."""
+        import json
+
+        return str(json.loads(self._run("db", "status", "--json"))["data_dir"])
+
+    def remove(self) -> None:
+        """Stop the server and delete its cluster (its service folder too, as root)."""
+        self._run("db", "remove")
 
     def restart(self) -> None:
         """Fast restart: every connection to the server is dropped."""
@@ -154,9 +169,53 @@ def private_server() -> Iterator[PrivateServer]:
         yield server
     finally:
         try:
-            server.stop()
+            server.remove()
         finally:
             shutil.rmtree(home, ignore_errors=True)
+
+
+def _role_url(db_url: str, kind: str) -> Iterator[str]:
+    """A LOGIN role with a password and the grants of ``kind`` on the test's database."""
+    import secrets
+
+    from swf_celery import db as swf_db
+    from swf_celery.ops import grants
+    from tests.helpers import as_role
+
+    role = f"swft_{kind}_{os.getpid()}_{next(_counter)}"
+    password = secrets.token_urlsafe(16)
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(password)))
+    grants.grant(role, kind, db_url)  # type: ignore[arg-type]
+    url = as_role(db_url, role, password)
+    try:
+        yield url
+    finally:
+        swf_db.resolve(url).close()
+        with psycopg.connect(db_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE usename = %s", (role,))
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture
+def worker_role_url(db_url: str) -> Iterator[str]:
+    """``db_url`` as a non-superuser role granted ``swf-celery grant --worker``."""
+    yield from _role_url(db_url, "worker")
+
+
+@pytest.fixture
+def client_role_url(db_url: str) -> Iterator[str]:
+    """``db_url`` as a non-superuser role granted ``swf-celery grant --client``."""
+    yield from _role_url(db_url, "client")
+
+
+@pytest.fixture
+def operator_role_url(db_url: str) -> Iterator[str]:
+    """``db_url`` as a non-superuser role granted ``swf-celery grant --operator``."""
+    yield from _role_url(db_url, "operator")
 
 
 @pytest.fixture

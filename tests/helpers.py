@@ -41,8 +41,9 @@ CLI = [sys.executable, "-m", "swf_celery.cli"]
 REDIS_URL = "redis://127.0.0.1:6379/7"
 
 __all__ = [
-    "CLI", "REDIS_URL", "ROOT", "connections_named", "create_task_runs", "drain",
-    "embedded_env", "free_port", "kill_worker", "kombu_message", "next_visible", "pg_url",
+    "CLI", "REDIS_URL", "ROOT", "as_role", "connections_named", "create_task_runs", "drain",
+    "embedded_env", "error_lines", "free_port", "kill_worker", "kombu_message", "next_visible",
+    "pg_url",
     "publish", "queue_size", "read_log", "read_queue", "run_cli", "run_module", "sql",
     "sql_value", "start_cli", "stop_worker", "swf_url", "task_runs", "wait_until",
     "worker_process",
@@ -101,6 +102,12 @@ def run_cli(*args: str, database: str | None = None, env: Mapping[str, str] | No
                       timeout=timeout)
 
 
+def error_lines(stderr: str) -> list[str]:
+    """The lines of a command's stderr after its ``database: …`` announcement (every
+    command that uses a database names it on stderr first)."""
+    return [line for line in stderr.strip().splitlines() if not line.startswith("database: ")]
+
+
 def start_cli(*args: str, database: str | None = None, env: Mapping[str, str] | None = None,
               ) -> subprocess.Popen[str]:
     """Start ``swf-celery args…`` in the background, stdout and stderr piped (text)."""
@@ -130,6 +137,15 @@ def worker_process(app: str, **options: Any) -> Iterator[subprocess.Popen[bytes]
 
 
 # -- URLs ---------------------------------------------------------------------------------
+
+
+def as_role(url: str, role: str, password: str | None = None) -> str:
+    """``url`` logging in as ``role`` (with ``password``, else none) instead of its user."""
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    auth = quote(role, safe="") + (f":{quote(password, safe='')}" if password else "")
+    return urlunsplit(parts._replace(netloc=f"{auth}@{parts.netloc.rpartition('@')[2]}"))
 
 
 #: The ``swf://`` URL (broker and result backend) of the database at a URL.

@@ -5,8 +5,13 @@ Connection string
 
 .. code-block:: text
 
-    swf://USER:PASSWORD@HOST:PORT/DATABASE
+    swf://USER:PASSWORD@HOST:PORT/DATABASE[?LIBPQ_PARAMETERS]
     swf://postgres@127.0.0.1:5432/app
+    swf://worker:secret@db-host/app?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem
+
+Query parameters are libpq's (``sslmode``, ``sslrootcert``, ``target_session_attrs``,
+``application_name``, ``connect_timeout``…) and reach every connection the transport opens,
+the LISTEN connection of wake-ups included.
 
 ``import swf_celery`` registers the scheme with kombu (kombu has no entry point for
 transports; the ``celery`` command imports it through our ``celery.commands`` entry point).

@@ -11,9 +11,8 @@ from typing import Any
 import psycopg
 from kombu.transport import virtual
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
-from swf_celery.db import load_queries, normalize_dsn
+from swf_celery.db import kombu_dsn, load_queries
 from swf_celery.errors import DatabaseError, DatabaseUnavailable, SchemaNotMigrated
 from swf_celery.transport.channel import Channel
 from swf_celery.transport.names import check_queue_name, queue_table
@@ -40,7 +39,7 @@ class Transport(virtual.Transport):
     default_port = DEFAULT_PORT  # type: ignore[assignment]
     driver_type = "swf"
     driver_name = "psycopg"
-    can_parse_url = False
+    can_parse_url = True  # the URL reaches dsn whole: its libpq parameters too
 
     implements = virtual.Transport.implements.extend(
         asynchronous=False,
@@ -71,18 +70,8 @@ class Transport(virtual.Transport):
 
     @property
     def dsn(self) -> str:
-        """libpq connection string built from the kombu URL (``swf://`` or ``postgresql://``)."""
-        c = self.client
-        vhost = (c.virtual_host or "").lstrip("/")
-        params: dict[str, Any] = {
-            "host": c.hostname or "localhost",
-            "port": c.port or DEFAULT_PORT,
-            "user": c.userid or None,
-            "password": c.password or None,
-            "dbname": vhost or None,
-            "application_name": "swf-celery broker",
-        }
-        return normalize_dsn(make_conninfo(**{k: v for k, v in params.items() if v}))
+        """libpq connection string of the kombu URL, its ``?sslmode=…`` parameters included."""
+        return kombu_dsn(self.client, "swf-celery broker")
 
     def pg_connection(self) -> psycopg.Connection[Any]:
         """The transport's autocommit PostgreSQL connection (opened on first use)."""

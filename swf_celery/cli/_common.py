@@ -28,16 +28,22 @@ def database_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--database", "-d", "database", default=None,
         help="PostgreSQL URL (default: the Celery app's swf:// URL, $SWF_DATABASE_URL, "
-             "else the embedded server).",
+             "else the running embedded server: `swf-celery db start`).",
     )(func)
 
 
 def database_url(database: str | None) -> str:
     """The URL a command uses (:func:`swf_celery.db.database_url`, with the Celery app of
-    ``celery -A app swf …`` when there is one; the embedded server is started if needed)."""
+    ``celery -A app swf …`` when there is one), announced on stderr with its password
+    masked and where it came from. The embedded server is never started here: only
+    ``swf-celery db start`` starts it."""
     ctx = click.get_current_context(silent=True)
     app = getattr(getattr(ctx, "obj", None), "app", None) if ctx else None
-    return db.database_url(database, app=app, start_embedded=True).url
+    chosen = db.database_url(database, app=app)
+    if chosen.source == "argument":
+        chosen = db.DatabaseUrl(chosen.url, "--database")
+    click.echo(f"database: {chosen.describe()}", err=True)
+    return chosen.url
 
 
 def emit(data: Any, as_json: bool, human: Callable[[], None]) -> None:

@@ -17,10 +17,11 @@ def database() -> None:
 
 @database.command("start")
 def db_start() -> None:
-    """Start the embedded server (idempotent) and print its URL."""
+    """Start the embedded server (idempotent) and print its URL, password masked."""
     from swf_celery.ops import embedded
 
-    click.echo(embedded.start())
+    embedded.start()
+    click.echo(embedded.masked_url())
 
 
 @database.command("stop")
@@ -43,7 +44,8 @@ def db_restart() -> None:
 @database.command("status")
 @json_option
 def db_status(as_json: bool) -> None:
-    """Show whether the embedded server runs, its pid, port and data directory."""
+    """Show whether the embedded server runs, its pid, port, data directory and URL
+    (password masked)."""
     from swf_celery.ops import embedded
 
     st = embedded.status()
@@ -58,11 +60,22 @@ def db_status(as_json: bool) -> None:
 
 @database.command("url")
 def db_url() -> None:
-    """Print the database URL in use ($SWF_DATABASE_URL, else the embedded server's)."""
+    """Print the database URL in use, password included ($SWF_DATABASE_URL, else the
+    embedded server's); where it came from goes to stderr."""
     from swf_celery import db
     from swf_celery.ops import embedded
 
     try:
-        click.echo(db.database_url().url)
+        chosen = db.database_url()
     except ConfigurationError:  # nothing configured and the embedded server is stopped
-        click.echo(embedded.url())
+        chosen = db.DatabaseUrl(embedded.url(), "embedded server (not running)")
+    click.echo(f"database: {chosen.describe()}", err=True)
+    click.echo(chosen.url)
+
+
+@database.command("remove")
+def db_remove() -> None:
+    """Stop the embedded server and delete its cluster and password file."""
+    from swf_celery.ops import embedded
+
+    click.echo("removed" if embedded.remove() else "nothing to remove")

@@ -16,15 +16,18 @@ from swf_celery.db.queries import load_queries
 from swf_celery.db.urls import (
     APP_SETTING,
     ENV_DATABASE_URL,
+    LIBPQ_PARAMETERS,
     DatabaseUrl,
     broker_url,
     database_url,
+    kombu_dsn,
     normalize_dsn,
     redact,
 )
 
 __all__ = [
     "APP_SETTING", "DEFAULT_POOL_SIZE", "ENV_DATABASE_URL", "Database", "DatabaseUrl",
-    "ErrorMap", "Repo", "broker_url", "database_url", "load_queries", "normalize_dsn",
+    "ErrorMap", "LIBPQ_PARAMETERS", "Repo", "broker_url", "database_url", "kombu_dsn",
+    "load_queries", "normalize_dsn",
     "redact", "resolve", "retry_unavailable", "translate_errors",
 ]

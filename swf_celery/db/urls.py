@@ -8,11 +8,12 @@ result backend) URL, ``$SWF_DATABASE_URL``, then the embedded server.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from swf_celery.errors import ConfigurationError
 
@@ -69,16 +70,58 @@ def broker_url(dsn: str) -> str:
     return urlunsplit(("swf", *urlsplit(dsn)[1:]))
 
 
+#: libpq parameters documented to pass through ``swf://…?`` to every connection (any
+#: other libpq parameter passes too; these are the ones the README promises).
+LIBPQ_PARAMETERS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "target_session_attrs",
+                    "application_name", "connect_timeout")
+
+
+def kombu_dsn(client: Any, application_name: str) -> str:
+    """The libpq DSN of a kombu ``Connection`` to the ``swf://`` broker.
+
+    The transport declares ``can_parse_url``, so kombu hands over the URL whole and its
+    query parameters (``?sslmode=require&sslrootcert=…``) reach libpq; a connection built
+    from keyword arguments (``Connection(hostname=…, userid=…)``) is assembled here. The
+    URL's own ``application_name`` wins over ``application_name``.
+    """
+    hostname = client.hostname or "localhost"
+    if "://" in hostname:
+        dsn = normalize_dsn(hostname)
+    else:
+        vhost = (client.virtual_host or "").lstrip("/")
+        params = {"host": hostname, "port": client.port or 5432, "user": client.userid,
+                  "password": client.password, "dbname": vhost or None}
+        dsn = make_conninfo(**{k: v for k, v in params.items() if v})
+    if "application_name" in conninfo_to_dict(dsn):
+        return dsn
+    return make_conninfo(dsn, application_name=application_name)
+
+
 def redact(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (for messages and logs)."""
+    """Return ``url`` with any password replaced by ``***`` (for messages and logs).
+
+    Covers the URL's user info, a ``password=`` query parameter and the libpq keyword
+    form (``password=…``).
+    """
+    if not isinstance(url, str):
+        return "<not a URL>"
+    if "://" not in url:
+        return _KEYWORD_PASSWORD.sub(r"\1***", url)
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable>"
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        if ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
+    query = _QUERY_PASSWORD.sub(r"\1***", parts.query)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+_KEYWORD_PASSWORD = re.compile(r"""(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)""")
+_QUERY_PASSWORD = re.compile(r"(\bpassword=)[^&]*")
 
 
 @dataclass(frozen=True)
@@ -87,6 +130,15 @@ class DatabaseUrl:
 
     url: str
     source: str
+
+    @property
+    def masked(self) -> str:
+        """The URL with its password shown as ``***``."""
+        return redact(self.url)
+
+    def describe(self) -> str:
+        """``"<masked URL> (from <source>)"``: what commands print on stderr."""
+        return f"{self.masked} (from {self.source})"
 
 
 def database_url(explicit: str | None = None, *, app: Any = None,

@@ -22,13 +22,77 @@ from dataclasses import dataclass
 from typing import Any
 
 from swf_celery.errors import DecomposerError
+from swf_celery.workflows.dag import QUALIFIER
 
 Task = dict[str, Any]
 _ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,62}$")
-#: The step options a planner's task may carry (a subset of the step options of
-#: :data:`swf_celery.workflows.steps.STORED_OPTIONS`).
-PLANNER_OPTIONS = ("queue", "resources")
+#: The step options a planner's task may name (a subset of the step options of
+#: :data:`swf_celery.workflows.steps.STORED_OPTIONS`); which of them it may *set* is the
+#: caller's choice (:class:`PlannerPolicy`).
+PLANNER_OPTIONS = ("queue", "resources", "execution", "max_attempts", "retry_delay", "timeout")
+#: What a planner may set unless the caller allows more: ``resources`` only, which route
+#: through the caller's own ``resource_queues``. Never by default: ``queue`` (where code
+#: runs), ``execution`` (``"local"`` runs a task in the caller's process), ``max_attempts``,
+#: ``retry_delay`` and ``timeout``.
+DEFAULT_ALLOWED_OPTIONS = frozenset({"resources"})
 _ALLOWED = {"id", "description", "depends_on", "subtasks", "step", "metadata", *PLANNER_OPTIONS}
+_NUMBERS = {"max_attempts": (int,), "retry_delay": (int, float), "timeout": (int, float)}
+
+
+@dataclass(frozen=True)
+class PlannerPolicy:
+    """What a planner's (an LLM's) task list may decide: the caller chooses.
+
+    ``allowed_options``: step options a task may set (default
+    :data:`DEFAULT_ALLOWED_OPTIONS`). ``allowed_queues``: the queues a task's ``queue`` may
+    name; giving it allows ``queue``. A task outside this is refused by :meth:`check`.
+    """
+
+    allowed_options: frozenset[str] = DEFAULT_ALLOWED_OPTIONS
+    allowed_queues: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, allowed_options: Any = None, allowed_queues: Any = None) -> PlannerPolicy:
+        """The policy of a caller's ``allowed_options`` / ``allowed_queues`` arguments."""
+        options = set(DEFAULT_ALLOWED_OPTIONS if allowed_options is None
+                      else _names("allowed_options", allowed_options))
+        unknown = options - set(PLANNER_OPTIONS)
+        if unknown:
+            raise DecomposerError(f"allowed_options has unknown option(s) {sorted(unknown)}; "
+                                  f"a planner may be allowed: {list(PLANNER_OPTIONS)}")
+        queues = frozenset(_names("allowed_queues", allowed_queues or ()))
+        if queues:
+            options.add("queue")
+        elif "queue" in options:
+            raise DecomposerError("allowed_options names 'queue': also give allowed_queues, "
+                                  "the queues a planner may route tasks to")
+        return cls(frozenset(options), queues)
+
+    def check(self, tasks: Sequence[Mapping[str, Any]], *, parent: str = "") -> None:
+        """Refuse a task (subtasks included) that sets an option or a queue the caller did
+        not allow, naming the task and the field."""
+        for task in tasks:
+            qid = f"{parent}{QUALIFIER}{task.get('id')}" if parent else str(task.get("id"))
+            for option in PLANNER_OPTIONS:
+                if task.get(option) is None:
+                    continue
+                if option not in self.allowed_options:
+                    raise DecomposerError(
+                        f"task {qid!r}: the planner set {option!r}, which this caller does "
+                        f"not allow (allowed_options: {sorted(self.allowed_options)}); "
+                        "nothing was stored")
+                if option == "queue" and task[option] not in self.allowed_queues:
+                    raise DecomposerError(
+                        f"task {qid!r}: queue {task[option]!r} is not one of allowed_queues "
+                        f"{sorted(self.allowed_queues)}; nothing was stored")
+            self.check(task.get("subtasks") or (), parent=qid)
+
+
+def _names(what: str, value: Any) -> list[str]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, set, frozenset)) \
+            or not all(isinstance(v, str) for v in value):
+        raise DecomposerError(f"{what} must be a collection of names, got {value!r}")
+    return list(value)
 
 
 def check_tasks(raw: Any, *, path: str = "tasks") -> list[Task]:
@@ -73,6 +137,17 @@ def check_tasks(raw: Any, *, path: str = "tasks") -> list[Task]:
                 if not isinstance(item[key], str):
                     raise DecomposerError(f"{where} ({task_id}).{key} must be text")
                 task[key] = item[key]
+        if item.get("execution") is not None:
+            if item["execution"] not in ("local", "distributed"):
+                raise DecomposerError(f"{where} ({task_id}).execution must be 'local' or "
+                                      "'distributed'")
+            task["execution"] = item["execution"]
+        for key, types in _NUMBERS.items():
+            if item.get(key) is not None:
+                value = item[key]
+                if isinstance(value, bool) or not isinstance(value, types) or value < 0:
+                    raise DecomposerError(f"{where} ({task_id}).{key} must be a number >= 0")
+                task[key] = value
         if "resources" in item and item["resources"] is not None:
             if not isinstance(item["resources"], Mapping):
                 raise DecomposerError(f"{where} ({task_id}).resources must be an object")

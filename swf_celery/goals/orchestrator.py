@@ -25,7 +25,7 @@ input is ``{"goal", "graph_id", "tasks": {id: description}, "input": <caller's i
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -38,7 +38,7 @@ from swf_celery.errors import (
     SwfError,
     WorkflowFailed,
 )
-from swf_celery.goals.decomposers import PLANNER_OPTIONS, run_decomposer
+from swf_celery.goals.decomposers import PLANNER_OPTIONS, PlannerPolicy, run_decomposer
 from swf_celery.workflows import dag
 from swf_celery.workflows.executor import DEFAULT_TIMEOUT_MS, Executor
 from swf_celery.workflows.flows import FlowBuilder
@@ -77,11 +77,23 @@ class Orchestrator:
 
     @staticmethod
     def decompose_goal(goal: str, decomposer: Callable[[str], Any], repo: Repo | None = None,
-                       *, max_depth: int = DEFAULT_MAX_DEPTH) -> dict[str, Any]:
-        """Ask ``decomposer`` for tasks, validate them, persist the graph and return it."""
+                       *, max_depth: int = DEFAULT_MAX_DEPTH,
+                       allowed_options: Collection[str] | None = None,
+                       allowed_queues: Collection[str] | None = None) -> dict[str, Any]:
+        """Ask ``decomposer`` for tasks, validate them, persist the graph and return it.
+
+        The planner decides the tasks and their dependencies; which step options it may set
+        is the caller's choice: ``allowed_options`` (default: ``resources`` only — never
+        ``queue``, ``execution``, ``max_attempts``, ``retry_delay``, ``timeout``) and
+        ``allowed_queues`` (the queues a task may name; giving it allows ``queue``). A task
+        outside that raises :class:`~swf_celery.errors.DecomposerError` naming the task and
+        the field, and nothing is stored.
+        """
         if not isinstance(goal, str) or not goal.strip():
             raise GoalError("goal must be non-empty text")
+        policy = PlannerPolicy.of(allowed_options, allowed_queues)
         tasks = run_decomposer(decomposer, goal)
+        policy.check(tasks)
         flat = _flatten(tasks, max_depth)
         with resolve(repo).connection() as conn:
             graph_id, decomposed_at = conn.execute(QUERIES["insert_graph"], {
@@ -125,16 +137,22 @@ class Orchestrator:
                      step_functions: Mapping[str, Any], repo: Repo | None = None, *,
                      input: Any = None, timeout: int | None = DEFAULT_TIMEOUT_MS,
                      require_approval: bool = False, max_depth: int = DEFAULT_MAX_DEPTH,
-                     resource_queues: Mapping[str, str] | None = None) -> GoalResult:
+                     resource_queues: Mapping[str, str] | None = None,
+                     allowed_options: Collection[str] | None = None,
+                     allowed_queues: Collection[str] | None = None) -> GoalResult:
         """Decompose (unless ``goal`` is a graph or a graph id), build a flow, run it.
 
         ``goal`` is goal text, a graph returned by :meth:`decompose_goal`, or the id of
         one; the last two run without asking the decomposer again. Blocks until the run
         ends (``timeout`` in ms); a failed run raises
-        :class:`~swf_celery.errors.WorkflowFailed`.
+        :class:`~swf_celery.errors.WorkflowFailed`. ``allowed_options`` and
+        ``allowed_queues`` as for :meth:`decompose_goal`; a stored graph is checked
+        against them again before anything is built or run.
         """
         db = resolve(repo)
-        graph = _load_or_decompose(goal, decomposer, db, max_depth)
+        policy = PlannerPolicy.of(allowed_options, allowed_queues)
+        graph = _load_or_decompose(goal, decomposer, db, max_depth, policy)
+        policy.check(graph["tasks"])
         if require_approval and graph["approved_at"] is None:
             raise GoalError(f"task graph {graph['id']} is not approved: call "
                             "Orchestrator.approve_task_graph first")
@@ -178,14 +196,16 @@ def _flatten(tasks: list[dict[str, Any]], max_depth: int) -> list[dict[str, Any]
 
 
 def _load_or_decompose(goal: str | Mapping[str, Any], decomposer: Any, db: Database,
-                       max_depth: int) -> dict[str, Any]:
+                       max_depth: int, policy: PlannerPolicy) -> dict[str, Any]:
     if isinstance(goal, Mapping):
         return Orchestrator.get_task_graph(str(goal.get("id")), db)
     if isinstance(goal, str) and _is_uuid(goal.strip()):
         return Orchestrator.get_task_graph(goal.strip(), db)
     if decomposer is None:
         raise GoalError("a decomposer is needed to run a goal that is not decomposed yet")
-    return Orchestrator.decompose_goal(goal, decomposer, db, max_depth=max_depth)
+    return Orchestrator.decompose_goal(goal, decomposer, db, max_depth=max_depth,
+                                       allowed_options=policy.allowed_options,
+                                       allowed_queues=policy.allowed_queues)
 
 
 def _bind_functions(flat: list[dict[str, Any]],

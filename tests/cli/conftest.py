@@ -20,6 +20,8 @@ def listening(db_url: str) -> Iterator[Callable[..., subprocess.Popen[str]]]:
         proc = start_cli("listen", channel, *options, database=db_url)
         procs.append(proc)
         ready = proc.stderr.readline()  # type: ignore[union-attr]
+        if ready.startswith("database: "):  # the database a command uses comes first
+            ready = proc.stderr.readline()  # type: ignore[union-attr]
         assert ready.startswith(f"listening on {channel}"), ready + proc.stderr.read()
         return proc
 

@@ -8,7 +8,7 @@ import os
 import pytest
 
 import swf_celery
-from tests.helpers import run_cli, run_module
+from tests.helpers import error_lines, run_cli, run_module
 
 
 def test_send_prints_the_message_id_and_stores_the_json(db_url: str) -> None:
@@ -65,15 +65,15 @@ def test_errors_are_one_line_and_exit_1(db_url: str, args: list[str], fragment: 
     out = run_cli(*args, database=db_url)
     assert out.returncode == 1
     assert out.stdout == ""
-    lines = out.stderr.strip().splitlines()
+    lines = error_lines(out.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], out.stderr
 
 
 def test_unreachable_database_is_one_line() -> None:
     out = run_cli("listen", "orders", database="postgresql://postgres@127.0.0.1:1/x", timeout=60)
     assert out.returncode == 1
-    assert out.stderr.strip().startswith("error: cannot reach PostgreSQL")
-    assert len(out.stderr.strip().splitlines()) == 1
+    assert error_lines(out.stderr) == [error_lines(out.stderr)[0]]
+    assert error_lines(out.stderr)[0].startswith("error: cannot reach PostgreSQL")
 
 
 def test_same_commands_under_celery(db_url: str, tmp_path) -> None:  # noqa: ANN001

@@ -10,7 +10,7 @@ import psycopg
 from swf_celery.db import resolve
 from swf_celery.workflows import coordinator
 from swf_celery.workflows.executor import Executor
-from tests.helpers import run_cli, start_cli, swf_url
+from tests.helpers import error_lines, run_cli, start_cli, swf_url
 from tests.workflows.sample_flows import Diamond
 from tests.workflows.sample_flows import chain as _chain
 
@@ -43,8 +43,8 @@ def test_pause_resume_cancel_retry_commands(db_url: str) -> None:
     assert proc.returncode == 0 and "cancelled" in proc.stdout
     again = run_cli("cancel", run_id, database=db_url)
     assert again.returncode == 1
-    assert again.stderr.startswith("error: ") and "force=True" in again.stderr
-    assert len(again.stderr.strip().splitlines()) == 1
+    (line,) = error_lines(again.stderr)
+    assert line.startswith("error: ") and "force=True" in line
     new = _json("retry", run_id, url=db_url)
     assert new["retry_of"] == run_id and new["run_id"] != run_id
     with psycopg.connect(db_url) as conn:
@@ -55,8 +55,8 @@ def test_pause_resume_cancel_retry_commands(db_url: str) -> None:
 def test_unknown_run_is_one_line_and_nonzero(db_url: str) -> None:
     proc = run_cli("runs", "show", "00000000-0000-0000-0000-00000000abcd", database=db_url)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == (
-        "error: run 00000000-0000-0000-0000-00000000abcd does not exist")
+    assert error_lines(proc.stderr) == [
+        "error: run 00000000-0000-0000-0000-00000000abcd does not exist"]
     proc = run_cli("runs", "list", "--status", "running", database=db_url)
     assert proc.returncode == 1 and "unknown run status 'running'" in proc.stderr
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from swf_celery.db import redact
 from tests.helpers import embedded_env, free_port, run_cli
 
 
@@ -18,17 +20,22 @@ def test_start_is_idempotent_and_stop_works(tmp_path: Path) -> None:
     first = run_cli("db", "start", env=env)
     assert first.returncode == 0, first.stderr
     try:
-        url = first.stdout.strip()
+        masked = first.stdout.strip()
+        assert ":***@" in masked
+        url = run_cli("db", "url", env=env).stdout.strip()
+        assert url != masked and redact(url) == masked
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT current_database()").fetchone()[0] == "swf"
         second = run_cli("db", "start", env=env)
-        assert second.returncode == 0 and second.stdout.strip() == url
+        assert second.returncode == 0 and second.stdout.strip() == masked
         status = run_cli("db", "status", "--json", env=env)
         assert status.returncode == 0 and '"running": true' in status.stdout
+        assert url.split("@")[0].split(":")[-1] not in status.stdout  # the password
     finally:
         stopped = run_cli("db", "stop", env=env)
-    assert stopped.stdout.strip() == "stopped"
-    assert run_cli("db", "status", env=env).returncode == 3
+        assert stopped.stdout.strip() == "stopped"
+        assert run_cli("db", "status", env=env).returncode == 3
+        run_cli("db", "remove", env=env)
 
 
 def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
@@ -44,18 +51,23 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_stale_pid_file_is_reported_and_removed(tmp_path: Path) -> None:
     home = tmp_path / "swf"
-    data = home / "pg" / "data"
-    data.mkdir(parents=True)
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    (data / "postmaster.pid").write_text(f"{dead.pid}\n")
-    with socket.socket() as sock:  # stop right after the stale-pid check
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        proc = run_cli("db", "start", env=embedded_env(home, sock.getsockname()[1]))
-    assert f"removing stale {data / 'postmaster.pid'} (pid {dead.pid} is not running)" in (
-        proc.stderr)
-    assert not (data / "postmaster.pid").exists()
+    env = embedded_env(home, free_port())
+    assert run_cli("db", "start", env=env).returncode == 0
+    data = Path(json.loads(run_cli("db", "status", "--json", env=env).stdout)["data_dir"])
+    run_cli("db", "stop", env=env)
+    try:
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        (data / "postmaster.pid").write_text(f"{dead.pid}\n")
+        with socket.socket() as sock:  # stop right after the stale-pid check
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+            proc = run_cli("db", "start", env=embedded_env(home, sock.getsockname()[1]))
+        assert f"removing stale {data / 'postmaster.pid'} (pid {dead.pid} is not running)" in (
+            proc.stderr)
+        assert not (data / "postmaster.pid").exists()
+    finally:
+        run_cli("db", "remove", env=env)
 
 
 @pytest.mark.parametrize("value", ["abc", "80"])

@@ -11,7 +11,7 @@ import pytest
 
 from swf_celery.errors import DatabasePermissionError, SchemaTooNew
 from swf_celery.ops import migrate
-from tests.helpers import run_cli, start_cli
+from tests.helpers import as_role, error_lines, run_cli, start_cli
 
 
 def test_migrate_installs_pgmq_and_records_versions(empty_db_url: str) -> None:
@@ -45,24 +45,24 @@ def test_newer_database_is_refused(db_url: str) -> None:
         migrate.migrate(db_url)
     proc = run_cli("migrate", database=db_url)
     assert proc.returncode == 1
-    assert proc.stderr.strip().startswith("error: database schema is at version 9999")
-    assert len(proc.stderr.strip().splitlines()) == 1
+    (line,) = error_lines(proc.stderr)
+    assert line.startswith("error: database schema is at version 9999")
 
 
 def test_role_without_create_privilege_gets_a_clear_error(empty_db_url: str) -> None:
     role = f"swf_noprivs_{os.getpid()}"
     with psycopg.connect(empty_db_url, autocommit=True) as conn:
         conn.execute(f"DROP ROLE IF EXISTS {role}")
-        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'role-secret'")
         conn.execute(f"REVOKE CREATE ON SCHEMA public FROM {role}")
     try:
-        url = empty_db_url.replace("postgres@", f"{role}@", 1)
+        url = as_role(empty_db_url, role, "role-secret")
         with pytest.raises(DatabasePermissionError, match="GRANT CREATE ON DATABASE"):
             migrate.migrate(url)
     finally:
         from swf_celery import db
 
-        db.resolve(empty_db_url.replace("postgres@", f"{role}@", 1)).close()
+        db.resolve(as_role(empty_db_url, role, "role-secret")).close()
         with psycopg.connect(empty_db_url, autocommit=True) as conn:
             conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
@@ -73,5 +73,5 @@ def test_role_without_create_privilege_gets_a_clear_error(empty_db_url: str) -> 
 def test_cli_bad_url_is_one_line(tmp_path: Path) -> None:
     proc = run_cli("migrate", database="postgresql://x@127.0.0.1:1/x", cwd=tmp_path)
     assert proc.returncode == 1
-    lines = proc.stderr.strip().splitlines()
+    lines = error_lines(proc.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: cannot reach PostgreSQL"), lines

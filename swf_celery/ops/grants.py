@@ -1,0 +1,56 @@
+"""Least privilege: give a database role exactly what its part of a deployment needs.
+
+:func:`grant` (``swf-celery grant ROLE --worker|--client|--operator``) runs the blocks of
+``grants.sql`` with the role and the schema owner as quoted identifiers
+(:class:`psycopg.sql.Identifier`; nothing of the role's name is spliced as text):
+
+- **worker**: consume and publish (the broker's queue tables), report steps, store
+  results and chord state, create, drop and expire queues through the owner's functions;
+- **client** (a web process, a script): publish tasks, read and forget results, start and
+  watch runs (local steps included), goals and messages — it cannot read or delete queued
+  messages;
+- **operator**: lifecycle (pause, resume, cancel, retry, revoke, purge) and cleanup: every
+  row of the ``swf`` and ``pgmq`` schemas, no DDL.
+
+A grant first revokes what the role had on both schemas, so it is exact and may be repeated
+(after each ``migrate``: see the rule for new tables in ``grants.sql``). Run it as the role
+that ran ``swf-celery migrate`` (or a superuser): queue tables created later are granted
+through that role's default privileges. Creating the role (``CREATE ROLE … LOGIN
+PASSWORD …``) stays the administrator's job.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from psycopg import sql
+
+from swf_celery.db import Repo, load_queries, resolve
+from swf_celery.errors import ArgumentError, SchemaNotMigrated
+
+QUERIES = load_queries(__package__, "grants.sql")
+#: The parts a role can be granted.
+KINDS = ("worker", "client", "operator")
+Kind = Literal["worker", "client", "operator"]
+
+
+def grant(role: str, kind: Kind, repo: Repo | None = None) -> None:
+    """Give ``role`` exactly the privileges of a ``kind`` ("worker", "client" or
+    "operator") on the database of ``repo``, in one transaction."""
+    if kind not in KINDS:
+        raise ArgumentError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
+    if not isinstance(role, str) or not role or "\x00" in role:
+        raise ArgumentError(f"role must be a role name, got {role!r}")
+    with resolve(repo).connection() as conn:
+        exists = conn.execute(QUERIES["role_exists"], {"role": role}).fetchone()
+        if not exists or not exists[0]:
+            raise ArgumentError(f"role {role!r} does not exist: CREATE ROLE … LOGIN PASSWORD … "
+                                "first (swf-celery grants privileges, it creates no role)")
+        owner = conn.execute("SELECT to_regprocedure('swf.queue_ensure(text, bigint)') "
+                             "IS NOT NULL").fetchone()
+        if not owner or not owner[0]:
+            raise SchemaNotMigrated("the swf schema is not migrated: run swf-celery migrate")
+        owner_row = conn.execute(QUERIES["owner"]).fetchone()
+        names = {"role": sql.Identifier(role), "owner": sql.Identifier(owner_row[0])}  # type: ignore[index]
+        for block in ("reset", kind):
+            conn.execute(sql.SQL(QUERIES[block]).format(**names))  # type: ignore[arg-type]
