@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-from swf_celery.cli import broker, messaging, runs, schema
+from swf_celery.cli import broker, messaging, runs, schema, ui
 from swf_celery.cli._common import SwfGroup
 from swf_celery.cli.database import database
 
@@ -24,7 +24,7 @@ def main() -> None:
 for _command in (database, schema.migrate_command, schema.version_command,
                  broker.drain_redis_command, messaging.send_command, messaging.listen_command,
                  runs.runs, runs.pause_command, runs.resume_command, runs.cancel_command,
-                 runs.retry_command, broker.cancel_canvas_command):
+                 runs.retry_command, broker.cancel_canvas_command, ui.ui_command):
     main.add_command(_command)
 
 #: ``celery -A app swf …`` (entry point group ``celery.commands``): the same commands.
