@@ -13,7 +13,6 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
 from swf_celery.ui.security import CSRF_COOKIE, CSRF_FIELD, Csrf
 
-
 #: Largest form body accepted (a cancel reason and a few message ids).
 MAX_FORM_BYTES = 65536
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import swf_celery as swf
-from swf_celery.ui import queues, runs
 from swf_celery.db import resolve
+from swf_celery.ui import queues, runs
 from tests.helpers import wait_until
 from tests.ui.console_app import QUEUE, Report, reject_once
 
