@@ -21,8 +21,10 @@ SELECT {index}::integer,
   FROM {queue}
 
 -- name: dead_letters
-SELECT msg_id, read_ct, archived_at, headers->>'dead_letter', headers->>'task',
-       headers->>'id', left(message::text, %(cap)s), length(message::text)
+-- The task name is the Celery message's (a workflow step's shows the user's task: shadow).
+SELECT msg_id, read_ct, archived_at, headers->>'dead_letter',
+       coalesce(message->'headers'->>'shadow', message->'headers'->>'task'),
+       message->'headers'->>'id', left(message::text, %(cap)s), length(message::text)
   FROM {archive}
  WHERE headers ? 'dead_letter'
  ORDER BY msg_id DESC

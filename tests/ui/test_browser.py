@@ -51,6 +51,16 @@ def test_dag_shows_every_step_and_steps_turn_completed_live(
     page.screenshot(path=str(screenshots / "console-run.png"), full_page=True)
 
 
+def test_runs_list_shows_a_new_run_without_a_reload(
+        page: Any, live_console: str, console_db: str, worker: Any) -> None:
+    _open_live(page, f"{live_console}/")
+    page.evaluate("window.sameDocument = true")
+    run_id = swf.Executor.start(Report, {"sleep": 0}, console_db)
+    page.wait_for_selector(f'table.runs a[href="/runs/{run_id}"]')
+    page.wait_for_selector(f'table.runs tr:has(a[href="/runs/{run_id}"]) .state-completed')
+    assert page.evaluate("window.sameDocument") is True
+
+
 def test_pause_and_resume_from_the_page_change_the_run(
         page: Any, live_console: str, console_db: str, worker: Any) -> None:
     run_id = swf.Executor.start(Report, {"sleep": 0.8}, console_db)
@@ -81,11 +91,14 @@ def test_dead_letter_is_requeued_from_the_page(
     assert row.locator("a.dead").inner_text() == "1"
     idle = page.locator("table.queues tr", has=page.locator('a:text-is("reports")'))
     assert idle.locator("td").all_inner_texts()[1:5] == ["4", "3", "1", "0"]
-    page.screenshot(path=str(screenshots / "console-queues.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 300})
+    page.screenshot(path=str(screenshots / "console-queues.png"))
 
     row.locator(f'a:text-is("{QUEUE}")').click()
     letter = page.locator("table.dead-letters tbody tr")
     assert letter.count() == 1 and "rejected" in letter.inner_text()
+    page.set_viewport_size({"width": 1280, "height": 420})
+    page.screenshot(path=str(screenshots / "console-dead-letters.png"))
     letter.locator("form.requeue button").click()
     page.wait_for_selector("p.notice:has-text('1 dead letter(s) requeued')")
     wait_until(lambda: celery_app.AsyncResult(sent.id).state == "SUCCESS", timeout=60,

@@ -23,8 +23,11 @@
       .catch(function () {});
   }
 
+  // A run page re-reads quickly; the runs list at most once a second under a busy engine.
+  var delay = body.dataset.refresh === "runs" ? 1000 : 250;
+
   function later() {
-    if (timer === null) { timer = window.setTimeout(refresh, 250); }
+    if (timer === null) { timer = window.setTimeout(refresh, delay); }
   }
 
   function recolour(step, status) {
