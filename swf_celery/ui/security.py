@@ -127,7 +127,8 @@ class Guard:
         given = next((v for k, v in query if k == "token"), None)
         if same(given, self.token):  # once: set the cookie, drop the token from the URL
             rest = urlencode([(k, v) for k, v in query if k != "token"])
-            location = scope.get("root_path", "") + scope["path"] + (f"?{rest}" if rest else "")
+            # ASGI: "path" is the full path, the mount point (root_path) included.
+            location = scope["path"] + (f"?{rest}" if rest else "")
             cookie = (f"{TOKEN_COOKIE}={self.token}; HttpOnly; SameSite=Strict; "
                       f"Path={scope.get('root_path') or '/'}")
             await send({"type": "http.response.start", "status": 303,

@@ -253,3 +253,25 @@ def test_flows_and_goal_graphs_inspect_delete_and_approve(client: Any, console_d
     reply = client.post(f"/goals/{gid}/approve", data={"csrf": _csrf(client, f"/goals/{gid}")})
     assert reply.status_code == 303
     assert swf.Orchestrator.get_task_graph(gid, console_db)["approved_at"] is not None
+
+
+def test_console_mounted_in_another_app_links_under_its_mount_point(console_db: str) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from starlette.testclient import TestClient
+
+    from swf_celery.ui import create_app
+
+    rid = swf.Executor.start(Report, {"sleep": 0}, console_db)
+    outer = Starlette(routes=[Mount("/ops/swf", app=create_app(console_db, token="t0ken"))])
+    with TestClient(outer, follow_redirects=False) as tc:
+        opened = tc.get("/ops/swf/", params={"token": "t0ken"})
+        assert opened.status_code == 303 and opened.headers["location"] == "/ops/swf/"
+        page = tc.get(f"/ops/swf/runs/{rid}").text
+        links = set(re.findall(r'(?:href|src|action|data-events)="(/[^"?]*)', page))
+        assert links and all(link.startswith("/ops/swf/") for link in links)
+        token = re.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)
+        reply = tc.post(f"/ops/swf/runs/{rid}/cancel", data={"csrf": token})
+        assert reply.headers["location"].startswith(f"/ops/swf/runs/{rid}?notice=")
+        assert tc.get("/ops/swf/static/console.js").status_code == 200
+    assert swf.get_run_status(rid, console_db).status == "cancelled"
