@@ -40,4 +40,5 @@ def ui_command(database: str | None, host: str, port: int, read_only: bool) -> N
     click.echo(f"swf-celery console on http://{shown}:{port}/"
                + (" (read-only)" if read_only else "")
                + (f" (token required: ?token=<{TOKEN_ENV}>)" if token else ""))
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # Open event streams never end by themselves: give them 3 s on Ctrl-C, then close.
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)

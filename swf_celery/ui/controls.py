@@ -79,8 +79,7 @@ async def _stream(queue: asyncio.Queue[dict[str, Any]], first: list[str],
             yield out
 
 
-def _streaming(request: Request, keep: Any, first: list[str],
-               precheck: Any = None) -> StreamingResponse:
+def _streaming(request: Request, keep: Any, first: list[str]) -> StreamingResponse:
     hub = request.app.state.console.hub
 
     async def body() -> AsyncIterator[str]:

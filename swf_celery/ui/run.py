@@ -183,7 +183,7 @@ async def run_page(request: Request) -> Response:
         if detail is None:
             return ctx.error(404, f"run {status.run_id} has no step {selected!r}")
     live = {"events": ctx.url(f"/runs/{path_part(status.run_id)}/events"), "refresh": "run",
-            "run": status.run_id}
+            "run": status.run_id, "steps": str(status.total_steps)}
     if status.status in TERMINAL:
         live["finished"] = "1"
     return ctx.page(f"{status.workflow_slug} {status.run_id[:8]}", "runs",

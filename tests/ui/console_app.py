@@ -3,8 +3,10 @@ swf_celery`` and Celery, nothing else of ours.
 
 ``Report`` is a diamond: ``fetch`` -> (``parse``, ``enrich``) -> ``publish``; each step
 sleeps ``inputs["run"]["sleep"]`` seconds so a page can watch it change state.
-``reject_once`` rejects its first delivery (the transport dead-letters it) and succeeds
-when delivered again, so requeueing a dead letter can be seen to work.
+``Held`` has steps on a queue no test worker consumes, so its runs stay in progress until
+a test pauses or cancels them. ``reject_once`` rejects its first delivery (the transport
+dead-letters it) and succeeds when delivered again, so requeueing a dead letter can be seen
+to work.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import swf_celery as swf
 _url = os.environ.get("SWF_DATABASE_URL", "postgresql://localhost/unset")
 _swf = "swf://" + _url.split("://", 1)[1]
 QUEUE = "console_steps"
+#: No worker consumes it.
+IDLE_QUEUE = "console_idle"
 
 app = Celery("console_app", broker=_swf, backend=_swf)
 app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1, task_default_queue=QUEUE,
@@ -70,6 +74,26 @@ class Report:
     parse = parse
     enrich = enrich
     publish = publish
+
+
+@swf.step(queue=IDLE_QUEUE)
+@app.task
+def hold(inputs: dict[str, Any]) -> None:
+    return None
+
+
+@swf.step(depends_on=["hold"], queue=IDLE_QUEUE)
+@app.task
+def release(inputs: dict[str, Any]) -> None:
+    return None
+
+
+class Held:
+    """hold -> release, on a queue nobody consumes."""
+
+    __workflow_slug__ = "held"
+    hold = hold
+    release = release
 
 
 @app.task(acks_late=True)

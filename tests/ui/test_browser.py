@@ -52,18 +52,20 @@ def test_dag_shows_every_step_and_steps_turn_completed_live(
 
 
 def test_runs_list_shows_a_new_run_without_a_reload(
-        page: Any, live_console: str, console_db: str, worker: Any) -> None:
+        page: Any, live_console: str, console_db: str, worker: Any, screenshots: Path) -> None:
     _open_live(page, f"{live_console}/")
     page.evaluate("window.sameDocument = true")
     run_id = swf.Executor.start(Report, {"sleep": 0}, console_db)
     page.wait_for_selector(f'table.runs a[href="/runs/{run_id}"]')
     page.wait_for_selector(f'table.runs tr:has(a[href="/runs/{run_id}"]) .state-completed')
     assert page.evaluate("window.sameDocument") is True
+    page.set_viewport_size({"width": 1280, "height": 480})
+    page.screenshot(path=str(screenshots / "console-runs.png"))
 
 
 def test_pause_and_resume_from_the_page_change_the_run(
         page: Any, live_console: str, console_db: str, worker: Any) -> None:
-    run_id = swf.Executor.start(Report, {"sleep": 0.8}, console_db)
+    run_id = swf.Executor.start(Report, {"sleep": 1.5}, console_db)
     _open_live(page, f"{live_console}/runs/{run_id}")
     page.click("form.pause button")
     page.wait_for_selector("#run-status .badge.state-paused")

@@ -13,7 +13,7 @@ import swf_celery as swf
 from swf_celery.db import resolve
 from swf_celery.ui import queues, runs
 from tests.helpers import wait_until
-from tests.ui.console_app import QUEUE, Report, reject_once
+from tests.ui.console_app import QUEUE, Held, Report, reject_once
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +32,8 @@ def _finished(url: str, run_id: str) -> Any:
 
 def test_runs_list_filters_pages_and_counts(client: Any, console_db: str,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    # No worker consumes "idle": these runs stay in progress until paused or cancelled.
-    ids = [swf.Executor.start(Report, {"sleep": 0}, console_db) for _ in range(3)]
+    # No worker consumes Held's queue: these runs stay in progress until paused or cancelled.
+    ids = [swf.Executor.start(Held, {}, console_db) for _ in range(3)]
     swf.pause_workflow_run(ids[1], console_db)
     swf.cancel_workflow_run(ids[2], console_db, reason="not needed")
     page = client.get("/").text
@@ -53,9 +53,9 @@ def test_runs_list_filters_pages_and_counts(client: Any, console_db: str,
     assert client.get("/", params={"from": "yesterday"}).status_code == 400
 
     monkeypatch.setattr(runs, "PAGE_SIZE", 2)
-    first = client.get("/", params={"workflow": "report"}).text
+    first = client.get("/", params={"workflow": "held"}).text
     assert 'rel="next"' in first and len(re.findall(r'href="/runs/[0-9a-f-]{36}"', first)) == 2
-    second = client.get("/", params={"workflow": "report", "page": "2"}).text
+    second = client.get("/", params={"workflow": "held", "page": "2"}).text
     assert 'rel="prev"' in second and re.findall(r'href="/runs/[0-9a-f-]{36}"', second)
     for rid in ids[:2]:
         swf.cancel_workflow_run(rid, console_db)
@@ -111,7 +111,7 @@ def test_failed_run_shows_its_error_and_retry_links_the_runs(
 
 
 def test_pause_resume_cancel_from_posted_forms(client: Any, console_db: str) -> None:
-    rid = swf.Executor.start(Report, {"sleep": 0}, console_db)  # queued: no worker here
+    rid = swf.Executor.start(Held, {}, console_db)  # stays queued: nobody consumes it
     for action, expected in (("pause", "paused"), ("resume", "in_progress")):
         reply = client.post(f"/runs/{rid}/{action}", data={"csrf": _csrf(client, f"/runs/{rid}")})
         assert reply.status_code == 303 and reply.headers["location"].startswith(f"/runs/{rid}")
@@ -129,7 +129,7 @@ def test_pause_resume_cancel_from_posted_forms(client: Any, console_db: str) -> 
 
 
 def test_controls_need_a_csrf_token_and_the_same_origin(client: Any, console_db: str) -> None:
-    rid = swf.Executor.start(Report, {"sleep": 0}, console_db)
+    rid = swf.Executor.start(Held, {}, console_db)
     assert client.post(f"/runs/{rid}/pause").status_code == 403
     assert client.post(f"/runs/{rid}/pause", data={"csrf": "0" * 64}).status_code == 403
     token = _csrf(client, f"/runs/{rid}")
@@ -144,7 +144,7 @@ def test_read_only_console_shows_no_controls_and_refuses_posts(console_db: str) 
 
     from swf_celery.ui import create_app
 
-    rid = swf.Executor.start(Report, {"sleep": 0}, console_db)
+    rid = swf.Executor.start(Held, {}, console_db)
     with TestClient(create_app(console_db, read_only=True, token=""),
                     follow_redirects=False) as ro:
         page = ro.get(f"/runs/{rid}").text
@@ -262,7 +262,7 @@ def test_console_mounted_in_another_app_links_under_its_mount_point(console_db: 
 
     from swf_celery.ui import create_app
 
-    rid = swf.Executor.start(Report, {"sleep": 0}, console_db)
+    rid = swf.Executor.start(Held, {}, console_db)
     outer = Starlette(routes=[Mount("/ops/swf", app=create_app(console_db, token="t0ken"))])
     with TestClient(outer, follow_redirects=False) as tc:
         opened = tc.get("/ops/swf/", params={"token": "t0ken"})

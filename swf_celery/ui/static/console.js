@@ -23,8 +23,10 @@
       .catch(function () {});
   }
 
-  // A run page re-reads quickly; the runs list at most once a second under a busy engine.
-  var delay = body.dataset.refresh === "runs" ? 1000 : 250;
+  // A run page re-reads quickly (a big run less often: the page is big); the runs list at
+  // most once a second under a busy engine.
+  var delay = body.dataset.refresh === "runs" ? 1000
+    : (Number(body.dataset.steps || 0) > 200 ? 2000 : 250);
 
   function later() {
     if (timer === null) { timer = window.setTimeout(refresh, delay); }
