@@ -7,6 +7,7 @@ script (``static/console.js``) only adds live updates.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,13 +40,26 @@ def path_part(value: str) -> str:
     return quote(value, safe="")
 
 
+_FRACTION = re.compile(r"\.(\d{1,6})\d*")
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO-8601 timestamp as PostgreSQL's JSON writes it (trailing zeros of the fraction
+    dropped, and ``Z``, both of which Python 3.10's ``fromisoformat`` refuses)."""
+    text = text.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    return datetime.fromisoformat(
+        _FRACTION.sub(lambda m: "." + m.group(1).ljust(6, "0"), text, count=1))
+
+
 def when(value: datetime | str | None) -> str:
     """A timestamp as UTC text, with a machine-readable <time>."""
     if value is None or value == "":
         return ""
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value)
+            value = parse_time(value)
         except ValueError:
             return esc(value)
     utc = value.astimezone(timezone.utc)

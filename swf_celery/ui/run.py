@@ -13,7 +13,17 @@ import swf_celery as swf
 from swf_celery.db import Database, load_queries
 from swf_celery.errors import RunNotFound
 from swf_celery.ui import dag_svg
-from swf_celery.ui.layout import Context, badge, capped, esc, path_part, seconds, table, when
+from swf_celery.ui.layout import (
+    Context,
+    badge,
+    capped,
+    esc,
+    parse_time,
+    path_part,
+    seconds,
+    table,
+    when,
+)
 from swf_celery.ui.runs import run_link
 from swf_celery.workflows.coordinator import TERMINAL
 
@@ -148,7 +158,7 @@ def render(ctx: Context, status: Any, rows: list[tuple[Any, ...]],
                      esc(r[6] or "local")] + ([esc(r[11] or "")] if workers else [])
                     + [when(r[7]), when(r[8]), when(r[9]), seconds(r[10]), str(max(r[3] - 1, 0)),
                        esc((r[12] or "")[:160])] for r in rows]
-    started = datetime.fromisoformat(status.inserted_at)
+    started = parse_time(status.inserted_at)
     return (summary
             + f'<section id="controls" class="live controls">{controls(ctx, status.status, rid)}'
               "</section>"

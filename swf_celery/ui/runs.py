@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from swf_celery.db import Database, load_queries
 from swf_celery.errors import ArgumentError
-from swf_celery.ui.layout import Context, badge, esc, path_part, qs, table, when
+from swf_celery.ui.layout import Context, badge, esc, parse_time, path_part, qs, table, when
 from swf_celery.workflows.lifecycle import SEED_STATUSES, STATUSES
 
 QUERIES = load_queries(__package__)
@@ -54,7 +54,7 @@ def _time(text: str | None, label: str) -> datetime | None:
     if not text:
         return None
     try:
-        value = datetime.fromisoformat(text)
+        value = parse_time(text)
     except ValueError:
         raise ArgumentError(f"{label} must be a date or date and time (ISO 8601, e.g. "
                             f"2026-11-30 or 2026-11-30T14:00), not {text!r}") from None
