@@ -33,6 +33,11 @@ async def flows_page(request: Request) -> Response:
     return ctx.page("Flows", "flows", body)
 
 
+def _options(step: dict[str, Any]) -> str:
+    options = {k: v for k, v in step.items() if k not in ("name", "depends_on")}
+    return json.dumps(options, default=str)[:300]
+
+
 async def flow_page(request: Request) -> Response:
     """GET /flows/{slug}: a flow's graph and steps."""
     console = request.app.state.console
@@ -44,8 +49,7 @@ async def flow_page(request: Request) -> Response:
         return ctx.error(404, str(exc))
     deps = {s["name"]: s["depends_on"] for s in flow["steps"]}
     svg = dag_svg.render(deps) if deps else '<p class="empty">no steps</p>'
-    rows = [[esc(s["name"]), esc(", ".join(s["depends_on"])),
-             f'<code>{esc(json.dumps({k: v for k, v in s.items() if k not in ("name", "depends_on")}, default=str)[:300])}</code>']  # noqa: E501
+    rows = [[esc(s["name"]), esc(", ".join(s["depends_on"])), f"<code>{esc(_options(s))}</code>"]
             for s in flow["steps"]]
     delete = ""
     if flow["dynamic"]:

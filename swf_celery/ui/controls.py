@@ -8,7 +8,7 @@ cannot be paused, say) becomes that notice, never a stack trace.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -61,8 +61,11 @@ async def control(request: Request) -> Response:
     return console.context(request).error(404, f"no such control {action!r}")
 
 
+Keep = Callable[[dict[str, Any]], "str | None"]
+
+
 async def _stream(queue: asyncio.Queue[dict[str, Any]], first: list[str],
-                  keep: Any) -> AsyncIterator[str]:
+                  keep: Keep) -> AsyncIterator[str]:
     for item in first:
         yield item
     while True:
@@ -79,13 +82,13 @@ async def _stream(queue: asyncio.Queue[dict[str, Any]], first: list[str],
             yield out
 
 
-def _streaming(request: Request, keep: Any, first: list[str]) -> StreamingResponse:
+def _streaming(request: Request, keep: Keep) -> StreamingResponse:
     hub = request.app.state.console.hub
 
     async def body() -> AsyncIterator[str]:
         async with hub.subscribe() as queue:
             # The LISTEN is up: say so, then forward (the page re-reads once on "ready").
-            async for chunk in _stream(queue, first + [sse("ready", {})], keep):
+            async for chunk in _stream(queue, [sse("ready", {})], keep):
                 yield chunk
 
     return StreamingResponse(body(), media_type="text/event-stream",
@@ -110,7 +113,7 @@ async def run_events(request: Request) -> Response:
                                "finished": event.get("status") in TERMINAL})
         return sse("step", {"step": event.get("step"), "status": event.get("status")})
 
-    return _streaming(request, keep, [])
+    return _streaming(request, keep)
 
 
 async def all_events(request: Request) -> Response:
@@ -121,4 +124,4 @@ async def all_events(request: Request) -> Response:
             return None
         return sse("run", {"run_id": event.get("run_id"), "status": event.get("status")})
 
-    return _streaming(request, keep, [])
+    return _streaming(request, keep)
