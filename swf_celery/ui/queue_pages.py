@@ -116,6 +116,10 @@ async def queue_page(request: Request) -> Response:
                    f"delayed {stats.delayed} \u00b7 held {stats.held} \u00b7 oldest ready "
                    f"{seconds(stats.oldest_age) or '-'}</p>")
     base = f"/queues/{path_part(name)}/dead-letters"
+    more = ""
+    if stats is not None and stats.dead_letters > len(letters):
+        more = (f'<p class="hint">showing the newest {len(letters)} of {stats.dead_letters}; '
+                "requeue all and delete all act on every one</p>")
     bulk = ""
     if letters:
         bulk = (ctx.form(f"{base}/requeue", "requeue all", cls="requeue-all")
@@ -126,7 +130,7 @@ async def queue_page(request: Request) -> Response:
             '<p class="hint">Messages the transport set aside: delivered more than '
             "max_deliveries times, rejected without requeue, or malformed. Requeue puts one "
             "back, visible now, with its delivery count reset.</p>"
-            f'<div class="controls">{bulk}</div>'
+            f'<div class="controls">{bulk}</div>{more}'
             + table(["id", "reason", "task", "task id", "deliveries", "dead since",
                      "message", ""], _dead_rows(ctx, name, letters), cls="dead-letters",
                     empty="no dead letters") + "</section>")
