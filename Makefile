@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-second bench migrate db lint type check-tree clean-db help
+.PHONY: demo test test-second bench migrate db lint type check-tree clean-db chromium help
 
 help:
 	@echo "make demo   - install, start Postgres, migrate, run the example workflow"
@@ -61,6 +61,14 @@ lint: $(STAMP) check-tree
 
 type: $(STAMP) check-tree
 	cd $(CHECK_TREE) && $(abspath $(BIN))/mypy --config-file $(CURDIR)/pyproject.toml -p swf_celery
+
+# The console's browser tests drive Debian's chromium (Playwright cannot download browsers
+# here); without it they skip. Installs it with apt-get when missing (needs root).
+chromium:
+	@if [ -x /usr/bin/chromium ]; then echo "chromium present"; \
+	 elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	 else echo "no /usr/bin/chromium: browser tests will skip (apt-get install chromium)"; fi
 
 clean-db:
 	-$(BIN)/swf-celery db remove

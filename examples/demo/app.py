@@ -163,6 +163,8 @@ def main() -> int:
         console.print("stopping the worker (warm shutdown)")
     console.print(f"worker stopped (exit code {worker.returncode})")
     print(f"result: {json.dumps(result.output, sort_keys=True)}")
+    print(f"see it in the web console: .venv/bin/swf-celery ui, then open "
+          f"http://127.0.0.1:8800/runs/{result.run_id}")
     return 0
 
 

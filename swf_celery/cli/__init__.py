@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-from swf_celery.cli import broker, messaging, runs, schema
+from swf_celery.cli import broker, messaging, runs, schema, ui
 from swf_celery.cli._common import SwfGroup
 from swf_celery.cli.database import database
 from swf_celery.cli.grant import grant_command
@@ -26,7 +26,8 @@ def main() -> None:
 for _command in (database, schema.migrate_command, schema.version_command,
                  broker.drain_redis_command, messaging.send_command, messaging.listen_command,
                  runs.runs, runs.pause_command, runs.resume_command, runs.cancel_command,
-                 runs.retry_command, broker.cancel_canvas_command, grant_command):
+                 runs.retry_command, broker.cancel_canvas_command, grant_command,
+                 ui.ui_command):
     main.add_command(_command)
 
 #: ``celery -A app swf …`` (entry point group ``celery.commands``): the same commands.

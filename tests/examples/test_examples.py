@@ -39,6 +39,7 @@ def test_demo_from_an_empty_database(empty_db_url: str) -> None:
         "indexed": 6, "kinds": ["invoice", "letter"], "summary": "6 documents", "tokens": 30}}
     assert "6/6 steps" in output
     assert "worker stopped (exit code 0)" in output  # a warm shutdown, not a kill
+    assert "swf-celery ui, then open http://127.0.0.1:8800/runs/" in output
 
 
 def test_gpu_pipeline_routes_gpu_steps_to_the_gpu_worker(db_url: str) -> None:
