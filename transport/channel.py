@@ -22,8 +22,8 @@ from psycopg.types.json import Jsonb
 
 from swf_celery.db import load_queries
 from swf_celery.errors import MessageError, QueueNameError
-from swf_celery.transport.messages import eta_delay, malformed, revoked_task_ids
 from swf_celery.transport import transient
+from swf_celery.transport.messages import eta_delay, malformed, revoked_task_ids
 from swf_celery.transport.names import check_queue_name, is_transient, listen_channel
 
 if TYPE_CHECKING:

@@ -2,7 +2,8 @@
 
 One module per command group: :mod:`.database` (``db``), :mod:`.schema` (``migrate``,
 ``version``), :mod:`.messaging` (``send``, ``listen``), :mod:`.runs` (``runs``, ``pause``,
-``resume``, ``cancel``, ``retry``) and :mod:`.broker` (``drain-redis``, ``cancel-canvas``).
+``resume``, ``cancel``, ``retry``), :mod:`.broker` (``drain-redis``, ``cancel-canvas``) and
+:mod:`.cleanup` (``cleanup``).
 Errors print one line (``error: …``) and exit with status 1. ``--json`` gives
 machine-readable output where a command prints data.
 """
@@ -13,6 +14,7 @@ import click
 
 from swf_celery.cli import broker, messaging, runs, schema
 from swf_celery.cli._common import SwfGroup
+from swf_celery.cli.cleanup import cleanup_command
 from swf_celery.cli.database import database
 
 
@@ -24,7 +26,7 @@ def main() -> None:
 for _command in (database, schema.migrate_command, schema.version_command,
                  broker.drain_redis_command, messaging.send_command, messaging.listen_command,
                  runs.runs, runs.pause_command, runs.resume_command, runs.cancel_command,
-                 runs.retry_command, broker.cancel_canvas_command):
+                 runs.retry_command, broker.cancel_canvas_command, cleanup_command):
     main.add_command(_command)
 
 #: ``celery -A app swf …`` (entry point group ``celery.commands``): the same commands.
