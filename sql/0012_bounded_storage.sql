@@ -574,6 +574,9 @@ END $$;
 CREATE FUNCTION swf._retention_lock() RETURNS boolean
 LANGUAGE sql AS $$ SELECT pg_try_advisory_xact_lock(hashtext('swf-celery:retention')) $$;
 
+CREATE INDEX runs_finished_retention ON swf.runs ((coalesce(finished_at, updated_at)))
+    WHERE status IN ('completed', 'failed', 'cancelled');
+
 -- Finished runs (completed, failed, cancelled) finished before p_before, with their step
 -- states and step tasks (ON DELETE CASCADE).
 CREATE FUNCTION swf.retention_runs(p_before timestamptz, p_limit integer, p_dry boolean)
