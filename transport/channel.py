@@ -97,10 +97,9 @@ class Channel(virtual.Channel):
         """
         conn = self.connection.pg_connection()
         if is_transient(self.pgmq_name(queue)):
-            result = transient.execute(conn, kind, queue, params)
-            if result is None:
-                self.connection.forget_queue(queue)
-            return result
+            # The cached name stays: later sends to the expired queue are dropped as well,
+            # never create it anew (a declaration asks the database again).
+            return transient.execute(conn, kind, queue, params)
         try:
             return conn.execute(self.connection.statement(kind, queue), params)
         except pg_errors.UndefinedTable:

@@ -103,11 +103,26 @@ def test_publisher_drops_messages_for_an_expired_queue(connections: Any,
     # Within the publisher's binding cache the expired queue is still listed: the message
     # is dropped, the queue is not recreated (with no bindings and no expiry).
     producer.publish({"type": "worker-heartbeat"}, routing_key="worker.heartbeat")
+    producer.publish({"type": "worker-heartbeat"}, routing_key="worker.heartbeat")
     producer.channel.connection.forget_queue(q.name)  # a publisher that never cached it
     producer.channel._put(q.name, {"body": "x", "headers": {}, "properties": {}})
     assert sql(broker_url, "SELECT 1 FROM swf.queues WHERE name = %s", (q.name,)) == []
     assert sql_value(broker_url, "SELECT count(*) FROM swf.transient_messages") == 0
     assert catalog_top(broker_url) == top
+
+
+def test_expired_queue_of_any_name_is_not_recreated_by_a_publisher(
+        connections: Any, broker_url: str) -> None:
+    consumer, publisher = connections(), connections()
+    ex = Exchange("jobs", type="direct")
+    q = Queue("my_auto_delete", ex, "job", auto_delete=True)
+    q(consumer.channel()).declare()
+    producer = Producer(publisher.channel(), exchange=ex)
+    producer.publish({"n": 1}, routing_key="job")
+    expire(broker_url, q.name)
+    for n in (2, 3):  # still listed by the publisher's binding cache
+        producer.publish({"n": n}, routing_key="job")
+    assert sql(broker_url, "SELECT 1 FROM swf.queues WHERE name = %s", (q.name,)) == []
 
 
 def test_consumer_declares_its_expired_queue_again_with_bindings(connections: Any,
