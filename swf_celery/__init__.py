@@ -14,10 +14,15 @@ from typing import TYPE_CHECKING, Any
 from kombu.transport import TRANSPORT_ALIASES
 
 from swf_celery.errors import SwfError
+from swf_celery.ops import retention_worker as _retention_worker
 
 # kombu has no entry point for transports: registering the alias on import is the
 # documented way (kombu.transport.TRANSPORT_ALIASES). kombu's own "pgmq" alias is untouched.
 TRANSPORT_ALIASES["swf"] = "swf_celery.transport:Transport"
+
+# Workers of an app on our database clean up finished runs, archives and expired results
+# (a bootstep added on Celery's celeryd_init signal; see swf_celery.ops.retention_worker).
+_retention_worker.connect()
 
 __version__ = "0.1.0"
 

@@ -22,8 +22,9 @@ from psycopg.types.json import Jsonb
 
 from swf_celery.db import load_queries
 from swf_celery.errors import MessageError, QueueNameError
+from swf_celery.transport import transient
 from swf_celery.transport.messages import eta_delay, malformed, revoked_task_ids
-from swf_celery.transport.names import check_queue_name, listen_channel
+from swf_celery.transport.names import check_queue_name, is_transient, listen_channel
 
 if TYPE_CHECKING:
     from swf_celery.transport.transport import Transport
@@ -34,6 +35,8 @@ QUERIES = load_queries("swf_celery.transport")
 #: Seconds a topic/direct exchange's bindings are cached; a lookup that finds no queue always
 #: reads them afresh, so a just-bound reply queue is never missed.
 BINDINGS_TTL = 1.0
+#: Attempts at a queue's DDL (create/drop under a short lock_timeout) before giving up.
+DDL_ATTEMPTS = 5
 
 
 class Channel(virtual.Channel):
@@ -53,6 +56,9 @@ class Channel(virtual.Channel):
         #: Acks not yet written: (queue, msg_id). Appended by any thread, flushed in one
         #: statement per queue by the consuming thread before it reads or sleeps.
         self._pending_acks: deque[tuple[str, int]] = deque()
+        #: Transient queues this channel declared -> their expiry (ms), to declare them
+        #: again with their bindings should they expire while consumed.
+        self.declared_expiry: dict[str, int] = {}
 
     # -- queues -------------------------------------------------------------------------
 
@@ -65,16 +71,35 @@ class Channel(virtual.Channel):
                 raise QueueNameError(message) from None
             raise MessageError(message) from None
 
-    def pgmq_name(self, queue: str, expires_ms: int | None = None) -> str:
-        """The pgmq name of ``queue``, creating the queue when missing."""
-        try:
-            return self.connection.pgmq_name(queue, expires_ms)
-        except pg_errors.InvalidParameterValue as exc:
-            raise QueueNameError(exc.diag.message_primary or str(exc)) from None
+    def pgmq_name(self, queue: str, expires_ms: int | None = None, *,
+                  refresh: bool = False) -> str:
+        """The pgmq name of ``queue``, creating the queue when missing.
+
+        Creating a durable queue is DDL under a short ``lock_timeout``: when its locks are
+        taken (a pg_dump, say) it is retried a few times with backoff.
+        """
+        for attempt in range(DDL_ATTEMPTS):
+            try:
+                return self.connection.pgmq_name(queue, expires_ms, refresh=refresh)
+            except pg_errors.InvalidParameterValue as exc:
+                raise QueueNameError(exc.diag.message_primary or str(exc)) from None
+            except pg_errors.LockNotAvailable:
+                if attempt == DDL_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _on_table(self, kind: str, queue: str, params: dict[str, Any]) -> Any:
-        """Run statement ``kind`` on ``queue``'s table; recreate a queue dropped meanwhile."""
+        """Run statement ``kind`` on ``queue``'s table; recreate a queue dropped meanwhile.
+
+        Transient queues have no table: their statements run on the shared table (and a
+        send to one that expired returns None: the message is dropped).
+        """
         conn = self.connection.pg_connection()
+        if is_transient(self.pgmq_name(queue)):
+            # The cached name stays: later sends to the expired queue are dropped as well,
+            # never create it anew (a declaration asks the database again).
+            return transient.execute(conn, kind, queue, params)
         try:
             return conn.execute(self.connection.statement(kind, queue), params)
         except pg_errors.UndefinedTable:
@@ -86,10 +111,12 @@ class Channel(virtual.Channel):
         return to_rabbitmq_queue_arguments(arguments, **kwargs)
 
     def _new_queue(self, queue: str, **kwargs: Any) -> None:
-        arguments = kwargs.get("arguments") or {}
-        expires = arguments.get("x-expires")
-        self.pgmq_name(queue, int(expires) if expires else None)
+        # x-expires or auto_delete: a transient queue (rows, no table; see transient.py).
+        # Always asked of the database: a cached name may belong to a queue that expired.
+        expires = transient.declared_expiry(kwargs)
+        self.pgmq_name(queue, expires, refresh=True)
         if expires:
+            self.declared_expiry[queue] = expires
             self.connection.expiring.add(queue)
 
     def _has_queue(self, queue: str, **kwargs: Any) -> bool:
@@ -98,7 +125,16 @@ class Channel(virtual.Channel):
 
     def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
         check_queue_name(queue)
-        self._execute("drop", {"queue": queue})
+        for attempt in range(DDL_ATTEMPTS):
+            try:
+                self._execute("drop", {"queue": queue})
+                break
+            except pg_errors.LockNotAvailable:  # a durable queue's table is in use
+                if attempt == DDL_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        self.declared_expiry.pop(queue, None)
+        self.connection.expiring.discard(queue)
         self.connection.forget_queue(queue)
 
     def queue_delete(self, queue: str, if_unused: bool = False, if_empty: bool = False,
@@ -153,11 +189,15 @@ class Channel(virtual.Channel):
         return queues
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
-        self.pgmq_name(queue)  # checks the name, creates the queue when missing
-        self._on_table("send", queue, {
-            "message": Jsonb(message),
-            "delay": eta_delay(message, self.options.eta_threshold),
-            "commit": "on" if self.options.durable_publish else "off"})
+        try:
+            # Checks the name and creates a missing durable queue; a transient queue that
+            # expired is not recreated (undefined_object): its message is dropped.
+            self._on_table("send", queue, {
+                "message": Jsonb(message),
+                "delay": eta_delay(message, self.options.eta_threshold),
+                "commit": "on" if self.options.durable_publish else "off"})
+        except pg_errors.UndefinedObject:
+            logger.debug("swf broker: queue %r expired; message dropped", queue)
 
     def _put_fanout(self, exchange: str, message: dict[str, Any], routing_key: str,
                     **kwargs: Any) -> None:

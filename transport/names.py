@@ -5,7 +5,9 @@ non-ASCII) as long as it can be stored faithfully: non-empty, no control charact
 cannot be stored in PostgreSQL text at all), at most 255 bytes in UTF-8 (RabbitMQ's limit).
 The database maps each accepted name to a safe pgmq name (``swf.queue_pgmq_name``:
 ``k_<sanitised prefix>_<12 hex digits of SHA-256>``) kept in ``swf.queues``; the same rules
-are enforced there for SQL callers (``swf.queue_check_name``).
+are enforced there for SQL callers (``swf.queue_check_name``). Transient queues (declared with
+``x-expires`` or ``auto_delete``) get a ``t_`` prefix instead: they have no table of their own,
+their messages live in ``swf.transient_messages``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ MAX_BYTES = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: What ``swf.queue_pgmq_name`` produces; checked again before a name becomes an identifier.
 PGMQ_NAME = re.compile(r"^k_[a-z0-9_]{0,24}_[0-9a-f]{12}$")
+#: The name of a transient queue (no table: a key of ``swf.transient_messages``).
+TRANSIENT_NAME = re.compile(r"^t_[a-z0-9_]{0,24}_[0-9a-f]{12}$")
 
 
 def check_queue_name(name: object) -> str:
@@ -41,7 +45,7 @@ def check_queue_name(name: object) -> str:
 
 def listen_channel(pgmq_name: str) -> str:
     """The NOTIFY channel on which producers wake consumers of a queue."""
-    if not PGMQ_NAME.match(pgmq_name):
+    if not (PGMQ_NAME.match(pgmq_name) or TRANSIENT_NAME.match(pgmq_name)):
         raise QueueNameError(f"unexpected pgmq queue name {pgmq_name!r} from swf.queues")
     return f"swfq_{pgmq_name}"
 
@@ -51,3 +55,8 @@ def queue_table(pgmq_name: str) -> tuple[str, str]:
     if not PGMQ_NAME.match(pgmq_name):
         raise QueueNameError(f"unexpected pgmq queue name {pgmq_name!r} from swf.queues")
     return "pgmq", f"q_{pgmq_name}"
+
+
+def is_transient(pgmq_name: str) -> bool:
+    """True when ``pgmq_name`` names a transient queue (messages in the shared table)."""
+    return bool(TRANSIENT_NAME.match(pgmq_name))

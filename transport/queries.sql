@@ -55,5 +55,7 @@ SELECT swf.queue_arm(%(queues)s);
 SELECT set_config('synchronous_commit', 'off', false);
 
 -- name: touch
+-- Returns the queues still there: a consumed queue missing here expired meanwhile.
 UPDATE swf.queues SET last_active = clock_timestamp()
- WHERE name = ANY (%(queues)s) AND expires_ms IS NOT NULL;
+ WHERE name = ANY (%(queues)s) AND expires_ms IS NOT NULL
+RETURNING name;

@@ -5,10 +5,13 @@ visibility of every message held unacknowledged by the transport's channels (pre
 waiting for an ETA, or running with ``acks_late``), on a connection of its own. When the
 process dies the extensions stop and its messages reappear after ``visibility_timeout``.
 
-Every second it also marks the consumed queues declared with ``x-expires`` (pidbox, events) as
-in use, even while the consuming thread is blocked in a long task (solo pool), writes acks the
-consuming thread has not written yet, and every ten seconds drops the expiring queues nobody
-consumed for that long (``swf.queue_reap``).
+Extension comes first on every tick. Every second the keeper also marks the consumed
+transient queues (pidbox, events, replies) as in use, even while the consuming thread is
+blocked in a long task (solo pool), declares again with their bindings those that expired
+meanwhile (a stall longer than their expiry), writes acks the consuming thread has not written
+yet, and every ten seconds, on a tick that extended nothing, removes the expiring queues
+nobody consumed for that long (``swf.queue_reap``: DML for transient queues; a legacy pgmq
+table is dropped under a short ``lock_timeout`` and skipped while locked, e.g. by pg_dump).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import psycopg
 
 from swf_celery.db import load_queries
 from swf_celery.errors import SwfError
+from swf_celery.transport import transient
 
 if TYPE_CHECKING:
     from swf_celery.transport.transport import Transport
@@ -69,34 +73,44 @@ class VisibilityKeeper(threading.Thread):
         self._close()
 
     def tick(self, *, force: bool = False) -> int:
-        """One round of upkeep; returns how many held messages were extended."""
-        # Acks are written by the consuming thread before it reads or sleeps; a consumer
-        # that does neither (basic_get, then a long pause) gets them written here.
+        """One round of upkeep; returns how many held messages were extended.
+
+        Extending held messages comes first: nothing else here may delay it. Reaping expired
+        queues runs on a tick that extended nothing, and its DDL (legacy pgmq queues only)
+        gives up after a short ``lock_timeout`` instead of queueing behind a pg_dump.
+        """
         transport = self._transport()
         if transport is None:
             return 0
-        transport.flush_acks()
         conn = self._connection()
+        now = time.monotonic()
+        extended = 0
+        due = force or now - self._last_extend >= self._interval
+        if due:
+            self._last_extend = now
+            pairs = transport.held()
+            if pairs:
+                extended = int(conn.execute(QUERIES["extend"], {
+                    "queues": [q for q, _ in pairs], "ids": [i for _, i in pairs],
+                    "vt": self._vt}).fetchone()[0])  # type: ignore[index]
+        # Acks are written by the consuming thread before it reads or sleeps; a consumer
+        # that does neither (basic_get, then a long pause) gets them written here.
+        transport.flush_acks()
         expiring = transport.consumed_expiring()
         if expiring:
-            conn.execute(QUERIES["touch"], {"queues": expiring})
-        now = time.monotonic()
-        if now - self._last_reap >= REAP_EVERY:
+            alive = {r[0] for r in conn.execute(QUERIES["touch"], {"queues": expiring})}
+            gone = [q for q in expiring if q not in alive]
+            if gone:
+                transient.redeclare(conn, transport, gone)
+        if not due and now - self._last_reap >= REAP_EVERY:
             self._last_reap = now
-            conn.execute(QUERIES["reap"])
-        extended = 0
-        if not force and now - self._last_extend < self._interval:
-            return 0
-        self._last_extend = now
-        pairs = transport.held()
-        del transport
-        if pairs:
-            queues = [q for q, _ in pairs]
-            ids = [i for _, i in pairs]
-            extended = conn.execute(QUERIES["extend"], {"queues": queues, "ids": ids,
-                                                   "vt": self._vt}
-                                    ).fetchone()[0]  # type: ignore[index]
-        return int(extended)
+            self.reap(conn)
+        return extended
+
+    def reap(self, conn: psycopg.Connection[Any] | None = None) -> int:
+        """Remove expired queues; returns how many (0 when a lock was busy: next pass)."""
+        conn = conn or self._connection()
+        return int(conn.execute(QUERIES["reap"]).fetchone()[0])  # type: ignore[index]
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:

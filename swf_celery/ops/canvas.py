@@ -30,7 +30,9 @@ def cancel_canvas(root_id: str, repo: Repo | None = None, *, app: Any = None,
     """Cancel a plain Celery chain, group or chord by its root id (``result.root_id``).
 
     Every queued message with that root id is removed from its queue (including delayed
-    ETA/countdown messages), and the tasks of messages that workers hold are revoked with
+    ETA/countdown messages) by an index on the root id, each queue table in one statement
+    that also reports the messages workers hold: a message fetched while the cancel runs
+    is revoked, never missed. The tasks of messages that workers hold are revoked with
     ``terminate=True`` by default: unlike a workflow run, whose coordinator ignores a
     cancelled step's late report, a plain chain would go on from a task that finishes, so
     a running task must be stopped. (See :func:`cancel_workflow_run` for the prefork risk

@@ -40,6 +40,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON swf.task_results, swf.group_results, swf
 GRANT SELECT ON swf.flows, swf.flow_steps, swf.channels TO {role};
 GRANT SELECT, UPDATE ON swf.runs, swf.step_states TO {role};
 GRANT SELECT, INSERT, UPDATE ON swf.step_tasks TO {role};
+GRANT SELECT, INSERT, UPDATE, DELETE ON swf.transient_messages TO {role};
+GRANT SELECT, INSERT ON swf.transient_archive TO {role};
 
 -- name: client
 -- Publish tasks, read results, start and watch runs (local steps included), goals and
@@ -50,6 +52,7 @@ GRANT SELECT, INSERT ON swf.queue_bindings TO {role};  -- kombu declares what it
 GRANT SELECT, UPDATE ON swf.queue_waiters TO {role};
 GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA pgmq TO {role};
 ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA pgmq GRANT SELECT, INSERT ON TABLES TO {role};
+GRANT SELECT, INSERT ON swf.transient_messages TO {role};
 GRANT SELECT, DELETE ON swf.task_results TO {role};
 GRANT SELECT, INSERT, DELETE ON swf.group_results TO {role};
 GRANT SELECT, INSERT, UPDATE ON swf.chords TO {role};

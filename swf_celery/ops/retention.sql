@@ -1,0 +1,12 @@
+-- Queries of swf_celery/ops/retention.py (functions: sql/0012_bounded_storage.sql). Each
+-- deletes at most %(batch)s rows in its own short transaction and returns how many, or -1
+-- when another session holds the cleanup lock; with %(dry)s it only counts.
+
+-- name: runs
+SELECT swf.retention_runs(%(before)s, %(batch)s, %(dry)s);
+
+-- name: archives
+SELECT swf.retention_archives(%(kind)s, %(before)s, %(batch)s, %(dry)s);
+
+-- name: results
+SELECT swf.retention_results(%(before)s, %(batch)s, %(dry)s);
