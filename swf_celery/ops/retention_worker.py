@@ -20,7 +20,7 @@ from celery import bootsteps
 from celery.signals import celeryd_init
 
 from swf_celery.db import database_url
-from swf_celery.errors import ConfigurationError, SwfError
+from swf_celery.errors import ConfigurationError, DatabasePermissionError, SwfError
 from swf_celery.ops.retention import RetentionPolicy, cleanup
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,13 @@ class RetentionStep(bootsteps.StartStopStep):
             wait = interval
             try:
                 report = cleanup(url, policy)
+            except DatabasePermissionError as exc:
+                # A least-privilege worker role (`swf-celery grant --worker`) may not delete
+                # finished runs: cleanup is an operator's (`swf-celery cleanup`).
+                logger.warning("swf retention: this worker's database role may not clean "
+                               "up (%s); stopped. Run `swf-celery cleanup` as an operator "
+                               "or set swf_retention = False", exc)
+                return
             except SwfError as exc:  # the database may be restarting: next round
                 logger.warning("swf retention: cleanup failed: %s", exc)
                 continue
