@@ -180,7 +180,15 @@ class Channel(virtual.Channel):
         if self.options.wakeups:
             self.connection.listen(listen_channel(self.pgmq_name(queue)))
         self.connection.ensure_keeper()
-        return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+        result = super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+        self.connection.poke()  # an event loop reads the new queue at once
+        return result
+
+    def basic_qos(self, prefetch_size: int = 0, prefetch_count: int = 0,
+                  apply_global: bool = False) -> None:
+        """Change the prefetch window; a wider one is filled at once (the loop is poked)."""
+        super().basic_qos(prefetch_size, prefetch_count, apply_global)
+        self.connection.poke()
 
     def basic_cancel(self, consumer_tag: str) -> Any:
         """Stop consuming; the queue is no longer read as no-ack."""

@@ -1,4 +1,13 @@
-"""The kombu Transport of the ``swf://`` broker: connection, wake-ups and the consume loop."""
+"""The kombu Transport of the ``swf://`` broker: connection, wake-ups and the consume loops.
+
+Two consume loops share the read, arm and wake-up steps:
+
+- inside an event loop (Celery's worker hub, ``implements.asynchronous``):
+  :meth:`Transport.register_with_event_loop` registers the LISTEN socket and the self-pipe
+  as readers; a readable one, or a timer (polling fallback, next delayed message due), runs
+  :meth:`Transport.drain_ready`, which delivers one batch per call and never blocks;
+- plain kombu consumers call :meth:`Transport.drain_events`, which sleeps in ``select()``.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +25,7 @@ from psycopg.conninfo import make_conninfo
 from swf_celery.db import load_queries, normalize_dsn
 from swf_celery.errors import DatabaseError, DatabaseUnavailable, SchemaNotMigrated
 from swf_celery.transport.channel import Channel
+from swf_celery.transport.eventloop import HubConsumer
 from swf_celery.transport.names import check_queue_name, queue_table
 from swf_celery.transport.options import Options
 from swf_celery.transport.visibility import VisibilityKeeper
@@ -43,7 +53,7 @@ class Transport(virtual.Transport):
     can_parse_url = False
 
     implements = virtual.Transport.implements.extend(
-        asynchronous=False,
+        asynchronous=True,
         exchange_type=frozenset(["direct", "topic", "fanout"]),
         heartbeats=False,
     )
@@ -66,6 +76,8 @@ class Transport(virtual.Transport):
         self._statements: dict[tuple[str, str], sql.Composed] = {}
         #: Queues declared with x-expires; consuming them keeps them alive (see _touch).
         self.expiring: set[str] = set()
+        #: Drives the consumers when the transport runs in an event loop (Celery's hub).
+        self._hub: HubConsumer | None = None
 
     # -- connections ------------------------------------------------------------------------
 
@@ -143,6 +155,9 @@ class Transport(virtual.Transport):
         try:
             super().close_connection(connection)
         finally:
+            if self._hub is not None:
+                self._hub.close()
+                self._hub = None
             if self._keeper is not None:
                 self._keeper.stop()
                 self._keeper = None
@@ -179,9 +194,22 @@ class Transport(virtual.Transport):
         self.wakeup().listen(channel)
 
     def poke(self) -> None:
-        """Wake the consume loop (an ack freed prefetch capacity)."""
+        """Wake the consume loop (an ack freed prefetch capacity, a consumer started)."""
         if self._wakeup is not None:
             self._wakeup.poke()
+
+    # -- the asynchronous consume loop (kombu hub) ------------------------------------------
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        """Consume inside ``loop`` (Celery's worker hub): see :mod:`.eventloop`."""
+        if self._hub is not None:
+            self._hub.close()
+        self._hub = HubConsumer(self, loop)
+
+    def on_readable(self, fileno: int) -> None:
+        """The hub saw ``fileno`` (LISTEN socket or self-pipe) readable."""
+        if self._hub is not None:
+            self._hub.on_readable(fileno)
 
     def held(self) -> list[tuple[str, int]]:
         """(queue, msg_id) of every message the channels hold unacknowledged."""
