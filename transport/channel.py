@@ -22,6 +22,7 @@ from psycopg.types.json import Jsonb
 
 from swf_celery.db import load_queries
 from swf_celery.errors import MessageError, QueueNameError
+from swf_celery.transport import revokes
 from swf_celery.transport.messages import eta_delay, malformed, revoked_task_ids
 from swf_celery.transport.names import check_queue_name, listen_channel
 
@@ -180,6 +181,7 @@ class Channel(virtual.Channel):
         if self.options.wakeups:
             self.connection.listen(listen_channel(self.pgmq_name(queue)))
         self.connection.ensure_keeper()
+        self.connection.load_revokes()
         result = super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
         self.connection.poke()  # an event loop reads the new queue at once
         return result
@@ -230,6 +232,7 @@ class Channel(virtual.Channel):
             if too_often:
                 self._execute("reject", {"queue": queue, "ids": too_often, "requeue": False,
                                          "reason": f"delivered more than {limit} times"})
+            self._check_revoked(rows)
             for msg_id, read_ct, message, _priority in rows:
                 if msg_id in too_often:
                     continue
@@ -237,6 +240,14 @@ class Channel(virtual.Channel):
                 if payload is not None:
                     out.append((queue, payload))
         return out
+
+    def _check_revoked(self, rows: list[Any]) -> None:
+        """Hand revoked task ids of redelivered messages to the worker (:mod:`.revokes`)."""
+        ids = [m["headers"]["id"] for _, read_ct, m, _ in rows
+               if read_ct > 1 and isinstance(m, dict) and isinstance(m.get("headers"), dict)
+               and isinstance(m["headers"].get("id"), str)]
+        if ids:
+            revokes.check(self.connection.pg_connection(), ids)
 
     def flush_acks(self) -> None:
         """Write the acks collected since the last flush (one statement per queue)."""

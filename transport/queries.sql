@@ -15,7 +15,7 @@ SELECT EXISTS (SELECT 1 FROM swf.queues WHERE name = %(queue)s);
 SELECT swf.queue_fanout(%(exchange)s, %(message)s);
 
 -- name: fanout_revoke
-SELECT swf.queue_fanout(%(exchange)s, %(message)s), swf.queue_remove_tasks(%(task_ids)s);
+SELECT swf.queue_fanout(%(exchange)s, %(message)s), swf.task_revoke(%(task_ids)s);
 
 -- name: ack
 SELECT swf.queue_ack(%(queue)s, %(ids)s, %(archive)s);

@@ -24,6 +24,7 @@ from psycopg.conninfo import make_conninfo
 
 from swf_celery.db import load_queries, normalize_dsn
 from swf_celery.errors import DatabaseError, DatabaseUnavailable, SchemaNotMigrated
+from swf_celery.transport import revokes
 from swf_celery.transport.channel import Channel
 from swf_celery.transport.eventloop import HubConsumer
 from swf_celery.transport.names import check_queue_name, queue_table
@@ -78,6 +79,7 @@ class Transport(virtual.Transport):
         self.expiring: set[str] = set()
         #: Drives the consumers when the transport runs in an event loop (Celery's hub).
         self._hub: HubConsumer | None = None
+        self._revokes_loaded = False
 
     # -- connections ------------------------------------------------------------------------
 
@@ -206,17 +208,19 @@ class Transport(virtual.Transport):
             self._hub.close()
         self._hub = HubConsumer(self, loop)
 
-    def on_readable(self, fileno: int) -> None:
-        """The hub saw ``fileno`` (LISTEN socket or self-pipe) readable."""
-        if self._hub is not None:
-            self._hub.on_readable(fileno)
-
     def held(self) -> list[tuple[str, int]]:
         """(queue, msg_id) of every message the channels hold unacknowledged."""
         pairs: list[tuple[str, int]] = []
         for channel in list(self.channels):
             pairs.extend(channel.held())
         return pairs
+
+    def load_revokes(self) -> None:
+        """Once per connection, in a Celery worker: load the recorded revokes
+        (:mod:`.revokes`) before the first message is consumed."""
+        if not self._revokes_loaded:
+            self._revokes_loaded = True
+            revokes.load(self.pg_connection())
 
     def flush_acks(self) -> None:
         """Write every channel's pending acks (also called by the keeper thread)."""
