@@ -9,9 +9,10 @@ Behaviour
       when the app opts in) and stored with their state; name, worker, queue, retries,
       group and parent are also columns, so results can be queried with SQL.
       ``result_extended`` adds args/kwargs to the stored meta as with other backends.
-    - Waiting (``AsyncResult.get()``, ``ResultSet.join()``/``join_native()``) wakes on
-      ``NOTIFY swf_results`` carrying the task id (see :mod:`swf_celery.results.consumer`);
-      no polling interval is in the latency, and payloads of any size are fine.
+    - Waiting (``AsyncResult.get()``, ``ResultSet.join()``/``join_native()``) wakes on a
+      NOTIFY on the result's own channel (see :mod:`swf_celery.results.consumer`): only
+      the waiters of that result are woken, a process LISTENs only while it waits, no
+      polling interval is in the latency, and payloads of any size are fine.
     - A stored SUCCESS is never overwritten by a later state (a redelivered copy of a
       finished task).
     - Chords: a counter row per chord, updated atomically by each header part
