@@ -123,7 +123,8 @@ def run(target: str, run_dir: Path, deps: Path, keyword: str | None) -> Outcome:
     env = dict(os.environ, TEST_BROKER=url, TEST_BACKEND=url,
                PYTHONPATH=os.pathsep.join([str(run_dir), str(deps)]))
     args = [sys.executable, "-c", RUNNER, *MODULES, "-q", "-p", "no:cacheprovider",
-            "-p", "celery.contrib.pytest", f"--timeout={TEST_TIMEOUT}", f"--junitxml={report}", "-o", "junit_family=xunit2"]
+            "-p", "celery.contrib.pytest", f"--timeout={TEST_TIMEOUT}",
+            f"--junitxml={report}", "-o", "junit_family=xunit2"]
     if keyword:
         args += ["-k", keyword]
     print(f"== Celery {celery.__version__} t/integration against {target}: {url}", flush=True)
