@@ -41,7 +41,7 @@ MODULES = ["t/integration/test_canvas.py", "t/integration/test_tasks.py",
 EXTRA_DEPS = ["pydantic"]
 REDIS = "redis://127.0.0.1:6379/5"
 DOCS = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- celery-suite:begin -->", "<!-- celery-suite:end -->"
+BEGIN, END = "<!-- section: bench_celery_suite -->", "<!-- /section -->"
 #: Longest a single test may take before pytest-timeout fails it.
 TEST_TIMEOUT = 180
 RUNNER = ("import sys, pytest, swf_celery  # swf:// registered before Celery's fixtures run\n"
@@ -168,14 +168,15 @@ def table(outcomes: list[Outcome]) -> str:
 
 
 def write_docs(text: str) -> None:
-    """Replace the celery-suite section of docs/benchmarks.md (appended when missing)."""
-    doc = DOCS.read_text()
-    block = f"{BEGIN}\n{text}\n{END}"
+    """Write ``text`` as the ``bench_celery_suite`` section of docs/benchmarks.md (the
+    section format of benchmarks/run.py, which keeps it when ``make bench`` rewrites)."""
+    doc = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
+    block = f"{BEGIN}\n## Celery's integration suite (`make celery-suite`)\n\n{text}\n{END}\n"
     if BEGIN in doc and END in doc:
-        doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, doc,
+        doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n", lambda _: block, doc,
                      flags=re.S)
     else:
-        doc = doc.rstrip("\n") + "\n\n## Celery's integration suite\n\n" + block + "\n"
+        doc = doc.rstrip("\n") + "\n\n" + block
     DOCS.write_text(doc)
 
 
@@ -183,7 +184,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["swf", "redis"])
     parser.add_argument("-k", dest="keyword")
+    parser.add_argument("--report", action="store_true",
+                        help="only rewrite the docs from the last run's JUnit reports")
     options = parser.parse_args()
+    if options.report:
+        outcomes = [parse(t, WORK / f"junit-{t}.xml") for t in ("swf", "redis")]
+        write_docs(table(outcomes))
+        return
     run_dir = fetch_suite(celery.__version__)
     deps = ensure_deps()
     targets = [options.only] if options.only else ["swf", "redis"]
