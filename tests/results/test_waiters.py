@@ -36,6 +36,9 @@ def _idle_waiter(db_url: str, queue: str, conn: Any) -> None:
     threading.Thread(target=store_once_waiting, daemon=True).start()
     value = app.AsyncResult(task_id).get(timeout=60)
     listened = bool(consumer._listening)
+    # What stays open in an idle process is its listening connection; the pool's one is
+    # closed so that 50 processes fit a server's default max_connections of 100.
+    app.backend.database.close()
     conn.send(("waited", value, listened))
     conn.recv()  # idle until the results are stored
     listen_conn = consumer._conn
