@@ -3,7 +3,8 @@
 
 -- name: schema_ready
 SELECT to_regprocedure('swf.queue_arm(text[])') IS NOT NULL
-   AND to_regprocedure('swf.queue_extend(text[],bigint[],double precision)') IS NOT NULL;
+   AND to_regprocedure('swf.queue_extend(text[],bigint[],double precision)') IS NOT NULL
+   AND to_regprocedure('swf.task_revokes(double precision,integer)') IS NOT NULL;
 
 -- name: ensure
 SELECT pgmq_name FROM swf.queue_ensure(%(queue)s, %(expires_ms)s);

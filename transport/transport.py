@@ -5,7 +5,8 @@ Two consume loops share the read, arm and wake-up steps:
 - inside an event loop (Celery's worker hub, ``implements.asynchronous``):
   :meth:`Transport.register_with_event_loop` registers the LISTEN socket and the self-pipe
   as readers; a readable one, or a timer (polling fallback, next delayed message due), runs
-  :meth:`Transport.drain_ready`, which delivers one batch per call and never blocks;
+  :meth:`HubConsumer.drain <swf_celery.transport.eventloop.HubConsumer.drain>`, which
+  delivers one batch per call and never blocks;
 - plain kombu consumers call :meth:`Transport.drain_events`, which sleeps in ``select()``.
 """
 
