@@ -5,10 +5,13 @@ worker's hub (``implements.asynchronous``). :class:`HubConsumer` does the transp
 
 - the self-pipe of :class:`~swf_celery.transport.wakeup.Wakeup` (poked by acks, ``basic_qos``
   and new consumers) and the LISTEN socket (NOTIFY from producers) are hub readers;
-- a readable one runs :meth:`HubConsumer.drain`: write the batched acks, deliver one batch
-  (another drain is scheduled right after, so the hub serves the pool and the control
-  channel in between), and when nothing is left arm the consumed queues
-  (``swf.queue_arm``) and return;
+- a NOTIFY runs :meth:`HubConsumer.drain` at once: write the batched acks, deliver one
+  batch, and when nothing is left arm the consumed queues (``swf.queue_arm``) and return;
+- what may wait a moment runs :data:`FOLLOW_UP` seconds later, after the hub's next poll:
+  the read after a delivered batch, and the drain a poke asks for (acks, ``basic_qos``, a
+  new consumer). So the hub hands a delivered task to a pool process (a write it does
+  when it polls) before the transport spends round trips on the next read, and the acks
+  of tasks accepted together are written in one statement;
 - a hub timer stands in for the sleep of the synchronous loop: the polling fallback, or the
   moment the next delayed or hidden message becomes due.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from queue import Empty
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from swf_celery.db import load_queries
@@ -28,6 +32,8 @@ if TYPE_CHECKING:
     from swf_celery.transport.transport import Transport
 
 QUERIES = load_queries("swf_celery.transport")
+#: Seconds a deferred drain waits: long enough for one hub poll, short against a round trip.
+FOLLOW_UP = 0.001
 
 
 class HubConsumer:
@@ -38,12 +44,12 @@ class HubConsumer:
         self.loop = loop
         self._fds: set[int] = set()
         self._timer: Any = None
-        self._scheduled = False
+        self._timer_due = 0.0
         self._closed = False
         wakeup = transport.wakeup()
         self._add_reader(wakeup.pipe_fd)
         loop.on_tick.add(self.on_tick)
-        self.schedule()
+        self.soon()
 
     # -- hub callbacks ----------------------------------------------------------------------
 
@@ -59,21 +65,26 @@ class HubConsumer:
             self._add_reader(fd)
 
     def on_readable(self, fd: int) -> None:
-        """A NOTIFY or a poke arrived: take it, then deliver what is ready."""
+        """A NOTIFY (drain now) or a poke (drain after the next poll) arrived."""
         wakeup = self.transport._wakeup
-        if wakeup is not None:
-            wakeup.consume(fd)
-        self.drain()
+        if wakeup is None:
+            return
+        wakeup.consume(fd)
+        if fd == wakeup.pipe_fd:
+            self.soon()
+        else:
+            self.drain()
 
-    def schedule(self) -> None:
-        """Run :meth:`drain` on the hub's next turn (at most one pending)."""
-        if not self._scheduled and not self._closed:
-            self._scheduled = True
-            self.loop.call_soon(self._scheduled_drain)
-
-    def _scheduled_drain(self) -> None:
-        self._scheduled = False
-        self.drain()
+    def soon(self) -> None:
+        """Run :meth:`drain` in :data:`FOLLOW_UP` seconds, unless it is due sooner."""
+        if self._closed:
+            return
+        due = monotonic() + FOLLOW_UP
+        if self._timer is not None and self._timer_due <= due:
+            return
+        self._cancel_timer()
+        self._timer = self.loop.call_later(FOLLOW_UP, self.drain)
+        self._timer_due = due
 
     # -- the consume step -------------------------------------------------------------------
 
@@ -89,7 +100,7 @@ class HubConsumer:
         except Empty:
             pass
         else:
-            self.schedule()  # there may be more: read again on the next turn
+            self.soon()  # there may be more: read again once the hub has polled
             return
         transport.flush_acks()
         queues = sorted({q for ch in list(transport.channels) for q in ch.consumed_queues()})
@@ -99,7 +110,7 @@ class HubConsumer:
                                                     {"queues": queues}).fetchone()
             due = row[0] if row else None
             if due is not None and due <= 0:
-                self.schedule()  # a message became visible meanwhile
+                self.soon()  # a message became visible meanwhile
                 return
         if not any(ch._consumers for ch in list(transport.channels)):
             return  # nothing consumes: a new consumer pokes the pipe
@@ -107,6 +118,7 @@ class HubConsumer:
         if due is not None:
             wait = min(wait, due + 0.002)
         self._timer = self.loop.call_later(wait, self.drain)
+        self._timer_due = monotonic() + wait
 
     # -- bookkeeping ------------------------------------------------------------------------
 
