@@ -34,6 +34,9 @@ Transport options (``broker_transport_options``)
   restart loses nothing, a server or machine crash may lose the last few hundred ms of
   publishes.
 
+* ``event_loop`` (True): run in Celery's worker event loop (asynchronous prefork pool, as on
+  Redis). False: kombu's synchronous consume loop (Celery then uses its plain pool).
+
 Guarantees
 ==========
 

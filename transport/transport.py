@@ -69,6 +69,9 @@ class Transport(virtual.Transport):
     def __init__(self, client: Any, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
         self.options = Options.parse(client.transport_options)
+        if not self.options.event_loop:
+            # Celery asks the instance whether it can run in the worker's event loop.
+            self.implements = self.implements.extend(asynchronous=False)
         self.polling_interval = self.options.polling_interval
         self._conn: psycopg.Connection[Any] | None = None
         self._conn_lock = threading.Lock()

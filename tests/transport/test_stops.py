@@ -82,6 +82,16 @@ def test_worker_runs_the_asynchronous_pool_in_the_event_loop(
         wait_until(lambda: len(task_runs(broker)) == 20, what="20 tasks", proc=proc)
 
 
+def test_event_loop_false_keeps_the_synchronous_loop(broker: str, client: Celery) -> None:
+    env = {"SWF_TEST_BROKER": broker, "SWF_TEST_EVENT_LOOP": "false"}
+    with worker_process(APP, env=env, hostname="sync@%h") as proc:
+        stats = wait_until(lambda: client.control.inspect(timeout=5).stats(),
+                           what="stats reply", proc=proc)
+        assert next(iter(stats.values()))["pool"]["writes"] == "N/A"
+        client.send_task("record", args=["sync"])
+        wait_until(lambda: task_runs(broker) == [("sync", "done")], what="task ran", proc=proc)
+
+
 @pytest.mark.parametrize(("sig", "group"), [
     (signal.SIGTERM, True), (signal.SIGTERM, False),
     (signal.SIGQUIT, True), (signal.SIGQUIT, False),
