@@ -45,6 +45,7 @@ def _brokers(database_url: str) -> dict[str, tuple[str, dict[str, Any]]]:
     return {
         "swf (this project)": (pg, {}),
         "swf, durable_publish=True": (pg, {"durable_publish": True}),
+        "swf, event_loop=False": (pg, {"event_loop": False}),
         "Redis": (f"{REDIS}/12", {}),
         "RabbitMQ": (RABBIT, {}),
         "kombu pgmq (use_notify)": (parts._replace(scheme="pgmq").geturl(),
@@ -252,7 +253,9 @@ def _section(best: dict[str, dict[str, float]], every: dict[str, list[dict[str, 
         "Command: `python -m benchmarks.run bench_broker` (part of `make bench`). No-op task, "
         "worker `--pool=prefork -c 2`, result backend Redis for every broker. Throughput: "
         f"{TASKS} tasks sent then joined; latency: {ROUND_TRIPS} sequential "
-        f"`apply_async().get()`. {ROUNDS} rounds, brokers alternating; best round shown.",
+        f"`apply_async().get()`. {ROUNDS} rounds, brokers alternating; best round shown. "
+        f"Load average (1 min) at the end: {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores shared with other jobs.",
         "",
         "| broker | throughput (tasks/s) | send rate (tasks/s) | p50 latency (ms) "
         "| p95 latency (ms) |",
