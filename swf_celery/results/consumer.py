@@ -140,9 +140,15 @@ class ResultConsumer(BaseResultConsumer):
         try:
             if self._sync_listens(conn):
                 return  # results stored before the LISTEN were delivered: no need to wait
+            # NOTIFYs that libpq parsed while reading a pipeline's results wait in its
+            # queue, where notifies() (which first waits for the socket) would not see them.
             channels: set[str] = set()
-            for notify in conn.notifies(timeout=timeout, stop_after=1):
-                channels.add(notify.channel)
+            pgconn = conn.pgconn
+            while (parsed := pgconn.notifies()) is not None:
+                channels.add(parsed.relname.decode())
+            if not channels:
+                for notify in conn.notifies(timeout=timeout, stop_after=1):
+                    channels.add(notify.channel)
             if not channels:
                 return
             # Whatever else has arrived by now joins this batch (one query for all).

@@ -99,3 +99,11 @@ def test_idle_processes_that_waited_once_collect_no_notifications(db_url: str) -
         for proc in procs:
             proc.kill()
             proc.join(10)
+
+
+def test_sequential_round_trips_never_miss_a_wake_up(celery_app: Any, worker: Any) -> None:
+    # Each get() LISTENs on its result's channel (pipelined with a read) and UNLISTENs the
+    # previous one: a NOTIFY parsed while that pipeline's results are read must still wake it.
+    noop = celery_app.tasks["t.noop"]
+    for _ in range(300):
+        assert noop.delay().get(timeout=20) is None
