@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 from celery import group
 
+from tests.helpers import wait_until
+
 
 def test_error_before_a_group_reaches_the_group_results(celery_app, worker):
     t = celery_app.tasks
@@ -13,7 +15,9 @@ def test_error_before_a_group_reaches_the_group_results(celery_app, worker):
     result = sig.delay()
     with pytest.raises(ValueError, match="2"):
         result.get(timeout=30)
-    assert [r.state for r in result.results] == ["FAILURE", "FAILURE"]
+    # get() raises at the first failed child; the second is stored right after it.
+    wait_until(lambda: [r.state for r in result.results] == ["FAILURE", "FAILURE"],
+               what="both group results failed")
 
 
 def test_error_before_a_group_of_chains_reaches_their_last_tasks(celery_app, worker):
