@@ -8,12 +8,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-second bench migrate db lint type check-tree clean-db chromium help
+.PHONY: demo test test-second bench celery-suite migrate db lint type check-tree clean-db chromium help
 
 help:
 	@echo "make demo   - install, start Postgres, migrate, run the example workflow"
 	@echo "make test   - install, start Postgres, migrate, run the test suite"
 	@echo "make bench  - benchmarks against Redis/RabbitMQ (writes docs/benchmarks.md)"
+	@echo "make celery-suite - Celery's integration tests on swf:// and on Redis"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +44,11 @@ test-second: $(STAMP)
 
 bench: migrate
 	$(BIN)/python -m benchmarks.run
+
+# Celery's own t/integration (canvas, tasks, inspect) from the installed version's sdist on
+# PyPI, against swf:// and against Redis; counts go into docs/benchmarks.md.
+celery-suite: migrate
+	$(BIN)/python -m benchmarks.celery_suite
 
 # transport/ and sql/ are installed inside swf_celery (pyproject's package-dir): the
 # import-linter and mypy read the package as installed, from a tree of hard links.

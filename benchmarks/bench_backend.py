@@ -56,7 +56,9 @@ Profiled with py-spy and timestamps (separately from the table above):
   Celery's task tracing and the broker (ack, fetch).
 - **Client wake path.** From the commit of a result to `get()` returning, measured in
   isolation: NOTIFY arrives in ~0.08 ms, reading the row by id takes ~0.35 ms (one round
-  trip: NOTIFY carries ids, never payloads), Celery's promise machinery ~0.09 ms. This is
+  trip: the NOTIFY, on the result's own channel, carries no payload), Celery's promise
+  machinery ~0.09 ms. A waiter LISTENs on that channel when it starts waiting (one round
+  trip, pipelined with the first read of the result). This is
   the "result written→get()" column: a few tenths of a millisecond more than Redis,
   whose pub/sub message carries the payload.
 - **Throughput** (join of 2000) is bounded by the workers (2 prefork children per system
@@ -237,9 +239,9 @@ def _report(systems: list[tuple[str, str, str]], results: dict[str, dict[str, li
         ours = summary[name]
         label = f"swf backend, {'swf' if broker.startswith('swf://') else 'Redis'} broker:"
         checks += [
-            (f"{label} join throughput >= Redis+Redis", ours["join"] >= redis_["join"],
-             f"{ours['join'] / redis_['join']:.2f}x"),
-            (f"{label} p95 round trip <= 2x Redis+Redis", ours["p95"] <= 2 * redis_["p95"],
+            (f"{label} join throughput >= 1.3x Redis+Redis",
+             ours["join"] >= 1.3 * redis_["join"], f"{ours['join'] / redis_['join']:.2f}x"),
+            (f"{label} p95 round trip <= 1.5x Redis+Redis", ours["p95"] <= 1.5 * redis_["p95"],
              f"{ours['p95'] / redis_['p95']:.2f}x"),
             (f"{label} chord time <= Redis+Redis", ours["chord"] <= redis_["chord"],
              f"{ours['chord'] / redis_['chord']:.2f}x"),

@@ -14,3 +14,10 @@ ALTER FUNCTION swf.queue_reap()
     SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp;
 REVOKE EXECUTE ON FUNCTION swf.queue_ensure(text, bigint), swf.queue_drop(text),
     swf.queue_reap() FROM PUBLIC;
+
+-- A revoke (swf.task_revoke, 0009) records the id and deletes the task's queued messages.
+-- Any client may revoke a task (as with Celery on any broker), but a client may not delete
+-- queued messages otherwise: the function runs as its owner, for those who are granted it.
+ALTER FUNCTION swf.task_revoke(text[])
+    SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp;
+REVOKE EXECUTE ON FUNCTION swf.task_revoke(text[]) FROM PUBLIC;

@@ -39,6 +39,9 @@ Transport options (``broker_transport_options``)
   restart loses nothing, a server or machine crash may lose the last few hundred ms of
   publishes.
 
+* ``event_loop`` (True): run in Celery's worker event loop (asynchronous prefork pool, as on
+  Redis). False: kombu's synchronous consume loop (Celery then uses its plain pool).
+
 Guarantees
 ==========
 
@@ -49,7 +52,10 @@ Guarantees
 * Priorities 0..9, 0 first (as on Redis); FIFO within a priority.
 * Fanout/topic/direct bindings are shared by all processes (``swf.queue_bindings``):
   ``celery inspect``/``control``/``events`` work. A revoke also deletes the task's queued or
-  delayed message.
+  delayed message and is recorded (``swf.revoked_tasks``), so it holds across worker
+  restarts (:mod:`~swf_celery.transport.revokes`).
+* Runs in Celery's event loop (``implements.asynchronous``; asynchronous prefork pool);
+  held messages are visible again at once when a worker stops.
 * Any queue name works, mapped to a safe pgmq name (``swf.queues``); names that cannot be
   stored faithfully (empty, control characters, over 255 UTF-8 bytes) raise
   :class:`~swf_celery.errors.QueueNameError`.

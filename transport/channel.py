@@ -22,7 +22,7 @@ from psycopg.types.json import Jsonb
 
 from swf_celery.db import load_queries
 from swf_celery.errors import MessageError, QueueNameError
-from swf_celery.transport import transient
+from swf_celery.transport import revokes, transient
 from swf_celery.transport.messages import eta_delay, malformed, revoked_task_ids
 from swf_celery.transport.names import check_queue_name, is_transient, listen_channel
 
@@ -220,7 +220,16 @@ class Channel(virtual.Channel):
         if self.options.wakeups:
             self.connection.listen(listen_channel(self.pgmq_name(queue)))
         self.connection.ensure_keeper()
-        return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+        self.connection.load_revokes()
+        result = super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+        self.connection.poke()  # an event loop reads the new queue at once
+        return result
+
+    def basic_qos(self, prefetch_size: int = 0, prefetch_count: int = 0,
+                  apply_global: bool = False) -> None:
+        """Change the prefetch window; a wider one is filled at once (the loop is poked)."""
+        super().basic_qos(prefetch_size, prefetch_count, apply_global)
+        self.connection.poke()
 
     def basic_cancel(self, consumer_tag: str) -> Any:
         """Stop consuming; the queue is no longer read as no-ack."""
@@ -262,6 +271,7 @@ class Channel(virtual.Channel):
             if too_often:
                 self._execute("reject", {"queue": queue, "ids": too_often, "requeue": False,
                                          "reason": f"delivered more than {limit} times"})
+            self._check_revoked(rows)
             for msg_id, read_ct, message, _priority in rows:
                 if msg_id in too_often:
                     continue
@@ -269,6 +279,14 @@ class Channel(virtual.Channel):
                 if payload is not None:
                     out.append((queue, payload))
         return out
+
+    def _check_revoked(self, rows: list[Any]) -> None:
+        """Hand revoked task ids of redelivered messages to the worker (:mod:`.revokes`)."""
+        ids = [m["headers"]["id"] for _, read_ct, m, _ in rows
+               if read_ct > 1 and isinstance(m, dict) and isinstance(m.get("headers"), dict)
+               and isinstance(m["headers"].get("id"), str)]
+        if ids:
+            revokes.check(self.connection.pg_connection(), ids)
 
     def flush_acks(self) -> None:
         """Write the acks collected since the last flush (one statement per queue)."""

@@ -29,6 +29,9 @@ class Options:
     archive_acked: bool = False
     #: A publish returns only once its WAL is flushed (synchronous_commit on for publishes).
     durable_publish: bool = False
+    #: Run in Celery's event loop (asynchronous prefork pool); False: kombu's synchronous
+    #: consume loop (Celery then uses its plain pool, as before this option existed).
+    event_loop: bool = True
 
     @classmethod
     def parse(cls, options: Mapping[str, Any] | None) -> Options:

@@ -3,7 +3,8 @@
 
 -- name: schema_ready
 SELECT to_regprocedure('swf.queue_arm(text[])') IS NOT NULL
-   AND to_regprocedure('swf.queue_extend(text[],bigint[],double precision)') IS NOT NULL;
+   AND to_regprocedure('swf.queue_extend(text[],bigint[],double precision)') IS NOT NULL
+   AND to_regprocedure('swf.task_revokes(double precision,integer)') IS NOT NULL;
 
 -- name: ensure
 SELECT pgmq_name FROM swf.queue_ensure(%(queue)s, %(expires_ms)s);
@@ -15,7 +16,7 @@ SELECT EXISTS (SELECT 1 FROM swf.queues WHERE name = %(queue)s);
 SELECT swf.queue_fanout(%(exchange)s, %(message)s);
 
 -- name: fanout_revoke
-SELECT swf.queue_fanout(%(exchange)s, %(message)s), swf.queue_remove_tasks(%(task_ids)s);
+SELECT swf.queue_fanout(%(exchange)s, %(message)s), swf.task_revoke(%(task_ids)s);
 
 -- name: ack
 SELECT swf.queue_ack(%(queue)s, %(ids)s, %(archive)s);

@@ -1,4 +1,14 @@
-"""The kombu Transport of the ``swf://`` broker: connection, wake-ups and the consume loop."""
+"""The kombu Transport of the ``swf://`` broker: connection, wake-ups and the consume loops.
+
+Two consume loops share the read, arm and wake-up steps:
+
+- inside an event loop (Celery's worker hub, ``implements.asynchronous``):
+  :meth:`Transport.register_with_event_loop` registers the LISTEN socket and the self-pipe
+  as readers; a readable one, or a timer (polling fallback, next delayed message due), runs
+  :meth:`HubConsumer.drain <swf_celery.transport.eventloop.HubConsumer.drain>`, which
+  delivers one batch per call and never blocks;
+- plain kombu consumers call :meth:`Transport.drain_events`, which sleeps in ``select()``.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +24,9 @@ from psycopg import sql
 
 from swf_celery.db import kombu_dsn, load_queries
 from swf_celery.errors import DatabaseError, DatabaseUnavailable, SchemaNotMigrated
+from swf_celery.transport import revokes
 from swf_celery.transport.channel import Channel
+from swf_celery.transport.eventloop import HubConsumer
 from swf_celery.transport.names import check_queue_name, queue_table
 from swf_celery.transport.options import Options
 from swf_celery.transport.visibility import VisibilityKeeper
@@ -42,7 +54,7 @@ class Transport(virtual.Transport):
     can_parse_url = True  # the URL reaches dsn whole: its libpq parameters too
 
     implements = virtual.Transport.implements.extend(
-        asynchronous=False,
+        asynchronous=True,
         exchange_type=frozenset(["direct", "topic", "fanout"]),
         heartbeats=False,
     )
@@ -56,6 +68,9 @@ class Transport(virtual.Transport):
     def __init__(self, client: Any, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
         self.options = Options.parse(client.transport_options)
+        if not self.options.event_loop:
+            # Celery asks the instance whether it can run in the worker's event loop.
+            self.implements = self.implements.extend(asynchronous=False)
         self.polling_interval = self.options.polling_interval
         self._conn: psycopg.Connection[Any] | None = None
         self._conn_lock = threading.Lock()
@@ -65,6 +80,9 @@ class Transport(virtual.Transport):
         self._statements: dict[tuple[str, str], sql.Composed] = {}
         #: Queues declared with x-expires; consuming them keeps them alive (see _touch).
         self.expiring: set[str] = set()
+        #: Drives the consumers when the transport runs in an event loop (Celery's hub).
+        self._hub: HubConsumer | None = None
+        self._revokes_loaded = False
 
     # -- connections ------------------------------------------------------------------------
 
@@ -132,6 +150,9 @@ class Transport(virtual.Transport):
         try:
             super().close_connection(connection)
         finally:
+            if self._hub is not None:
+                self._hub.close()
+                self._hub = None
             if self._keeper is not None:
                 self._keeper.stop()
                 self._keeper = None
@@ -168,9 +189,17 @@ class Transport(virtual.Transport):
         self.wakeup().listen(channel)
 
     def poke(self) -> None:
-        """Wake the consume loop (an ack freed prefetch capacity)."""
+        """Wake the consume loop (an ack freed prefetch capacity, a consumer started)."""
         if self._wakeup is not None:
             self._wakeup.poke()
+
+    # -- the asynchronous consume loop (kombu hub) ------------------------------------------
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        """Consume inside ``loop`` (Celery's worker hub): see :mod:`.eventloop`."""
+        if self._hub is not None:
+            self._hub.close()
+        self._hub = HubConsumer(self, loop)
 
     def held(self) -> list[tuple[str, int]]:
         """(queue, msg_id) of every message the channels hold unacknowledged."""
@@ -178,6 +207,13 @@ class Transport(virtual.Transport):
         for channel in list(self.channels):
             pairs.extend(channel.held())
         return pairs
+
+    def load_revokes(self) -> None:
+        """Once per connection, in a Celery worker: load the recorded revokes
+        (:mod:`.revokes`) before the first message is consumed."""
+        if not self._revokes_loaded:
+            self._revokes_loaded = True
+            revokes.load(self.pg_connection())
 
     def flush_acks(self) -> None:
         """Write every channel's pending acks (also called by the keeper thread)."""

@@ -4,6 +4,10 @@ A consumer with nothing to do sleeps in :meth:`Wakeup.wait` until a producer's N
 one of its queues arrives, an ack in another thread frees prefetch capacity (:meth:`poke`),
 or the timeout passes (the polling fallback, or the moment a delayed message becomes due).
 Connection loss surfaces as ``psycopg.OperationalError`` so kombu reconnects the transport.
+
+Inside an event loop (Celery's worker hub) nobody calls :meth:`wait`: the transport registers
+:attr:`Wakeup.pipe_fd` and :meth:`Wakeup.socket_fd` as readers and calls :meth:`consume`
+when one of them is readable.
 """
 
 from __future__ import annotations
@@ -52,6 +56,35 @@ class Wakeup:
         """Wake a :meth:`wait` in another thread (or the next one); never blocks."""
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"!")
+
+    @property
+    def pipe_fd(self) -> int:
+        """The self-pipe's read end (readable after :meth:`poke`)."""
+        return self._wake_r
+
+    def socket_fd(self) -> int | None:
+        """The LISTEN connection's socket, or None while nothing is listened to."""
+        conn = self._conn if self._channels else None
+        if conn is None or conn.closed:
+            return None
+        return int(conn.pgconn.socket)
+
+    def consume(self, fd: int | None = None) -> bool:
+        """Take what is readable on ``fd`` (both when None) without blocking; True when a
+        NOTIFY or a poke was there. A lost LISTEN connection raises OperationalError."""
+        woken = False
+        if fd is None or fd == self._wake_r:
+            with contextlib.suppress(BlockingIOError, OSError):
+                while os.read(self._wake_r, 4096):
+                    woken = True
+        conn = self._conn if self._channels else None
+        if conn is not None and (fd is None or fd == conn.pgconn.socket):
+            pgconn = conn.pgconn
+            pgconn.consume_input()  # raises OperationalError when the server went away
+            while pgconn.notifies() is not None:
+                self.notifications += 1
+                woken = True
+        return woken
 
     def wait(self, timeout: float) -> bool:
         """Sleep up to ``timeout`` seconds; True when woken by a NOTIFY or a poke."""

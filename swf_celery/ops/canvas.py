@@ -35,9 +35,8 @@ def cancel_canvas(root_id: str, repo: Repo | None = None, *, app: Any = None,
     is revoked, never missed. The tasks of messages that workers hold are revoked with
     ``terminate=True`` by default: unlike a workflow run, whose coordinator ignores a
     cancelled step's late report, a plain chain would go on from a task that finishes, so
-    a running task must be stopped. (See :func:`cancel_workflow_run` for the prefork risk
-    of terminating; pass ``terminate=False`` to let running tasks finish.) A chain stops
-    there; a chord whose header tasks are gone never fires its body.
+    a running task must be stopped (pass ``terminate=False`` to let running tasks finish).
+    A chain stops there; a chord whose header tasks are gone never fires its body.
     """
     if not isinstance(root_id, str) or not root_id:
         raise ArgumentError(f"root_id must be a task id, not {root_id!r}")
@@ -51,8 +50,14 @@ def cancel_canvas(root_id: str, repo: Repo | None = None, *, app: Any = None,
 
 def revoke_tasks(db: Database, task_ids: list[str], *, app: Any = None,
                  terminate: bool = False) -> None:
-    """Revoke ``task_ids`` through ``app``, by default a Celery app on ``db`` as broker."""
+    """Revoke ``task_ids`` through ``app``, by default a Celery app on ``db`` as broker.
+
+    The revoke is also recorded in ``db`` (``swf.revoked_tasks``) first, so it holds across
+    worker restarts even when ``app`` uses another broker.
+    """
     from celery import Celery
+
+    db.fetch_one(QUERIES["record_revokes"], {"task_ids": list(task_ids)})
 
     own = app is None
     if own:

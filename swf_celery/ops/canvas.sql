@@ -2,3 +2,6 @@
 
 -- name: cancel_canvas
 SELECT removed, held FROM swf.cancel_canvas(%(root_id)s);
+
+-- name: record_revokes
+SELECT swf.task_revoke(%(task_ids)s);

@@ -20,16 +20,17 @@ SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %(role)s);
 -- Start from nothing, so a grant is exact (an operator made a worker loses the rest).
 REVOKE ALL ON ALL TABLES IN SCHEMA swf, pgmq FROM {role};
 REVOKE EXECUTE ON FUNCTION swf.queue_ensure(text, bigint), swf.queue_drop(text),
-    swf.queue_reap() FROM {role};
+    swf.queue_reap(), swf.task_revoke(text[]) FROM {role};
 ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA pgmq REVOKE ALL ON TABLES FROM {role};
 ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA swf REVOKE ALL ON TABLES FROM {role};
 GRANT USAGE ON SCHEMA swf, pgmq TO {role};
 GRANT SELECT ON swf.schema_migrations TO {role};
 
 -- name: worker
--- Consume and publish (broker), report steps, store results, send events.
+-- Consume and publish (broker), report steps, store results, send events, revoke.
 GRANT EXECUTE ON FUNCTION swf.queue_ensure(text, bigint), swf.queue_drop(text),
-    swf.queue_reap() TO {role};
+    swf.queue_reap(), swf.task_revoke(text[]) TO {role};
+GRANT SELECT, INSERT, UPDATE, DELETE ON swf.revoked_tasks TO {role};
 GRANT SELECT, UPDATE ON swf.queues TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON swf.queue_waiters, swf.queue_bindings TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA pgmq TO {role};
@@ -45,8 +46,9 @@ GRANT SELECT, INSERT ON swf.transient_archive TO {role};
 
 -- name: client
 -- Publish tasks, read results, start and watch runs (local steps included), goals and
--- messages. No reading or deleting of queued messages: that is a worker's.
-GRANT EXECUTE ON FUNCTION swf.queue_ensure(text, bigint) TO {role};
+-- messages, revoke tasks. No reading or deleting of queued messages: that is a worker's
+-- (a revoke deletes the revoked task's messages through swf.task_revoke, as its owner).
+GRANT EXECUTE ON FUNCTION swf.queue_ensure(text, bigint), swf.task_revoke(text[]) TO {role};
 GRANT SELECT ON swf.queues TO {role};
 GRANT SELECT, INSERT ON swf.queue_bindings TO {role};  -- kombu declares what it publishes to
 GRANT SELECT, UPDATE ON swf.queue_waiters TO {role};
@@ -66,7 +68,7 @@ GRANT SELECT, INSERT ON swf.channels TO {role};
 -- Lifecycle (pause, resume, cancel, retry, revoke, purge) and cleanup: every row of the
 -- schema, no DDL (queues are created and dropped through the functions above).
 GRANT EXECUTE ON FUNCTION swf.queue_ensure(text, bigint), swf.queue_drop(text),
-    swf.queue_reap() TO {role};
+    swf.queue_reap(), swf.task_revoke(text[]) TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA swf, pgmq TO {role};
 ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA swf, pgmq
     GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON TABLES TO {role};

@@ -9,9 +9,10 @@ Behaviour
       when the app opts in) and stored with their state; name, worker, queue, retries,
       group and parent are also columns, so results can be queried with SQL.
       ``result_extended`` adds args/kwargs to the stored meta as with other backends.
-    - Waiting (``AsyncResult.get()``, ``ResultSet.join()``/``join_native()``) wakes on
-      ``NOTIFY swf_results`` carrying the task id (see :mod:`swf_celery.results.consumer`);
-      no polling interval is in the latency, and payloads of any size are fine.
+    - Waiting (``AsyncResult.get()``, ``ResultSet.join()``/``join_native()``) wakes on a
+      NOTIFY on the result's own channel (see :mod:`swf_celery.results.consumer`): only
+      the waiters of that result are woken, a process LISTENs only while it waits, no
+      polling interval is in the latency, and payloads of any size are fine.
     - A stored SUCCESS is never overwritten by a later state (a redelivered copy of a
       finished task).
     - Chords: a counter row per chord, updated atomically by each header part
@@ -220,6 +221,22 @@ class SwfBackend(Backend, AsyncBackendMixin):
                 on_interval()
             time.sleep(interval)
 
+    def mark_as_failure(self, task_id: str, exc: Any, traceback: Any = None,
+                        request: Any = None, store_result: bool = True,
+                        call_errbacks: bool = True, state: str = states.FAILURE) -> None:
+        """As Celery's, and the failure also reaches the tasks of a group chained after the
+        failed task (Celery#6437: waiting on that group would otherwise never return)."""
+        super().mark_as_failure(task_id, exc, traceback=traceback, request=request,
+                                store_result=store_result, call_errbacks=call_errbacks,
+                                state=state)
+        if request is None or not store_result or state not in states.PROPAGATE_STATES:
+            return
+        chain = getattr(request, "chain", None)
+        for element in chain if isinstance(chain, list | tuple) else ():
+            if isinstance(element, dict) and element.get("subtask_type") == "group":
+                for child_id in _result_ids(element):
+                    self.store_result(child_id, exc, state, traceback=traceback)
+
     def on_task_call(self, producer: Any, task_id: str) -> None:
         # Subscribe at send time (as the Redis backend does) so a result that arrives
         # before get() is buffered instead of read again.
@@ -351,6 +368,24 @@ class SwfBackend(Backend, AsyncBackendMixin):
         (see :mod:`swf_celery.results.exceptions`)."""
         rebuilt = rebuild_exception(exc)
         return rebuilt if rebuilt is not None else super().exception_to_python(exc)
+
+
+def _result_ids(sig: Any) -> list[str]:
+    """Task ids whose results a caller waits on for signature dict ``sig`` (a group's
+    children, a chain's last task, a chord's body, a task itself)."""
+    if not isinstance(sig, dict):
+        return []
+    kind = sig.get("subtask_type")
+    kwargs = sig.get("kwargs") or {}
+    if kind == "group":
+        return [i for child in kwargs.get("tasks") or () for i in _result_ids(child)]
+    if kind == "chain":
+        tasks = kwargs.get("tasks") or ()
+        return _result_ids(tasks[-1]) if tasks else []
+    if kind == "chord":
+        return _result_ids(kwargs.get("body"))
+    task_id = (sig.get("options") or {}).get("task_id")
+    return [task_id] if isinstance(task_id, str) else []
 
 
 def _option(options: dict[str, Any], name: str, kind: type, default: Any, *,

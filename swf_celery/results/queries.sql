@@ -1,9 +1,10 @@
 -- Queries of the result backend (swf_celery/results/backend.py). Tables: sql/0003_results.sql.
 
 -- name: store_result
--- Upsert a task's result and NOTIFY its id in one statement. A stored SUCCESS is never
--- overwritten (a redelivered copy of a finished task must not turn it back to STARTED).
--- Ids too long for a NOTIFY payload are announced as '', which means "re-read all".
+-- Upsert a task's result and NOTIFY its own channel in one statement. A stored SUCCESS is
+-- never overwritten (a redelivered copy of a finished task must not turn it back to STARTED).
+-- The channel is 'swfr_' and 40 hex digits of the task id's SHA-256 (consumer.py
+-- result_channel): only processes waiting for this result are woken; no payload.
 WITH stored AS (
     INSERT INTO swf.task_results AS r (task_id, status, payload, name, worker, queue,
                                        retries, group_id, parent_id, date_done, expires_at)
@@ -22,7 +23,7 @@ WITH stored AS (
 )
 -- set_config: the synchronous_commit option for this transaction only, in this same
 -- statement (no extra round trip).
-SELECT pg_notify('swf_results', CASE WHEN octet_length(task_id) < 7900 THEN task_id ELSE '' END)
+SELECT pg_notify('swfr_' || left(encode(sha256(convert_to(task_id, 'UTF8')), 'hex'), 40), '')
 FROM stored, set_config('synchronous_commit', %(synchronous_commit)s, true);
 
 -- name: get_result

@@ -198,15 +198,14 @@ def resume_workflow_run(run_id: str, repo: Repo | None = None) -> None:
 
 def cancel_workflow_run(run_id: str, repo: Repo | None = None, *,
                         reason: str = DEFAULT_CANCEL_REASON, force: bool = False,
-                        app: Any = None, terminate: bool = False) -> None:
+                        app: Any = None, terminate: bool = True) -> None:
     """Cancel a run: queued messages removed, running Celery tasks revoked, status cancelled.
 
     A finished run raises :class:`RunStateError` unless ``force=True``. Running tasks are
     revoked through ``app`` (default: a Celery app on this database's ``swf://`` broker):
-    a worker that has not started one drops it, one already running finishes and its late
-    report is ignored. ``terminate=True`` also kills the pool process running it — Celery's
-    "last resort": with the prefork pool a process killed mid-write can leave the pool's
-    shared result pipe locked, so it is off by default.
+    a worker that has not started one drops it, and one already running is terminated (its
+    pool process is killed and replaced; the worker goes on serving). ``terminate=False``
+    lets a running task finish instead; its late report is ignored.
     """
     db = resolve(repo)
     running = _call(db, "cancel_run", {"run_id": _run_uuid(run_id), "reason": reason,

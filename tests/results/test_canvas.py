@@ -108,7 +108,9 @@ def test_link_error_old_and_new_style(t, worker, tmp_path):
         with pytest.raises(ValueError):
             result.get(timeout=30)
     wait_until(lambda: (tmp_path / old.id).exists(), what="old-style errback")
-    wait_until(lambda: (tmp_path / new.id).exists(), what="new-style errback")
+    # The errback creates the file, then writes it: wait for the content.
+    wait_until(lambda: (tmp_path / new.id).exists() and (tmp_path / new.id).read_text(),
+               what="new-style errback")
     assert (tmp_path / new.id).read_text() == "ValueError: b"
 
 

@@ -27,6 +27,7 @@ app.conf.update(
     broker_transport_options={
         "visibility_timeout": float(os.environ.get("SWF_TEST_VT", "60")),
         "polling_interval": float(os.environ.get("SWF_TEST_POLL", "1")),
+        "event_loop": os.environ.get("SWF_TEST_EVENT_LOOP", "true"),
     },
     worker_send_task_events=False,
 )

@@ -242,16 +242,35 @@ def test_cancel_revokes_a_running_step(db: str, tmp_path: Path,
                proc=workers["cpu"])
     task_id = sql_value(db, "SELECT task_id::text FROM swf.step_tasks WHERE run_id = %s",
                         (run_id,))
-    swf.cancel_workflow_run(run_id, db, reason="stop it")
+    swf.cancel_workflow_run(run_id, db, reason="stop it", terminate=False)
     with pytest.raises(WorkflowFailed, match="cancelled: stop it"):
         Executor.wait(run_id, db, timeout=10_000)
-    # The worker got the revoke broadcast; by default the running step is not killed
-    # (terminate=False): it finishes and the coordinator ignores its late report.
+    # The worker got the revoke broadcast; with terminate=False the running step is not
+    # killed: it finishes and the coordinator ignores its late report.
     wait_until(lambda: f"Tasks flagged as revoked: {task_id}" in read_log(workers["cpu"]),
                timeout=10, what="revoke received", proc=workers["cpu"])
     log = read_log(workers["cpu"])
     assert f"Tasks flagged as revoked: {task_id}" in log
     assert f"Terminating {task_id}" not in log
+
+
+def test_cancel_terminates_a_running_step_by_default(db: str, tmp_path: Path,
+                                                    workers: dict[str, Any]) -> None:
+    flow = _single(engine_app.sleepy, queue="cpu_workers", max_attempts=1)
+    run_id = Executor.start(flow, {"counter": str(tmp_path / "c"), "sleep": 600}, db)
+    wait_until(lambda: sql_value(db, "SELECT status FROM swf.step_tasks WHERE run_id = %s",
+                                 (run_id,)) == "started", timeout=10, what="step started",
+               proc=workers["cpu"])
+    task_id = sql_value(db, "SELECT task_id::text FROM swf.step_tasks WHERE run_id = %s",
+                        (run_id,))
+    swf.cancel_workflow_run(run_id, db, reason="stop it")
+    wait_until(lambda: f"Terminating {task_id}" in read_log(workers["cpu"]),
+               timeout=10, what="running step terminated", proc=workers["cpu"])
+    # The worker goes on serving: a new run completes.
+    result = Executor.execute(_single(engine_app.sleepy, queue="cpu_workers"),
+                              {"counter": str(tmp_path / "d"), "sleep": 0}, db,
+                              timeout=30_000)
+    assert result.output == {"only": "attempt 1"}
 
 
 def test_cancel_canvas_removes_queued_and_revokes_held(db: str, tmp_path: Path,

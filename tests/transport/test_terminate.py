@@ -1,0 +1,58 @@
+"""``revoke(task_id, terminate=True)`` on a real prefork worker over swf://: the running task
+is killed and the worker keeps serving, cycle after cycle."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from celery import Celery
+
+from tests.helpers import (
+    create_task_runs,
+    queue_size,
+    swf_url,
+    task_runs,
+    wait_until,
+    worker_process,
+)
+
+pytestmark = pytest.mark.slow
+APP = "tests.transport.broker_app"
+CYCLES = 50
+
+
+@pytest.fixture
+def broker(db_url: str) -> str:
+    create_task_runs(db_url)
+    return swf_url(db_url)
+
+
+@pytest.fixture
+def client(broker: str) -> Iterator[Celery]:
+    app = Celery("client", broker=broker, set_as_current=False)
+    yield app
+    app.close()
+
+
+def test_terminate_kills_the_task_and_the_worker_keeps_serving(
+        broker: str, client: Celery) -> None:
+    with worker_process(APP, env={"SWF_TEST_BROKER": broker}, hostname="term@%h") as proc:
+        for i in range(CYCLES):
+            result = client.send_task("slow", args=[f"long{i}", 600])
+            wait_until(lambda i=i: (f"long{i}", "start") in task_runs(broker),
+                       what=f"cycle {i}: task started", proc=proc)
+            client.control.revoke(result.id, terminate=True)
+            client.send_task("record", args=[f"after{i}"])
+            wait_until(lambda i=i: (f"after{i}", "done") in task_runs(broker),
+                       what=f"cycle {i}: next task served", proc=proc)
+        stats = wait_until(lambda: client.control.inspect(timeout=5).stats(),
+                           what="stats reply", proc=proc)
+        pool = next(iter(stats.values()))["pool"]
+        assert len(pool["processes"]) == 2
+        wait_until(lambda: queue_size(broker, "celery") == 0, what="queue empty", proc=proc)
+        active = client.control.inspect(timeout=5).active() or {}
+        assert all(not tasks for tasks in active.values()), active
+    runs = task_runs(broker)
+    assert not [tag for tag, phase in runs if tag.startswith("long") and phase == "done"]
+    assert sum(1 for tag, phase in runs if tag.startswith("long") and phase == "start") == CYCLES
