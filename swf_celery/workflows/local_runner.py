@@ -11,7 +11,13 @@ worker uses. Status, retries, timeouts, pause and cancel therefore behave the sa
 A local step runs only while the process that started the run is alive and driving it
 (``Executor.execute`` blocks; ``Executor.start`` drives it from a background thread).
 A timed-out local attempt is failed by the coordinator; Python cannot stop its thread,
-so the late result is ignored when it arrives.
+so the late result is ignored when it arrives. Every outcome is reported: an output that
+cannot be stored fails the attempt with the reason; a report that never reaches the
+database is logged and the attempt stays started until its timeout (if any) retries it.
+
+Workflows with local steps that this process started are remembered by slug
+(:func:`remember`, :func:`known_workflow`), so a retry of one of their runs from this
+process finds the step functions without being given them again.
 """
 
 from __future__ import annotations
@@ -37,6 +43,22 @@ log = logging.getLogger("swf_celery.workflows.local_runner")
 FALLBACK_WAKE_S = 5.0
 #: Consecutive database outages a background driver rides out before it gives up.
 BACKGROUND_RETRIES = 10
+
+_known: dict[str, WorkflowDef] = {}
+_known_lock = threading.Lock()
+
+
+def remember(workflow: WorkflowDef) -> None:
+    """Keep the functions of a workflow with local steps for retries from this process."""
+    if workflow.has_local_steps:
+        with _known_lock:
+            _known[workflow.slug] = workflow
+
+
+def known_workflow(slug: str) -> WorkflowDef | None:
+    """The workflow of ``slug`` that this process last ran with local steps, if any."""
+    with _known_lock:
+        return _known.get(slug)
 
 
 class LocalRunner:
@@ -77,13 +99,13 @@ class LocalRunner:
         try:
             function = self._functions.get(task["step"])
             if function is None:
-                coordinator.fail_task(self.db, task_id,
-                                      f"no local function for step {task['step']!r}")
+                self._report(coordinator.fail_task, task_id,
+                             f"no local function for step {task['step']!r}")
                 return
             try:
                 output = function(task["input"])
             except Exception as exc:  # the step's own failure: retried or fails the run
-                self._report(coordinator.fail_task, task_id, f"{type(exc).__name__}: {exc}")
+                self._report(coordinator.fail_task, task_id, coordinator.describe(exc))
                 return
             self._report(coordinator.complete_task, task_id, output)
         finally:
@@ -100,7 +122,7 @@ class LocalRunner:
         # retries it.
         try:
             coordinator.report_outcome(call, self.db, task_id, value)
-        except DatabaseUnavailable as exc:
+        except SwfError as exc:
             log.error("run %s: lost the outcome of task %s: %s", self.run_id, task_id, exc)
 
     def close(self) -> None:

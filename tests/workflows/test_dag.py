@@ -9,7 +9,6 @@ import pytest
 from swf_celery.errors import (
     CycleError,
     DuplicateStepError,
-    NoRootStepError,
     UnknownDependencyError,
     WorkflowDefinitionError,
 )
@@ -56,9 +55,19 @@ def test_duplicate_step() -> None:
         dag.validate([("a", []), ("a", [])])
 
 
-def test_no_root() -> None:
-    with pytest.raises(NoRootStepError):
+def test_a_graph_without_root_reports_its_cycle_by_name() -> None:
+    with pytest.raises(CycleError, match="a -> b -> a") as caught:
         dag.validate([("a", ["b"]), ("b", ["a"])])
+    assert caught.value.cycle == ["a", "b", "a"]
+    with pytest.raises(CycleError, match="y -> z -> y"):
+        dag.validate([("x", ["y"]), ("y", ["z"]), ("z", ["y"])])
+
+
+def test_a_dependency_named_like_an_input_key_is_refused() -> None:
+    for reserved in ("run", "item", "index"):
+        with pytest.raises(WorkflowDefinitionError, match=f"input key '{reserved}'"):
+            dag.validate([(reserved, []), ("b", [reserved])])
+    assert dag.validate([("run", [])]) == {"run": []}  # nothing reads it: harmless
 
 
 def test_empty_graph_and_string_depends_on() -> None:
@@ -152,10 +161,13 @@ def test_dag_module_imports_no_celery_or_database() -> None:
 def test_package_import_does_not_load_the_workflow_layer() -> None:
     import subprocess
 
+    # The step runner's registration hook (celery._state, as Celery's own built-in tasks)
+    # loads; Celery's app machinery and the engine do not.
     code = ("import sys, swf_celery; "
             "eager = [m for m in ('swf_celery.workflows.definition', "
-            "'swf_celery.workflows.executor', 'swf_celery.workflows.coordinator', 'celery') "
-            "if m in sys.modules]; "
+            "'swf_celery.workflows.executor', 'swf_celery.workflows.coordinator', "
+            "'swf_celery.workflows.worker_task', 'swf_celery.db', 'celery.app', "
+            "'psycopg') if m in sys.modules]; "
             "print(eager); sys.exit(1 if eager else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
