@@ -284,20 +284,22 @@ END $$;
 
 -- The workers' sweep: fail every attempt past its deadline, in one transaction, by one
 -- sweeper at a time (others return NULL at once). Returns {"expired": n, "revoke": [ids]}:
--- the running attempts of the runs this sweep failed, for the caller to revoke.
+-- the expired attempts and the running attempts of the runs this sweep failed, for the
+-- caller to revoke (terminate).
 CREATE FUNCTION swf.sweep_timeouts() RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_task   record;
-    v_count  integer := 0;
-    v_failed uuid[] := '{}';
-    v_out    text;
+    v_task    record;
+    v_count   integer := 0;
+    v_failed  uuid[] := '{}';
+    v_expired text[] := '{}';
+    v_out     text;
 BEGIN
     IF NOT pg_try_advisory_xact_lock(hashtext('swf-celery:sweep'), 0) THEN
         RETURN NULL;
     END IF;
     FOR v_task IN
-        SELECT t.task_id, t.run_id, s.timeout_ms FROM swf.step_tasks t
+        SELECT t.task_id, t.run_id, t.execution, s.timeout_ms FROM swf.step_tasks t
           JOIN swf.step_states s ON s.run_id = t.run_id AND s.step_name = t.step_name
          WHERE t.status = 'started' AND t.deadline < now()
          ORDER BY t.run_id, t.task_id
@@ -307,6 +309,11 @@ BEGIN
                                       trim_scale(v_task.timeout_ms / 1000.0)));
         IF v_out <> 'ignored' THEN
             v_count := v_count + 1;
+            IF v_task.execution = 'distributed' THEN
+                -- its execution may still run (a step that ignores its soft time limit):
+                -- stop it, so that a retried attempt never overlaps it
+                v_expired := v_expired || v_task.task_id::text;
+            END IF;
         END IF;
         IF v_out = 'failed' THEN
             v_failed := v_failed || v_task.run_id;
@@ -314,7 +321,8 @@ BEGIN
     END LOOP;
     RETURN jsonb_build_object(
         'expired', v_count,
-        'revoke', (SELECT coalesce(jsonb_agg(t.task_id::text), '[]'::jsonb)
+        'revoke', to_jsonb(v_expired) || (
+                   SELECT coalesce(jsonb_agg(t.task_id::text), '[]'::jsonb)
                      FROM swf.step_tasks t JOIN swf.runs r ON r.id = t.run_id
                     WHERE t.run_id = ANY (v_failed) AND r.status = 'failed'
                       AND t.status = 'started' AND t.execution = 'distributed'));

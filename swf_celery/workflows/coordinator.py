@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
@@ -50,7 +51,7 @@ QUERIES = db.load_queries(__package__)
 #: A NUL character in JSON text (an escaped backslash before "u0000" is not one).
 _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 #: What PostgreSQL refuses in a value (data exceptions, limits) means: cannot be stored.
-_UNSTORABLE: db.ErrorMap = {pg_errors.DataException: RunInputError,
+_UNSTORABLE: db.ErrorMap = {psycopg.DataError: RunInputError,
                             pg_errors.ProgramLimitExceeded: RunInputError}
 
 
