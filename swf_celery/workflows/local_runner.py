@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from swf_celery.db import Database
@@ -76,6 +76,7 @@ class LocalRunner:
         self._lock = threading.Lock()
         self._closed = False
         self._claiming = threading.Lock()
+        self._submitted: dict[Future[None], str] = {}
 
     def pump(self) -> int:
         """Claim and submit as many due local tasks as there are free threads."""
@@ -89,13 +90,18 @@ class LocalRunner:
                 self._busy += len(claimed)
             for task_id, task in claimed:
                 try:
-                    self._pool.submit(self._run, task_id, task)
-                except RuntimeError:  # closed meanwhile: the attempt times out or is retried
+                    future = self._pool.submit(self._run, task_id, task)
+                    with self._lock:
+                        self._submitted[future] = task_id
+                except RuntimeError:  # closed meanwhile: the attempt never runs
                     with self._lock:
                         self._busy -= 1
+                    self._give_back(task_id)
             return len(claimed)
 
     def _run(self, task_id: str, task: dict[str, Any]) -> None:
+        with self._lock:
+            self._submitted = {f: t for f, t in self._submitted.items() if t != task_id}
         try:
             function = self._functions.get(task["step"])
             if function is None:
@@ -130,6 +136,19 @@ class LocalRunner:
         with self._lock:
             self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            never_ran = [t for f, t in self._submitted.items() if f.cancelled()]
+            self._submitted.clear()
+        for task_id in never_ran:
+            self._give_back(task_id)
+
+    def _give_back(self, task_id: str) -> None:
+        # A claimed attempt that will never run here ends now (cancelled in a finished run,
+        # retried in an active one), rather than staying started for a retry to adopt.
+        try:
+            coordinator.abandon_task(self.db, task_id, "local runner stopped before it ran")
+        except SwfError as exc:
+            log.warning("run %s: could not give back task %s: %s", self.run_id, task_id, exc)
 
 
 def drive(db: Database, run_id: str, runner: LocalRunner | None, deadline: float | None,

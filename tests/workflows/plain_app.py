@@ -21,7 +21,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 import swf_celery
 
-app = Celery("plain_app", broker=f"swf://{os.environ.get('SWF_DATABASE_URL', '').split('://', 1)[-1]}")
+# The swf:// URL of the test's database (postgresql://… with the scheme changed).
+_where = os.environ.get("SWF_DATABASE_URL", "postgresql://localhost/unset").split("://", 1)[1]
+app = Celery("plain_app", broker=f"swf://{_where}")
 app.conf.update(
     task_acks_late=True, worker_prefetch_multiplier=4, worker_hijack_root_logger=False,
     broker_transport_options={
