@@ -170,15 +170,15 @@ def with_retries(call: Callable[[], Any], timeout: float | None = None) -> Any:
 
 
 def report_outcome(call: Callable[[db.Database, str, Any], str], database: db.Database,
-                   task_id: str, value: Any) -> str:
+                   task_id: str, value: Any, timeout: float | None = None) -> str:
     """Report an outcome with ``call`` (:func:`complete_task` or :func:`fail_task`),
-    retried over a database restart or a transaction conflict for
-    :data:`REPORT_RETRY_SECONDS`.
+    retried over a database restart or a transaction conflict for ``timeout`` seconds
+    (default :data:`REPORT_RETRY_SECONDS`).
 
     Raises the last :class:`~swf_celery.errors.SwfError` when it never got through; the
     caller decides what then happens to the attempt.
     """
-    return str(with_retries(lambda: call(database, task_id, value)))
+    return str(with_retries(lambda: call(database, task_id, value), timeout))
 
 
 def claim_local_tasks(database: db.Database, run_id: str,

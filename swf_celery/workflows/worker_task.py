@@ -13,8 +13,8 @@ with every Celery app by ``import swf_celery`` (:mod:`.registration`); on the wo
 
 Every outcome is reported. An output that cannot be stored (not JSON, a NUL character,
 too large) fails the attempt with that reason. A start or a report that cannot reach the
-database is retried for :data:`~.coordinator.REPORT_RETRY_SECONDS`; if it never gets
-through, the message is rejected back to its queue (not acknowledged) and the attempt runs
+database is retried for :data:`~.coordinator.REPORT_RETRY_SECONDS` (Celery setting
+``swf_report_retry_seconds``); if it never gets through, the message is rejected back to its queue (not acknowledged) and the attempt runs
 again; one that keeps failing is dead-lettered after ``max_deliveries``, which fails its
 attempt (``swf.fail_dead_steps``). When a report fails the run, the run's other running
 attempts are revoked with ``terminate=True``.
@@ -37,10 +37,17 @@ from swf_celery.workflows import coordinator
 
 log = logging.getLogger("swf_celery.workflows.worker_task")
 
+#: Celery setting: seconds a start or a report is retried before the message goes back.
+RETRY_SETTING = "swf_report_retry_seconds"
+
 
 def database_for(app: Any) -> db.Database:
     """The coordinator database of a Celery app (see the module docstring)."""
     return db.resolve(db.database_url(app=app).url)
+
+
+def _budget(app: Any) -> float:
+    return float(app.conf.get(RETRY_SETTING) or coordinator.REPORT_RETRY_SECONDS)
 
 
 def run_step(task: Any, ref: dict[str, Any]) -> None:
@@ -48,7 +55,8 @@ def run_step(task: Any, ref: dict[str, Any]) -> None:
     database = database_for(task.app)
     task_id = task.request.id
     try:
-        claim = coordinator.with_retries(lambda: coordinator.start_task(database, task_id))
+        claim = coordinator.with_retries(lambda: coordinator.start_task(database, task_id),
+                                         _budget(task.app))
     except SwfError as exc:
         # Not acknowledged: the message goes back and the attempt is started again later.
         raise Reject(f"cannot start step task {task_id}: {exc}", requeue=True) from exc
@@ -76,7 +84,8 @@ def _report(task: Any, database: db.Database, claim: dict[str, Any], call: Any,
             value: Any) -> None:
     task_id = task.request.id
     try:
-        outcome = coordinator.report_outcome(call, database, task_id, value)
+        outcome = coordinator.report_outcome(call, database, task_id, value,
+                                             _budget(task.app))
     except SwfError as exc:
         # Not acknowledged: the message goes back to its queue and the attempt runs again
         # (its report then counts once; a message that keeps failing is dead-lettered,

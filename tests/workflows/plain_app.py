@@ -6,7 +6,8 @@ seed's form, a class whose ``__workflow_steps__()`` lists plain tasks, in
 :mod:`tests.workflows.plain_flows` (the caller's side).
 
 Broker: the swf:// URL of ``$SWF_DATABASE_URL``. ``SWF_TEST_MAX_DELIVERIES`` sets the
-transport's ``max_deliveries``; the timeout sweeper runs every second.
+transport's ``max_deliveries``, ``SWF_TEST_REPORT_RETRY`` how long a step report is
+retried; the timeout sweeper runs every second.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ app.conf.update(
     broker_transport_options={
         "visibility_timeout": 30,
         "max_deliveries": int(os.environ.get("SWF_TEST_MAX_DELIVERIES", "10"))},
-    swf_sweep_interval=1.0)
+    swf_sweep_interval=1.0,
+    swf_report_retry_seconds=float(os.environ.get("SWF_TEST_REPORT_RETRY", "30")))
 
 assert swf_celery.__version__  # the one import a user makes
 
