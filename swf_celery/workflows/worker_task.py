@@ -16,8 +16,9 @@ too large) fails the attempt with that reason. A start or a report that cannot r
 database is retried for :data:`~.coordinator.REPORT_RETRY_SECONDS` (Celery setting
 ``swf_report_retry_seconds``); if it never gets through, the message is rejected back to
 its queue (not acknowledged) and the attempt runs again; one that keeps failing is
-dead-lettered after ``max_deliveries``, which fails its attempt (``swf.fail_dead_steps``). When a report fails the run, the run's other running
-attempts are revoked with ``terminate=True``.
+dead-lettered after ``max_deliveries``, which fails its attempt
+(``swf.fail_dead_steps``). When a report fails the run, the run's other running attempts
+are revoked with ``terminate=True``.
 
 It needs no result backend. The database is the app's (:func:`swf_celery.db.database_url`:
 ``app.conf.swf_database_url``, else the ``swf://`` broker URL, else the ``swf://`` result
