@@ -19,6 +19,10 @@
 --   transport's reject before it buries the messages).
 -- * swf.add_to_chord(): idempotent per added task id.
 -- * swf.run_status reports overdue attempts.
+-- * A waiting caller (swf.expire_tasks / swf.run_tick) fails a distributed attempt only
+--   once its hard time limit has passed too (deadline + 10 s): before that the worker's
+--   soft limit or the sweep (which also revokes it) ends it, so a retried attempt never
+--   overlaps an execution that is still running.
 
 CREATE OR REPLACE FUNCTION swf._notify(p_run uuid, p_step text, p_status text) RETURNS void
 LANGUAGE sql AS $$
@@ -504,4 +508,60 @@ BEGIN
     END IF;
     UPDATE swf.chords SET extra = extra + 1 WHERE group_id = p_group;
     RETURN true;
+END $$;
+
+
+-- The grace a waiting caller gives a distributed attempt past its deadline: the hard time
+-- limit the step message carries (swf._step_message: soft limit + 10 s).
+CREATE FUNCTION swf.caller_expiry_grace(p_execution text) RETURNS interval
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_execution = 'distributed' THEN interval '10 seconds'
+                ELSE interval '0' END
+$$;
+
+CREATE OR REPLACE FUNCTION swf.expire_tasks(p_run uuid DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_task  record;
+    v_count integer := 0;
+BEGIN
+    FOR v_task IN
+        SELECT t.task_id, s.timeout_ms FROM swf.step_tasks t
+          JOIN swf.step_states s ON s.run_id = t.run_id AND s.step_name = t.step_name
+         WHERE t.status = 'started'
+           AND t.deadline + swf.caller_expiry_grace(t.execution) < now()
+           AND (p_run IS NULL OR t.run_id = p_run)
+         ORDER BY t.run_id, t.task_id
+    LOOP
+        IF swf.fail_task(v_task.task_id,
+                         format('timed out after %s s', trim_scale(v_task.timeout_ms / 1000.0))) <> 'ignored'
+        THEN
+            v_count := v_count + 1;
+        END IF;
+    END LOOP;
+    RETURN v_count;
+END $$;
+
+CREATE OR REPLACE FUNCTION swf.run_tick(p_run uuid) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_run  swf.runs;
+    v_next timestamptz;
+BEGIN
+    PERFORM swf.expire_tasks(p_run);
+    SELECT * INTO v_run FROM swf.runs WHERE id = p_run;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    SELECT least(
+        (SELECT min(deadline + swf.caller_expiry_grace(execution)) FROM swf.step_tasks
+          WHERE run_id = p_run AND status = 'started'),
+        (SELECT min(available_at) FROM swf.step_tasks
+          WHERE run_id = p_run AND status = 'queued' AND execution = 'local'))
+      INTO v_next;
+    RETURN jsonb_build_object(
+        'status', v_run.status, 'output', v_run.output, 'error', v_run.error,
+        'failed_step', v_run.failed_step,
+        'wake_in_ms', CASE WHEN v_next IS NULL THEN NULL
+                           ELSE greatest(0, extract(epoch FROM v_next - now()) * 1000) END);
 END $$;

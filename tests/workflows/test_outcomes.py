@@ -114,6 +114,10 @@ def test_overdue_attempt_is_reported_and_swept_by_one_sweeper(db_url: str) -> No
     status = swf.get_run_status(run_id, db_url)
     assert status.status == "in_progress" and status.overdue
     assert status.steps[0].overdue_tasks == 1
+    # A waiting caller leaves it to its worker (soft limit) and the sweep until the hard
+    # limit has passed as well: only the sweep can stop (revoke) an execution still going.
+    assert coordinator.expire_tasks(database, run_id) == 0
+    assert coordinator.refresh_run(database, run_id)["wake_in_ms"] > 5000
     with psycopg.connect(db_url) as other:  # another worker is sweeping right now
         other.execute("SELECT pg_advisory_xact_lock(hashtext('swf-celery:sweep'), 0)")
         assert coordinator.sweep_timeouts(database) is None
