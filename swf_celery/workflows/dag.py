@@ -8,9 +8,10 @@ Rules checked by :func:`validate`, each with its own error class:
 
 - a step name appears once (:class:`~swf_celery.errors.DuplicateStepError`);
 - every dependency names a step of the graph (:class:`~swf_celery.errors.UnknownDependencyError`);
-- no step depends on a step named like a key of the step input (:data:`RESERVED_INPUTS`:
-  ``run``, ``item``, ``index``), whose output would overwrite that key
-  (:class:`~swf_celery.errors.WorkflowDefinitionError`);
+- no step depends on a step named ``run`` (:data:`RESERVED_INPUTS`), whose output would
+  overwrite the run input in the step input (:class:`~swf_celery.errors.WorkflowDefinitionError`;
+  a map step's ``item`` and ``index`` are checked where map steps are known,
+  :func:`swf_celery.workflows.definition.build`);
 - there is no cycle (:class:`~swf_celery.errors.CycleError`, whose ``cycle`` lists the
   steps of one cycle in dependency order, e.g. ``["a", "b", "c", "a"]``), even when no step
   is a root;
@@ -38,8 +39,10 @@ Graph = Sequence[tuple[str, Sequence[str]]]
 
 #: Separator of qualified ids produced by :func:`flatten` ("parent.child").
 QUALIFIER = "."
-#: Keys of a step's input mapping besides its dependencies' outputs.
-RESERVED_INPUTS = ("run", "item", "index")
+#: Keys of every step's input mapping besides its dependencies' outputs.
+RESERVED_INPUTS = ("run",)
+#: Further keys of a map step's input mapping.
+MAP_INPUTS = ("item", "index")
 
 
 def as_mapping(graph: Graph) -> dict[str, list[str]]:
@@ -78,8 +81,7 @@ def validate(graph: Graph) -> dict[str, list[str]]:
             if dep in RESERVED_INPUTS:
                 raise WorkflowDefinitionError(
                     f"step {name!r} depends on a step named {dep!r}, whose output would "
-                    f"overwrite the input key {dep!r}: rename that step (reserved input "
-                    f"keys: {', '.join(RESERVED_INPUTS)})")
+                    f"overwrite the input key {dep!r}: rename that step")
     cycle = find_cycle(deps)
     if cycle:
         raise CycleError("workflow has a cycle: " + " -> ".join(cycle), cycle)

@@ -169,6 +169,11 @@ def build(slug: str, entries: Sequence[tuple[str, Any, StepOptions]], *,
     deps_by_name = dag.validate(graph)
     steps = []
     for name, fn, opts in entries:
+        clash = [d for d in deps_by_name[name] if opts.map_over and d in dag.MAP_INPUTS]
+        if clash:
+            raise WorkflowDefinitionError(
+                f"workflow {slug} map step {name!r} depends on a step named {clash[0]!r}, "
+                f"whose output would overwrite the input key {clash[0]!r}: rename that step")
         opts = replace(opts, depends_on=tuple(deps_by_name[name]))
         steps.append(_resolve(slug, name, fn, opts, resource_queues))
     return WorkflowDef(slug, tuple(steps))

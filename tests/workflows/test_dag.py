@@ -63,11 +63,23 @@ def test_a_graph_without_root_reports_its_cycle_by_name() -> None:
         dag.validate([("x", ["y"]), ("y", ["z"]), ("z", ["y"])])
 
 
-def test_a_dependency_named_like_an_input_key_is_refused() -> None:
-    for reserved in ("run", "item", "index"):
-        with pytest.raises(WorkflowDefinitionError, match=f"input key '{reserved}'"):
-            dag.validate([(reserved, []), ("b", [reserved])])
+def test_a_dependency_named_run_is_refused() -> None:
+    with pytest.raises(WorkflowDefinitionError, match="input key 'run'"):
+        dag.validate([("run", []), ("b", ["run"])])
     assert dag.validate([("run", [])]) == {"run": []}  # nothing reads it: harmless
+    # "index" only matters to a map step (definition.build checks that).
+    assert dag.validate([("index", []), ("b", ["index"])]) == {"index": [], "b": ["index"]}
+
+
+def test_a_map_step_depending_on_item_or_index_is_refused() -> None:
+    from swf_celery.workflows import definition, steps
+
+    for key in ("item", "index"):
+        entries = [(key, lambda i: [1], steps.parse_options({}, where=key)),
+                   ("each", lambda i: i, steps.parse_options(
+                       {"depends_on": [key], "map_over": key}, where="each"))]
+        with pytest.raises(WorkflowDefinitionError, match=f"input key '{key}'"):
+            definition.build("clash", entries)
 
 
 def test_empty_graph_and_string_depends_on() -> None:
