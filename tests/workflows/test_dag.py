@@ -186,3 +186,28 @@ def test_package_import_does_not_load_the_workflow_layer() -> None:
     proc = subprocess.run([sys.executable, "-c", "import swf_celery; print(swf_celery.Executor)"],
                           capture_output=True, text=True)
     assert "swf_celery.workflows.executor.Executor" in proc.stdout, proc.stderr
+
+
+def test_every_celery_app_gets_the_step_runner_from_the_package_import() -> None:
+    """Apps finalised before or after ``import swf_celery``, and apps that only name the
+    transport (``broker_transport``), all get ``swf_celery.step`` and the sweeper."""
+    import subprocess
+
+    code = (
+        "from celery import Celery\n"
+        "early = Celery('early'); early.finalize()\n"
+        "import swf_celery\n"
+        "late = Celery('late')\n"
+        "print('swf_celery.step' in early.tasks, 'swf_celery.step' in late.tasks,\n"
+        "      any(s.__name__ == 'TimeoutSweeper' for s in late.steps['worker']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.split() == ["True", "True", "True"], proc.stderr
+    code = (
+        "from celery import Celery\n"
+        "from kombu.utils.imports import symbol_by_name\n"
+        "app = Celery('t', broker='postgresql://x/y',\n"
+        "             broker_transport='swf_celery.transport:Transport')\n"
+        "symbol_by_name(app.conf.broker_transport)  # what kombu does to connect\n"
+        "print('swf_celery.step' in app.tasks)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.split() == ["True"], proc.stderr
