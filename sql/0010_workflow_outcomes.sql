@@ -121,7 +121,9 @@ BEGIN
         END IF;
         v_run := v_task.run_id;
         PERFORM 1 FROM swf.runs WHERE id = v_run FOR UPDATE;
-        SELECT * INTO v_task FROM swf.step_tasks WHERE task_id = p_task FOR UPDATE;
+        -- No row lock: every transition that moves a task holds its run's lock, and the
+        -- callers' UPDATEs re-check the status (swf.start_task locks the row itself).
+        SELECT * INTO v_task FROM swf.step_tasks WHERE task_id = p_task;
         IF NOT FOUND THEN
             RETURN NULL;
         END IF;
@@ -187,7 +189,10 @@ BEGIN
     END IF;
     UPDATE swf.step_tasks
        SET status = 'completed', output = p_output, completed_at = now(), deadline = NULL
-     WHERE task_id = p_task;
+     WHERE task_id = p_task AND status IN ('queued', 'started');
+    IF NOT FOUND THEN
+        RETURN 'ignored';
+    END IF;
     SELECT map_over INTO v_map FROM swf.step_states
      WHERE run_id = v_task.run_id AND step_name = v_task.step_name;
     IF v_map IS NULL THEN
@@ -217,7 +222,12 @@ DECLARE
     v_delay_ms bigint;
     v_new   uuid := gen_random_uuid();
 BEGIN
-    IF v_task.task_id IS NULL OR v_task.status NOT IN ('queued', 'started') THEN
+    IF v_task.task_id IS NULL THEN
+        RETURN 'ignored';
+    END IF;
+    -- A failure rewrites the task (new id, attempt): hold its row while deciding.
+    SELECT * INTO v_task FROM swf.step_tasks WHERE task_id = p_task FOR UPDATE;
+    IF NOT FOUND OR v_task.status NOT IN ('queued', 'started') THEN
         RETURN 'ignored';
     END IF;
     SELECT * INTO v_run FROM swf.runs WHERE id = v_task.run_id;
@@ -281,8 +291,8 @@ BEGIN
     END IF;
     UPDATE swf.step_tasks SET status = 'cancelled', deadline = NULL, completed_at = now(),
                               error = coalesce(error, p_reason)
-     WHERE task_id = p_task;
-    RETURN 'cancelled';
+     WHERE task_id = p_task AND status IN ('queued', 'started');
+    RETURN CASE WHEN FOUND THEN 'cancelled' ELSE 'ignored' END;
 END $$;
 
 
