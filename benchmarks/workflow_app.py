@@ -1,8 +1,11 @@
 """Celery app for bench_workflow: no-op steps on the swf:// broker or on Redis.
 
 ``BENCH_BROKER=swf`` (default): broker = ``$SWF_DATABASE_URL`` as swf://, steps run as
-workflow steps. ``BENCH_BROKER=redis``: Redis broker and result backend (``$BENCH_REDIS_URL``)
-for the canvas comparison.
+workflow steps. As a user's app would, it imports ``swf_celery`` and declares plain Celery
+tasks: the step runner (``swf_celery.step``) is registered by that import alone, and the
+workflow lists the tasks in the seed's ``__workflow_steps__`` form
+(``benchmarks.bench_workflow.layered_workflow``). ``BENCH_BROKER=redis``: Redis broker and
+result backend (``$BENCH_REDIS_URL``) for the canvas comparison.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import after_setup_logger
 
-import swf_celery as swf
+import swf_celery  # noqa: F401 - the swf:// broker and the step runner
 from swf_celery import db
 
 _kind = os.environ.get("BENCH_BROKER", "swf")
@@ -29,7 +32,6 @@ app.conf.update(task_acks_late=True, worker_prefetch_multiplier=4,
                 broker_transport_options={"visibility_timeout": 60})
 
 
-@swf.step()
 @app.task
 def noop(inputs: Any = None) -> int:
     """A no-op step (the workflow form receives one mapping; canvas passes nothing)."""

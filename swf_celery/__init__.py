@@ -1,7 +1,9 @@
 """swf-celery: PostgreSQL-backed DAG workflows for Celery.
 
 Importing the package registers the ``swf://`` kombu transport alias, so a Celery app
-that does ``import swf_celery`` can use ``broker_url="swf://user@host/db"``. The public
+that does ``import swf_celery`` can use ``broker_url="swf://user@host/db"``, and registers
+the workflow step runner task (``swf_celery.step``) with every Celery app
+(:mod:`swf_celery.workflows.registration`). The public
 API below is imported lazily on first use (so the transport and result backend load
 without the workflow layer) and typed for checkers through the ``TYPE_CHECKING`` imports.
 """
@@ -23,6 +25,10 @@ TRANSPORT_ALIASES["swf"] = "swf_celery.transport:Transport"
 # Workers of an app on our database clean up finished runs, archives and expired results
 # (a bootstep added on Celery's celeryd_init signal; see swf_celery.ops.retention_worker).
 _retention_worker.connect()
+
+# Every Celery app gets the workflow step runner (and the timeout sweeper) when it is
+# finalised, so a worker whose app imports only swf_celery and its tasks runs steps.
+from swf_celery.workflows import registration as _registration  # noqa: E402,F401
 
 __version__ = "0.1.0"
 

@@ -22,7 +22,11 @@ SELECT swf.queue_fanout(%(exchange)s, %(message)s), swf.task_revoke(%(task_ids)s
 SELECT swf.queue_ack(%(queue)s, %(ids)s, %(archive)s);
 
 -- name: reject
-SELECT swf.queue_reject(%(queue)s, %(ids)s, %(requeue)s, %(reason)s);
+-- Workflow engine hook (sql/0010_workflow_outcomes.sql): before messages are dead-lettered,
+-- swf.fail_dead_steps fails the attempts of the workflow step messages among them.
+SELECT swf.queue_reject(%(queue)s, %(ids)s, %(requeue)s, %(reason)s)
+  FROM (SELECT CASE WHEN NOT %(requeue)s
+                    THEN swf.fail_dead_steps(%(queue)s, %(ids)s, %(reason)s) END) AS dead_steps;
 
 -- name: extend
 SELECT swf.queue_extend(%(queues)s, %(ids)s, %(vt)s);

@@ -68,7 +68,7 @@ def main() -> int:
     gate.touch()
     print(f"starting: celery -A {APP} worker -Q {QUEUE}")
     with worker_process(APP, queues=[QUEUE], concurrency=2), \
-            swf.listen("workflow_events", DB) as events, \
+            swf.listen("swf:workflow_events", DB) as events, \
             swf.listen(RUNNING_CHANNEL, DB) as running:
         print("1. pause and resume")
         run = swf.Executor.start(ReportFlow, {"gate": str(gate), "tag": "first"}, DB)

@@ -38,7 +38,7 @@ def listen_command(channel: str, database: str | None, as_json: bool,
                    count: int | None) -> None:
     """Print each notification on CHANNEL as it arrives (Ctrl-C to stop).
 
-    `workflow_events` shows the workflow engine's run events. After a reconnect a
+    `swf:workflow_events` shows the workflow engine's run events. After a reconnect a
     "gap" line says that notifications may have been missed.
     """
     from swf_celery.messaging.listen import listen

@@ -322,7 +322,7 @@ def listen(
     ``async for`` (asyncio; see also :func:`alisten`). With ``callback``, it is called in
     the listener's thread for each :class:`Notification`. ``buffer`` bounds undelivered
     notifications (overflow drops and reports a gap); ``max_backoff`` caps the delay
-    between reconnect attempts. ``listen("workflow_events", repo)`` delivers the workflow
+    between reconnect attempts. ``listen("swf:workflow_events", repo)`` delivers the workflow
     engine's run events. Raises :class:`~swf_celery.errors.ChannelNameError` for a bad
     name and :class:`~swf_celery.errors.DatabaseUnavailable` if the server is unreachable.
     """

@@ -38,6 +38,7 @@ ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA pgmq
     GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON swf.task_results, swf.group_results, swf.chords,
     swf.chord_parts TO {role};
+GRANT SELECT, INSERT ON swf.chord_additions TO {role};  -- Task.add_to_chord, once per id
 GRANT SELECT ON swf.flows, swf.flow_steps, swf.channels TO {role};
 GRANT SELECT, UPDATE ON swf.runs, swf.step_states TO {role};
 GRANT SELECT, INSERT, UPDATE ON swf.step_tasks TO {role};

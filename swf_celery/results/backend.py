@@ -284,7 +284,9 @@ class SwfBackend(Backend, AsyncBackendMixin):
         self._execute("set_chord_size", {"group_id": group_id, "size": chord_size})
 
     def add_to_chord(self, group_id: str, result: Any) -> None:
-        self._execute("add_to_chord", {"group_id": group_id})
+        # Keyed by the added task's id: a retry after a lost reply counts it once.
+        task_id = getattr(result, "id", None) or str(uuid4())
+        self._execute("add_to_chord", {"group_id": group_id, "task_id": str(task_id)})
 
     def on_chord_part_return(self, request: Any, state: str, result: Any,
                              propagate: Any = None, **kwargs: Any) -> None:

@@ -5,6 +5,9 @@ message). A result row is data anyone with write access to the table can shape, 
 a module that is not imported, an attribute that is not an exception class, or one
 reachable only through a module's ``__getattr__`` (which may import) all yield a generic
 exception of that name: nothing is imported or called but the class's constructor.
+Only :class:`Exception` subclasses are rebuilt as themselves: a row naming a
+``BaseException`` that is not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``,
+``GeneratorExit``…) loads as a generic exception, so ``.get()`` never raises one of those.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ def rebuild_exception(stored: Any) -> BaseException | None:
 
 
 def stored_exception_class(module_name: Any, qualname: str) -> type[BaseException]:
-    """The exception class a stored result names, or a generic stand-in for it."""
+    """The exception class a stored result names (an :class:`Exception` subclass already
+    imported), or a generic stand-in for it."""
     name = qualname.rsplit(".", 1)[-1]
     obj: Any = sys.modules.get(module_name) if isinstance(module_name, str) else None
     if obj is not None:
@@ -44,7 +48,8 @@ def stored_exception_class(module_name: Any, qualname: str) -> type[BaseExceptio
             obj = inspect.getattr_static(obj, part, None)
             if obj is None:
                 break
-        if isinstance(obj, type) and issubclass(obj, BaseException):
+        # Exception only: a BaseException such as SystemExit would stop the caller.
+        if isinstance(obj, type) and issubclass(obj, Exception):
             return obj
     return create_exception_cls(_safe_name(name), "celery.exceptions")
 

@@ -69,8 +69,9 @@ INSERT INTO swf.chords AS c (group_id, size) VALUES (%(group_id)s, %(size)s)
 ON CONFLICT (group_id) DO UPDATE SET size = excluded.size;
 
 -- name: add_to_chord
-INSERT INTO swf.chords AS c (group_id, extra) VALUES (%(group_id)s, 1)
-ON CONFLICT (group_id) DO UPDATE SET extra = c.extra + 1;
+-- Counted once per added task (swf.add_to_chord, sql/0010): a retry after a lost reply
+-- does not count the part twice.
+SELECT swf.add_to_chord(%(group_id)s, %(task_id)s);
 
 -- name: chord_part_return
 SELECT ready, total, claimed

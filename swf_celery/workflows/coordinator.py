@@ -5,23 +5,32 @@ completing and failing a step task each happen in ONE transaction there, includi
 dispatch of the steps that became ready (``swf.queue_send`` into the broker's queues).
 This module only serialises arguments and names the transitions.
 
-Events: every transition NOTIFYs :data:`EVENTS_NOTIFY_CHANNEL` (the channel
-``workflow_events`` of :mod:`swf_celery.messaging`) with ``{"run_id", "step", "status"}``
-(``step`` is ``null`` for run-level events).
+Events: every transition NOTIFYs :data:`EVENTS_NOTIFY_CHANNEL` (the reserved channel
+``swf:workflow_events`` of :mod:`swf_celery.messaging`) with ``{"run_id", "step",
+"status"}`` (``step`` is ``null`` for run-level events).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
 from swf_celery import db
-from swf_celery.errors import FlowNotFound, RunInputError, WorkflowDefinitionError
+from swf_celery.errors import (
+    FlowNotFound,
+    RunInputError,
+    RunStateError,
+    TransactionConflict,
+    WorkflowDefinitionError,
+)
 from swf_celery.messaging import channels
 
 if TYPE_CHECKING:
@@ -30,7 +39,7 @@ if TYPE_CHECKING:
 #: The Celery task that runs distributed steps on workers (:mod:`.worker_task`); the
 #: coordinator's step messages (``swf._step_message``) name it.
 STEP_TASK_NAME = "swf_celery.step"
-#: PostgreSQL channel of workflow events (NOTIFY channel of ``workflow_events``).
+#: PostgreSQL channel of workflow events (NOTIFY channel of ``swf:workflow_events``).
 EVENTS_NOTIFY_CHANNEL = channels.resolve(channels.WORKFLOW_EVENTS).notify_channel
 #: Run statuses after which nothing changes any more.
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
@@ -39,6 +48,11 @@ TERMINAL = frozenset({"completed", "failed", "cancelled"})
 REPORT_RETRY_SECONDS = 30.0
 
 QUERIES = db.load_queries(__package__)
+#: A NUL character in JSON text (an escaped backslash before "u0000" is not one).
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+#: What PostgreSQL refuses in a value (data exceptions, limits) means: cannot be stored.
+_UNSTORABLE: db.ErrorMap = {psycopg.DataError: RunInputError,
+                            pg_errors.ProgramLimitExceeded: RunInputError}
 
 
 def to_json(value: Any, what: str) -> str:
@@ -75,31 +89,96 @@ def start_task(database: db.Database, task_id: str) -> dict[str, Any] | None:
 def complete_task(database: db.Database, task_id: str, output: Any) -> str:
     """Report success; ``"completed"``, or ``"ignored"`` for a stale or duplicate report.
 
-    An output that is not JSON fails the attempt instead (returns that outcome).
+    An output that cannot be stored (not JSON, a NUL character, refused by PostgreSQL)
+    fails the attempt instead, with that reason (returns that outcome).
     """
     try:
         text = to_json(output, "the step output")
     except RunInputError as exc:
         return fail_task(database, task_id, str(exc))
-    return str(database.fetch_value(QUERIES["complete_task"],
-                                     {"task_id": task_id, "output": text}))
+    if _NUL.search(text):
+        return fail_task(database, task_id,
+                         "the step output cannot be stored: it contains a NUL character "
+                         "(\\u0000), which PostgreSQL's jsonb refuses")
+    try:
+        return str(database.fetch_value(QUERIES["complete_task"],
+                                        {"task_id": task_id, "output": text},
+                                        errors=_UNSTORABLE))
+    except RunInputError as exc:
+        return fail_task(database, task_id, f"the step output cannot be stored: {exc}")
 
 
 def fail_task(database: db.Database, task_id: str, error: str) -> str:
     """Report a failed attempt; ``"retrying"``, ``"failed"`` or ``"ignored"``."""
-    return str(database.fetch_value(QUERIES["fail_task"], {"task_id": task_id, "error": error}))
+    return str(database.fetch_value(QUERIES["fail_task"],
+                                     {"task_id": task_id, "error": _text(error)}))
+
+
+def abandon_task(database: db.Database, task_id: str, reason: str) -> str:
+    """A revoked task ends its attempt: failed (and retried) in an active run, else
+    cancelled; ``"ignored"`` when it was over already."""
+    return str(database.fetch_value(QUERIES["abandon_task"],
+                                     {"task_id": task_id, "reason": _text(reason)}))
+
+
+def running_tasks(database: db.Database, run_id: str) -> list[str]:
+    """Celery task ids of the run's distributed attempts that are running now."""
+    return list(database.fetch_value(QUERIES["running_tasks"], {"run_id": run_id}) or [])
+
+
+def sweep_timeouts(database: db.Database) -> dict[str, Any] | None:
+    """Fail every overdue attempt (one sweeper at a time): ``{"expired", "revoke"}``, or
+    ``None`` when another process holds the sweep."""
+    result: dict[str, Any] | None = database.fetch_value(QUERIES["sweep_timeouts"])
+    return result
+
+
+def cancel_run(database: db.Database, run_id: str, reason: str) -> list[str]:
+    """Cancel a run that is not finished (``swf.cancel_run``); its running task ids.
+
+    Raises :class:`~swf_celery.errors.SwfError` (a state error) when it has finished.
+    """
+    return list(database.fetch_value(QUERIES["cancel_run"],
+                                     {"run_id": run_id, "reason": reason, "force": False},
+                                     errors={pg_errors.ObjectNotInPrerequisiteState:
+                                             RunStateError}) or [])
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as the error text of a failed attempt."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL: show it instead of losing the whole report.
+    return value.replace("\x00", "\\x00")
+
+
+def with_retries(call: Callable[[], Any], timeout: float | None = None) -> Any:
+    """Call ``call``, retried while the database is unreachable or the transaction
+    conflicts, for ``timeout`` seconds (default :data:`REPORT_RETRY_SECONDS`)."""
+    deadline = time.monotonic() + (REPORT_RETRY_SECONDS if timeout is None else timeout)
+    pause = 0.02
+    while True:
+        try:
+            return db.retry_unavailable(call, timeout=max(0.0, deadline - time.monotonic()))
+        except TransactionConflict:
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(1.0, pause * 2)
 
 
 def report_outcome(call: Callable[[db.Database, str, Any], str], database: db.Database,
-                   task_id: str, value: Any) -> str:
+                   task_id: str, value: Any, timeout: float | None = None) -> str:
     """Report an outcome with ``call`` (:func:`complete_task` or :func:`fail_task`),
-    retried over a database restart for :data:`REPORT_RETRY_SECONDS`.
+    retried over a database restart or a transaction conflict for ``timeout`` seconds
+    (default :data:`REPORT_RETRY_SECONDS`).
 
-    Raises :class:`~swf_celery.errors.DatabaseUnavailable` when it never got through; the
+    Raises the last :class:`~swf_celery.errors.SwfError` when it never got through; the
     caller decides what then happens to the attempt.
     """
-    return db.retry_unavailable(lambda: call(database, task_id, value),
-                                timeout=REPORT_RETRY_SECONDS)
+    return str(with_retries(lambda: call(database, task_id, value), timeout))
 
 
 def claim_local_tasks(database: db.Database, run_id: str,

@@ -8,9 +8,14 @@ Rules checked by :func:`validate`, each with its own error class:
 
 - a step name appears once (:class:`~swf_celery.errors.DuplicateStepError`);
 - every dependency names a step of the graph (:class:`~swf_celery.errors.UnknownDependencyError`);
-- at least one step has no dependency (:class:`~swf_celery.errors.NoRootStepError`);
+- no step depends on a step named ``run`` (:data:`RESERVED_INPUTS`), whose output would
+  overwrite the run input in the step input (:class:`~swf_celery.errors.WorkflowDefinitionError`;
+  a map step's ``item`` and ``index`` are checked where map steps are known,
+  :func:`swf_celery.workflows.definition.build`);
 - there is no cycle (:class:`~swf_celery.errors.CycleError`, whose ``cycle`` lists the
-  steps of one cycle in dependency order, e.g. ``["a", "b", "c", "a"]``).
+  steps of one cycle in dependency order, e.g. ``["a", "b", "c", "a"]``), even when no step
+  is a root;
+- at least one step has no dependency (:class:`~swf_celery.errors.NoRootStepError`).
 
 :func:`flatten` turns a hierarchical task list (tasks with ``subtasks``) into a flat one:
 see its docstring for the rules.
@@ -34,6 +39,10 @@ Graph = Sequence[tuple[str, Sequence[str]]]
 
 #: Separator of qualified ids produced by :func:`flatten` ("parent.child").
 QUALIFIER = "."
+#: Keys of every step's input mapping besides its dependencies' outputs.
+RESERVED_INPUTS = ("run",)
+#: Further keys of a map step's input mapping.
+MAP_INPUTS = ("item", "index")
 
 
 def as_mapping(graph: Graph) -> dict[str, list[str]]:
@@ -69,13 +78,17 @@ def validate(graph: Graph) -> dict[str, list[str]]:
                 known = ", ".join(sorted(deps))
                 raise UnknownDependencyError(
                     f"step {name!r} depends on unknown step {dep!r} (steps: {known})")
+            if dep in RESERVED_INPUTS:
+                raise WorkflowDefinitionError(
+                    f"step {name!r} depends on a step named {dep!r}, whose output would "
+                    f"overwrite the input key {dep!r}: rename that step")
+    cycle = find_cycle(deps)
+    if cycle:
+        raise CycleError("workflow has a cycle: " + " -> ".join(cycle), cycle)
     if all(depends_on for depends_on in deps.values()):
         raise NoRootStepError(
             "every step has a dependency, so none can start: give at least one step "
             "depends_on=[]")
-    cycle = find_cycle(deps)
-    if cycle:
-        raise CycleError("workflow has a cycle: " + " -> ".join(cycle), cycle)
     return deps
 
 

@@ -169,6 +169,11 @@ def build(slug: str, entries: Sequence[tuple[str, Any, StepOptions]], *,
     deps_by_name = dag.validate(graph)
     steps = []
     for name, fn, opts in entries:
+        clash = [d for d in deps_by_name[name] if opts.map_over and d in dag.MAP_INPUTS]
+        if clash:
+            raise WorkflowDefinitionError(
+                f"workflow {slug} map step {name!r} depends on a step named {clash[0]!r}, "
+                f"whose output would overwrite the input key {clash[0]!r}: rename that step")
         opts = replace(opts, depends_on=tuple(deps_by_name[name]))
         steps.append(_resolve(slug, name, fn, opts, resource_queues))
     return WorkflowDef(slug, tuple(steps))
@@ -194,12 +199,10 @@ def _resolve(slug: str, name: str, fn: Any, opts: StepOptions,
             raise StepFunctionError(
                 f"{where}: Celery task {task_name!r} is not registered with app "
                 f"{app.main!r}")
-        from swf_celery.workflows import worker_task  # noqa: F401 - registers the step runner
-
-        if STEP_TASK_NAME not in app.tasks:
+        if STEP_TASK_NAME not in app.tasks:  # registered on every app by import swf_celery
             raise StepFunctionError(
                 f"{where}: app {app.main!r} lacks the {STEP_TASK_NAME!r} task; "
-                "import swf_celery.workflows.worker_task in the app module")
+                "import swf_celery in the app module")
         queue = opts.queue or _resource_queue(where, opts.resources, app, resource_queues) \
             or _task_queue(target)
     if opts.map_over and opts.map_over != "run" and opts.map_over not in opts.depends_on:

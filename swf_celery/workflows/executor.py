@@ -5,8 +5,10 @@ starts a run (one transaction that records it and dispatches its root steps), dr
 local steps, and waits — woken by the coordinator's NOTIFY events, not by polling — until
 the run ends. It returns a :class:`RunResult` (``.output`` is ``{leaf step: output}``,
 ``.run_id`` the run's id); a failed run raises :class:`~swf_celery.errors.WorkflowFailed`
-(``run_id``, ``step``, ``cause``); a run still going after ``timeout`` milliseconds
-raises :class:`~swf_celery.errors.WorkflowTimeout` and keeps running.
+(``run_id``, ``step``, ``cause``). ``timeout`` is the seed's maximum execution time: a run
+still going after ``timeout`` milliseconds is cancelled (queued steps removed, running ones
+revoked with ``terminate=True``) and :class:`~swf_celery.errors.WorkflowTimeout` is raised;
+``on_timeout="keep"`` leaves it running instead (wait again with ``Executor.wait``).
 
 The resource -> queue map used to route steps that name resources but no queue is
 ``resource_queues=`` here, merged over the Celery setting ``swf_resource_queues``.
@@ -20,11 +22,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from swf_celery.db import Database, Repo, resolve
-from swf_celery.errors import WorkflowFailed
+from swf_celery.errors import ArgumentError, SwfError, WorkflowFailed, WorkflowTimeout
+from swf_celery.ops.canvas import revoke_tasks
 from swf_celery.workflows import coordinator, definition, flows
-from swf_celery.workflows.local_runner import LocalRunner, drive, drive_in_background
+from swf_celery.workflows.local_runner import (
+    LocalRunner,
+    drive,
+    drive_in_background,
+    remember,
+)
 
 DEFAULT_TIMEOUT_MS = 300_000
+#: What ``execute`` does with a run that exceeds its timeout.
+ON_TIMEOUT = ("cancel", "keep")
 
 
 @dataclass(frozen=True)
@@ -42,10 +52,18 @@ class Executor:
     def execute(workflow: Any, input: Any, repo: Repo | None = None,
                 timeout: int | None = DEFAULT_TIMEOUT_MS, *,
                 resource_queues: Mapping[str, str] | None = None,
-                max_local_workers: int | None = None) -> RunResult:
-        """Run ``workflow`` on ``input`` and block until it ends (``timeout`` in ms)."""
+                max_local_workers: int | None = None, on_timeout: str = "cancel",
+                app: Any = None) -> RunResult:
+        """Run ``workflow`` on ``input`` and block until it ends.
+
+        ``timeout`` (ms, ``None``: no limit) is the run's maximum execution time: past it
+        the run is cancelled (``on_timeout="keep"``: left running) and
+        :class:`~swf_celery.errors.WorkflowTimeout` is raised. Running steps are revoked
+        through ``app`` (default: a Celery app on this database's broker).
+        """
         wf = definition.load(workflow, resource_queues=resource_queues)
-        return _run_blocking(resolve(repo), wf, input, timeout, max_local_workers, False)
+        return _run_blocking(resolve(repo), wf, input, timeout, max_local_workers, False,
+                             on_timeout, app)
 
     @staticmethod
     def start(workflow: Any, input: Any, repo: Repo | None = None, *,
@@ -63,12 +81,16 @@ class Executor:
     def execute_dynamic(workflow_id: str, input: Any, step_functions: Mapping[str, Any],
                         repo: Repo | None = None, timeout: int | None = DEFAULT_TIMEOUT_MS,
                         *, resource_queues: Mapping[str, str] | None = None,
-                        max_local_workers: int | None = None) -> RunResult:
-        """Run a stored flow; ``step_functions`` maps its step names to tasks/callables."""
+                        max_local_workers: int | None = None, on_timeout: str = "cancel",
+                        app: Any = None) -> RunResult:
+        """Run a stored flow; ``step_functions`` maps its step names to tasks/callables.
+
+        ``timeout`` and ``on_timeout`` as for :meth:`execute`.
+        """
         db = resolve(repo)
         wf = flows.load_dynamic(workflow_id, step_functions, db,
                                 resource_queues=resource_queues)
-        return _run_blocking(db, wf, input, timeout, max_local_workers, True)
+        return _run_blocking(db, wf, input, timeout, max_local_workers, True, on_timeout, app)
 
     @staticmethod
     def start_dynamic(workflow_id: str, input: Any, step_functions: Mapping[str, Any],
@@ -95,20 +117,40 @@ class Executor:
 
 def _run_blocking(db: Database, wf: definition.WorkflowDef, run_input: Any,
                   timeout: int | None, max_local_workers: int | None,
-                  dynamic: bool) -> RunResult:
+                  dynamic: bool, on_timeout: str = "cancel", app: Any = None) -> RunResult:
+    if on_timeout not in ON_TIMEOUT:
+        raise ArgumentError(f"on_timeout must be one of {ON_TIMEOUT}, not {on_timeout!r}")
     deadline = None if timeout is None else time.monotonic() + timeout / 1000
+    remember(wf)
     run_id = coordinator.start_run(db, wf, run_input, dynamic=dynamic)
     runner = LocalRunner(db, wf, run_id, max_local_workers) if wf.has_local_steps else None
     try:
         state = drive(db, run_id, runner, deadline, watch_steps=_watch_steps(wf))
+    except WorkflowTimeout:
+        if on_timeout == "keep":
+            raise
+        _cancel_on_timeout(db, run_id, timeout, app)
+        raise WorkflowTimeout(f"run {run_id} exceeded its maximum execution time of "
+                              f"{timeout} ms and was cancelled (on_timeout='keep' leaves "
+                              "it running)", run_id=run_id) from None
     finally:
         if runner is not None:
             runner.close()
     return _result(run_id, state)
 
 
+def _cancel_on_timeout(db: Database, run_id: str, timeout: int | None, app: Any) -> None:
+    try:
+        running = coordinator.cancel_run(db, run_id, f"timed out after {timeout} ms")
+    except SwfError:  # it ended meanwhile (RunStateError): nothing to cancel
+        return
+    if running:
+        revoke_tasks(db, running, app=app, terminate=True)
+
+
 def _run_background(db: Database, wf: definition.WorkflowDef, run_input: Any,
                     max_local_workers: int | None, dynamic: bool) -> str:
+    remember(wf)
     run_id = coordinator.start_run(db, wf, run_input, dynamic=dynamic)
     drive_in_background(db, wf, run_id, max_local_workers)
     return run_id

@@ -13,16 +13,20 @@ their one outcome each:
   progress and does nothing; nothing is dispatched twice.
 - retry twice on the same failed run: one retry per run; the second call returns the run
   id the first created.
+- retry while attempts of the failed run still run: the new run adopts them (their
+  reports complete its steps), so no step has two live executions; with ``reset_all``
+  they are cancelled and revoked with ``terminate=True`` instead.
 
 Statuses: ``in_progress``, ``paused``, ``completed``, ``failed``, ``cancelled``. The seed
 knows only in_progress/completed/failed: its ``"started"`` filter matches ``in_progress``
-and ``paused`` here, and a run the seed would mark failed on cancel is ``cancelled``.
+and ``paused`` here, and its ``"failed"`` filter matches ``failed`` and ``cancelled`` (the
+seed marks a cancelled run failed); ``"cancelled"`` alone narrows to cancelled runs.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -31,14 +35,14 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from swf_celery.db import Database, ErrorMap, Repo, load_queries, resolve
-from swf_celery.errors import ArgumentError, RunNotFound, RunStateError
+from swf_celery.errors import ArgumentError, RunNotFound, RunStateError, StepFunctionError
 from swf_celery.ops.canvas import revoke_tasks
-from swf_celery.workflows import definition
-from swf_celery.workflows.local_runner import drive_in_background
+from swf_celery.workflows import definition, flows
+from swf_celery.workflows.local_runner import drive_in_background, known_workflow
 
 STATUSES = ("in_progress", "paused", "completed", "failed", "cancelled")
 #: The seed's filter values, as written in its code, mapped to our statuses.
-SEED_STATUSES = {"started": ("in_progress", "paused")}
+SEED_STATUSES = {"started": ("in_progress", "paused"), "failed": ("failed", "cancelled")}
 ORDER_COLUMNS = {"inserted_at": "inserted_at", "updated_at": "updated_at",
                  "finished_at": "finished_at", "status": "status",
                  "workflow_slug": "flow_slug"}
@@ -64,6 +68,8 @@ class StepStatus:
     map_over: str | None
     task_count: int | None
     completed_tasks: int
+    #: Attempts running past their timeout (the workers' sweep fails them next).
+    overdue_tasks: int
     attempts: int
     error: str | None
     started_at: str | None
@@ -93,6 +99,8 @@ class RunStatus(RunProgress):
     """
 
     retried_by: str | None
+    #: Whether some attempt runs past its timeout (the workers' sweep fails it next).
+    overdue: bool
     input: Any
     output: Any
     inserted_at: str
@@ -156,7 +164,7 @@ def list_workflow_runs(repo: Repo | None = None, *, status: str | Sequence[str] 
         wanted = [status] if isinstance(status, str) else list(status)
         statuses = []
         for value in wanted:
-            if value in SEED_STATUSES:
+            if value in SEED_STATUSES:  # before STATUSES: the seed's "failed" is wider
                 statuses.extend(SEED_STATUSES[value])
             elif value in STATUSES:
                 statuses.append(value)
@@ -216,18 +224,60 @@ def cancel_workflow_run(run_id: str, repo: Repo | None = None, *,
 
 def retry_failed_workflow(run_id: str, repo: Repo | None = None, *,
                           skip_completed: bool = True, reset_all: bool = False,
-                          workflow: Any = None) -> str:
+                          workflow: Any = None, step_functions: Mapping[str, Any] | None = None,
+                          app: Any = None) -> str:
     """Start a new run retrying a failed (or cancelled) one; return the new run id.
 
     Unless ``reset_all`` (or ``skip_completed=False``), every completed step and every
-    completed item of a map step is reused; only failed or never-run work runs again. The
-    new run's ``retry_of`` names the old one. Calling it again for the same run returns the
-    same new run. Local steps need their functions: pass the ``workflow`` (class or
-    :class:`~swf_celery.workflows.definition.WorkflowDef`) to run them from this process.
+    completed item of a map step is reused; only failed or never-run work runs again.
+    Attempts of the old run that are still running are adopted by the new run (no step
+    runs twice at once); with ``reset_all`` they are revoked with ``terminate=True``
+    (through ``app``, default: a Celery app on this database's broker). The new run's
+    ``retry_of`` names the old one. Calling it again for the same run returns the same
+    new run.
+
+    Local steps run in this process and need their functions: the workflow a run of this
+    process started is known by its slug; otherwise pass ``workflow`` (the class or
+    :class:`~swf_celery.workflows.definition.WorkflowDef`) or, for a dynamic or goal flow,
+    ``step_functions``. Without them :class:`StepFunctionError` names the local steps, and
+    no run is created.
     """
     db = resolve(repo)
-    new_id = str(_call(db, "retry_run", {"run_id": _run_uuid(run_id),
-                                         "reuse": bool(skip_completed and not reset_all)}))
-    if workflow is not None:
-        drive_in_background(db, definition.load(workflow), new_id, None)
+    rid = _run_uuid(run_id)
+    row = db.fetch_one(QUERIES["run_local_steps"], {"run_id": rid})
+    if row is None:
+        raise RunNotFound(f"run {rid} does not exist")
+    slug, local_steps = row[0], list(row[1])
+    wf = _local_functions(db, rid, slug, local_steps, workflow, step_functions)
+    result = _call(db, "retry_run", {"run_id": rid,
+                                     "reuse": bool(skip_completed and not reset_all)})
+    if result["revoke"]:
+        revoke_tasks(db, list(result["revoke"]), app=app, terminate=True)
+    new_id = str(result["run_id"])
+    if wf is not None:
+        drive_in_background(db, wf, new_id, None)
     return new_id
+
+
+def _local_functions(db: Database, run_id: str, slug: str, local_steps: list[str],
+                     workflow: Any, step_functions: Mapping[str, Any] | None
+                     ) -> definition.WorkflowDef | None:
+    """The workflow whose functions run the local steps of a retry, or ``None``."""
+    if workflow is not None:
+        wf = definition.load(workflow)
+    elif step_functions is not None:
+        wf = flows.load_dynamic(slug, step_functions, db)
+    elif local_steps:
+        wf = known_workflow(slug)  # type: ignore[assignment]
+        if wf is None:
+            raise StepFunctionError(
+                f"run {run_id} of {slug!r} has local step(s) {local_steps}, whose functions "
+                "are not known in this process: pass workflow=<the workflow class> (or "
+                "step_functions={step: function} for a dynamic or goal flow)")
+    else:
+        return None
+    missing = [name for name in local_steps
+               if not any(s.name == name and s.function is not None for s in wf.steps)]
+    if missing:
+        raise StepFunctionError(f"run {run_id}: no function given for local step(s) {missing}")
+    return wf

@@ -11,7 +11,13 @@ worker uses. Status, retries, timeouts, pause and cancel therefore behave the sa
 A local step runs only while the process that started the run is alive and driving it
 (``Executor.execute`` blocks; ``Executor.start`` drives it from a background thread).
 A timed-out local attempt is failed by the coordinator; Python cannot stop its thread,
-so the late result is ignored when it arrives.
+so the late result is ignored when it arrives. Every outcome is reported: an output that
+cannot be stored fails the attempt with the reason; a report that never reaches the
+database is logged and the attempt stays started until its timeout (if any) retries it.
+
+Workflows with local steps that this process started are remembered by slug
+(:func:`remember`, :func:`known_workflow`), so a retry of one of their runs from this
+process finds the step functions without being given them again.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from swf_celery.db import Database
@@ -37,6 +43,22 @@ log = logging.getLogger("swf_celery.workflows.local_runner")
 FALLBACK_WAKE_S = 5.0
 #: Consecutive database outages a background driver rides out before it gives up.
 BACKGROUND_RETRIES = 10
+
+_known: dict[str, WorkflowDef] = {}
+_known_lock = threading.Lock()
+
+
+def remember(workflow: WorkflowDef) -> None:
+    """Keep the functions of a workflow with local steps for retries from this process."""
+    if workflow.has_local_steps:
+        with _known_lock:
+            _known[workflow.slug] = workflow
+
+
+def known_workflow(slug: str) -> WorkflowDef | None:
+    """The workflow of ``slug`` that this process last ran with local steps, if any."""
+    with _known_lock:
+        return _known.get(slug)
 
 
 class LocalRunner:
@@ -54,6 +76,7 @@ class LocalRunner:
         self._lock = threading.Lock()
         self._closed = False
         self._claiming = threading.Lock()
+        self._submitted: dict[Future[None], str] = {}
 
     def pump(self) -> int:
         """Claim and submit as many due local tasks as there are free threads."""
@@ -67,23 +90,28 @@ class LocalRunner:
                 self._busy += len(claimed)
             for task_id, task in claimed:
                 try:
-                    self._pool.submit(self._run, task_id, task)
-                except RuntimeError:  # closed meanwhile: the attempt times out or is retried
+                    future = self._pool.submit(self._run, task_id, task)
+                    with self._lock:
+                        self._submitted[future] = task_id
+                except RuntimeError:  # closed meanwhile: the attempt never runs
                     with self._lock:
                         self._busy -= 1
+                    self._give_back(task_id)
             return len(claimed)
 
     def _run(self, task_id: str, task: dict[str, Any]) -> None:
+        with self._lock:
+            self._submitted = {f: t for f, t in self._submitted.items() if t != task_id}
         try:
             function = self._functions.get(task["step"])
             if function is None:
-                coordinator.fail_task(self.db, task_id,
-                                      f"no local function for step {task['step']!r}")
+                self._report(coordinator.fail_task, task_id,
+                             f"no local function for step {task['step']!r}")
                 return
             try:
                 output = function(task["input"])
             except Exception as exc:  # the step's own failure: retried or fails the run
-                self._report(coordinator.fail_task, task_id, f"{type(exc).__name__}: {exc}")
+                self._report(coordinator.fail_task, task_id, coordinator.describe(exc))
                 return
             self._report(coordinator.complete_task, task_id, output)
         finally:
@@ -100,7 +128,7 @@ class LocalRunner:
         # retries it.
         try:
             coordinator.report_outcome(call, self.db, task_id, value)
-        except DatabaseUnavailable as exc:
+        except SwfError as exc:
             log.error("run %s: lost the outcome of task %s: %s", self.run_id, task_id, exc)
 
     def close(self) -> None:
@@ -108,6 +136,19 @@ class LocalRunner:
         with self._lock:
             self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            never_ran = [t for f, t in self._submitted.items() if f.cancelled()]
+            self._submitted.clear()
+        for task_id in never_ran:
+            self._give_back(task_id)
+
+    def _give_back(self, task_id: str) -> None:
+        # A claimed attempt that will never run here ends now (cancelled in a finished run,
+        # retried in an active one), rather than staying started for a retry to adopt.
+        try:
+            coordinator.abandon_task(self.db, task_id, "local runner stopped before it ran")
+        except SwfError as exc:
+            log.warning("run %s: could not give back task %s: %s", self.run_id, task_id, exc)
 
 
 def drive(db: Database, run_id: str, runner: LocalRunner | None, deadline: float | None,

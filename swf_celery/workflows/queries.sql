@@ -24,6 +24,15 @@ SELECT swf.run_tick(%(run_id)s::uuid);
 -- name: expire_tasks
 SELECT swf.expire_tasks(%(run_id)s::uuid);
 
+-- name: sweep_timeouts
+SELECT swf.sweep_timeouts();
+
+-- name: running_tasks
+SELECT swf.running_tasks(%(run_id)s::uuid);
+
+-- name: abandon_task
+SELECT swf.abandon_task(%(task_id)s::uuid, %(reason)s);
+
 
 
 -- == Stored flows (FlowBuilder): created and edited at run time, executed by name.
@@ -76,7 +85,14 @@ SELECT swf.resume_run(%(run_id)s::uuid);
 SELECT swf.cancel_run(%(run_id)s::uuid, %(reason)s, %(force)s);
 
 -- name: retry_run
-SELECT swf.retry_run(%(run_id)s::uuid, %(reuse)s)::text;
+SELECT swf.retry_run(%(run_id)s::uuid, %(reuse)s);
+
+-- name: run_local_steps
+SELECT flow_slug, coalesce(array_agg(s.step_name ORDER BY s.step_index)
+                           FILTER (WHERE s.execution = 'local'), '{}')
+  FROM swf.runs r JOIN swf.step_states s ON s.run_id = r.id
+ WHERE r.id = %(run_id)s::uuid
+ GROUP BY flow_slug;
 
 -- name: list_runs
 -- {order} and {direction} come from allow-lists in lifecycle.py, never from the caller.

@@ -96,10 +96,6 @@ def step(
     e.g. ``{"gpu": True}``; stored and used for routing. ``map_over``: the dependency (or
     ``"run"``) whose list output this step fans out over, one task per item.
     """
-    # Registers the step runner task with every Celery app, so a worker that imports a
-    # module using @step can run distributed steps.
-    from swf_celery.workflows import worker_task  # noqa: F401
-
     options = parse_options(dict(depends_on=depends_on, queue=queue, execution=execution,
                             max_attempts=max_attempts, retry_delay=retry_delay,
                             timeout=timeout, resources=resources or {}, map_over=map_over,

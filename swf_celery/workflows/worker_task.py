@@ -1,7 +1,8 @@
-"""The Celery task that runs distributed steps on workers: ``swf_celery.step``.
+"""The step runner on workers: the body of the Celery task ``swf_celery.step``.
 
 The coordinator sends every distributed step as a message for this task (headers
-``shadow`` = the user's task name, so logs and monitors show it). On the worker it
+``shadow`` = the user's task name, so logs and monitors show it). The task is registered
+with every Celery app by ``import swf_celery`` (:mod:`.registration`); on the worker it
 
 1. asks the coordinator to start the task (``swf.start_task``): this returns the step's
    input, or nothing when the message is a duplicate, a superseded attempt, or its run
@@ -10,28 +11,35 @@ The coordinator sends every distributed step as a message for this task (headers
 3. reports the output (or the error, or a soft time limit as a timeout) to the
    coordinator, whose transaction also dispatches the steps that became ready.
 
+Every outcome is reported. An output that cannot be stored (not JSON, a NUL character,
+too large) fails the attempt with that reason. A start or a report that cannot reach the
+database is retried for :data:`~.coordinator.REPORT_RETRY_SECONDS` (Celery setting
+``swf_report_retry_seconds``); if it never gets through, the message is rejected back to
+its queue (not acknowledged) and the attempt runs again; one that keeps failing is
+dead-lettered after ``max_deliveries``, which fails its attempt
+(``swf.fail_dead_steps``). When a report fails the run, the run's other running attempts
+are revoked with ``terminate=True``.
+
 It needs no result backend. The database is the app's (:func:`swf_celery.db.database_url`:
 ``app.conf.swf_database_url``, else the ``swf://`` broker URL, else the ``swf://`` result
 backend, else ``$SWF_DATABASE_URL``, else a running embedded server).
-It is registered with every Celery app as a shared task when
-:mod:`swf_celery.workflows.steps` is used (``@swf_celery.step``); an app that only runs
-steps may ``import swf_celery.workflows.worker_task`` instead.
 """
 
 from __future__ import annotations
 
-import time
+import logging
 from typing import Any
 
-from celery import shared_task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from swf_celery import db
-from swf_celery.errors import DatabaseUnavailable
+from swf_celery.errors import SwfError
 from swf_celery.workflows import coordinator
 
-#: Seconds between two sweeps of timed-out attempts by one worker process.
-SWEEP_INTERVAL = 30.0
+log = logging.getLogger("swf_celery.workflows.worker_task")
+
+#: Celery setting: seconds a start or a report is retried before the message goes back.
+RETRY_SETTING = "swf_report_retry_seconds"
 
 
 def database_for(app: Any) -> db.Database:
@@ -39,54 +47,73 @@ def database_for(app: Any) -> db.Database:
     return db.resolve(db.database_url(app=app).url)
 
 
-# acks_late + reject_on_worker_lost: a worker that dies mid-step gives the message back,
-# so the attempt runs again (at-least-once); the coordinator ignores duplicate reports.
-@shared_task(name=coordinator.STEP_TASK_NAME, bind=True, acks_late=True,
-             reject_on_worker_lost=True, ignore_result=True)
-def run_step(self: Any, ref: dict[str, Any]) -> None:
-    """Run one step task of a workflow run (``ref``: run id, step, index, attempt)."""
-    database = database_for(self.app)
-    task_id = self.request.id
-    claim = coordinator.start_task(database, task_id)
+def _budget(app: Any) -> float:
+    return float(app.conf.get(RETRY_SETTING) or coordinator.REPORT_RETRY_SECONDS)
+
+
+def run_step(task: Any, ref: dict[str, Any]) -> None:
+    """Run one step task (``task`` is the bound Celery task; ``ref`` names the attempt)."""
+    database = database_for(task.app)
+    task_id = task.request.id
+    try:
+        claim = coordinator.with_retries(lambda: coordinator.start_task(database, task_id),
+                                         _budget(task.app))
+    except SwfError as exc:
+        # Not acknowledged: the message goes back and the attempt is started again later.
+        raise Reject(f"cannot start step task {task_id}: {exc}", requeue=True) from exc
     if claim is None:
         return  # duplicate delivery, superseded attempt, or the run ended: nothing to do
-    function = self.app.tasks.get(claim["task_name"])
+    function = task.app.tasks.get(claim["task_name"])
     if function is None:
-        _report(coordinator.fail_task, database, task_id,
+        _report(task, database, claim, coordinator.fail_task,
                 f"task {claim['task_name']!r} is not registered on worker "
-                f"{self.request.hostname}")
+                f"{task.request.hostname}")
         return
     try:
         output = function(claim["input"])
     except SoftTimeLimitExceeded:
-        _report(coordinator.fail_task, database, task_id,
+        _report(task, database, claim, coordinator.fail_task,
                 f"timed out after {claim['timeout_ms'] / 1000:g} s")
         return
     except Exception as exc:  # the step's own failure: reported, the attempt retried or failed
-        _report(coordinator.fail_task, database, task_id, f"{type(exc).__name__}: {exc}")
+        _report(task, database, claim, coordinator.fail_task, coordinator.describe(exc))
         return
-    _report(coordinator.complete_task, database, task_id, output)
-    _sweep(database)
+    _report(task, database, claim, coordinator.complete_task, output)
 
 
-def _report(call: Any, database: db.Database, task_id: str, value: Any) -> None:
-    # If the outcome cannot be stored even after retries, the message goes back to the
-    # queue and the attempt runs again later.
+def _report(task: Any, database: db.Database, claim: dict[str, Any], call: Any,
+            value: Any) -> None:
+    task_id = task.request.id
     try:
-        coordinator.report_outcome(call, database, task_id, value)
-    except DatabaseUnavailable as exc:
+        outcome = coordinator.report_outcome(call, database, task_id, value,
+                                             _budget(task.app))
+    except SwfError as exc:
+        # Not acknowledged: the message goes back to its queue and the attempt runs again
+        # (its report then counts once; a message that keeps failing is dead-lettered,
+        # which fails the attempt).
         raise Reject(f"cannot report step task {task_id}: {exc}", requeue=True) from exc
+    if outcome == "failed":
+        revoke_running(task.app, database, str(claim["run_id"]), exclude=task_id)
 
 
-_last_sweep = 0.0
+def revoke_running(app: Any, database: db.Database, run_id: str, *,
+                   exclude: str | None = None) -> None:
+    """Revoke (terminate) the running attempts of a failed run; never raises."""
+    try:
+        ids = [i for i in coordinator.running_tasks(database, run_id) if i != exclude]
+        if ids:
+            app.control.revoke(ids, terminate=True)
+    except Exception as exc:  # noqa: BLE001 - best effort: a retry adopts what still runs
+        log.warning("run %s failed; could not revoke its running steps: %s", run_id, exc)
 
 
-def _sweep(database: db.Database) -> None:
-    # An attempt whose worker died past its hard time limit reports nothing and its message
-    # is acked; callers waiting on the run expire it, and so do workers, every
-    # SWEEP_INTERVAL seconds, so that a run nobody waits on cannot hang on it forever.
-    global _last_sweep
-    now = time.monotonic()
-    if now - _last_sweep >= SWEEP_INTERVAL:
-        _last_sweep = now
-        coordinator.expire_tasks(database)
+def report_revoked(app: Any, task_id: str, *, terminated: bool, expired: bool) -> None:
+    """Tell the coordinator that a step task was revoked here (it will never report)."""
+    reason = ("expired" if expired else
+              "revoked and terminated" if terminated else "revoked before it ran")
+    try:
+        database = database_for(app)
+        coordinator.with_retries(
+            lambda: coordinator.abandon_task(database, task_id, f"step task {reason}"))
+    except Exception as exc:  # noqa: BLE001 - a signal handler must not break the worker
+        log.warning("step task %s was %s; could not report it: %s", task_id, reason, exc)

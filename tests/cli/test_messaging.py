@@ -53,12 +53,11 @@ def test_listen_human_output_and_workflow_events(db_url: str, listening) -> None
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["send", "a;drop", "{}"], "channel name 'a;drop' is invalid"),
-        (["send", "x" * 100, "{}"], "limit is 59"),
-        (["send", "café", "{}"], "channel name 'café'"),
+        (["send", "x" * 100, "{}"], "limit is 63"),
+        (["send", "é" * 40, "{}"], "80 bytes long"),
         (["send", "orders", '{"unterminated": '], "JSON argument is not valid JSON"),
-        (["send", "workflow_events", "{}"], "reserved"),
-        (["listen", "'; drop table x; --"], "is invalid"),
+        (["send", "swf:workflow_events", "{}"], "reserved"),
+        (["listen", ""], "channel name is empty"),
     ],
 )
 def test_errors_are_one_line_and_exit_1(db_url: str, args: list[str], fragment: str) -> None:

@@ -9,20 +9,35 @@ import swf_celery
 from swf_celery.errors import ChannelNameError, PayloadError, PayloadTooLarge
 from swf_celery.messaging import channels
 
-HOSTILE = [
-    "a;drop", "a;drop table x", '"quoted"', "it's", "x" * 100, "café", "名前", "",
-    "Orders", "1abc", "a b", "a-b", "a\x00b", "swf_$x",
+#: Names PostgreSQL carries as identifiers (quoted): accepted, mapped safely.
+CARRIED = [
+    "a;drop", "a;drop table x", '"quoted"', "it's", "café", "名前", "Orders", "1abc", "a b",
+    "a-b", "swf_$x", "a:b.c-d", "x" * 63, "é" * 31,
 ]
+#: Names that cannot be carried (or are the library's own): refused, naming why.
+REFUSED = [("", "empty"), ("x" * 64, "64 bytes long; the limit is 63"),
+           ("é" * 32, "64 bytes long"), ("a\x00b", "NUL"), ("swf:mine", "reserved")]
 
 
 # -- names (no database) -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", HOSTILE)
-def test_hostile_channel_names_are_refused_with_the_rule(name: str) -> None:
+@pytest.mark.parametrize(("name", "why"), REFUSED)
+def test_names_that_cannot_be_carried_are_refused_with_the_reason(name: str, why: str) -> None:
     with pytest.raises(ChannelNameError, match="channel name") as info:
         channels.resolve(name)
-    assert "lower-case" in str(info.value) or "limit is 59" in str(info.value)
+    assert why in str(info.value)
+
+
+@pytest.mark.parametrize("name", CARRIED)
+def test_names_postgres_allows_map_to_valid_distinct_names(name: str) -> None:
+    ch = channels.resolve(name)
+    assert len(ch.notify_channel.encode()) <= 63
+    assert ch.notify_channel.startswith(("swf_", "swf#"))
+    assert len(ch.queue) == 47 and ch.queue == ch.queue.lower()  # hashed form
+    if name.swapcase() != name:  # case matters: another channel, other names
+        other = channels.resolve(name.swapcase())
+        assert (other.notify_channel, other.queue) != (ch.notify_channel, ch.queue)
 
 
 @pytest.mark.parametrize("name", [None, 5, b"orders"])
@@ -31,11 +46,14 @@ def test_non_string_channel_names_are_refused(name: object) -> None:
         channels.resolve(name)
 
 
-def test_59_characters_fit_and_60_do_not() -> None:
-    ok = channels.resolve("a" * 59)
-    assert len(ok.notify_channel.encode()) == 63
-    with pytest.raises(ChannelNameError, match="60 bytes long; the limit is 59"):
-        channels.resolve("a" * 60)
+def test_notify_channels_never_collide() -> None:
+    names = ["a" * 59, "a" * 60, "a" * 61, "a" * 63, "a" * 62 + "b", "Orders", "orders"]
+    # A 59-byte name that looks like a long name's NOTIFY channel after "swf_".
+    names.append(channels.notify_channel("q" * 63)[4:])
+    mapped = {channels.notify_channel(n) for n in names}
+    assert len(mapped) == len(names)
+    assert channels.resolve("a" * 59).notify_channel == "swf_" + "a" * 59
+    assert channels.notify_channel(channels.WORKFLOW_EVENTS) == "swf:workflow_events"
 
 
 def test_queue_names_fit_pgmq_and_never_collide() -> None:
@@ -51,6 +69,7 @@ def test_queue_names_fit_pgmq_and_never_collide() -> None:
         q = channels.queue_name(n)
         assert len(q) <= 47 and q == q.lower() and q.startswith("swf_ch_")
         assert (len(q) <= 46) == (len(n) <= 39)  # the two forms differ in length
+    assert channels.queue_name("Orders") != channels.queue_name("orders")
     assert channels.queue_name("orders") == "swf_ch_orders"
 
 
@@ -123,8 +142,8 @@ def test_dropped_queue_is_recreated_on_next_send(db_url: str) -> None:
     assert [m.id for m in swf_celery.read_pending("dropped", db_url)] == [message_id]
 
 
-@pytest.mark.parametrize("name", ["a;drop", "x" * 100, "café", "'q'"])
-def test_hostile_names_are_refused_before_touching_the_database(db_url: str, name: str) -> None:
+@pytest.mark.parametrize("name", ["x" * 100, "a\x00b", "swf:mine"])
+def test_refused_names_are_refused_before_touching_the_database(db_url: str, name: str) -> None:
     for call in (lambda: swf_celery.send_with_notify(name, {}, db_url),
                  lambda: swf_celery.notify_only(name, "x", db_url),
                  lambda: swf_celery.listen(name, db_url),
@@ -145,11 +164,25 @@ def test_messages_that_are_not_json_are_refused(db_url: str) -> None:
     assert swf_celery.get_message("orders", message_id, db_url).body == {"s": "\\u0000"}
 
 
-def test_workflow_events_channel_is_listen_only(db_url: str) -> None:
+def test_the_engine_events_channel_is_listen_only(db_url: str) -> None:
     with pytest.raises(ChannelNameError, match="reserved"):
-        swf_celery.send_with_notify("workflow_events", {}, db_url)
+        swf_celery.send_with_notify("swf:workflow_events", {}, db_url)
     with pytest.raises(ChannelNameError, match="reserved"):
-        swf_celery.notify_only("workflow_events", "{}", db_url)
+        swf_celery.notify_only("swf:workflow_events", "{}", db_url)
+
+
+@pytest.mark.parametrize("name", ["workflow_events", "Orders", "a:b.c-d", "a;drop table x",
+                                  "名前", "x" * 63])
+def test_seed_style_channels_carry_messages_with_ids(db_url: str, name: str) -> None:
+    """As in the seed's examples: send_with_notify + listen on a user channel, including
+    "workflow_events" (a user channel; the engine's events are "swf:workflow_events")."""
+    with swf_celery.listen(name, db_url) as listener:
+        message_id = swf_celery.send_with_notify(name, {"type": "approval"}, db_url)
+        note = listener.get(timeout=10)
+    assert note is not None and note.message_id == message_id
+    assert swf_celery.get_message(name, message_id, db_url).body == {"type": "approval"}
+    other = "orders" if name == "Orders" else name + "_other" if len(name) < 60 else "y"
+    assert swf_celery.read_pending(other, db_url) == []  # nothing leaked to another channel
 
 
 # -- notify_only payload limits (checked before sending) ---------------------------------

@@ -9,7 +9,6 @@ import pytest
 from swf_celery.errors import (
     CycleError,
     DuplicateStepError,
-    NoRootStepError,
     UnknownDependencyError,
     WorkflowDefinitionError,
 )
@@ -56,9 +55,31 @@ def test_duplicate_step() -> None:
         dag.validate([("a", []), ("a", [])])
 
 
-def test_no_root() -> None:
-    with pytest.raises(NoRootStepError):
+def test_a_graph_without_root_reports_its_cycle_by_name() -> None:
+    with pytest.raises(CycleError, match="a -> b -> a") as caught:
         dag.validate([("a", ["b"]), ("b", ["a"])])
+    assert caught.value.cycle == ["a", "b", "a"]
+    with pytest.raises(CycleError, match="y -> z -> y"):
+        dag.validate([("x", ["y"]), ("y", ["z"]), ("z", ["y"])])
+
+
+def test_a_dependency_named_run_is_refused() -> None:
+    with pytest.raises(WorkflowDefinitionError, match="input key 'run'"):
+        dag.validate([("run", []), ("b", ["run"])])
+    assert dag.validate([("run", [])]) == {"run": []}  # nothing reads it: harmless
+    # "index" only matters to a map step (definition.build checks that).
+    assert dag.validate([("index", []), ("b", ["index"])]) == {"index": [], "b": ["index"]}
+
+
+def test_a_map_step_depending_on_item_or_index_is_refused() -> None:
+    from swf_celery.workflows import definition, steps
+
+    for key in ("item", "index"):
+        entries = [(key, lambda i: [1], steps.parse_options({}, where=key)),
+                   ("each", lambda i: i, steps.parse_options(
+                       {"depends_on": [key], "map_over": key}, where="each"))]
+        with pytest.raises(WorkflowDefinitionError, match=f"input key '{key}'"):
+            definition.build("clash", entries)
 
 
 def test_empty_graph_and_string_depends_on() -> None:
@@ -152,13 +173,41 @@ def test_dag_module_imports_no_celery_or_database() -> None:
 def test_package_import_does_not_load_the_workflow_layer() -> None:
     import subprocess
 
+    # The step runner's registration hook (celery._state, as Celery's own built-in tasks)
+    # loads; Celery's app machinery and the engine do not.
     code = ("import sys, swf_celery; "
             "eager = [m for m in ('swf_celery.workflows.definition', "
-            "'swf_celery.workflows.executor', 'swf_celery.workflows.coordinator', 'celery') "
-            "if m in sys.modules]; "
+            "'swf_celery.workflows.executor', 'swf_celery.workflows.coordinator', "
+            "'swf_celery.workflows.worker_task', 'swf_celery.db', 'celery.app', "
+            "'psycopg') if m in sys.modules]; "
             "print(eager); sys.exit(1 if eager else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     proc = subprocess.run([sys.executable, "-c", "import swf_celery; print(swf_celery.Executor)"],
                           capture_output=True, text=True)
     assert "swf_celery.workflows.executor.Executor" in proc.stdout, proc.stderr
+
+
+def test_every_celery_app_gets_the_step_runner_from_the_package_import() -> None:
+    """Apps finalised before or after ``import swf_celery``, and apps that only name the
+    transport (``broker_transport``), all get ``swf_celery.step`` and the sweeper."""
+    import subprocess
+
+    code = (
+        "from celery import Celery\n"
+        "early = Celery('early'); early.finalize()\n"
+        "import swf_celery\n"
+        "late = Celery('late')\n"
+        "print('swf_celery.step' in early.tasks, 'swf_celery.step' in late.tasks,\n"
+        "      any(s.__name__ == 'TimeoutSweeper' for s in late.steps['worker']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.split() == ["True", "True", "True"], proc.stderr
+    code = (
+        "from celery import Celery\n"
+        "from kombu.utils.imports import symbol_by_name\n"
+        "app = Celery('t', broker='postgresql://x/y',\n"
+        "             broker_transport='swf_celery.transport:Transport')\n"
+        "symbol_by_name(app.conf.broker_transport)  # what kombu does to connect\n"
+        "print('swf_celery.step' in app.tasks)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.split() == ["True"], proc.stderr
