@@ -354,7 +354,9 @@ DECLARE
     v_id    text;
     v_count integer := 0;
 BEGIN
-    IF q.id IS NULL OR p_ids IS NULL THEN
+    -- Transient queues (x-expires / auto_delete: Celery's pidbox, reply and event queues,
+    -- 0012_bounded_storage.sql) have no pgmq table, and carry no step messages.
+    IF q.id IS NULL OR p_ids IS NULL OR left(q.pgmq_name, 2) = 't_' THEN
         RETURN 0;
     END IF;
     FOR v_id IN EXECUTE format(
