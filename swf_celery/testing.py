@@ -88,16 +88,20 @@ def worker_process(
         log.close()
 
 
-def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 15.0, *,
+                whole_group: bool = True) -> None:
     """TERM the worker (warm shutdown), then KILL its process group if it lingers.
 
-    Only the main process gets TERM, as from ``kill PID`` or systemd: it stops its pool.
-    TERM sent to the whole group kills the prefork children at once, and the main process
-    then hangs waiting for them.
+    By default TERM goes to the whole process group at once, as systemd stops a service
+    (``KillMode=control-group``): the main process and its pool children together.
+    ``whole_group=False`` signals only the main process, as ``kill PID`` does.
     """
     if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if whole_group:
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:
+                os.kill(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:

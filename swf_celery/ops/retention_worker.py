@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps
 from celery.signals import celeryd_init
 
-from swf_celery.db import database_url
 from swf_celery.errors import ConfigurationError, DatabasePermissionError, SwfError
-from swf_celery.ops.retention import RetentionPolicy, cleanup
+
+if TYPE_CHECKING:
+    from swf_celery.ops.retention import RetentionPolicy
+
+# ``import swf_celery`` imports this module: the database layer (psycopg) and the cleanup
+# code are imported only when a worker starts.
 
 logger = logging.getLogger(__name__)
 DEFAULT_INTERVAL = 3600.0
@@ -40,6 +44,9 @@ class RetentionStep(bootsteps.StartStopStep):
 
     def start(self, parent: Any) -> None:
         """Start the cleanup thread."""
+        from swf_celery.db import database_url
+        from swf_celery.ops.retention import RetentionPolicy
+
         app = parent.app
         interval = float(app.conf.get("swf_retention_interval", DEFAULT_INTERVAL))
         policy = RetentionPolicy.from_conf(app.conf)
@@ -57,6 +64,8 @@ class RetentionStep(bootsteps.StartStopStep):
             self._thread = None
 
     def _run(self, url: str, policy: RetentionPolicy, interval: float) -> None:
+        from swf_celery.ops.retention import cleanup
+
         wait = min(FIRST_PASS_DELAY, interval)
         while not self._stop.wait(wait):
             wait = interval
@@ -81,6 +90,8 @@ def install(sender: Any = None, instance: Any = None, **kwargs: Any) -> None:
     app = getattr(instance, "app", None)
     if app is None or not app.conf.get("swf_retention", True):
         return
+    from swf_celery.db import database_url
+
     try:
         source = database_url(app=app).source
     except ConfigurationError:

@@ -19,6 +19,8 @@ from swf_celery.errors import QueueNameError
 from swf_celery.transport.names import PGMQ_NAME
 
 QUERIES = load_queries(__package__, "queues.sql")
+#: How the transport names a transient queue in ``swf.queues.pgmq_name``.
+TRANSIENT_PREFIX = "t_"
 #: Characters of a dead letter's body shown on the page.
 BODY_CAP = 4096
 
@@ -55,6 +57,11 @@ class DeadLetter:
     body_length: int
 
 
+def _is_transient(pgmq_name: str) -> bool:
+    """A transient queue's rows live in shared tables (``t_`` names, see queues.sql)."""
+    return pgmq_name.startswith(TRANSIENT_PREFIX)
+
+
 def _tables(pgmq_name: str) -> dict[str, sql.Composable]:
     if not PGMQ_NAME.match(pgmq_name):
         raise QueueNameError(f"unexpected pgmq queue name {pgmq_name!r} in swf.queues")
@@ -76,31 +83,49 @@ def _pgmq_name(db: Database, name: str) -> str:
 
 
 def queue_stats(db: Database) -> list[QueueStats]:
-    """Every queue's counts, in one statement (one SELECT per queue, UNION ALL)."""
+    """Every queue's counts: durable queues in one statement (one SELECT per queue, UNION
+    ALL), transient queues in one more."""
     names = queue_names(db)
     if not names:
         return []
-    ordered = list(names.items())
-    parts = [sql.SQL(QUERIES["queue_stats"]).format(index=sql.Literal(i), **_tables(pgmq))
-             for i, (_, pgmq) in enumerate(ordered)]
+    durable = [(name, pgmq) for name, pgmq in names.items() if not _is_transient(pgmq)]
+    transient = [name for name, pgmq in names.items() if _is_transient(pgmq)]
+    stats: list[QueueStats] = []
     with db.connection() as conn:
-        rows = conn.execute(sql.SQL(" UNION ALL ").join(parts)).fetchall()
-    return sorted((QueueStats(ordered[i][0], ready, delayed, held, age, dead)
-                   for i, ready, delayed, held, age, dead in rows), key=lambda q: q.name)
+        if durable:
+            parts = [sql.SQL(QUERIES["queue_stats"]).format(index=sql.Literal(i),
+                                                            **_tables(pgmq))
+                     for i, (_, pgmq) in enumerate(durable)]
+            rows = conn.execute(sql.SQL(" UNION ALL ").join(parts)).fetchall()
+            stats += [QueueStats(durable[i][0], ready, delayed, held, age, dead)
+                      for i, ready, delayed, held, age, dead in rows]
+        if transient:
+            rows = conn.execute(QUERIES["transient_stats"], {"names": transient}).fetchall()
+            stats += [QueueStats(*row) for row in rows]
+    return sorted(stats, key=lambda q: q.name)
 
 
 def dead_letters(db: Database, name: str, *, limit: int = 100) -> list[DeadLetter]:
     """The newest dead letters of queue ``name`` (bodies cut to :data:`BODY_CAP`)."""
-    query = sql.SQL(QUERIES["dead_letters"]).format(**_tables(_pgmq_name(db, name)))
+    params = {"cap": BODY_CAP, "limit": limit, "queue": name}
+    pgmq = _pgmq_name(db, name)
+    if _is_transient(pgmq):
+        query: sql.Composable | str = QUERIES["transient_dead_letters"]
+    else:
+        query = sql.SQL(QUERIES["dead_letters"]).format(**_tables(pgmq))
     with db.connection() as conn:
-        rows = conn.execute(query, {"cap": BODY_CAP, "limit": limit}).fetchall()
+        rows = conn.execute(query, params).fetchall()
     return [DeadLetter(*row) for row in rows]
 
 
 def _move(db: Database, statement: str, name: str, ids: list[int] | None) -> int:
-    query = sql.SQL(QUERIES[statement]).format(**_tables(_pgmq_name(db, name)))
+    pgmq = _pgmq_name(db, name)
+    if _is_transient(pgmq):
+        query: sql.Composable | str = QUERIES["transient_" + statement]
+    else:
+        query = sql.SQL(QUERIES[statement]).format(**_tables(pgmq))
     with db.connection() as conn:
-        return len(conn.execute(query, {"ids": ids}).fetchall())
+        return len(conn.execute(query, {"ids": ids, "queue": name}).fetchall())
 
 
 def requeue_dead_letters(db: Database, name: str, ids: list[int] | None = None) -> int:

@@ -46,7 +46,7 @@ def test_worker_and_client_roles_run_tasks_chords_and_workflows(
     _not_superuser(worker_role_url)
     _not_superuser(client_role_url)
     client = _client_app(client_role_url)
-    events = swf.listen("workflow_events", client_role_url)
+    events = swf.listen("swf:workflow_events", client_role_url)  # the engine's run events
     try:
         with worker_process("tests.security.role_app", queues=[role_app.QUEUE],
                             env={"SWF_ROLE_URL": worker_role_url}, extra_args=["-E"]) as proc:
