@@ -12,7 +12,7 @@ import psycopg
 from kombu.transport import virtual
 from psycopg import sql
 
-from swf_celery.db import kombu_dsn, load_queries
+from swf_celery.db import application_name, kombu_dsn, load_queries
 from swf_celery.errors import DatabaseError, DatabaseUnavailable, SchemaNotMigrated
 from swf_celery.transport.channel import Channel
 from swf_celery.transport.names import check_queue_name, queue_table
@@ -71,7 +71,7 @@ class Transport(virtual.Transport):
     @property
     def dsn(self) -> str:
         """libpq connection string of the kombu URL, its ``?sslmode=…`` parameters included."""
-        return kombu_dsn(self.client, "swf-celery broker")
+        return kombu_dsn(self.client, application_name("broker"))
 
     def pg_connection(self) -> psycopg.Connection[Any]:
         """The transport's autocommit PostgreSQL connection (opened on first use)."""
@@ -160,7 +160,7 @@ class Transport(virtual.Transport):
     def wakeup(self) -> Wakeup:
         """The LISTEN connection and self-pipe (created on first use)."""
         if self._wakeup is None:
-            self._wakeup = Wakeup(self.dsn)
+            self._wakeup = Wakeup(kombu_dsn(self.client, application_name("listen")))
         return self._wakeup
 
     def listen(self, channel: str) -> None:

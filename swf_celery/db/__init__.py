@@ -10,7 +10,15 @@
 - :func:`load_queries` (:mod:`.queries`) reads the named SQL blocks of a ``.sql`` file.
 """
 
-from swf_celery.db.connections import DEFAULT_POOL_SIZE, Database, Repo, resolve
+from swf_celery.db.connections import (
+    DEFAULT_POOL_SIZE,
+    ROLES,
+    Database,
+    Repo,
+    application_name,
+    named_dsn,
+    resolve,
+)
 from swf_celery.db.errors import ErrorMap, retry_unavailable, translate_errors
 from swf_celery.db.queries import load_queries
 from swf_celery.db.urls import (
@@ -26,8 +34,8 @@ from swf_celery.db.urls import (
 )
 
 __all__ = [
-    "APP_SETTING", "DEFAULT_POOL_SIZE", "ENV_DATABASE_URL", "Database", "DatabaseUrl",
-    "ErrorMap", "LIBPQ_PARAMETERS", "Repo", "broker_url", "database_url", "kombu_dsn",
-    "load_queries", "normalize_dsn",
+    "APP_SETTING", "DEFAULT_POOL_SIZE", "ENV_DATABASE_URL", "ROLES", "Database", "DatabaseUrl",
+    "ErrorMap", "LIBPQ_PARAMETERS", "Repo", "application_name", "broker_url",
+    "database_url", "kombu_dsn", "load_queries", "named_dsn", "normalize_dsn",
     "redact", "resolve", "retry_unavailable", "translate_errors",
 ]

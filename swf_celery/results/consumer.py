@@ -38,7 +38,7 @@ CHANNEL = "swf_results"
 MAX_WAIT = 1.0
 #: Back-off between reconnect attempts while the server is unreachable.
 RECONNECT_INTERVAL = 0.25
-APPLICATION_NAME = "swf-celery results listener"
+APPLICATION_NAME = db.application_name("listen")
 
 QUERIES = db.load_queries(__package__)
 
@@ -143,8 +143,7 @@ class ResultConsumer(BaseResultConsumer):
         if self._conn is not None and not self._conn.closed:
             return self._conn
         try:
-            conn = psycopg.connect(self.backend.dsn, autocommit=True,
-                                   application_name=APPLICATION_NAME)
+            conn = psycopg.connect(db.named_dsn(self.backend.dsn, "listen"), autocommit=True)
             conn.execute(f"LISTEN {CHANNEL}")  # constant identifier, not user input
             self._conn = conn
             # Results stored before LISTEN (or while we were disconnected) sent their
