@@ -8,12 +8,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-second bench migrate db lint type check-tree clean-db chromium help
+.PHONY: demo test test-second bench cluster-bench migrate db lint type check-tree clean-db chromium help
 
 help:
 	@echo "make demo   - install, start Postgres, migrate, run the example workflow"
 	@echo "make test   - install, start Postgres, migrate, run the test suite"
 	@echo "make bench  - benchmarks against Redis/RabbitMQ (writes docs/benchmarks.md)"
+	@echo "make cluster-bench - 1, 2, 4 worker hosts in network namespaces (root; docs/benchmarks.md)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +44,12 @@ test-second: $(STAMP)
 
 bench: migrate
 	$(BIN)/python -m benchmarks.run
+
+# Worker hosts simulated in network namespaces against a private PostgreSQL on a bridge
+# (needs root; removes its namespaces, bridge and processes whatever happens).
+CLUSTER_ARGS ?=
+cluster-bench: $(STAMP)
+	$(BIN)/python -m benchmarks.cluster_bench $(CLUSTER_ARGS)
 
 # transport/ and sql/ are installed inside swf_celery (pyproject's package-dir): the
 # import-linter and mypy read the package as installed, from a tree of hard links.
