@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-second bench cluster-bench migrate db lint type check-tree clean-db chromium help
+.PHONY: demo test test-second bench cluster-bench pgbouncer migrate db lint type check-tree clean-db chromium help
 
 help:
 	@echo "make demo   - install, start Postgres, migrate, run the example workflow"
@@ -76,6 +76,15 @@ chromium:
 	 elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	 else echo "no /usr/bin/chromium: browser tests will skip (apt-get install chromium)"; fi
+
+# PgBouncer for its tests and `make cluster-bench CLUSTER_ARGS=--pgbouncer` (Debian's
+# package, installed with apt-get when missing; needs root). Without it those tests skip.
+pgbouncer:
+	@if command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ]; then echo "pgbouncer present"; \
+	 elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pgbouncer \
+	   && (systemctl disable --now pgbouncer 2>/dev/null || service pgbouncer stop 2>/dev/null || true); \
+	 else echo "no pgbouncer: its tests will skip (apt-get install pgbouncer)"; fi
 
 clean-db:
 	-$(BIN)/swf-celery db remove

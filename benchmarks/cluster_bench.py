@@ -11,6 +11,8 @@ Every host runs ``celery -A tests.cluster.app worker --pool=threads -c 16``; tas
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
 import statistics
 import threading
@@ -46,7 +48,31 @@ def _sessions(url: str) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def _run_tasks(broker: str, backend: str, tasks: int, watch: str | None) -> dict[str, Any]:
+def _cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    fields = [float(v) for v in open("/proc/stat").readline().split()[1:]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)
+
+
+def _server_cpu(server_pid: int | None) -> float:
+    """CPU seconds used so far by the PostgreSQL server and its backends."""
+    if server_pid is None:
+        return 0.0
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == server_pid or int(stat[1]) == server_pid:
+            ticks += int(stat[11]) + int(stat[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _run_tasks(broker: str, backend: str, tasks: int, watch: str | None,
+               server_pid: int | None = None) -> dict[str, Any]:
     """``tasks`` timed naps, published first to a queue no worker consumes; then every
     host is told to consume it at once (``add_consumer``). Returns tasks/s from the first
     start to the last end, the peak sessions and lock waits, and p50 of 20 lone round
@@ -67,8 +93,10 @@ def _run_tasks(broker: str, backend: str, tasks: int, watch: str | None) -> dict
         results = [client.send_task("tests.cluster.app.timed_nap", (NAP,), queue=BULK)
                    for _ in range(tasks)]
         sampler.start()
+        cpu0, pg0 = _cpu(), _server_cpu(server_pid)
         client.control.add_consumer(BULK, reply=False)
         outcomes = [r.get(timeout=600) for r in results]
+        cpu1, pg1 = _cpu(), _server_cpu(server_pid)
         client.control.cancel_consumer(BULK, reply=False)
         done.set()
         sampler.join()
@@ -83,6 +111,8 @@ def _run_tasks(broker: str, backend: str, tasks: int, watch: str | None) -> dict
     wall = max(end for _, _, end in outcomes) - min(start for _, start, _ in outcomes)
     hosts = Counter(host for host, _, _ in outcomes)
     return {"rate": tasks / wall, "p50": statistics.median(trips),
+            "cpu": (cpu1[0] - cpu0[0]) / max(cpu1[1] - cpu0[1], 1.0),
+            "pg_cpu_per_task": (pg1 - pg0) / tasks * 1000,
             "sessions": peak[0], "lock_waits": peak[1], "hosts": len(hosts)}
 
 
@@ -133,15 +163,17 @@ def bench(host_counts: list[int], per_host: int, pgbouncer: bool = False) -> str
     """Run everything; return the Markdown section."""
     most = max(host_counts)
     lines: list[str] = []
-    with Cluster(most, port=55434) as c:
+    with contextlib.ExitStack() as stack:
+        c = stack.enter_context(Cluster(most, port=55434))
         url = c.server.url()
         migrate.migrate(url)
         db.resolve(url).close()
         worker_url = url
         if pgbouncer:
-            from tests.cluster.pgbouncer import start_pgbouncer
+            from tests.cluster.pgbouncer import pgbouncer as run_pgbouncer
 
-            worker_url = start_pgbouncer(c, url)
+            worker_url = stack.enter_context(run_pgbouncer(url, listen_addr=BRIDGE_IP,
+                                                           spawn=c.spawn))
         secret = c.server.password  # Redis refuses non-loopback clients without one
         c.spawn(["redis-server", "--bind", BRIDGE_IP, "--port", str(REDIS_PORT), "--save", "",
                  "--appendonly", "no", "--requirepass", secret])
@@ -152,7 +184,8 @@ def bench(host_counts: list[int], per_host: int, pgbouncer: bool = False) -> str
             _start_hosts(c, hosts, {"SWF_CLUSTER_URL": worker_url})
             _run_tasks(db.broker_url(url), db.broker_url(url), 16 * hosts, None)  # warm-up
             _reset_statements(url)
-            ours = _run_tasks(db.broker_url(url), db.broker_url(url), per_host * hosts, url)
+            ours = _run_tasks(db.broker_url(url), db.broker_url(url), per_host * hosts, url,
+                              c.server.proc.pid if c.server.proc else None)
             if hosts == most:
                 statements = _top_statements(url)
             _stop_hosts(c)
@@ -189,15 +222,17 @@ def bench(host_counts: list[int], per_host: int, pgbouncer: bool = False) -> str
         "included). Connections: the most worker-host sessions seen in "
         "`pg_stat_activity` during the run.",
         "",
-        "| hosts | swf tasks/s | p50 (s) | connections | lock waits (peak) | Redis tasks/s "
-        "| Redis p50 (s) | swf / Redis | scaling vs 1 host (swf, Redis) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| hosts | swf tasks/s | p50 (s) | connections | lock waits (peak) | machine CPU "
+        "busy | PG CPU ms/task | Redis tasks/s | Redis p50 (s) | Redis CPU busy | swf / Redis "
+        "| scaling vs 1 host (swf, Redis) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for hosts, row in rows.items():
         o, r = row["ours"], row["redis"]
         lines.append(
             f"| {hosts} | {o['rate']:.0f} | {o['p50']:.2f} | {o['sessions']} | "
-            f"{o['lock_waits']} | {r['rate']:.0f} | {r['p50']:.2f} | "
+            f"{o['lock_waits']} | {o['cpu']:.0%} | {o['pg_cpu_per_task']:.2f} | "
+            f"{r['rate']:.0f} | {r['p50']:.2f} | {r['cpu']:.0%} | "
             f"{o['rate'] / r['rate']:.2f} | {o['rate'] / base['ours']['rate']:.2f}x, "
             f"{r['rate'] / base['redis']['rate']:.2f}x |")
     lines += [

@@ -16,7 +16,9 @@ from swf_celery.db.connections import (
     Database,
     Repo,
     application_name,
+    behind_pooler,
     named_dsn,
+    open_connection,
     resolve,
 )
 from swf_celery.db.errors import ErrorMap, retry_unavailable, translate_errors
@@ -25,17 +27,22 @@ from swf_celery.db.urls import (
     APP_SETTING,
     ENV_DATABASE_URL,
     LIBPQ_PARAMETERS,
+    LISTEN_PARAMETER,
     DatabaseUrl,
     broker_url,
     database_url,
     kombu_dsn,
+    kombu_url,
     normalize_dsn,
     redact,
+    split_listen_url,
+    with_listen_url,
 )
 
 __all__ = [
     "APP_SETTING", "DEFAULT_POOL_SIZE", "ENV_DATABASE_URL", "ROLES", "Database", "DatabaseUrl",
-    "ErrorMap", "LIBPQ_PARAMETERS", "Repo", "application_name", "broker_url",
-    "database_url", "kombu_dsn", "load_queries", "named_dsn", "normalize_dsn",
+    "ErrorMap", "LIBPQ_PARAMETERS", "LISTEN_PARAMETER", "Repo", "application_name",
+    "behind_pooler", "broker_url", "database_url", "kombu_dsn", "kombu_url", "load_queries",
+    "named_dsn", "normalize_dsn", "open_connection", "split_listen_url", "with_listen_url",
     "redact", "resolve", "retry_unavailable", "translate_errors",
 ]

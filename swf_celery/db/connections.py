@@ -31,7 +31,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from swf_celery.db.errors import ErrorMap, translate_errors
 from swf_celery.db.queries import load_queries
-from swf_celery.db.urls import database_url, normalize_dsn, redact
+from swf_celery.db.urls import database_url, normalize_dsn, redact, split_listen_url
 from swf_celery.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -69,7 +69,8 @@ class Database:
         self._engine = engine
         self._state = _PoolState()
         # The URL's own application_name wins over the role's.
-        self._named = "application_name" in _conninfo(dsn)
+        self._libpq_dsn, self.listen_dsn = split_listen_url(dsn)
+        self._named = "application_name" in _conninfo(self._libpq_dsn)
 
     def __repr__(self) -> str:
         return f"Database({redact(self.dsn)!r}, role={self.role!r})"
@@ -171,12 +172,12 @@ class Database:
                 **kwargs: Any) -> psycopg.Connection[Any]:
         """Open a dedicated connection (for LISTEN, advisory locks); the caller closes it.
 
-        It is labelled ``role`` (default: this handle's) unless the URL names itself.
+        It is labelled ``role`` (default: this handle's) unless the URL names itself; a
+        ``listen`` connection goes to the URL's ``listen_url`` when it has one.
         """
-        if not self._named and "application_name" not in kwargs:
-            kwargs["application_name"] = application_name(role or self.role)
         with translate_errors():
-            return psycopg.connect(self.dsn, autocommit=autocommit, **kwargs)
+            return open_connection(self.dsn, role or self.role, autocommit=autocommit,
+                                   **kwargs)
 
     def reserve(self, connections: int) -> None:
         """Let this process's shared pool grow to at least ``connections``."""
@@ -204,10 +205,13 @@ class Database:
                 from psycopg_pool import ConnectionPool
 
                 # No connection until one is needed (min_size 0); idle ones close.
+                kwargs: dict[str, Any] = {} if self._named else {
+                    "application_name": self.application_name}
+                if self.listen_dsn is not None:  # a transaction pooler: nothing prepared
+                    kwargs["prepare_threshold"] = None
                 state.pool = ConnectionPool(
-                    self.dsn, min_size=0, max_size=state.size, open=True, name="swf",
-                    max_idle=state.max_idle, check=_check_idle_connection,
-                    kwargs={} if self._named else {"application_name": self.application_name})
+                    self._libpq_dsn, min_size=0, max_size=state.size, open=True, name="swf",
+                    max_idle=state.max_idle, check=_check_idle_connection, kwargs=kwargs)
             return state.pool
 
     def close(self) -> None:
@@ -237,10 +241,29 @@ def application_name(role: str) -> str:
 
 
 def named_dsn(dsn: str, role: str) -> str:
-    """``dsn`` with ``application_name`` set to ``role``'s, unless the DSN names itself."""
-    if "application_name" in _conninfo(dsn):
-        return dsn
-    return make_conninfo(dsn, application_name=application_name(role))
+    """The libpq DSN a ``role`` connection of ``dsn`` uses: ``application_name`` set to the
+    role's unless the DSN names itself; for ``listen``, the URL's ``listen_url`` when set
+    (``listen_url`` never reaches libpq)."""
+    main, listen = split_listen_url(dsn)
+    base = listen if role == "listen" and listen is not None else main
+    if "application_name" in _conninfo(base):
+        return base
+    return make_conninfo(base, application_name=application_name(role))
+
+
+def behind_pooler(dsn: str) -> bool:
+    """Whether ``dsn`` goes through a transaction pooler (it names a ``listen_url``): no
+    session state and no server-side prepared statements on its connections."""
+    return split_listen_url(dsn)[1] is not None
+
+
+def open_connection(dsn: str, role: str, *, autocommit: bool = True,
+                    **kwargs: Any) -> psycopg.Connection[Any]:
+    """A dedicated connection of ``role`` to ``dsn`` (see :func:`named_dsn`); through a
+    transaction pooler, psycopg prepares nothing. The caller closes it."""
+    if role != "listen" and behind_pooler(dsn):
+        kwargs.setdefault("prepare_threshold", None)
+    return psycopg.connect(named_dsn(dsn, role), autocommit=autocommit, **kwargs)
 
 
 def _check_role(role: str) -> str:

@@ -143,7 +143,7 @@ class ResultConsumer(BaseResultConsumer):
         if self._conn is not None and not self._conn.closed:
             return self._conn
         try:
-            conn = psycopg.connect(db.named_dsn(self.backend.dsn, "listen"), autocommit=True)
+            conn = db.open_connection(self.backend.dsn, "listen")
             conn.execute(f"LISTEN {CHANNEL}")  # constant identifier, not user input
             self._conn = conn
             # Results stored before LISTEN (or while we were disconnected) sent their

@@ -36,7 +36,8 @@ SWEEP_INTERVAL = 30.0
 
 def database_for(app: Any) -> db.Database:
     """The coordinator database of a Celery app (see the module docstring)."""
-    return db.resolve(db.database_url(app=app).url, role="steps")
+    url = db.with_listen_url(db.database_url(app=app).url, app.conf.get("swf_listen_url"))
+    return db.resolve(url, role="steps")
 
 
 # acks_late + reject_on_worker_lost: a worker that dies mid-step gives the message back,

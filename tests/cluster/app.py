@@ -26,7 +26,10 @@ app.conf.broker_transport_options = {
 
 
 def _record(key: str) -> None:
+    """The task's effect, once per task id; every execution is counted beside it."""
     with db.resolve(_url, role="steps").connection() as conn:
+        conn.execute("INSERT INTO cluster_runs (key, host) VALUES (%s, %s)",
+                     (key, socket.gethostname()))
         conn.execute("INSERT INTO cluster_effects (key, host) VALUES (%s, %s) "
                      "ON CONFLICT (key) DO NOTHING", (key, socket.gethostname()))
 
@@ -55,7 +58,10 @@ def tick(inputs: Any = None) -> int:
 
 @app.task(bind=True)
 def effect(self: Any, seconds: float) -> str:
-    """Sleep, then record this task's effect once (keyed by task id); return the host."""
+    """Note the start, sleep, then record this task's effect once (keyed by task id)."""
+    with db.resolve(_url, role="steps").connection() as conn:
+        conn.execute("INSERT INTO cluster_starts (key, host) VALUES (%s, %s)",
+                     (self.request.id, socket.gethostname()))
     time.sleep(seconds)
     _record(self.request.id)
     return socket.gethostname()

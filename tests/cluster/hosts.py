@@ -117,23 +117,59 @@ class Server:
     def url(self, database: str = "swf", host: str = BRIDGE_IP) -> str:
         return f"postgresql://postgres:{self.password}@{host}:{self.port}/{database}"
 
+    def _as_user(self) -> dict[str, Any]:
+        user = embedded_host.system_user()
+        return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": [], "cwd": "/"}
+
     def start(self) -> None:
+        """initdb, then start; creates database ``swf``."""
         user = embedded_host.system_user()
         data = self.folder / "data"
         os.chown(self.folder, user.pw_uid, user.pw_gid)
         pwfile = self.folder / "pw"
         pwfile.write_text(self.password + "\n")
         os.chown(pwfile, user.pw_uid, user.pw_gid)
-        as_user: dict[str, Any] = {"user": user.pw_uid, "group": user.pw_gid,
-                                   "extra_groups": [], "cwd": "/"}
         subprocess.run([embedded_host.binary("initdb"), "-D", str(data), "-U", "postgres",
                         "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8",
                         "--locale=C", "--no-sync"], check=True, capture_output=True,
-                       **as_user)
+                       **self._as_user())
         (data / "pg_hba.conf").write_text(
             "host all all 127.0.0.1/32 scram-sha-256\n"
-            "host all all 10.213.0.0/24 scram-sha-256\n")
-        log = open(self.folder / "server.log", "wb")  # noqa: SIM115 - the server's log
+            "host all all 10.213.0.0/24 scram-sha-256\n"
+            "host replication all 127.0.0.1/32 scram-sha-256\n")
+        self._launch()
+        self._wait(create="swf")
+
+    def standby(self, port: int) -> Server:
+        """A streaming standby of this server (``pg_basebackup -R``), started on ``port``."""
+        other = Server(port, self.max_connections, self.settings)
+        other.password = self.password
+        user = embedded_host.system_user()
+        os.chown(other.folder, user.pw_uid, user.pw_gid)
+        env = dict(os.environ, PGPASSWORD=self.password)
+        subprocess.run([embedded_host.binary("pg_basebackup"), "-h", "127.0.0.1", "-p",
+                        str(self.port), "-U", "postgres", "-D", str(other.folder / "data"),
+                        "-R", "-X", "stream", "--no-sync"], check=True, capture_output=True,
+                       env=env, **self._as_user())
+        other._launch()
+        other._wait()
+        return other
+
+    def promote(self) -> None:
+        """Promote this standby to primary (``pg_ctl promote``, waits)."""
+        subprocess.run([embedded_host.binary("pg_ctl"), "promote", "-w", "-D",
+                        str(self.folder / "data")], check=True, capture_output=True,
+                       **self._as_user())
+
+    def crash(self) -> None:
+        """Immediate shutdown (as a crash: no checkpoint, sessions cut)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            self.proc.wait(20)
+
+    def _launch(self) -> None:
+        data = self.folder / "data"
+        log = open(self.folder / "server.log", "ab")  # noqa: SIM115 - the server's log
         args = [embedded_host.binary("postgres"), "-D", str(data), "-p", str(self.port),
                 "-c", f"listen_addresses=127.0.0.1,{BRIDGE_IP}", "-c",
                 "unix_socket_directories=", "-c", f"max_connections={self.max_connections}",
@@ -141,13 +177,17 @@ class Server:
         for setting in self.settings:
             args += ["-c", setting]
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, **as_user)
+                                     start_new_session=True, **self._as_user())
+
+    def _wait(self, create: str | None = None) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + 30
         while True:
             try:
                 with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-                    conn.execute("CREATE DATABASE swf")
-                break
+                    if create:
+                        conn.execute(f"CREATE DATABASE {create}")  # a constant name
+                return
             except psycopg.OperationalError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("cluster PostgreSQL did not start: " + (
@@ -174,6 +214,7 @@ class Cluster:
         self.server = Server(port, max_connections, settings)
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
         self.extra: list[subprocess.Popen[bytes]] = []
+        self.standbys: list[Server] = []
 
     def __enter__(self) -> Cluster:
         cleanup()
@@ -191,8 +232,7 @@ class Cluster:
 
     def _save(self) -> None:
         pids = [p.pid for p in [*self.workers.values(), *self.extra]]
-        if self.server.proc is not None:
-            pids.append(self.server.proc.pid)
+        pids += [s.proc.pid for s in [self.server, *self.standbys] if s.proc is not None]
         _record(pids)
 
     def close(self) -> None:
@@ -204,6 +244,8 @@ class Cluster:
                 os.killpg(proc.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(10)
+        for standby in self.standbys:
+            standby.stop()
         self.server.stop()
         cleanup()
 
@@ -231,6 +273,13 @@ class Cluster:
                 raise RuntimeError(f"worker on host{i} not ready:\n{read_log(proc)[-3000:]}")
             time.sleep(0.1)
         return proc
+
+    def add_standby(self, port: int) -> Server:
+        """A streaming standby of the cluster's server on ``port`` (stopped on exit)."""
+        standby = self.server.standby(port)
+        self.standbys.append(standby)
+        self._save()
+        return standby
 
     def spawn(self, args: Sequence[str]) -> subprocess.Popen[bytes]:
         """Start a helper process (e.g. a private Redis), ended with the cluster."""

@@ -12,6 +12,7 @@ from swf_celery import db
 from swf_celery.ops import migrate
 from tests.cluster import app as cluster_app
 from tests.cluster.hosts import Cluster, cluster, host_ip, unavailable_reason
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow,
               pytest.mark.skipif(unavailable_reason() is not None,
@@ -25,7 +26,8 @@ def two_hosts() -> Iterator[Cluster]:
         db.resolve(c.server.url()).close()
         for i in (1, 2):
             c.start_worker(i, "tests.cluster.app", queues=[cluster_app.QUEUE],
-                           concurrency=4, env={"SWF_CLUSTER_URL": c.server.url()})
+                           concurrency=4, env={"SWF_CLUSTER_URL": c.server.url(),
+                                               "SWF_CLUSTER_VT": "5"})
         yield c
 
 
@@ -48,3 +50,47 @@ def test_tasks_complete_on_both_hosts(two_hosts: Cluster) -> None:
     for name, addr in rows:
         assert addr == host_ip(int(name[-1])), rows
     assert {name.split("@")[1] for name, _ in rows} == {"host1", "host2"}, rows
+
+
+def test_a_host_cut_off_loses_and_duplicates_nothing(two_hosts: Cluster) -> None:
+    """Host 2's link goes down mid-run: the messages it held reappear after the visibility
+    timeout and complete on host 1, each effect recorded once; host 2 rejoins after."""
+    url = two_hosts.server.url()
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in ("cluster_starts", "cluster_runs"):
+            conn.execute(f"CREATE TABLE {table} (key text, host text)")
+        conn.execute("CREATE TABLE cluster_effects (key text PRIMARY KEY, host text)")
+    client = Celery("cluster_client", broker=db.broker_url(url), backend=db.broker_url(url),
+                    set_as_current=False)
+    client.conf.task_default_queue = cluster_app.QUEUE
+
+    def count(query: str) -> int:
+        with psycopg.connect(url, autocommit=True) as conn:
+            return int(conn.execute(query).fetchone()[0])  # type: ignore[index]
+
+    try:
+        results = [client.send_task("tests.cluster.app.effect", (2.0,)) for _ in range(24)]
+        wait_until(lambda: count("SELECT count(*) FROM cluster_starts WHERE host = 'host2'"),
+                   timeout=30, what="host2 running tasks")
+        two_hosts.link(2, up=False)
+        cut_off = count("SELECT count(DISTINCT key) FROM cluster_starts WHERE host = 'host2' "
+                        "AND key NOT IN (SELECT key FROM cluster_effects)")
+        wait_until(lambda: count("SELECT count(*) FROM cluster_effects") == 24, timeout=90,
+                   what="every effect recorded while host2 is cut off")
+        assert {r.get(timeout=30) for r in results} <= {"host1", "host2"}
+        two_hosts.link(2, up=True)
+        # Host 2 rejoins: its late reports change nothing, then it takes work again.
+        wait_until(lambda: "host2" in {
+            r.get(timeout=60) for r in [client.send_task("tests.cluster.app.nap", (0.2,))
+                                        for _ in range(8)]}, timeout=120, interval=0.5,
+                   what="host2 running tasks again")
+        wait_until(lambda: count("SELECT count(*) FROM cluster_runs") >= 24, timeout=60)
+    finally:
+        two_hosts.link(2, up=True)
+        client.close()
+    effects = count("SELECT count(*) FROM cluster_effects")
+    runs = count("SELECT count(*) FROM cluster_runs")
+    print(f"cut off holding {cut_off}; effects {effects}/24, executions {runs}")
+    assert cut_off > 0
+    assert effects == 24  # none lost, none twice (one row per task id)
+    assert count("SELECT count(*) FROM cluster_effects WHERE host = 'host1'") >= cut_off
