@@ -209,7 +209,10 @@ def bench(host_counts: list[int], per_host: int, pgbouncer: bool = False) -> str
         max_conn = c.server.max_connections
     base = rows[min(host_counts)]
     flag = " --pgbouncer" if pgbouncer else ""
+    title = "through PgBouncer (transaction pooling)" if pgbouncer else "direct"
     lines += [
+        f"## Worker hosts, {title} (`cluster_bench`)",
+        "",
         f"`make cluster-bench` (`python -m benchmarks.cluster_bench{flag}`), "
         f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC on {machine()}. Hosts are "
         "network namespaces on one bridge (10.213.0.0/24) of this machine, each running "
@@ -220,7 +223,8 @@ def bench(host_counts: list[int], per_host: int, pgbouncer: bool = False) -> str
         "(`control.add_consumer`): tasks/s is tasks / (last end - first start). p50: "
         "20 lone round trips on the idle cluster (publish -> `get()`, 100 ms sleep "
         "included). Connections: the most worker-host sessions seen in "
-        "`pg_stat_activity` during the run.",
+        "`pg_stat_activity` during the run (through PgBouncer: its server connections). "
+        "Analysis: [scale-out.md](scale-out.md).",
         "",
         "| hosts | swf tasks/s | p50 (s) | connections | lock waits (peak) | machine CPU "
         "busy | PG CPU ms/task | Redis tasks/s | Redis p50 (s) | Redis CPU busy | swf / Redis "

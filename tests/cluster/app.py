@@ -13,6 +13,7 @@ from celery import Celery
 
 import swf_celery as swf
 from swf_celery import db
+from swf_celery.errors import DatabaseUnavailable
 
 QUEUE = "cluster_q"
 _url = db.broker_url(os.environ.get("SWF_CLUSTER_URL", "postgresql://unset@127.0.0.1:1/unset"))
@@ -56,7 +57,9 @@ def tick(inputs: Any = None) -> int:
     return 0
 
 
-@app.task(bind=True)
+# A database failover interrupts the task's own statements: retried, as users would.
+@app.task(bind=True, autoretry_for=(DatabaseUnavailable,),
+          retry_kwargs={"max_retries": 20, "countdown": 1})
 def effect(self: Any, seconds: float) -> str:
     """Note the start, sleep, then record this task's effect once (keyed by task id)."""
     with db.resolve(_url, role="steps").connection() as conn:

@@ -54,7 +54,9 @@ def pgbouncer(direct_url: str, *, listen_addr: str = "127.0.0.1", pool_size: int
         f"* = host={parts.hostname} port={parts.port or 5432}\n"
         "[pgbouncer]\n"
         f"listen_addr = {listen_addr}\nlisten_port = {port}\nunix_socket_dir =\n"
-        f"auth_type = scram-sha-256\nauth_file = {folder}/userlist.txt\n"
+        # A server that trusts its clients (no password in the URL): PgBouncer trusts too.
+        f"auth_type = {'scram-sha-256' if password else 'trust'}\n"
+        f"auth_file = {folder}/userlist.txt\n"
         f"admin_users = {user}\npool_mode = transaction\nmax_client_conn = 2000\n"
         f"default_pool_size = {pool_size}\n"
         "ignore_startup_parameters = extra_float_digits,options\n"
