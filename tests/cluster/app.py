@@ -23,7 +23,10 @@ app = Celery("cluster_app", broker=_redis or _url, backend=_redis or _url)
 app.conf.update(task_acks_late=True, task_default_queue=QUEUE, worker_hijack_root_logger=False,
                 worker_prefetch_multiplier=1)
 app.conf.broker_transport_options = {
-    "visibility_timeout": float(os.environ.get("SWF_CLUSTER_VT", "60"))}
+    "visibility_timeout": float(os.environ.get("SWF_CLUSTER_VT", "60")),
+    "durable_publish": os.environ.get("SWF_CLUSTER_DURABLE") == "1"}
+if os.environ.get("SWF_CLUSTER_DURABLE") == "1":
+    app.conf.result_backend_transport_options = {"synchronous_commit": "on"}
 
 
 def _record(key: str) -> None:

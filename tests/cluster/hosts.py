@@ -142,7 +142,8 @@ class Server:
 
     def standby(self, port: int) -> Server:
         """A streaming standby of this server (``pg_basebackup -R``), started on ``port``."""
-        other = Server(port, self.max_connections, self.settings)
+        # Not this server's settings: a promoted standby must not wait for a standby.
+        other = Server(port, self.max_connections)
         other.password = self.password
         user = embedded_host.system_user()
         os.chown(other.folder, user.pw_uid, user.pw_gid)

@@ -27,7 +27,8 @@ TASKS = 30
 
 
 @pytest.fixture
-def replicated() -> Iterator[tuple[Cluster, str]]:
+def replicated(request: pytest.FixtureRequest) -> Iterator[tuple[Cluster, str]]:
+    durable = getattr(request, "param", False)
     with cluster(2, port=PRIMARY) as c:
         url = c.server.url()
         migrate.migrate(url)
@@ -37,13 +38,18 @@ def replicated() -> Iterator[tuple[Cluster, str]]:
                 conn.execute(f"CREATE TABLE {table} (key text, host text)")
             conn.execute("CREATE TABLE cluster_effects (key text PRIMARY KEY, host text)")
         c.add_standby(STANDBY)
+        if durable:  # from now on every commit waits for the standby
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+                conn.execute("SELECT pg_reload_conf()")
         # Both servers in the query (libpq's host/port lists): Celery parses the netloc.
         both = (f"postgresql://postgres:{c.server.password}@{BRIDGE_IP}:{PRIMARY}/swf"
                 f"?host={BRIDGE_IP},{BRIDGE_IP}&port={PRIMARY},{STANDBY}"
                 "&target_session_attrs=read-write")
         for i in (1, 2):
             c.start_worker(i, "tests.cluster.app", queues=[cluster_app.QUEUE], concurrency=4,
-                           env={"SWF_CLUSTER_URL": both, "SWF_CLUSTER_VT": "5"})
+                           env={"SWF_CLUSTER_URL": both, "SWF_CLUSTER_VT": "5",
+                                "SWF_CLUSTER_DURABLE": "1" if durable else "0"})
         yield c, both
 
 
@@ -94,3 +100,46 @@ def test_workers_and_waiters_follow_a_promoted_standby(replicated: tuple[Cluster
             "host1", "host2"}
     finally:
         after.close()
+
+
+@pytest.mark.parametrize("replicated", [True], indirect=True, ids=["synchronous-standby"])
+def test_nothing_acknowledged_is_lost_with_a_synchronous_standby(
+        replicated: tuple[Cluster, str]) -> None:
+    """Publishes keep coming while the primary dies: with ``durable_publish=True``, a
+    synchronous standby and ``synchronous_commit=on``, every publish that returned has
+    its effect recorded after the promotion."""
+    c, both = replicated
+    client = Celery("failover_durable", broker=db.broker_url(both),
+                    backend=db.broker_url(both), set_as_current=False)
+    client.conf.update(task_default_queue=cluster_app.QUEUE,
+                       broker_transport_options={"durable_publish": True})
+    acknowledged: list[str] = []
+    failed: list[str] = []
+
+    def publish() -> None:
+        for i in range(60):
+            task_id = f"durable-{i}"
+            try:
+                client.send_task("tests.cluster.app.effect", (0.2,), task_id=task_id)
+                acknowledged.append(task_id)
+            except Exception:  # noqa: BLE001 - not acknowledged: may or may not exist
+                failed.append(task_id)
+
+    def effects() -> set[str]:
+        with psycopg.connect(both, autocommit=True) as conn:
+            return {k for k, in conn.execute("SELECT key FROM cluster_effects").fetchall()}
+
+    try:
+        publisher = threading.Thread(target=publish, daemon=True)
+        publisher.start()
+        wait_until(lambda: len(acknowledged) >= 10, timeout=60, what="publishing")
+        c.server.crash()
+        c.standbys[0].promote()
+        publisher.join(180)
+        wait_until(lambda: set(acknowledged) <= effects(), timeout=180, interval=0.5,
+                   what="every acknowledged task's effect")
+    finally:
+        client.close()
+    lost = set(acknowledged) - effects()
+    print(f"acknowledged {len(acknowledged)}, failed {len(failed)}, lost {len(lost)}")
+    assert not lost
