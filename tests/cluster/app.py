@@ -98,3 +98,28 @@ class Chain3:
     start = start
     middle = middle
     finish = finish
+
+
+@swf.step(queue=QUEUE)
+@app.task
+def slow(inputs: dict[str, Any]) -> int:
+    time.sleep(2.0)
+    return 1
+
+
+@swf.step(queue=QUEUE)
+@app.task
+def total(inputs: dict[str, Any]) -> int:
+    return sum(v for k, v in inputs.items() if k != "run")
+
+
+class Fan:
+    """8 parallel 2-second steps, then their total."""
+
+    __workflow_slug__ = "cluster.fan"
+
+    @staticmethod
+    def __workflow_steps__() -> list[Any]:
+        entries: list[Any] = [(f"s{i}", slow, {}) for i in range(8)]
+        entries.append(("total", total, {"depends_on": [f"s{i}" for i in range(8)]}))
+        return entries
