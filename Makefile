@@ -8,13 +8,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-second bench celery-suite migrate db lint type check-tree clean-db chromium help
+.PHONY: demo test test-second bench celery-suite cluster-bench pgbouncer migrate db lint type check-tree clean-db chromium help
 
 help:
 	@echo "make demo   - install, start Postgres, migrate, run the example workflow"
 	@echo "make test   - install, start Postgres, migrate, run the test suite"
 	@echo "make bench  - benchmarks against Redis/RabbitMQ (writes docs/benchmarks.md)"
 	@echo "make celery-suite - Celery's integration tests on swf:// and on Redis"
+	@echo "make cluster-bench - 1, 2, 4 worker hosts in network namespaces (root; docs/benchmarks.md)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +51,12 @@ bench: migrate
 celery-suite: migrate
 	$(BIN)/python -m benchmarks.celery_suite
 
+# Worker hosts simulated in network namespaces against a private PostgreSQL on a bridge
+# (needs root; removes its namespaces, bridge and processes whatever happens).
+CLUSTER_ARGS ?=
+cluster-bench: $(STAMP)
+	$(BIN)/python -m benchmarks.cluster_bench $(CLUSTER_ARGS)
+
 # transport/ and sql/ are installed inside swf_celery (pyproject's package-dir): the
 # import-linter and mypy read the package as installed, from a tree of hard links.
 CHECK_TREE := build/check
@@ -75,6 +82,15 @@ chromium:
 	 elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	 else echo "no /usr/bin/chromium: browser tests will skip (apt-get install chromium)"; fi
+
+# PgBouncer for its tests and `make cluster-bench CLUSTER_ARGS=--pgbouncer` (Debian's
+# package, installed with apt-get when missing; needs root). Without it those tests skip.
+pgbouncer:
+	@if command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ]; then echo "pgbouncer present"; \
+	 elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pgbouncer \
+	   && (systemctl disable --now pgbouncer 2>/dev/null || service pgbouncer stop 2>/dev/null || true); \
+	 else echo "no pgbouncer: its tests will skip (apt-get install pgbouncer)"; fi
 
 clean-db:
 	-$(BIN)/swf-celery db remove

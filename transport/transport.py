@@ -22,7 +22,7 @@ import psycopg
 from kombu.transport import virtual
 from psycopg import sql
 
-from swf_celery.db import kombu_dsn, load_queries
+from swf_celery.db import behind_pooler, kombu_url, load_queries, open_connection
 from swf_celery.errors import DatabaseError, DatabaseUnavailable, SchemaNotMigrated
 from swf_celery.transport import revokes
 from swf_celery.transport.channel import Channel
@@ -88,8 +88,9 @@ class Transport(virtual.Transport):
 
     @property
     def dsn(self) -> str:
-        """libpq connection string of the kombu URL, its ``?sslmode=…`` parameters included."""
-        return kombu_dsn(self.client, "swf-celery broker")
+        """The kombu URL as a database URL, its ``?sslmode=…`` and ``listen_url`` parameters
+        included (connections open it with :func:`swf_celery.db.open_connection`)."""
+        return kombu_url(self.client)
 
     def pg_connection(self) -> psycopg.Connection[Any]:
         """The transport's autocommit PostgreSQL connection (opened on first use)."""
@@ -97,11 +98,13 @@ class Transport(virtual.Transport):
         if conn is None or conn.closed:
             with self._conn_lock:
                 if self._conn is None or self._conn.closed:
-                    conn = psycopg.connect(self.dsn, autocommit=True)
+                    conn = open_connection(self.dsn, "broker")
                     # Consumer-side statements (read, ack, extend) need no WAL flush: after a
                     # server crash a lost read or ack only means a redelivery. Publishes set
-                    # their own durability (option durable_publish).
-                    conn.execute(QUERIES["session"])
+                    # their own durability (option durable_publish). Not through a
+                    # transaction pooler: a session setting would reach other clients.
+                    if not behind_pooler(self.dsn):
+                        conn.execute(QUERIES["session"])
                     self._conn = conn
                 conn = self._conn
         return conn

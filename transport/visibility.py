@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from swf_celery.db import load_queries
+from swf_celery.db import load_queries, open_connection
 from swf_celery.errors import SwfError
 from swf_celery.transport import transient
 
@@ -114,7 +114,7 @@ class VisibilityKeeper(threading.Thread):
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._dsn, autocommit=True)
+            self._conn = open_connection(self._dsn, "broker")
         return self._conn
 
     def _close(self) -> None:

@@ -21,6 +21,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from swf_celery.db import open_connection
+
 
 class Wakeup:
     """LISTENs on queue channels of one database; waits for NOTIFY or a local poke."""
@@ -47,7 +49,7 @@ class Wakeup:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._dsn, autocommit=True)
+            self._conn = open_connection(self._dsn, "listen")
             for channel in self._channels:
                 self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         return self._conn

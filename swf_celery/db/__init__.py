@@ -10,24 +10,39 @@
 - :func:`load_queries` (:mod:`.queries`) reads the named SQL blocks of a ``.sql`` file.
 """
 
-from swf_celery.db.connections import DEFAULT_POOL_SIZE, Database, Repo, resolve
+from swf_celery.db.connections import (
+    DEFAULT_POOL_SIZE,
+    ROLES,
+    Database,
+    Repo,
+    application_name,
+    behind_pooler,
+    named_dsn,
+    open_connection,
+    resolve,
+)
 from swf_celery.db.errors import ErrorMap, retry_unavailable, translate_errors
 from swf_celery.db.queries import load_queries
 from swf_celery.db.urls import (
     APP_SETTING,
     ENV_DATABASE_URL,
     LIBPQ_PARAMETERS,
+    LISTEN_PARAMETER,
     DatabaseUrl,
     broker_url,
     database_url,
     kombu_dsn,
+    kombu_url,
     normalize_dsn,
     redact,
+    split_listen_url,
+    with_listen_url,
 )
 
 __all__ = [
-    "APP_SETTING", "DEFAULT_POOL_SIZE", "ENV_DATABASE_URL", "Database", "DatabaseUrl",
-    "ErrorMap", "LIBPQ_PARAMETERS", "Repo", "broker_url", "database_url", "kombu_dsn",
-    "load_queries", "normalize_dsn",
+    "APP_SETTING", "DEFAULT_POOL_SIZE", "ENV_DATABASE_URL", "ROLES", "Database", "DatabaseUrl",
+    "ErrorMap", "LIBPQ_PARAMETERS", "LISTEN_PARAMETER", "Repo", "application_name",
+    "behind_pooler", "broker_url", "database_url", "kombu_dsn", "kombu_url", "load_queries",
+    "named_dsn", "normalize_dsn", "open_connection", "split_listen_url", "with_listen_url",
     "redact", "resolve", "retry_unavailable", "translate_errors",
 ]

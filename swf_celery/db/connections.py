@@ -5,6 +5,14 @@ one-statement helper every layer uses.
 psycopg ConnectionPool, a :class:`Database`, or None for :func:`~.urls.database_url`) into a
 :class:`Database`. DSNs share one pool per process; a forked child (a prefork worker) opens
 its own and never touches its parent's.
+
+Every connection names its role in ``application_name`` (``swf-broker@host``,
+``swf-results@host``, ``swf-listen@host``, ``swf-steps@host``, ``swf-client@host``) unless
+the URL sets one, so ``pg_stat_activity`` shows who is who. A role is a label, not a pool:
+the roles of one process share its one pool, and a borrowed connection is relabelled
+(one round trip) only when its last user had another role. Pools open no connection until
+one is needed and close connections idle longer than ``$SWF_POOL_MAX_IDLE`` seconds, so a
+prefork child that stores a result or reports a step holds one connection, and only then.
 """
 
 from __future__ import annotations
@@ -12,16 +20,18 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import socket
 import threading
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Union
 
 import psycopg
 from psycopg import pq
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from swf_celery.db.errors import ErrorMap, translate_errors
-from swf_celery.db.urls import database_url, normalize_dsn, redact
+from swf_celery.db.queries import load_queries
+from swf_celery.db.urls import database_url, normalize_dsn, redact, split_listen_url
 from swf_celery.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -30,6 +40,13 @@ if TYPE_CHECKING:
 
 #: Most connections of a process's shared pool, unless ``$SWF_POOL_SIZE`` says otherwise.
 DEFAULT_POOL_SIZE = 8
+#: Seconds a pooled connection may stay idle before it is closed (``$SWF_POOL_MAX_IDLE``).
+DEFAULT_MAX_IDLE = 60.0
+#: The roles a connection can name in its ``application_name`` (``swf-<role>@<host>``).
+ROLES = ("broker", "results", "listen", "steps", "client")
+#: Longest ``application_name`` PostgreSQL keeps (NAMEDATALEN - 1 bytes).
+_NAME_LIMIT = 63
+QUERIES = load_queries("swf_celery.db")
 
 #: What every public function accepts as its ``repo`` argument.
 Repo = Union[str, "Database", "Engine", "ConnectionPool"]
@@ -40,20 +57,41 @@ class Database:
 
     ``dsn`` is what LISTEN connections and worker subprocesses use; ``connection()``
     borrows a pooled connection (from the user's pool or engine when one was given).
+    ``role`` (one of :data:`ROLES`) is what its connections show in ``application_name``;
+    :meth:`as_role` gives a handle of another role sharing the same pool.
     """
 
     def __init__(self, dsn: str, *, pool: ConnectionPool | None = None,
-                 engine: Engine | None = None) -> None:
+                 engine: Engine | None = None, role: str = "client") -> None:
         self.dsn = dsn
+        self.role = _check_role(role)
         self._pool = pool
         self._engine = engine
-        self._own_pool: ConnectionPool | None = None
-        self._pool_pid = os.getpid()
-        self._pool_size = _pool_size_setting()
-        self._lock = threading.Lock()
+        self._state = _PoolState()
+        # The URL's own application_name wins over the role's.
+        self._libpq_dsn, self.listen_dsn = split_listen_url(dsn)
+        self._named = "application_name" in _conninfo(self._libpq_dsn)
 
     def __repr__(self) -> str:
-        return f"Database({redact(self.dsn)!r})"
+        return f"Database({redact(self.dsn)!r}, role={self.role!r})"
+
+    def as_role(self, role: str) -> Database:
+        """This database seen by ``role``: the same pool, connections labelled ``role``."""
+        if _check_role(role) == self.role:
+            return self
+        with self._state.lock:
+            other = self._state.roles.get(role)
+            if other is None:
+                other = Database.__new__(Database)
+                other.__dict__.update(self.__dict__)
+                other.role = role
+                self._state.roles[role] = other
+            return other
+
+    @property
+    def application_name(self) -> str:
+        """What this handle's connections show in ``pg_stat_activity``."""
+        return application_name(self.role)
 
     @contextlib.contextmanager
     def connection(self, *, timeout: float | None = None, errors: ErrorMap | None = None
@@ -83,8 +121,13 @@ class Database:
                 finally:
                     raw.close()
                 return
-            pool = self._pool or self._shared_pool()
-            with pool.connection(timeout=timeout) as conn:
+            if self._pool is not None:
+                with self._pool.connection(timeout=timeout) as conn:
+                    yield conn
+                return
+            with self._shared_pool().connection(timeout=timeout) as conn:
+                if not self._named:
+                    _label(conn, self.application_name)
                 yield conn
 
     @contextlib.contextmanager
@@ -125,48 +168,135 @@ class Database:
         row = self.fetch_one(query, params, errors=errors)
         return row[0] if row else None
 
-    def connect(self, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:
-        """Open a dedicated connection (for LISTEN, advisory locks); the caller closes it."""
+    def connect(self, *, autocommit: bool = True, role: str | None = None,
+                **kwargs: Any) -> psycopg.Connection[Any]:
+        """Open a dedicated connection (for LISTEN, advisory locks); the caller closes it.
+
+        It is labelled ``role`` (default: this handle's) unless the URL names itself; a
+        ``listen`` connection goes to the URL's ``listen_url`` when it has one.
+        """
         with translate_errors():
-            return psycopg.connect(self.dsn, autocommit=autocommit, **kwargs)
+            return open_connection(self.dsn, role or self.role, autocommit=autocommit,
+                                   **kwargs)
 
     def reserve(self, connections: int) -> None:
         """Let this process's shared pool grow to at least ``connections``."""
-        with self._lock:
-            if connections <= self._pool_size:
+        state = self._state
+        with state.lock:
+            if connections <= state.size:
                 return
-            self._pool_size = connections
-            if self._own_pool is not None and self._pool_pid == os.getpid():
-                self._own_pool.resize(self._own_pool.min_size, connections)
+            state.size = connections
+            if state.pool is not None and state.pid == os.getpid():
+                state.pool.resize(state.pool.min_size, connections)
 
     def _shared_pool(self) -> ConnectionPool:
-        with self._lock:
-            if self._pool_pid != os.getpid():
+        state = self._state
+        with state.lock:
+            if state.pid != os.getpid():
                 # A forked child (a prefork worker) must not use its parent's pool: the
                 # sockets are shared and the pool's threads did not survive the fork. Nor
                 # may it close it (libpq would end the parent's sessions), so it is kept
                 # referenced and left alone.
-                if self._own_pool is not None:
-                    _inherited_pools.append(self._own_pool)
-                self._own_pool = None
-                self._pool_pid = os.getpid()
-            if self._own_pool is None:
+                if state.pool is not None:
+                    _inherited_pools.append(state.pool)
+                state.pool = None
+                state.pid = os.getpid()
+            if state.pool is None:
                 from psycopg_pool import ConnectionPool
 
-                # A DSN's own application_name wins; else pg_stat_activity shows ours.
-                named = "application_name" in conninfo_to_dict(self.dsn)
-                self._own_pool = ConnectionPool(
-                    self.dsn, min_size=1, max_size=self._pool_size, open=True, name="swf",
-                    check=_check_idle_connection,
-                    kwargs={} if named else {"application_name": "swf-celery"})
-            return self._own_pool
+                # No connection until one is needed (min_size 0); idle ones close.
+                kwargs: dict[str, Any] = {} if self._named else {
+                    "application_name": self.application_name}
+                if self.listen_dsn is not None:  # a transaction pooler: nothing prepared
+                    kwargs["prepare_threshold"] = None
+                state.pool = ConnectionPool(
+                    self._libpq_dsn, min_size=0, max_size=state.size, open=True, name="swf",
+                    max_idle=state.max_idle, check=_check_idle_connection, kwargs=kwargs)
+            return state.pool
 
     def close(self) -> None:
         """Close the pool this handle opened itself (a user's pool or engine is left open)."""
-        with self._lock:
-            if self._own_pool is not None and self._pool_pid == os.getpid():
-                self._own_pool.close()
-            self._own_pool = None
+        state = self._state
+        with state.lock:
+            if state.pool is not None and state.pid == os.getpid():
+                state.pool.close()
+            state.pool = None
+
+
+class _PoolState:
+    """The one pool of a DSN in this process, shared by the :class:`Database` of each role."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pool: ConnectionPool | None = None
+        self.pid = os.getpid()
+        self.size = _pool_size_setting()
+        self.max_idle = _max_idle_setting()
+        self.roles: dict[str, Database] = {}
+
+
+def application_name(role: str) -> str:
+    """``swf-<role>@<host>``: the ``application_name`` of a connection serving ``role``."""
+    return f"swf-{_check_role(role)}@{socket.gethostname()}"[:_NAME_LIMIT]
+
+
+def named_dsn(dsn: str, role: str) -> str:
+    """The libpq DSN a ``role`` connection of ``dsn`` uses: ``application_name`` set to the
+    role's unless the DSN names itself; for ``listen``, the URL's ``listen_url`` when set
+    (``listen_url`` never reaches libpq)."""
+    main, listen = split_listen_url(dsn)
+    base = listen if role == "listen" and listen is not None else main
+    if "application_name" in _conninfo(base):
+        return base
+    return make_conninfo(base, application_name=application_name(role))
+
+
+def behind_pooler(dsn: str) -> bool:
+    """Whether ``dsn`` goes through a transaction pooler (it names a ``listen_url``): no
+    session state and no server-side prepared statements on its connections."""
+    return split_listen_url(dsn)[1] is not None
+
+
+def open_connection(dsn: str, role: str, *, autocommit: bool = True,
+                    **kwargs: Any) -> psycopg.Connection[Any]:
+    """A dedicated connection of ``role`` to ``dsn`` (see :func:`named_dsn`); through a
+    transaction pooler, psycopg prepares nothing. The caller closes it."""
+    if role != "listen" and behind_pooler(dsn):
+        kwargs.setdefault("prepare_threshold", None)
+    return psycopg.connect(named_dsn(dsn, role), autocommit=autocommit, **kwargs)
+
+
+def _check_role(role: str) -> str:
+    if role not in ROLES:
+        raise ConfigurationError(f"connection role {role!r} is not one of {', '.join(ROLES)}")
+    return role
+
+
+def _conninfo(dsn: str) -> dict[str, Any]:
+    try:
+        return conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigurationError(f"database URL {redact(dsn)!r} is invalid: {exc}") from None
+
+
+def _label(conn: psycopg.Connection[Any], name: str) -> None:
+    """Make ``conn`` show ``name`` in pg_stat_activity (a round trip only when it changes).
+
+    The server reports ``application_name`` on every change, so the connection knows its
+    current one without asking. Set outside any transaction: a rollback cannot undo it.
+    """
+    if conn.info.parameter_status("application_name") == name:
+        return
+    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        return
+    switch = not conn.autocommit
+    if switch:
+        conn.autocommit = True
+    try:
+        conn.execute(QUERIES["set_application_name"], {"name": name})
+    finally:
+        if switch:
+            conn.autocommit = False
 
 
 def _pool_size_setting() -> int:
@@ -180,6 +310,19 @@ def _pool_size_setting() -> int:
     if size < 1:
         raise ConfigurationError(f"SWF_POOL_SIZE={raw!r} is not a number of connections >= 1")
     return size
+
+
+def _max_idle_setting() -> float:
+    raw = os.environ.get("SWF_POOL_MAX_IDLE")
+    if raw is None:
+        return DEFAULT_MAX_IDLE
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if seconds <= 0:
+        raise ConfigurationError(f"SWF_POOL_MAX_IDLE={raw!r} is not a number of seconds > 0")
+    return seconds
 
 
 def _check_idle_connection(conn: psycopg.Connection[Any]) -> None:
@@ -205,12 +348,19 @@ _inherited_pools: list[Any] = []  # parents' pools in a forked child: referenced
 _databases_lock = threading.Lock()
 
 
-def resolve(repo: Repo | None = None) -> Database:
+def resolve(repo: Repo | None = None, *, role: str | None = None) -> Database:
     """Turn a repo argument (DSN, Engine, ConnectionPool, Database or None) into a Database.
 
     ``None`` means :func:`database_url` without an app (``$SWF_DATABASE_URL``, else a
-    running embedded server). DSNs share one pool per process.
+    running embedded server). DSNs share one pool per process. ``role`` (see
+    :data:`ROLES`) labels the handle's connections; by default a given Database keeps its
+    own and anything else is ``client``.
     """
+    db = _resolve(repo)
+    return db.as_role(role) if role else db
+
+
+def _resolve(repo: Repo | None) -> Database:
     if isinstance(repo, Database):
         return repo
     if repo is None:

@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -43,7 +43,8 @@ def normalize_dsn(url: str) -> str:
             f"database URL {url!r} is not a URL: expected postgresql://user@host:5432/dbname")
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
+        for host in parts.netloc.rpartition("@")[2].split(","):  # libpq: h1:p1,h2:p2
+            urlsplit(f"//{host}").port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError as exc:
         raise ConfigurationError(
             f"database URL {redact(url)!r} is malformed ({exc}): "
@@ -76,22 +77,65 @@ LIBPQ_PARAMETERS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "target_sessi
                     "application_name", "connect_timeout")
 
 
+#: URL parameter naming where LISTEN connections go when the URL itself is a transaction
+#: pooler (PgBouncer): ``swf://app@pgbouncer:6432/app?listen_url=postgresql%3A%2F%2F…``.
+LISTEN_PARAMETER = "listen_url"
+
+
+def split_listen_url(dsn: str) -> tuple[str, str | None]:
+    """``(dsn without listen_url, the listen URL or None)``.
+
+    A URL with ``listen_url`` goes through a transaction pooler: its LISTEN connections go
+    to the listen URL instead (see README "Running many workers").
+    """
+    if "://" not in dsn or LISTEN_PARAMETER not in dsn:
+        return dsn, None
+    parts = urlsplit(dsn)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    listen = [v for k, v in pairs if k == LISTEN_PARAMETER]
+    if not listen:
+        return dsn, None
+    if not listen[-1]:
+        raise ConfigurationError(f"database URL {redact(dsn)!r}: {LISTEN_PARAMETER} is empty")
+    rest = urlencode([(k, v) for k, v in pairs if k != LISTEN_PARAMETER])
+    return urlunsplit(parts._replace(query=rest)), normalize_dsn(listen[-1])
+
+
+def with_listen_url(dsn: str, listen_url: str | None) -> str:
+    """``dsn`` with ``listen_url`` added (unless it has one, or ``listen_url`` is empty)."""
+    if not listen_url or split_listen_url(dsn)[1] is not None:
+        return dsn
+    if "://" not in dsn:
+        raise ConfigurationError(
+            f"{LISTEN_PARAMETER} needs the database as a URL (postgresql://…), not "
+            f"{redact(dsn)!r}")
+    normalize_dsn(listen_url)  # a clear error now rather than at the first LISTEN
+    sep = "&" if urlsplit(dsn).query else "?"
+    return f"{dsn}{sep}{urlencode({LISTEN_PARAMETER: listen_url})}"
+
+
+def kombu_url(client: Any) -> str:
+    """The database URL of a kombu ``Connection`` to the ``swf://`` broker (its query
+    parameters, ``listen_url`` included, kept)."""
+    hostname = client.hostname or "localhost"
+    if "://" in hostname:
+        return normalize_dsn(hostname)
+    vhost = (client.virtual_host or "").lstrip("/")
+    params = {"host": hostname, "port": client.port or 5432, "user": client.userid,
+              "password": client.password, "dbname": vhost or None}
+    return make_conninfo(**{k: v for k, v in params.items() if v})
+
+
 def kombu_dsn(client: Any, application_name: str) -> str:
     """The libpq DSN of a kombu ``Connection`` to the ``swf://`` broker.
 
     The transport declares ``can_parse_url``, so kombu hands over the URL whole and its
     query parameters (``?sslmode=require&sslrootcert=…``) reach libpq; a connection built
     from keyword arguments (``Connection(hostname=…, userid=…)``) is assembled here. The
-    URL's own ``application_name`` wins over ``application_name``.
+    URL's own ``application_name`` wins over ``application_name``; ``listen_url`` is
+    dropped (see :func:`kombu_url`).
     """
-    hostname = client.hostname or "localhost"
-    if "://" in hostname:
-        dsn = normalize_dsn(hostname)
-    else:
-        vhost = (client.virtual_host or "").lstrip("/")
-        params = {"host": hostname, "port": client.port or 5432, "user": client.userid,
-                  "password": client.password, "dbname": vhost or None}
-        dsn = make_conninfo(**{k: v for k, v in params.items() if v})
+    dsn = split_listen_url(kombu_url(client))[0]
     if "application_name" in conninfo_to_dict(dsn):
         return dsn
     return make_conninfo(dsn, application_name=application_name)

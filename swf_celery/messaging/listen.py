@@ -32,7 +32,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
-from swf_celery.db import Repo, resolve, translate_errors
+from swf_celery.db import Repo, application_name, named_dsn, resolve, translate_errors
 from swf_celery.errors import ArgumentError
 from swf_celery.messaging import channels
 from swf_celery.messaging.send import message_id_of
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 Kind = Literal["message", "notify", "gap"]
 
 #: ``application_name`` of listener connections (visible in pg_stat_activity).
-APPLICATION_NAME = "swf-celery listen"
+APPLICATION_NAME = application_name("listen")
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ class Listener:
         # Keepalives: a silently vanished server (no FIN) is noticed within ~25 s instead
         # of never, so the reconnect logic gets its chance.
         conn = psycopg.connect(
-            self._dsn, autocommit=True, connect_timeout=5, application_name=APPLICATION_NAME,
+            named_dsn(self._dsn, "listen"), autocommit=True, connect_timeout=5,
             keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
         )
         try:

@@ -105,7 +105,8 @@ class SwfBackend(Backend, AsyncBackendMixin):
         failure_expires = self.app.conf.get("result_failure_expires")
         self.failure_expires = (self.expires if failure_expires is None
                                 else self.prepare_expires(failure_expires, type=float))
-        self.database = db.resolve(self.dsn)
+        self.dsn = db.with_listen_url(self.dsn, self.app.conf.get("swf_listen_url"))
+        self.database = db.resolve(self.dsn, role="results")
         self.database.reserve(self.pool_size)
         self.result_consumer = self.ResultConsumer(
             self, self.app, self.accept, self._pending_results, self._pending_messages)

@@ -49,7 +49,7 @@ STALE_LIMIT = 1000
 MAX_WAIT = 1.0
 #: Back-off between reconnect attempts while the server is unreachable.
 RECONNECT_INTERVAL = 0.25
-APPLICATION_NAME = "swf-celery results listener"
+APPLICATION_NAME = db.application_name("listen")
 
 QUERIES = db.load_queries(__package__)
 
@@ -191,8 +191,7 @@ class ResultConsumer(BaseResultConsumer):
             return self._conn
         try:
             self._listening = {}
-            self._conn = psycopg.connect(self.backend.dsn, autocommit=True,
-                                         application_name=APPLICATION_NAME)
+            self._conn = db.open_connection(self.backend.dsn, "listen")
             # Every id still waited for is LISTENed and read by the next _sync_listens.
             return self._conn
         except psycopg.Error as exc:

@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 
+from swf_celery.db import named_dsn
 from swf_celery.workflows.coordinator import EVENTS_NOTIFY_CHANNEL, listen_statement
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class EventHub:
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(
-                    self._dsn, autocommit=True, application_name="swf-celery ui")
+                    named_dsn(self._dsn, "listen"), autocommit=True)
             except psycopg.Error as exc:
                 log.warning("console: cannot LISTEN on %s (%s); retrying", EVENTS_NOTIFY_CHANNEL,
                             exc)

@@ -155,7 +155,7 @@ def drive(db: Database, run_id: str, runner: LocalRunner | None, deadline: float
            *, watch_steps: bool) -> dict[str, Any]:
     """Wait for a run to end (woken by its events), pumping its local tasks; return its
     final state. :class:`WorkflowTimeout` once ``deadline`` (monotonic) passes."""
-    listener = db.connect(autocommit=True)
+    listener = db.connect(autocommit=True, role="listen")
     try:
         listener.execute(coordinator.listen_statement())
         while True:

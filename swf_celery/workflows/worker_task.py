@@ -44,7 +44,8 @@ RETRY_SETTING = "swf_report_retry_seconds"
 
 def database_for(app: Any) -> db.Database:
     """The coordinator database of a Celery app (see the module docstring)."""
-    return db.resolve(db.database_url(app=app).url)
+    url = db.with_listen_url(db.database_url(app=app).url, app.conf.get("swf_listen_url"))
+    return db.resolve(url, role="steps")
 
 
 def _budget(app: Any) -> float:

@@ -132,10 +132,9 @@ def _run_everything(url: str) -> None:
             sessions = _sessions(url)
             names = {name for name, _ssl, _user in sessions}
             assert [s for s in sessions if not s[1]] == [], sessions
-            # The broker and pooled connections carry the URL's name; the LISTEN
-            # connections (results, messaging) are there too, all over TLS.
-            assert "tls-app" in names, names
-            assert {"swf-celery results listener", "swf-celery listen"} <= names, names
+            # Every connection, LISTEN ones included, carries the URL's own name (it
+            # wins over the roles' names), all over TLS.
+            assert names == {"tls-app"}, names
             assert len(sessions) >= 6, sessions
             assert "permission denied" not in read_log(proc)
     finally:

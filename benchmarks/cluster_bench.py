@@ -1,0 +1,284 @@
+"""``make cluster-bench``: throughput with 1, 2 and 4 worker hosts (network namespaces, see
+:mod:`tests.cluster.hosts`) against one PostgreSQL, the same on Redis, a 2000-step DAG
+across 4 hosts, and where the time goes (``pg_stat_statements``, lock waits).
+
+Every host runs ``celery -A tests.cluster.app worker --pool=threads -c 16``; tasks sleep
+100 ms (I/O-bound). Needs root. ``python -m benchmarks.cluster_bench [--hosts 1,2,4]
+[--tasks-per-host 320] [--pgbouncer]``; the table goes into ``docs/benchmarks.md``
+(section ``bench_cluster``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import statistics
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import psycopg
+from celery import Celery
+
+from benchmarks.run import DOC, machine
+from swf_celery import db
+from swf_celery.ops import migrate
+from tests.cluster import app as cluster_app
+from tests.cluster.hosts import BRIDGE_IP, Cluster, unavailable_reason
+
+CONCURRENCY = 16
+NAP = 0.1
+REDIS_PORT = 56379
+#: The queue the measured tasks wait in until every host consumes it.
+BULK = "cluster_bulk"
+LAYERS, WIDTH = 40, 50  # the 2000-step DAG
+
+
+def _sessions(url: str) -> tuple[int, int]:
+    """(worker-host sessions, sessions waiting on a lock) right now."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE application_name LIKE 'swf-%%@host%%'), "
+            "count(*) FILTER (WHERE wait_event_type = 'Lock') FROM pg_stat_activity"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def _cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    fields = [float(v) for v in open("/proc/stat").readline().split()[1:]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)
+
+
+def _server_cpu(server_pid: int | None) -> float:
+    """CPU seconds used so far by the PostgreSQL server and its backends."""
+    if server_pid is None:
+        return 0.0
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == server_pid or int(stat[1]) == server_pid:
+            ticks += int(stat[11]) + int(stat[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _run_tasks(broker: str, backend: str, tasks: int, watch: str | None,
+               server_pid: int | None = None) -> dict[str, Any]:
+    """``tasks`` timed naps, published first to a queue no worker consumes; then every
+    host is told to consume it at once (``add_consumer``). Returns tasks/s from the first
+    start to the last end, the peak sessions and lock waits, and p50 of 20 lone round
+    trips (publish -> result, with the 100 ms sleep)."""
+    client = Celery("cluster_bench", broker=broker, backend=backend, set_as_current=False)
+    client.conf.task_default_queue = cluster_app.QUEUE
+    peak = [0, 0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while watch and not done.is_set():
+            sessions, locks = _sessions(watch)
+            peak[0], peak[1] = max(peak[0], sessions), max(peak[1], locks)
+            done.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    try:
+        results = [client.send_task("tests.cluster.app.timed_nap", (NAP,), queue=BULK)
+                   for _ in range(tasks)]
+        sampler.start()
+        cpu0, pg0 = _cpu(), _server_cpu(server_pid)
+        client.control.add_consumer(BULK, reply=False)
+        outcomes = [r.get(timeout=600) for r in results]
+        cpu1, pg1 = _cpu(), _server_cpu(server_pid)
+        client.control.cancel_consumer(BULK, reply=False)
+        done.set()
+        sampler.join()
+        trips = []
+        for _ in range(20):
+            sent = time.time()
+            client.send_task("tests.cluster.app.timed_nap", (NAP,)).get(timeout=60)
+            trips.append(time.time() - sent)
+    finally:
+        done.set()
+        client.close()
+    wall = max(end for _, _, end in outcomes) - min(start for _, start, _ in outcomes)
+    hosts = Counter(host for host, _, _ in outcomes)
+    return {"rate": tasks / wall, "p50": statistics.median(trips),
+            "cpu": (cpu1[0] - cpu0[0]) / max(cpu1[1] - cpu0[1], 1.0),
+            "pg_cpu_per_task": (pg1 - pg0) / tasks * 1000,
+            "sessions": peak[0], "lock_waits": peak[1], "hosts": len(hosts)}
+
+
+def _dag() -> type:
+    entries = []
+    for layer in range(LAYERS):
+        for i in range(WIDTH):
+            deps = [] if layer == 0 else [f"s{layer - 1}_{i}", f"s{layer - 1}_{(i + 1) % WIDTH}"]
+            entries.append((f"s{layer}_{i}", cluster_app.tick, {"depends_on": deps}))
+
+    class Layered:
+        __workflow_slug__ = "bench.cluster_2000"
+
+        @staticmethod
+        def __workflow_steps__() -> list[Any]:
+            return entries
+
+    return Layered
+
+
+def _top_statements(url: str, limit: int = 6) -> list[tuple[str, int, float, float]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT regexp_replace(left(query, 70), '\\s+', ' ', 'g'), calls, "
+            "total_exec_time, mean_exec_time FROM pg_stat_statements "
+            "ORDER BY total_exec_time DESC LIMIT %s", (limit,)).fetchall()
+    return [(str(q), int(c), float(t), float(m)) for q, c, t, m in rows]
+
+
+def _reset_statements(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        conn.execute("SELECT pg_stat_statements_reset()")
+
+
+def _start_hosts(c: Cluster, count: int, env: dict[str, str]) -> None:
+    for i in range(1, count + 1):
+        c.start_worker(i, "tests.cluster.app", queues=[cluster_app.QUEUE],
+                       concurrency=CONCURRENCY, env=env)
+
+
+def _stop_hosts(c: Cluster) -> None:
+    for i in list(c.workers):
+        c.stop_worker(i)
+
+
+def bench(host_counts: list[int], per_host: int, pgbouncer: bool = False) -> str:
+    """Run everything; return the Markdown section."""
+    most = max(host_counts)
+    lines: list[str] = []
+    with contextlib.ExitStack() as stack:
+        c = stack.enter_context(Cluster(most, port=55434))
+        url = c.server.url()
+        migrate.migrate(url)
+        db.resolve(url).close()
+        worker_url = url
+        if pgbouncer:
+            from tests.cluster.pgbouncer import pgbouncer as run_pgbouncer
+
+            worker_url = stack.enter_context(run_pgbouncer(url, listen_addr=BRIDGE_IP,
+                                                           spawn=c.spawn))
+        secret = c.server.password  # Redis refuses non-loopback clients without one
+        c.spawn(["redis-server", "--bind", BRIDGE_IP, "--port", str(REDIS_PORT), "--save", "",
+                 "--appendonly", "no", "--requirepass", secret])
+        redis = f"redis://:{secret}@{BRIDGE_IP}:{REDIS_PORT}/0"
+        rows: dict[int, dict[str, Any]] = {}
+        statements: list[tuple[str, int, float, float]] = []
+        for hosts in host_counts:
+            _start_hosts(c, hosts, {"SWF_CLUSTER_URL": worker_url})
+            _run_tasks(db.broker_url(url), db.broker_url(url), 16 * hosts, None)  # warm-up
+            _reset_statements(url)
+            ours = _run_tasks(db.broker_url(url), db.broker_url(url), per_host * hosts, url,
+                              c.server.proc.pid if c.server.proc else None)
+            if hosts == most:
+                statements = _top_statements(url)
+            _stop_hosts(c)
+            _start_hosts(c, hosts, {"SWF_CLUSTER_REDIS": redis})
+            _run_tasks(redis, redis, 16 * hosts, None)
+            theirs = _run_tasks(redis, redis, per_host * hosts, None)
+            _stop_hosts(c)
+            rows[hosts] = {"ours": ours, "redis": theirs}
+            print(f"{hosts} hosts: swf {ours['rate']:.0f}/s, redis {theirs['rate']:.0f}/s",
+                  flush=True)
+        _start_hosts(c, most, {"SWF_CLUSTER_URL": worker_url})
+        from swf_celery.workflows.executor import Executor
+
+        layered = _dag()
+        Executor.execute(layered, {}, url, timeout=600_000)  # warm-up: plans, flows row
+        start = time.time()
+        Executor.execute(layered, {}, url, timeout=600_000)
+        dag_wall = time.time() - start
+        dag_hosts = _sessions(url)[0]
+        _stop_hosts(c)
+        max_conn = c.server.max_connections
+    base = rows[min(host_counts)]
+    flag = " --pgbouncer" if pgbouncer else ""
+    title = "through PgBouncer (transaction pooling)" if pgbouncer else "direct"
+    lines += [
+        f"## Worker hosts, {title} (`cluster_bench`)",
+        "",
+        f"`make cluster-bench` (`python -m benchmarks.cluster_bench{flag}`), "
+        f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC on {machine()}. Hosts are "
+        "network namespaces on one bridge (10.213.0.0/24) of this machine, each running "
+        f"`celery -A tests.cluster.app worker --pool=threads -c {CONCURRENCY}`; one "
+        f"private PostgreSQL (`max_connections = {max_conn}`) and one private Redis on the "
+        f"bridge. {per_host} tasks of `time.sleep({NAP})` per host, published "
+        "to a queue no worker consumes, then every host is told to consume it at once "
+        "(`control.add_consumer`): tasks/s is tasks / (last end - first start). p50: "
+        "20 lone round trips on the idle cluster (publish -> `get()`, 100 ms sleep "
+        "included). Connections: the most worker-host sessions seen in "
+        "`pg_stat_activity` during the run (through PgBouncer: its server connections). "
+        "Analysis: [scale-out.md](scale-out.md).",
+        "",
+        "| hosts | swf tasks/s | p50 (s) | connections | lock waits (peak) | machine CPU "
+        "busy | PG CPU ms/task | Redis tasks/s | Redis p50 (s) | Redis CPU busy | swf / Redis "
+        "| scaling vs 1 host (swf, Redis) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for hosts, row in rows.items():
+        o, r = row["ours"], row["redis"]
+        lines.append(
+            f"| {hosts} | {o['rate']:.0f} | {o['p50']:.2f} | {o['sessions']} | "
+            f"{o['lock_waits']} | {o['cpu']:.0%} | {o['pg_cpu_per_task']:.2f} | "
+            f"{r['rate']:.0f} | {r['p50']:.2f} | {r['cpu']:.0%} | "
+            f"{o['rate'] / r['rate']:.2f} | {o['rate'] / base['ours']['rate']:.2f}x, "
+            f"{r['rate'] / base['redis']['rate']:.2f}x |")
+    lines += [
+        "",
+        f"2000-step DAG ({LAYERS} layers x {WIDTH}, each step depending on 2 of the layer "
+        f"before) across {most} hosts: {dag_wall:.1f} s, {2000 / dag_wall:.0f} steps/s "
+        f"({dag_hosts} worker-host sessions at the end).",
+        "",
+        f"Top statements by total time at {most} hosts (`pg_stat_statements`):",
+        "",
+        "| statement | calls | total ms | mean ms |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| `{q.replace('|', '/')}` | {n} | {t:.0f} | {m:.3f} |"
+              for q, n, t, m in statements]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(name: str, text: str) -> None:
+    """Put ``text`` into docs/benchmarks.md as section ``name`` (replacing an older one)."""
+    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
+    block = f"<!-- section: {name} -->\n{text.rstrip()}\n<!-- /section -->\n"
+    pattern = re.compile(rf"<!-- section: {name} -->\n.*?<!-- /section -->\n", re.S)
+    doc = pattern.sub(lambda _m: block, doc) if pattern.search(doc) else doc + "\n" + block
+    DOC.write_text(doc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", default="1,2,4")
+    parser.add_argument("--tasks-per-host", type=int, default=320)
+    parser.add_argument("--pgbouncer", action="store_true")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    reason = unavailable_reason()
+    if reason:
+        raise SystemExit(f"cluster-bench: {reason}")
+    text = bench([int(h) for h in args.hosts.split(",")], args.tasks_per_host, args.pgbouncer)
+    print(text)
+    if not args.no_write:
+        write_section("bench_cluster_pgbouncer" if args.pgbouncer else "bench_cluster", text)
+
+
+if __name__ == "__main__":
+    main()
