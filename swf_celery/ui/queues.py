@@ -110,7 +110,7 @@ def dead_letters(db: Database, name: str, *, limit: int = 100) -> list[DeadLette
     params = {"cap": BODY_CAP, "limit": limit, "queue": name}
     pgmq = _pgmq_name(db, name)
     if _is_transient(pgmq):
-        query: sql.Composable | str = QUERIES["transient_dead_letters"]
+        query: sql.Composed | str = QUERIES["transient_dead_letters"]
     else:
         query = sql.SQL(QUERIES["dead_letters"]).format(**_tables(pgmq))
     with db.connection() as conn:
@@ -121,7 +121,7 @@ def dead_letters(db: Database, name: str, *, limit: int = 100) -> list[DeadLette
 def _move(db: Database, statement: str, name: str, ids: list[int] | None) -> int:
     pgmq = _pgmq_name(db, name)
     if _is_transient(pgmq):
-        query: sql.Composable | str = QUERIES["transient_" + statement]
+        query: sql.Composed | str = QUERIES["transient_" + statement]
     else:
         query = sql.SQL(QUERIES[statement]).format(**_tables(pgmq))
     with db.connection() as conn:
