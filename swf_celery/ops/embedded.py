@@ -206,6 +206,7 @@ def start(*, quiet: bool = False) -> str:
     home().mkdir(mode=0o700, parents=True, exist_ok=True)
     if host.as_root():
         _retire_root_trust_cluster(quiet)
+        _retire_orphaned_root_cluster(quiet)
     data = data_dir()
     pid = _pid()
     if pid is not None:
@@ -316,6 +317,21 @@ def _retire_root_trust_cluster(quiet: bool) -> None:
     subprocess.run([_bin("pg_ctl"), "-D", str(old), "-m", "immediate", "-w", "stop"],
                    capture_output=True, timeout=60, cwd="/", **host.run_kwargs(None))
     shutil.rmtree(home() / "pg")  # rmtree never follows symlinks
+
+
+def _retire_orphaned_root_cluster(quiet: bool) -> None:
+    """As root: a cluster in the service folder of this ``$SWF_HOME`` whose password file
+    is gone (the project folder was deleted and cloned again at the same path) can never
+    be logged in to; it is stopped and deleted, and a new one is initialised."""
+    data = data_dir()
+    if password_file().exists() or not (data / "PG_VERSION").exists():
+        return
+    _note(quiet, f"stopping and deleting {cluster_dir()}: its password file {password_file()} "
+                 "is gone (a new project folder at the same path), so nobody could log in; "
+                 "a new one is initialised")
+    subprocess.run([_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                   capture_output=True, timeout=60, cwd="/", **host.run_kwargs(None))
+    shutil.rmtree(cluster_dir())  # rmtree never follows symlinks
 
 
 def stop() -> bool:

@@ -148,6 +148,26 @@ def test_cluster_of_an_older_version_is_retired(tmp_path: Path) -> None:
         run_cli("db", "remove", env=env)
 
 
+@as_root
+def test_a_project_cloned_again_at_the_same_path_gets_a_new_cluster(tmp_path: Path) -> None:
+    # The service folder is keyed by $SWF_HOME's path: deleting the project and cloning it
+    # again at the same path leaves a cluster whose password file is gone.
+    home = tmp_path / ".swf"
+    env = dict(os.environ, SWF_HOME=str(home), SWF_EMBEDDED_PORT=str(free_port()))
+    env.pop("SWF_DATABASE_URL", None)
+    try:
+        assert run_cli("db", "start", env=env).returncode == 0
+        shutil.rmtree(home)  # the project folder is deleted; the server keeps running
+        proc = run_cli("db", "start", env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert "is gone" in proc.stderr and "a new one is initialised" in proc.stderr
+        url = run_cli("db", "url", env=env).stdout.strip()
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        run_cli("db", "remove", env=env)
+
+
 def test_trust_authentication_is_locked_down_on_start(own_server: PrivateServer) -> None:
     data = Path(own_server.data_dir())
     trusting = "host all all 127.0.0.1/32 trust\n"
