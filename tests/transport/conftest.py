@@ -7,10 +7,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from celery import Celery
 from kombu import Connection
 
 import swf_celery  # noqa: F401 - registers swf://
-from tests.helpers import swf_url
+from tests.helpers import create_task_runs, swf_url
 
 
 @pytest.fixture
@@ -31,3 +32,18 @@ def connections(broker_url: str) -> Iterator[Any]:
     yield make
     for conn in opened:
         conn.release()
+
+
+@pytest.fixture
+def broker(db_url: str) -> str:
+    """The swf:// URL of a fresh database with the table ``task_runs`` (worker tests)."""
+    create_task_runs(db_url)
+    return swf_url(db_url)
+
+
+@pytest.fixture
+def client(broker: str) -> Iterator[Celery]:
+    """A Celery client app on :func:`broker`."""
+    app = Celery("client", broker=broker, set_as_current=False)
+    yield app
+    app.close()

@@ -10,19 +10,16 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
 from celery import Celery
 
 from tests.helpers import (
-    create_task_runs,
     next_visible,
     queue_size,
     read_log,
     sql,
     sql_value,
-    swf_url,
     task_runs,
     wait_until,
     worker_process,
@@ -30,19 +27,6 @@ from tests.helpers import (
 
 pytestmark = pytest.mark.slow
 APP = "tests.transport.broker_app"
-
-
-@pytest.fixture
-def broker(db_url: str) -> str:
-    create_task_runs(db_url)
-    return swf_url(db_url)
-
-
-@pytest.fixture
-def client(broker: str) -> Iterator[Celery]:
-    app = Celery("client", broker=broker, set_as_current=False)
-    yield app
-    app.close()
 
 
 def _stop_group(proc: object) -> None:

@@ -10,18 +10,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 from celery import Celery
 
 from tests.helpers import (
-    create_task_runs,
     next_visible,
     queue_size,
     read_log,
     sql,
-    swf_url,
     task_runs,
     wait_until,
     worker_process,
@@ -31,19 +28,6 @@ pytestmark = pytest.mark.slow
 APP = "tests.transport.broker_app"
 #: A worker that has not exited after this long is taken as hung (not a timing assertion).
 STOP_BOUND = 40.0
-
-
-@pytest.fixture
-def broker(db_url: str) -> str:
-    create_task_runs(db_url)
-    return swf_url(db_url)
-
-
-@pytest.fixture
-def client(broker: str) -> Iterator[Celery]:
-    app = Celery("client", broker=broker, set_as_current=False)
-    yield app
-    app.close()
 
 
 def stop(proc: subprocess.Popen[bytes], sig: signal.Signals, *, group: bool) -> int:

@@ -3,15 +3,11 @@ is killed and the worker keeps serving, cycle after cycle."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from celery import Celery
 
 from tests.helpers import (
-    create_task_runs,
     queue_size,
-    swf_url,
     task_runs,
     wait_until,
     worker_process,
@@ -20,19 +16,6 @@ from tests.helpers import (
 pytestmark = pytest.mark.slow
 APP = "tests.transport.broker_app"
 CYCLES = 50
-
-
-@pytest.fixture
-def broker(db_url: str) -> str:
-    create_task_runs(db_url)
-    return swf_url(db_url)
-
-
-@pytest.fixture
-def client(broker: str) -> Iterator[Celery]:
-    app = Celery("client", broker=broker, set_as_current=False)
-    yield app
-    app.close()
 
 
 def test_terminate_kills_the_task_and_the_worker_keeps_serving(

@@ -17,14 +17,12 @@ from psycopg.types.json import Jsonb
 import swf_celery  # noqa: F401 - registers swf://
 from tests.helpers import (
     ROOT,
-    create_task_runs,
     kill_worker,
     kombu_message,
     pg_url,
     queue_size,
     read_log,
     run_module,
-    swf_url,
     task_runs,
     wait_until,
     worker_process,
@@ -35,14 +33,8 @@ APP = "tests.transport.broker_app"
 
 
 @pytest.fixture
-def broker(db_url: str) -> str:
-    """The swf:// URL of a fresh database with the table ``task_runs``."""
-    create_task_runs(db_url)
-    return swf_url(db_url)
-
-
-@pytest.fixture
 def client(broker: str) -> Iterator[Celery]:
+    """The shared client (conftest), with a visibility timeout for the replies it reads."""
     app = Celery("client", broker=broker, set_as_current=False)
     app.conf.broker_transport_options = {"visibility_timeout": 60}
     yield app
