@@ -203,7 +203,7 @@ def read_queue(conn_or_url: psycopg.Connection[Any] | str, queue: str, *, qty: i
             return []
         statement = pgsql.SQL(TABLE_STATEMENTS["pop" if no_ack else "read"]).format(
             queue=pgsql.Identifier(*queue_table(row[0])))
-        rows = conn.execute(statement, {"qty": qty, "vt": vt}).fetchall()
+        rows = conn.execute(statement, {"qty": qty, "vt": vt, "acks": []}).fetchall()
     return sorted(rows, key=lambda r: (r[3], r[0]))
 
 

@@ -259,26 +259,69 @@ class Channel(virtual.Channel):
     def _read_once(self, queues: list[str], flags: list[bool],
                    qty: int) -> list[tuple[str, dict[str, Any]]]:
         out: list[tuple[str, dict[str, Any]]] = []
-        limit = self.options.max_deliveries
         for queue, noack in zip(queues, flags, strict=True):
             if len(out) >= qty:
                 break
-            rows = self._on_table("pop" if noack else "read", queue,
-                                  {"qty": qty - len(out),
-                                   "vt": self.options.visibility_timeout}).fetchall()
-            rows.sort(key=lambda r: (r[3], r[0]))
-            too_often = [r[0] for r in rows if not noack and limit and r[1] > limit]
-            if too_often:
-                self._execute("reject", {"queue": queue, "ids": too_often, "requeue": False,
-                                         "reason": f"delivered more than {limit} times"})
-            self._check_revoked(rows)
-            for msg_id, read_ct, message, _priority in rows:
-                if msg_id in too_often:
-                    continue
-                payload = self._payload(queue, msg_id, read_ct, message, noack)
-                if payload is not None:
-                    out.append((queue, payload))
+            out.extend(self._read_queue(queue, noack, qty - len(out))[0])
         return out
+
+    def _read_queue(self, queue: str, noack: bool,
+                    qty: int) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+        """One read of up to ``qty`` messages of ``queue``: (payloads, rows read).
+
+        The read of a queue with its own table also deletes the acks pending on that queue.
+        """
+        params: dict[str, Any] = {"qty": qty, "vt": self.options.visibility_timeout}
+        if not noack:
+            params["acks"] = self._take_acks(queue)
+        rows = self._on_table("pop" if noack else "read", queue, params).fetchall()
+        rows.sort(key=lambda r: (r[3], r[0]))
+        limit = self.options.max_deliveries
+        too_often = [r[0] for r in rows if not noack and limit and r[1] > limit]
+        if too_often:
+            self._execute("reject", {"queue": queue, "ids": too_often, "requeue": False,
+                                     "reason": f"delivered more than {limit} times"})
+        self._check_revoked(rows)
+        out: list[tuple[str, dict[str, Any]]] = []
+        for msg_id, read_ct, message, _priority in rows:
+            if msg_id in too_often:
+                continue
+            payload = self._payload(queue, msg_id, read_ct, message, noack)
+            if payload is not None:
+                out.append((queue, payload))
+        return out, len(rows)
+
+    def _take_acks(self, queue: str) -> list[int]:
+        """Remove and return the pending acks of ``queue`` when its read can delete them
+        (a queue with its own table, acks not archived); others stay for :meth:`flush_acks`."""
+        pending = self._pending_acks
+        if not pending or self.options.archive_acked or is_transient(self.pgmq_name(queue)):
+            return []
+        taken: list[int] = []
+        for _ in range(len(pending)):  # others append meanwhile: those stay at the end
+            item = pending.popleft()
+            if item[0] == queue:
+                taken.append(item[1])
+            else:
+                pending.append(item)
+        return taken
+
+    def consuming(self) -> list[str]:
+        """The queues this channel has consumers on, whatever its prefetch window."""
+        return list(dict.fromkeys(self._active_queues)) if self._consumers else []
+
+    def deliver_from(self, queue: str) -> tuple[int, int] | None:
+        """Read one batch of ``queue`` and deliver it (the event loop's read, :mod:`.eventloop`).
+
+        Returns (rows read, rows asked for), or None when the prefetch window is full.
+        """
+        qty = self._read_quantity()
+        if qty <= 0:
+            return None
+        got, rows = self._read_queue(queue, queue in self._noack_queues, qty)
+        for name, payload in got:
+            self.connection._deliver(payload, name)
+        return rows, qty
 
     def _check_revoked(self, rows: list[Any]) -> None:
         """Hand revoked task ids of redelivered messages to the worker (:mod:`.revokes`)."""
@@ -311,15 +354,16 @@ class Channel(virtual.Channel):
         super().close()
 
     def _get_many(self, queues: list[str], timeout: float | None = None) -> None:
-        self.flush_acks()
         qty = self._read_quantity()
         if qty <= 0:
+            self.flush_acks()
             raise Empty()
         unique = list(dict.fromkeys(queues))
         if len(unique) > 1:  # rotate so that no queue starves the others
             self._rotation = (self._rotation + 1) % len(unique)
             unique = unique[self._rotation:] + unique[:self._rotation]
-        got = self._read(unique, qty)
+        got = self._read(unique, qty)  # each read deletes its queue's pending acks
+        self.flush_acks()  # the acks of queues not read
         if not got:
             raise Empty()
         for queue, payload in got:

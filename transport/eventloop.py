@@ -5,12 +5,20 @@ worker's hub (``implements.asynchronous``). :class:`HubConsumer` does the transp
 
 - the self-pipe of :class:`~swf_celery.transport.wakeup.Wakeup` (poked by acks, ``basic_qos``
   and new consumers) and the LISTEN socket (NOTIFY from producers) are hub readers;
-- a NOTIFY runs :meth:`HubConsumer.drain` at once: write the batched acks, deliver one
-  batch, and when nothing is left arm the consumed queues (``swf.queue_arm``) and return;
+- a NOTIFY runs :meth:`HubConsumer.drain` at once;
+- a drain reads only the queues that may hold messages (*dirty* ones): a queue is dirty
+  when it is first consumed, when its channel is NOTIFYed, when a read filled the batch it
+  asked for, when the prefetch window kept it from being read, and when a timer or
+  ``swf.queue_arm`` says a message is due. A read that returns less than it asked for
+  leaves the queue clean. So under load a drain is one statement, the read of the task
+  queue, which also deletes that queue's pending acks; the pidbox queue is read when a
+  control message arrives, not on every drain;
+- when every queue with prefetch room is clean, they are armed (``swf.queue_arm``: the next
+  send NOTIFYs) and the consumer waits for the hub;
 - what may wait a moment runs :data:`FOLLOW_UP` seconds later, after the hub's next poll:
   the read after a delivered batch, and the drain a poke asks for (acks, ``basic_qos``, a
   new consumer). So the hub hands a delivered task to a pool process (a write it does
-  when it polls) before the transport spends round trips on the next read, and the acks
+  when it polls) before the transport spends a round trip on the next read, and the acks
   of tasks accepted together are written in one statement;
 - a hub timer stands in for the sleep of the synchronous loop: the polling fallback, or the
   moment the next delayed or hidden message becomes due.
@@ -22,11 +30,11 @@ command or a finished task is handled by the hub at once.
 from __future__ import annotations
 
 import contextlib
-from queue import Empty
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from swf_celery.db import load_queries
+from swf_celery.transport.names import listen_channel
 
 if TYPE_CHECKING:
     from swf_celery.transport.transport import Transport
@@ -46,6 +54,12 @@ class HubConsumer:
         self._timer: Any = None
         self._timer_due = 0.0
         self._closed = False
+        #: Consumed queues that may hold messages; the rest are read after a NOTIFY.
+        self._dirty: set[str] = set()
+        #: Consumed queues by their NOTIFY channel (queues not seen yet are dirty).
+        self._channel_queue: dict[str, str] = {}
+        self._known: set[str] = set()
+        self._rotation = 0
         wakeup = transport.wakeup()
         self._add_reader(wakeup.pipe_fd)
         loop.on_tick.add(self.on_tick)
@@ -55,7 +69,8 @@ class HubConsumer:
 
     def on_tick(self) -> None:
         """Before each poll: make sure the current LISTEN socket is a reader (it appears on
-        the first LISTEN and changes when the connection is re-established)."""
+        the first LISTEN and changes when the connection is re-established, when NOTIFYs
+        may have been missed: every queue is read again)."""
         wakeup = self.transport._wakeup
         fd = wakeup.socket_fd() if wakeup is not None else None
         if fd is not None and fd not in self._fds:
@@ -63,6 +78,7 @@ class HubConsumer:
                 if wakeup is not None and old != wakeup.pipe_fd:
                     self._remove_reader(old)
             self._add_reader(fd)
+            self._dirty.update(self._known)
 
     def on_readable(self, fd: int) -> None:
         """A NOTIFY (drain now) or a poke (drain after the next poll) arrived."""
@@ -86,39 +102,91 @@ class HubConsumer:
         self._timer = self.loop.call_later(FOLLOW_UP, self.drain)
         self._timer_due = due
 
+    def _on_timer(self) -> None:
+        """The polling fallback or a due message: read every consumed queue."""
+        self._dirty.update(self._known)
+        self.drain()
+
     # -- the consume step -------------------------------------------------------------------
 
     def drain(self) -> None:
-        """Deliver one batch, or arm the consumed queues and set the fallback timer."""
+        """Read the dirty queues once each; when none delivered, arm them and set a timer."""
         if self._closed:
             return
         transport = self.transport
         self._cancel_timer()
+        self._take_notified()
+        delivered = False
+        armable: list[str] = []
+        channels = [ch for ch in list(transport.channels) if ch._consumers]
+        if channels:
+            self._rotation = (self._rotation + 1) % len(channels)
+            channels = channels[self._rotation:] + channels[:self._rotation]
+        for channel in channels:
+            for queue in self._rotated(channel.consuming()):
+                if queue not in self._dirty:
+                    armable.append(queue)
+                    continue
+                read = channel.deliver_from(queue)
+                if read is None:
+                    continue  # no prefetch room: stays dirty, a freed slot pokes
+                rows, asked = read
+                delivered = delivered or rows > 0
+                if rows < asked:
+                    self._dirty.discard(queue)
+                    armable.append(queue)
         transport.flush_acks()
-        try:
-            transport.cycle.get(transport._deliver, timeout=0)
-        except Empty:
-            pass
-        else:
+        if delivered:
             self.soon()  # there may be more: read again once the hub has polled
             return
-        transport.flush_acks()
-        queues = sorted({q for ch in list(transport.channels) for q in ch.consumed_queues()})
+        if not channels:
+            return  # nothing consumes: a new consumer pokes the pipe
         due: float | None = None
+        queues = sorted({q for ch in channels for q in ch.consumed_queues()} & set(armable))
         if queues and transport.options.wakeups:
             row = transport.pg_connection().execute(QUERIES["arm"],
                                                     {"queues": queues}).fetchone()
             due = row[0] if row else None
             if due is not None and due <= 0:
-                self.soon()  # a message became visible meanwhile
+                self._dirty.update(queues)  # a message arrived before the arm
+                self.soon()
                 return
-        if not any(ch._consumers for ch in list(transport.channels)):
-            return  # nothing consumes: a new consumer pokes the pipe
         wait = transport.polling_interval or 1.0
         if due is not None:
             wait = min(wait, due + 0.002)
-        self._timer = self.loop.call_later(wait, self.drain)
+        self._timer = self.loop.call_later(wait, self._on_timer)
         self._timer_due = monotonic() + wait
+
+    def _rotated(self, queues: list[str]) -> list[str]:
+        """``queues`` starting at a different one each drain (none starves the others);
+        a queue seen for the first time is dirty."""
+        for queue in queues:
+            if queue not in self._known:
+                self._known.add(queue)
+                self._dirty.add(queue)
+                self._channel_queue[self._listen_channel(queue)] = queue
+        if len(queues) > 1:
+            start = self._rotation % len(queues)
+            queues = queues[start:] + queues[:start]
+        return queues
+
+    def _listen_channel(self, queue: str) -> str:
+        for channel in self.transport.channels:
+            if queue in channel.consuming():
+                return listen_channel(channel.pgmq_name(queue))
+        return f"?{queue}"
+
+    def _take_notified(self) -> None:
+        """Mark the queues whose channels were NOTIFYed dirty (all, for a channel not known)."""
+        wakeup = self.transport._wakeup
+        if wakeup is None:
+            return
+        for name in wakeup.take_notified():
+            queue = self._channel_queue.get(name)
+            if queue is None:
+                self._dirty.update(self._known)
+            else:
+                self._dirty.add(queue)
 
     # -- bookkeeping ------------------------------------------------------------------------
 

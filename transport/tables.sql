@@ -5,7 +5,12 @@
 -- path); channel.py drops messages over max_deliveries after reading.
 
 -- name: read
-WITH picked AS (
+-- %(acks)s: ids of this queue's messages acked since its last read, deleted by the same
+-- statement (one round trip for both). They are hidden by their visibility timeout, so the
+-- read never picks them.
+WITH acked AS (
+    DELETE FROM {queue} WHERE msg_id = ANY (%(acks)s::bigint[])),
+picked AS (
     SELECT msg_id FROM {queue}
      WHERE vt <= clock_timestamp()
      ORDER BY (coalesce((headers->>'priority')::integer, 0)), msg_id

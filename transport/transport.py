@@ -168,12 +168,14 @@ class Transport(virtual.Transport):
                     conn.close()
 
     def verify_connection(self, connection: Any) -> bool:
-        """True when a trivial query succeeds."""
-        try:
-            self.pg_connection().execute("SELECT 1")
-            return True
-        except psycopg.Error:
-            return False
+        """True while the transport's connection is open and not known to be broken.
+
+        No round trip: kombu asks this before every publish (``Connection.connected``), as
+        the AMQP transports answer it from local state. A connection that broke meanwhile
+        fails its next statement, and kombu's retry reconnects.
+        """
+        conn = self._conn
+        return conn is None or not (conn.closed or conn.broken)
 
     def driver_version(self) -> str:
         """psycopg's version."""

@@ -34,6 +34,8 @@ class Wakeup:
         self._lock = threading.Lock()
         #: NOTIFYs received so far (the benchmark reports how far wake-ups were coalesced).
         self.notifications = 0
+        #: Channels NOTIFYed since the event loop last took them (:meth:`take_notified`).
+        self.notified: set[str] = set()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -83,10 +85,16 @@ class Wakeup:
         if conn is not None and (fd is None or fd == conn.pgconn.socket):
             pgconn = conn.pgconn
             pgconn.consume_input()  # raises OperationalError when the server went away
-            while pgconn.notifies() is not None:
+            while (notify := pgconn.notifies()) is not None:
                 self.notifications += 1
+                self.notified.add(notify.relname.decode("utf-8", "replace"))
                 woken = True
         return woken
+
+    def take_notified(self) -> set[str]:
+        """The channels NOTIFYed since the last call (read by :meth:`consume`)."""
+        notified, self.notified = self.notified, set()
+        return notified
 
     def wait(self, timeout: float) -> bool:
         """Sleep up to ``timeout`` seconds; True when woken by a NOTIFY or a poke."""
