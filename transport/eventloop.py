@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 QUERIES = load_queries("swf_celery.transport")
 #: Seconds a deferred drain waits: long enough for one hub poll, short against a round trip.
 FOLLOW_UP = 0.001
+#: Seconds an ack may wait, when no read is due, for the next read of its queue to carry it
+#: (a NOTIFY within this time): a redelivery after a crash is possible only inside it.
+ACK_DELAY = 0.005
 
 
 class HubConsumer:
@@ -59,6 +62,10 @@ class HubConsumer:
         #: Consumed queues by their NOTIFY channel (queues not seen yet are dirty).
         self._channel_queue: dict[str, str] = {}
         self._known: set[str] = set()
+        #: Queues armed (``swf.queue_arm``) and not NOTIFYed since: not armed again.
+        self._armed: set[str] = set()
+        self._next_due: float | None = None  # monotonic time the last arm said a message is due
+        self._ack_timer: Any = None
         self._rotation = 0
         wakeup = transport.wakeup()
         self._add_reader(wakeup.pipe_fd)
@@ -79,6 +86,7 @@ class HubConsumer:
                     self._remove_reader(old)
             self._add_reader(fd)
             self._dirty.update(self._known)
+            self._armed.clear()
 
     def on_readable(self, fd: int) -> None:
         """A NOTIFY (drain now) or a poke (drain after the next poll) arrived."""
@@ -103,29 +111,40 @@ class HubConsumer:
         self._timer_due = due
 
     def _on_timer(self) -> None:
-        """The polling fallback or a due message: read every consumed queue."""
+        """The polling fallback or a due message: read (and then arm) every consumed queue."""
         self._dirty.update(self._known)
+        self._armed.clear()
+        self._next_due = None
         self.drain()
+
+    def _flush_acks(self) -> None:
+        self._ack_timer = None
+        if not self._closed:
+            self.transport.flush_acks()
 
     # -- the consume step -------------------------------------------------------------------
 
     def drain(self) -> None:
-        """Read the dirty queues once each; when none delivered, arm them and set a timer."""
+        """Read the dirty queues once each, arm the clean ones not armed yet; when nothing
+        was delivered, set the fallback timer (or the one of the next due message)."""
         if self._closed:
             return
         transport = self.transport
         self._cancel_timer()
         self._take_notified()
         delivered = False
-        armable: list[str] = []
         channels = [ch for ch in list(transport.channels) if ch._consumers]
-        if channels:
-            self._rotation = (self._rotation + 1) % len(channels)
-            channels = channels[self._rotation:] + channels[:self._rotation]
+        if not channels:
+            transport.flush_acks()
+            return  # nothing consumes: a new consumer pokes the pipe
+        self._rotation = (self._rotation + 1) % len(channels)
+        channels = channels[self._rotation:] + channels[:self._rotation]
+        clean: list[str] = []  # clean before this drain: armed now unless armed already
+        drained: list[str] = []  # read empty now: armed by the next drain if still clean
         for channel in channels:
             for queue in self._rotated(channel.consuming()):
                 if queue not in self._dirty:
-                    armable.append(queue)
+                    clean.append(queue)
                     continue
                 read = channel.deliver_from(queue)
                 if read is None:
@@ -134,26 +153,32 @@ class HubConsumer:
                 delivered = delivered or rows > 0
                 if rows < asked:
                     self._dirty.discard(queue)
-                    armable.append(queue)
-        transport.flush_acks()
-        if delivered:
-            self.soon()  # there may be more: read again once the hub has polled
-            return
-        if not channels:
-            return  # nothing consumes: a new consumer pokes the pipe
-        due: float | None = None
-        queues = sorted({q for ch in channels for q in ch.consumed_queues()} & set(armable))
-        if queues and transport.options.wakeups:
+                    drained.append(queue)
+        # While a busy queue is read, the others (the pidbox queue) stay armed, so that a
+        # control command NOTIFYs; once the busy one is drained, it is armed too.
+        # A queue is armed whatever its prefetch room: its NOTIFY only marks it dirty, and a
+        # freed slot pokes the loop.
+        armable = clean if delivered else clean + drained
+        to_arm = sorted(set(armable) - self._armed)
+        if to_arm and transport.options.wakeups:
             row = transport.pg_connection().execute(QUERIES["arm"],
-                                                    {"queues": queues}).fetchone()
+                                                    {"queues": to_arm}).fetchone()
             due = row[0] if row else None
             if due is not None and due <= 0:
-                self._dirty.update(queues)  # a message arrived before the arm
-                self.soon()
-                return
+                self._dirty.update(to_arm)  # a message arrived before the arm
+                delivered = True
+            else:
+                self._armed.update(to_arm)
+                self._next_due = None if due is None else monotonic() + due
+        if delivered:
+            transport.flush_acks()  # those of queues not read
+            self.soon()  # there may be more: read again once the hub has polled
+            return
+        if any(ch._pending_acks for ch in channels) and self._ack_timer is None:
+            self._ack_timer = self.loop.call_later(ACK_DELAY, self._flush_acks)
         wait = transport.polling_interval or 1.0
-        if due is not None:
-            wait = min(wait, due + 0.002)
+        if self._next_due is not None:
+            wait = max(0.0, min(wait, self._next_due - monotonic() + 0.002))
         self._timer = self.loop.call_later(wait, self._on_timer)
         self._timer_due = monotonic() + wait
 
@@ -185,8 +210,10 @@ class HubConsumer:
             queue = self._channel_queue.get(name)
             if queue is None:
                 self._dirty.update(self._known)
+                self._armed.clear()
             else:
                 self._dirty.add(queue)
+                self._armed.discard(queue)
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -194,6 +221,10 @@ class HubConsumer:
         """Leave the hub: readers, tick callback and timer removed."""
         self._closed = True
         self._cancel_timer()
+        ack_timer, self._ack_timer = self._ack_timer, None
+        if ack_timer is not None:
+            with contextlib.suppress(Exception):
+                ack_timer.cancel()
         self.loop.on_tick.discard(self.on_tick)
         for fd in list(self._fds):
             self._remove_reader(fd)
