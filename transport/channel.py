@@ -444,10 +444,15 @@ class Channel(virtual.Channel):
             # with other acks (an ack lost in a crash only means a redelivery).
             self._pending_acks.append(held)
         super().basic_ack(delivery_tag)
-        self.connection.poke()
+        self._poke()
 
     def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
         """Reject: visible again at once (requeue) or dead-lettered."""
+        if self.connection is None:
+            # Closed (its broker connection was lost and the worker reconnected): the
+            # message was restored at close, or reappears after its visibility timeout.
+            logger.debug("swf broker: reject of %s on a closed channel ignored", delivery_tag)
+            return
         held = self._held_message(delivery_tag)
         if held is not None:
             self._execute("reject", {"queue": held[0], "ids": [held[1]], "requeue": requeue,
@@ -455,7 +460,15 @@ class Channel(virtual.Channel):
             self.qos.reject(delivery_tag, requeue=False)
         else:
             super().basic_reject(delivery_tag, requeue=requeue)
-        self.connection.poke()
+        self._poke()
+
+    def _poke(self) -> None:
+        # A task finishing after its channel was closed (the broker connection was lost
+        # and the worker reconnected) acks on that channel: kombu's close took its
+        # connection. Its message was restored at close, or reappears after its
+        # visibility timeout; nothing to wake.
+        if self.connection is not None:
+            self.connection.poke()
 
     def _restore(self, message: Any) -> None:
         # Unacked at shutdown, or delivered to a queue nobody consumes any more: make it

@@ -61,6 +61,8 @@ class Transport(virtual.Transport):
 
     connection_errors = virtual.Transport.connection_errors + (
         psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable, OSError,
+        # A session on a read-only server (a standby): reconnect, to the new primary.
+        psycopg.errors.ReadOnlySqlTransaction,
     )  # type: ignore[assignment]
     channel_errors = virtual.Transport.channel_errors + (  # type: ignore[assignment]
         psycopg.DatabaseError, DatabaseError)

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Union
 
 import psycopg
+from psycopg import errors as pg_errors
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -122,10 +123,11 @@ class Database:
                     raw.close()
                 return
             if self._pool is not None:
-                with self._pool.connection(timeout=timeout) as conn:
+                with self._pool.connection(timeout=timeout) as conn, _discard_read_only(conn):
                     yield conn
                 return
-            with self._shared_pool().connection(timeout=timeout) as conn:
+            with self._shared_pool().connection(timeout=timeout) as conn, \
+                    _discard_read_only(conn):
                 if not self._named:
                     _label(conn, self.application_name)
                 yield conn
@@ -323,6 +325,22 @@ def _max_idle_setting() -> float:
     if seconds <= 0:
         raise ConfigurationError(f"SWF_POOL_MAX_IDLE={raw!r} is not a number of seconds > 0")
     return seconds
+
+
+@contextlib.contextmanager
+def _discard_read_only(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Close ``conn`` when a statement finds its server read-only, so the pool replaces it.
+
+    ``target_session_attrs=read-write`` is checked only when a session opens: a session on
+    a server that became (or, behind a moved address, is) a standby would otherwise go
+    back to the pool and fail every later write too. The error itself is raised as
+    :class:`~swf_celery.errors.DatabaseUnavailable` (retried like a lost connection).
+    """
+    try:
+        yield
+    except pg_errors.ReadOnlySqlTransaction:
+        conn.close()
+        raise
 
 
 def _check_idle_connection(conn: psycopg.Connection[Any]) -> None:

@@ -51,6 +51,12 @@ def _translate(exc: psycopg.Error) -> SwfError:
         # OperationalError subclasses, but the server is fine: a conflict to retry.
         return TransactionConflict(
             f"transaction conflict: {exc.diag.message_primary or exc}; retry the operation")
+    if isinstance(exc, pg_errors.ReadOnlySqlTransaction):
+        # A session on a standby (or on a primary being demoted): the pools discard it and
+        # a retry reconnects, to the new primary with target_session_attrs=read-write.
+        return DatabaseUnavailable(
+            f"the server is read-only: {exc.diag.message_primary or exc}; list every server "
+            "in the URL with target_session_attrs=read-write")
     if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return DatabaseUnavailable(

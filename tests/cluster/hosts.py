@@ -32,6 +32,7 @@ from swf_celery.testing import read_log, stop_worker
 BRIDGE = "swfbr0"
 BRIDGE_IP = "10.213.0.1"
 NETNS_PREFIX = "swfh"
+VETH_PREFIX = "swfv"
 #: Where a run records the processes it started, so the next run can end them.
 STATE = Path(tempfile.gettempdir()) / "swf-cluster-state.json"
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,6 +82,13 @@ def cleanup() -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
+    # The host ends of the veth pairs first: deleting one removes its pair at once, whereas
+    # a deleted namespace's devices go away later (the next run's `ip link add` would find
+    # them still there).
+    for line in _ip("-o", "link", "show", check=False).stdout.splitlines():
+        device = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
+        if device.startswith(VETH_PREFIX):
+            _ip("link", "delete", device, check=False)
     for name in names:
         _ip("netns", "delete", name, check=False)
     if _ip("link", "show", BRIDGE, check=False).returncode == 0:
@@ -95,8 +103,9 @@ def _network(hosts: int) -> None:
     for i in range(1, hosts + 1):
         ns = f"{NETNS_PREFIX}{i}"
         _ip("netns", "add", ns)
-        _ip("link", "add", f"swfv{i}", "type", "veth", "peer", "name", "eth0", "netns", ns)
-        _ip("link", "set", f"swfv{i}", "master", BRIDGE, "up")
+        _ip("link", "add", f"{VETH_PREFIX}{i}", "type", "veth", "peer", "name", "eth0",
+            "netns", ns)
+        _ip("link", "set", f"{VETH_PREFIX}{i}", "master", BRIDGE, "up")
         _ip("-n", ns, "addr", "add", f"{host_ip(i)}/24", "dev", "eth0")
         _ip("-n", ns, "link", "set", "eth0", "up")
         _ip("-n", ns, "link", "set", "lo", "up")
@@ -150,8 +159,8 @@ class Server:
         env = dict(os.environ, PGPASSWORD=self.password)
         subprocess.run([embedded_host.binary("pg_basebackup"), "-h", "127.0.0.1", "-p",
                         str(self.port), "-U", "postgres", "-D", str(other.folder / "data"),
-                        "-R", "-X", "stream", "--no-sync"], check=True, capture_output=True,
-                       env=env, **self._as_user())
+                        "-R", "-X", "stream", "--no-sync", "--checkpoint=fast"], check=True,
+                       capture_output=True, env=env, **self._as_user())
         other._launch()
         other._wait()
         return other

@@ -3,7 +3,6 @@ a workflow run on two hosts given a multi-host URL with ``target_session_attrs``
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -19,15 +18,9 @@ from tests.cluster import app as cluster_app
 from tests.cluster.hosts import BRIDGE_IP, Cluster, cluster, unavailable_reason
 from tests.helpers import read_log, wait_until
 
-# Opt-in (SWF_FAILOVER_TESTS=1): since the broker moved into Celery's event loop and
-# result waiters LISTEN per result, the first test times out waiting for results after the
-# promotion on this 2-core machine; until that is diagnosed, make test does not run it.
 pytestmark = [pytest.mark.cluster, pytest.mark.slow,
               pytest.mark.skipif(unavailable_reason() is not None,
-                                 reason=str(unavailable_reason())),
-              pytest.mark.skipif(os.environ.get("SWF_FAILOVER_TESTS") != "1",
-                                 reason="failover tests are opt-in: SWF_FAILOVER_TESTS=1 "
-                                        "(see docs/scale-out.md)")]
+                                 reason=str(unavailable_reason()))]
 
 PRIMARY, STANDBY = 55436, 55437
 TASKS = 30

@@ -111,3 +111,21 @@ def test_forked_child_gets_its_own_pool_and_leaves_the_parents_alone(db_url: str
         alive = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
                              (parent_session,)).fetchone()[0]  # type: ignore[index]
     assert alive == 1
+
+
+def test_session_on_a_read_only_server_is_replaced(db_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A pooled session that finds its server read-only (a standby, a demoted primary) is
+    an outage to retry, and the pool opens a new session instead of handing it out again."""
+    monkeypatch.setenv("SWF_POOL_SIZE", "1")
+    database = db.Database(db_url)
+    try:
+        with database.connection() as conn:  # as if the server had become a standby
+            conn.execute("SET SESSION default_transaction_read_only = on")
+            first = conn.info.backend_pid
+        with pytest.raises(DatabaseUnavailable, match="read-only"):
+            database.fetch_one("CREATE TEMP TABLE t (x int)")
+        with database.connection() as conn:
+            assert conn.info.backend_pid != first
+            conn.execute("CREATE TEMP TABLE t (x int)")
+    finally:
+        database.close()
