@@ -271,11 +271,25 @@ class Channel(virtual.Channel):
 
         The read of a queue with its own table also deletes the acks pending on that queue.
         """
+        rows = self.read_rows(queue, noack, qty)
+        return self.payloads(queue, noack, rows), len(rows)
+
+    def read_rows(self, queue: str, noack: bool, qty: int) -> list[Any]:
+        """The statement of a read (with the queue's pending acks), in priority order.
+
+        Thread-safe: the event loop runs it in its reader thread (:mod:`.eventloop`).
+        """
         params: dict[str, Any] = {"qty": qty, "vt": self.options.visibility_timeout}
         if not noack:
             params["acks"] = self._take_acks(queue)
         rows = self._on_table("pop" if noack else "read", queue, params).fetchall()
         rows.sort(key=lambda r: (r[3], r[0]))
+        return rows
+
+    def payloads(self, queue: str, noack: bool,
+                 rows: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+        """The kombu payloads of read ``rows``: messages read too often or malformed are
+        dead-lettered, revoked ids of redelivered ones reach the worker's revoked set."""
         limit = self.options.max_deliveries
         too_often = [r[0] for r in rows if not noack and limit and r[1] > limit]
         if too_often:
@@ -289,7 +303,7 @@ class Channel(virtual.Channel):
             payload = self._payload(queue, msg_id, read_ct, message, noack)
             if payload is not None:
                 out.append((queue, payload))
-        return out, len(rows)
+        return out
 
     def _take_acks(self, queue: str) -> list[int]:
         """Remove and return the pending acks of ``queue`` when its read can delete them
@@ -309,19 +323,6 @@ class Channel(virtual.Channel):
     def consuming(self) -> list[str]:
         """The queues this channel has consumers on, whatever its prefetch window."""
         return list(dict.fromkeys(self._active_queues)) if self._consumers else []
-
-    def deliver_from(self, queue: str) -> tuple[int, int] | None:
-        """Read one batch of ``queue`` and deliver it (the event loop's read, :mod:`.eventloop`).
-
-        Returns (rows read, rows asked for), or None when the prefetch window is full.
-        """
-        qty = self._read_quantity()
-        if qty <= 0:
-            return None
-        got, rows = self._read_queue(queue, queue in self._noack_queues, qty)
-        for name, payload in got:
-            self.connection._deliver(payload, name)
-        return rows, qty
 
     def _check_revoked(self, rows: list[Any]) -> None:
         """Hand revoked task ids of redelivered messages to the worker (:mod:`.revokes`)."""

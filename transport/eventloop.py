@@ -6,7 +6,9 @@ worker's hub (``implements.asynchronous``). :class:`HubConsumer` does the transp
 - the self-pipe of :class:`~swf_celery.transport.wakeup.Wakeup` (poked by acks, ``basic_qos``
   and new consumers) and the LISTEN socket (NOTIFY from producers) are hub readers;
 - a NOTIFY runs :meth:`HubConsumer.drain` at once;
-- a drain reads only the queues that may hold messages (*dirty* ones): a queue is dirty
+- a drain reads only the queues that may hold messages (*dirty* ones), one after the other,
+  each read a job of the :class:`~swf_celery.transport.reader.Reader` thread: the hub
+  delivers what it returns when it is done and meanwhile feeds the pool. A queue is dirty
   when it is first consumed, when its channel is NOTIFYed, when a read filled the batch it
   asked for, when the prefetch window kept it from being read, and when a timer or
   ``swf.queue_arm`` says a message is due. A read that returns less than it asked for
@@ -23,21 +25,28 @@ worker's hub (``implements.asynchronous``). :class:`HubConsumer` does the transp
 - a hub timer stands in for the sleep of the synchronous loop: the polling fallback, or the
   moment the next delayed or hidden message becomes due.
 
-Nothing here blocks on the network beyond one short statement, so a SIGTERM, a control
-command or a finished task is handled by the hub at once.
+Reads never block the hub; arming (once per idle period) and the rare statements of a
+delivery (dead-lettering, revoked ids of redelivered messages) are short ones in the hub, so
+a SIGTERM, a control command or a finished task is handled at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+from functools import partial
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from swf_celery.db import load_queries
 from swf_celery.transport.names import listen_channel
+from swf_celery.transport.reader import Reader
 
 if TYPE_CHECKING:
+    from swf_celery.transport.channel import Channel
     from swf_celery.transport.transport import Transport
+
+logger = logging.getLogger(__name__)
 
 QUERIES = load_queries("swf_celery.transport")
 #: Seconds a deferred drain waits: long enough for one hub poll, short against a round trip.
@@ -45,6 +54,8 @@ FOLLOW_UP = 0.001
 #: Seconds an ack may wait, when no read is due, for the next read of its queue to carry it
 #: (a NOTIFY within this time): a redelivery after a crash is possible only inside it.
 ACK_DELAY = 0.005
+#: What an ack flush run by the reader thread returns (not the rows of a read).
+_FLUSHED = object()
 
 
 class HubConsumer:
@@ -66,6 +77,16 @@ class HubConsumer:
         self._armed: set[str] = set()
         self._next_due: float | None = None  # monotonic time the last arm said a message is due
         self._ack_timer: Any = None
+        #: The pass under way: the (channel, queue) still to look at, what it found.
+        self._pass: list[tuple[Channel, str]] = []
+        self._pass_delivered = False
+        self._pass_clean: list[str] = []
+        self._pass_drained: list[str] = []
+        #: The read in the reader thread: (channel, queue, no_ack, rows asked for).
+        self._in_flight: tuple[Channel, str, bool, int] | None = None
+        self._again = False  # a drain was asked for while a read was in flight
+        self._reader = Reader()
+        loop.add_reader(self._reader.fd, self._on_read_done)
         self._rotation = 0
         wakeup = transport.wakeup()
         self._add_reader(wakeup.pipe_fd)
@@ -119,46 +140,102 @@ class HubConsumer:
 
     def _flush_acks(self) -> None:
         self._ack_timer = None
-        if not self._closed:
+        if self._closed:
+            return
+        if self._in_flight is not None:  # after that read, in the reader thread
+            self._reader.submit(self._flush_job)
+            return
+        self.transport.flush_acks()
+
+    def _flush_job(self) -> object:
+        try:
             self.transport.flush_acks()
+        except Exception as exc:  # noqa: BLE001 - the read after it reports the connection
+            logger.warning("swf broker: acks not written (%s); their messages may be "
+                           "delivered again", exc)
+        return _FLUSHED
 
     # -- the consume step -------------------------------------------------------------------
 
     def drain(self) -> None:
-        """Read the dirty queues once each, arm the clean ones not armed yet; when nothing
-        was delivered, set the fallback timer (or the one of the next due message)."""
+        """Start a pass: each dirty queue is read once (in the reader thread, one after the
+        other, delivered by the hub), then the clean ones not armed yet are armed; when
+        nothing was delivered, the fallback timer (or the next due message's) is set."""
         if self._closed:
             return
-        transport = self.transport
         self._cancel_timer()
         self._take_notified()
-        delivered = False
+        if self._in_flight is not None or self._pass:
+            self._again = True  # a new pass once this one ends
+            return
+        transport = self.transport
         channels = [ch for ch in list(transport.channels) if ch._consumers]
         if not channels:
             transport.flush_acks()
             return  # nothing consumes: a new consumer pokes the pipe
         self._rotation = (self._rotation + 1) % len(channels)
         channels = channels[self._rotation:] + channels[:self._rotation]
-        clean: list[str] = []  # clean before this drain: armed now unless armed already
-        drained: list[str] = []  # read empty now: armed by the next drain if still clean
-        for channel in channels:
-            for queue in self._rotated(channel.consuming()):
-                if queue not in self._dirty:
-                    clean.append(queue)
-                    continue
-                read = channel.deliver_from(queue)
-                if read is None:
-                    continue  # no prefetch room: stays dirty, a freed slot pokes
-                rows, asked = read
-                delivered = delivered or rows > 0
-                if rows < asked:
-                    self._dirty.discard(queue)
-                    drained.append(queue)
+        self._pass = [(ch, q) for ch in channels for q in self._rotated(ch.consuming())]
+        self._pass_delivered = False
+        self._pass_clean = []  # clean before this pass: armed now unless armed already
+        self._pass_drained = []  # read empty now: armed by the next pass if still clean
+        self._step()
+
+    def _step(self) -> None:
+        """Send the next dirty queue of the pass to the reader, or end the pass."""
+        while self._pass:
+            channel, queue = self._pass.pop(0)
+            if queue not in self._dirty:
+                self._pass_clean.append(queue)
+                continue
+            if channel.connection is None or not channel._consumers:
+                continue  # closed meanwhile
+            qty = channel._read_quantity()
+            if qty <= 0:
+                continue  # no prefetch room: stays dirty, a freed slot pokes
+            noack = queue in channel._noack_queues
+            self._in_flight = (channel, queue, noack, qty)
+            self._reader.submit(partial(self._read, channel, queue, noack, qty))
+            return
+        self._end_pass()
+
+    def _read(self, channel: Channel, queue: str, noack: bool, qty: int) -> list[Any]:
+        """The reader thread's job: one read (with its queue's pending acks)."""
+        return channel.read_rows(queue, noack, qty)
+
+    def _on_read_done(self) -> None:
+        """A read finished: deliver its messages, go on with the pass."""
+        for rows, error in self._reader.take():
+            if rows is _FLUSHED:
+                continue
+            in_flight, self._in_flight = self._in_flight, None
+            if in_flight is None:
+                continue
+            channel, queue, noack, qty = in_flight
+            if error is not None:
+                self._pass = []
+                raise error  # the hub hands it to Celery (a connection error reconnects)
+            if self._closed or channel.connection is None:
+                self._restore(channel, queue, noack, rows)
+                continue
+            for name, payload in channel.payloads(queue, noack, rows):
+                self.transport._deliver(payload, name)
+            if rows:
+                self._pass_delivered = True
+            if len(rows) < qty:
+                self._dirty.discard(queue)
+                self._pass_drained.append(queue)
+        if not self._closed and self._in_flight is None:
+            self._step()
+
+    def _end_pass(self) -> None:
+        transport = self.transport
+        delivered = self._pass_delivered
         # While a busy queue is read, the others (the pidbox queue) stay armed, so that a
-        # control command NOTIFYs; once the busy one is drained, it is armed too.
-        # A queue is armed whatever its prefetch room: its NOTIFY only marks it dirty, and a
-        # freed slot pokes the loop.
-        armable = clean if delivered else clean + drained
+        # control command NOTIFYs; once the busy one is drained, it is armed too. A queue
+        # is armed whatever its prefetch room: its NOTIFY only marks it dirty, and a freed
+        # slot pokes the loop.
+        armable = self._pass_clean if delivered else self._pass_clean + self._pass_drained
         to_arm = sorted(set(armable) - self._armed)
         if to_arm and transport.options.wakeups:
             row = transport.pg_connection().execute(QUERIES["arm"],
@@ -170,17 +247,30 @@ class HubConsumer:
             else:
                 self._armed.update(to_arm)
                 self._next_due = None if due is None else monotonic() + due
-        if delivered:
-            transport.flush_acks()  # those of queues not read
-            self.soon()  # there may be more: read again once the hub has polled
+        if delivered or self._again:
+            # There may be more: the next pass at once (the hub feeds the pool while the
+            # reader waits on its statement).
+            self._again = False
+            self.loop.call_soon(self.drain)
             return
-        if any(ch._pending_acks for ch in channels) and self._ack_timer is None:
+        if any(ch._pending_acks for ch in list(transport.channels)) and self._ack_timer is None:
             self._ack_timer = self.loop.call_later(ACK_DELAY, self._flush_acks)
         wait = transport.polling_interval or 1.0
         if self._next_due is not None:
             wait = max(0.0, min(wait, self._next_due - monotonic() + 0.002))
         self._timer = self.loop.call_later(wait, self._on_timer)
         self._timer_due = monotonic() + wait
+
+    def _restore(self, channel: Channel, queue: str, noack: bool, rows: list[Any]) -> None:
+        """Rows read for a consumer that is gone: visible again at once."""
+        if noack or not rows or channel.connection is None:
+            return  # a no-ack read removed them, as a delivery would have
+        try:
+            channel._execute("reject", {"queue": queue, "ids": [r[0] for r in rows],
+                                        "requeue": True, "reason": "restored"})
+        except Exception:  # noqa: BLE001 - the connection is gone
+            logger.warning("swf broker: %d messages read as the consumer stopped reappear "
+                           "after their visibility timeout", len(rows))
 
     def _rotated(self, queues: list[str]) -> list[str]:
         """``queues`` starting at a different one each drain (none starves the others);
@@ -228,6 +318,13 @@ class HubConsumer:
         self.loop.on_tick.discard(self.on_tick)
         for fd in list(self._fds):
             self._remove_reader(fd)
+        with contextlib.suppress(Exception):
+            self.loop.remove_reader(self._reader.fd)
+        in_flight, self._in_flight = self._in_flight, None
+        self._pass = []
+        for rows, error in self._reader.close():
+            if in_flight is not None and error is None:
+                self._restore(in_flight[0], in_flight[1], in_flight[2], rows)
 
     def _cancel_timer(self) -> None:
         timer, self._timer = self._timer, None
