@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from functools import partial
 from time import monotonic
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,15 @@ FOLLOW_UP = 0.001
 ACK_DELAY = 0.005
 #: What an ack flush run by the reader thread returns (not the rows of a read).
 _FLUSHED = object()
+
+
+def _worker_idle() -> bool:
+    """True when this Celery worker runs and holds no task (or outside a worker)."""
+    state = sys.modules.get("celery.worker.state")
+    if state is None:
+        return True
+    return not (getattr(state, "active_requests", None)
+                or getattr(state, "reserved_requests", None))
 
 
 class HubConsumer:
@@ -194,6 +204,11 @@ class HubConsumer:
             if qty <= 0:
                 continue  # no prefetch room: stays dirty, a freed slot pokes
             noack = queue in channel._noack_queues
+            if _worker_idle():
+                # Nothing for the hub to do meanwhile: read here, without the two thread
+                # hand-offs (the round trip of a lone task, a control command).
+                self._took(channel, queue, noack, qty, self._read(channel, queue, noack, qty))
+                continue
             self._in_flight = (channel, queue, noack, qty)
             self._reader.submit(partial(self._read, channel, queue, noack, qty))
             return
@@ -211,22 +226,26 @@ class HubConsumer:
             in_flight, self._in_flight = self._in_flight, None
             if in_flight is None:
                 continue
-            channel, queue, noack, qty = in_flight
             if error is not None:
                 self._pass = []
                 raise error  # the hub hands it to Celery (a connection error reconnects)
-            if self._closed or channel.connection is None:
-                self._restore(channel, queue, noack, rows)
-                continue
-            for name, payload in channel.payloads(queue, noack, rows):
-                self.transport._deliver(payload, name)
-            if rows:
-                self._pass_delivered = True
-            if len(rows) < qty:
-                self._dirty.discard(queue)
-                self._pass_drained.append(queue)
+            self._took(*in_flight, rows)
         if not self._closed and self._in_flight is None:
             self._step()
+
+    def _took(self, channel: Channel, queue: str, noack: bool, qty: int,
+              rows: list[Any]) -> None:
+        """Deliver the rows of a read; a read short of ``qty`` leaves its queue clean."""
+        if self._closed or channel.connection is None:
+            self._restore(channel, queue, noack, rows)
+            return
+        for name, payload in channel.payloads(queue, noack, rows):
+            self.transport._deliver(payload, name)
+        if rows:
+            self._pass_delivered = True
+        if len(rows) < qty:
+            self._dirty.discard(queue)
+            self._pass_drained.append(queue)
 
     def _end_pass(self) -> None:
         transport = self.transport
@@ -248,10 +267,15 @@ class HubConsumer:
                 self._armed.update(to_arm)
                 self._next_due = None if due is None else monotonic() + due
         if delivered or self._again:
-            # There may be more: the next pass at once (the hub feeds the pool while the
-            # reader waits on its statement).
             self._again = False
-            self.loop.call_soon(self.drain)
+            if self._dirty:
+                # More to read: the next pass at once (the hub feeds the pool while the
+                # reader waits on its statement).
+                self.loop.call_soon(self.drain)
+            else:
+                # Only arming is left, a statement in the hub: after the next poll, so
+                # that the pool gets the job just delivered first.
+                self.soon()
             return
         if any(ch._pending_acks for ch in list(transport.channels)) and self._ack_timer is None:
             self._ack_timer = self.loop.call_later(ACK_DELAY, self._flush_acks)
