@@ -314,9 +314,8 @@ def _section(best: dict[str, dict[str, float]], every: dict[str, list[dict[str, 
         "",
         "The 'on' row includes the consumer's reads and acks competing for the same two cores; "
         "the NOTIFY count shows how far wake-ups were coalesced (one per idle period, not one "
-        "per message). Where the time goes (py-spy, see docs/transport.md): the worker's main "
-        "thread sleeps most of the run waiting for prefetch capacity; throughput is bounded by "
-        "the prefork pool, the Redis result store and the two shared cores, not by the broker.",
+        "per message). Where the time goes (py-spy, statements per task, CPU per thread, the "
+        "round trip split in parts, the stop): docs/broker-profile.md.",
         "",
     ]
     return "\n".join(lines)
