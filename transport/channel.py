@@ -21,7 +21,7 @@ from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 
 from swf_celery.db import load_queries
-from swf_celery.errors import MessageError, QueueNameError
+from swf_celery.errors import DatabaseUnavailable, MessageError, QueueNameError
 from swf_celery.transport import revokes, transient
 from swf_celery.transport.messages import eta_delay, malformed, revoked_task_ids
 from swf_celery.transport.names import check_queue_name, is_transient, listen_channel
@@ -62,9 +62,22 @@ class Channel(virtual.Channel):
 
     # -- queues -------------------------------------------------------------------------
 
+    def _transport(self) -> Transport:
+        """The transport, or a connection error when this channel was closed meanwhile.
+
+        A producer pooled by kombu (``kombu.pools`` is keyed by URL, so it outlives the app
+        that made it) can hold a channel closed when its connection was lost; the error
+        makes kombu's publish retry revive the producer with a new channel.
+        """
+        transport = self.connection
+        if transport is None:
+            raise DatabaseUnavailable("the broker channel is closed (its connection was "
+                                      "lost or released); reconnecting")
+        return transport
+
     def _execute(self, name: str, params: dict[str, Any]) -> Any:
         try:
-            return self.connection.pg_connection().execute(QUERIES[name], params)
+            return self._transport().pg_connection().execute(QUERIES[name], params)
         except pg_errors.InvalidParameterValue as exc:
             message = exc.diag.message_primary or str(exc)
             if "queue name" in message:
@@ -95,7 +108,7 @@ class Channel(virtual.Channel):
         Transient queues have no table: their statements run on the shared table (and a
         send to one that expired returns None: the message is dropped).
         """
-        conn = self.connection.pg_connection()
+        conn = self._transport().pg_connection()
         if is_transient(self.pgmq_name(queue)):
             # The cached name stays: later sends to the expired queue are dropped as well,
             # never create it anew (a declaration asks the database again).
