@@ -185,7 +185,7 @@ class HubConsumer:
             return  # nothing consumes: a new consumer pokes the pipe
         self._rotation = (self._rotation + 1) % len(channels)
         channels = channels[self._rotation:] + channels[:self._rotation]
-        self._pass = [(ch, q) for ch in channels for q in self._rotated(ch.consuming())]
+        self._pass = [(ch, q) for ch in channels for q in self._rotated(ch)]
         self._pass_delivered = False
         self._pass_clean = []  # clean before this pass: armed now unless armed already
         self._pass_drained = []  # read empty now: armed by the next pass if still clean
@@ -296,24 +296,19 @@ class HubConsumer:
             logger.warning("swf broker: %d messages read as the consumer stopped reappear "
                            "after their visibility timeout", len(rows))
 
-    def _rotated(self, queues: list[str]) -> list[str]:
-        """``queues`` starting at a different one each drain (none starves the others);
-        a queue seen for the first time is dirty."""
+    def _rotated(self, channel: Channel) -> list[str]:
+        """The queues ``channel`` consumes, starting at a different one each drain (none
+        starves the others); a queue seen for the first time is dirty."""
+        queues = channel.consuming()
         for queue in queues:
             if queue not in self._known:
                 self._known.add(queue)
                 self._dirty.add(queue)
-                self._channel_queue[self._listen_channel(queue)] = queue
+                self._channel_queue[listen_channel(channel.pgmq_name(queue))] = queue
         if len(queues) > 1:
             start = self._rotation % len(queues)
             queues = queues[start:] + queues[:start]
         return queues
-
-    def _listen_channel(self, queue: str) -> str:
-        for channel in self.transport.channels:
-            if queue in channel.consuming():
-                return listen_channel(channel.pgmq_name(queue))
-        return f"?{queue}"
 
     def _take_notified(self) -> None:
         """Mark the queues whose channels were NOTIFYed dirty (all, for a channel not known)."""
