@@ -287,3 +287,32 @@ def task_runs(url: str, tag: str | None = None) -> list[tuple[str, str]]:
     """``(tag, phase)`` of every recorded task run, oldest first (only ``tag``'s if given)."""
     rows = sql(url, "SELECT tag, phase FROM task_runs ORDER BY id")
     return [(t, phase) for t, phase in rows if tag is None or t == tag]
+
+
+# -- HTTP ---------------------------------------------------------------------------------
+
+
+def sse_events(host: str, port: int, path: str) -> Iterator[tuple[str, Any]]:
+    """(event, data) pairs of a Server-Sent Events stream (GET ``path``, checked to answer
+    200 with ``text/event-stream``) until the server closes it; data is JSON-decoded."""
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    conn.request("GET", path)
+    reply = conn.getresponse()
+    assert reply.status == 200
+    assert reply.getheader("content-type", "").startswith("text/event-stream")
+    event, data = "message", ""
+    try:
+        for raw in reply:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                data = line.removeprefix("data: ")
+            elif line == "" and data:
+                yield event, json.loads(data)
+                event, data = "message", ""
+    finally:
+        conn.close()

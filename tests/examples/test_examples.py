@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import REDIS_URL, ROOT, run_module
+from tests.helpers import REDIS_URL, ROOT, run_module, sse_events
 
 pytestmark = pytest.mark.slow
 
@@ -93,25 +93,8 @@ def _request(port: int, method: str, path: str) -> tuple[int, Any]:
 
 
 def _sse(port: int, path: str) -> Iterator[tuple[str, Any]]:
-    """(event, data) pairs of a Server-Sent Events stream until the server closes it."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    conn.request("GET", path)
-    reply = conn.getresponse()
-    assert reply.status == 200
-    assert reply.getheader("content-type", "").startswith("text/event-stream")
-    event, data = "message", ""
-    try:
-        for raw in reply:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event: "):
-                event = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                data = line.removeprefix("data: ")
-            elif line == "" and data:
-                yield event, json.loads(data)
-                event, data = "message", ""
-    finally:
-        conn.close()
+    """(event, data) pairs of the local web example's Server-Sent Events stream."""
+    return sse_events("127.0.0.1", port, path)
 
 
 def test_web_events_stream_a_run_to_the_browser(web_server: int) -> None:

@@ -4,7 +4,6 @@ HTTP, with a real worker running the steps."""
 from __future__ import annotations
 
 import http.client
-import json
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 
 import swf_celery as swf
-from tests.helpers import wait_until
+from tests.helpers import sse_events, wait_until
 from tests.ui.console_app import Report
 
 pytestmark = pytest.mark.slow
@@ -21,24 +20,7 @@ pytestmark = pytest.mark.slow
 
 def _events(base: str, path: str) -> Iterator[tuple[str, Any]]:
     where = urlsplit(base)
-    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
-    conn.request("GET", path)
-    reply = conn.getresponse()
-    assert reply.status == 200
-    assert reply.getheader("content-type", "").startswith("text/event-stream")
-    event, data = "message", ""
-    try:
-        for raw in reply:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event: "):
-                event = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                data = line.removeprefix("data: ")
-            elif line == "" and data:
-                yield event, json.loads(data)
-                event, data = "message", ""
-    finally:
-        conn.close()
+    return sse_events(where.hostname or "127.0.0.1", where.port or 80, path)
 
 
 def test_run_events_stream_every_step_and_the_end(live_console: str, console_db: str,
