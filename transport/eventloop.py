@@ -15,19 +15,19 @@ worker's hub (``implements.asynchronous``). :class:`HubConsumer` does the transp
   leaves the queue clean. So under load a drain is one statement, the read of the task
   queue, which also deletes that queue's pending acks; the pidbox queue is read when a
   control message arrives, not on every drain;
-- when every queue with prefetch room is clean, they are armed (``swf.queue_arm``: the next
-  send NOTIFYs) and the consumer waits for the hub;
+- at the end of a pass, the queues read short and those clean before are armed
+  (``swf.queue_arm``: the next send NOTIFYs), in the reader thread as well, so the arm is
+  over while the pool starts the job just delivered, before the next publish (a publish
+  that commits during an arm waits on its lock); then the consumer waits for the hub;
 - what may wait a moment runs :data:`FOLLOW_UP` seconds later, after the hub's next poll:
-  the read after a delivered batch, and the drain a poke asks for (acks, ``basic_qos``, a
-  new consumer). So the hub hands a delivered task to a pool process (a write it does
-  when it polls) before the transport spends a round trip on the next read, and the acks
-  of tasks accepted together are written in one statement;
+  the drain a poke asks for (acks, ``basic_qos``, a new consumer), so the acks of tasks
+  accepted together are written in one statement;
 - a hub timer stands in for the sleep of the synchronous loop: the polling fallback, or the
   moment the next delayed or hidden message becomes due.
 
-Reads never block the hub; arming (once per idle period) and the rare statements of a
-delivery (dead-lettering, revoked ids of redelivered messages) are short ones in the hub, so
-a SIGTERM, a control command or a finished task is handled at once.
+Reads and arms never block the hub; the rare statements of a delivery (dead-lettering,
+revoked ids of redelivered messages) are short ones in the hub, so a SIGTERM, a control
+command or a finished task is handled at once.
 """
 
 from __future__ import annotations
@@ -57,6 +57,15 @@ FOLLOW_UP = 0.001
 ACK_DELAY = 0.005
 #: What an ack flush run by the reader thread returns (not the rows of a read).
 _FLUSHED = object()
+
+
+class _Armed:
+    """What an arm run by the reader thread returns: seconds until a message is due."""
+
+    __slots__ = ("due",)
+
+    def __init__(self, due: float | None) -> None:
+        self.due = due
 
 
 def _worker_idle() -> bool:
@@ -94,6 +103,8 @@ class HubConsumer:
         self._pass_drained: list[str] = []
         #: The read in the reader thread: (channel, queue, no_ack, rows asked for).
         self._in_flight: tuple[Channel, str, bool, int] | None = None
+        #: The queues being armed in the reader thread.
+        self._arming: list[str] | None = None
         self._again = False  # a drain was asked for while a read was in flight
         self._reader = Reader()
         loop.add_reader(self._reader.fd, self._on_read_done)
@@ -152,10 +163,8 @@ class HubConsumer:
         self._ack_timer = None
         if self._closed:
             return
-        if self._in_flight is not None:  # after that read, in the reader thread
-            self._reader.submit(self._flush_job)
-            return
-        self.transport.flush_acks()
+        # In the reader thread too (after a statement under way): the hub stays free.
+        self._reader.submit(self._flush_job)
 
     def _flush_job(self) -> object:
         try:
@@ -175,7 +184,7 @@ class HubConsumer:
             return
         self._cancel_timer()
         self._take_notified()
-        if self._in_flight is not None or self._pass:
+        if self._in_flight is not None or self._pass or self._arming is not None:
             self._again = True  # a new pass once this one ends
             return
         transport = self.transport
@@ -188,7 +197,7 @@ class HubConsumer:
         self._pass = [(ch, q) for ch in channels for q in self._rotated(ch)]
         self._pass_delivered = False
         self._pass_clean = []  # clean before this pass: armed now unless armed already
-        self._pass_drained = []  # read empty now: armed by the next pass if still clean
+        self._pass_drained = []  # read short now: armed at the end of this pass
         self._step()
 
     def _step(self) -> None:
@@ -219,19 +228,25 @@ class HubConsumer:
         return channel.read_rows(queue, noack, qty)
 
     def _on_read_done(self) -> None:
-        """A read finished: deliver its messages, go on with the pass."""
+        """A read or an arm finished: deliver the messages and go on with the pass, or
+        finish the pass."""
         for rows, error in self._reader.take():
             if rows is _FLUSHED:
                 continue
-            in_flight, self._in_flight = self._in_flight, None
-            if in_flight is None:
-                continue
-            if error is not None:
-                self._pass = []
-                raise error  # the hub hands it to Celery (a connection error reconnects)
-            self._took(*in_flight, rows)
-        if not self._closed and self._in_flight is None:
-            self._step()
+            if self._in_flight is not None:
+                in_flight, self._in_flight = self._in_flight, None
+                if error is not None:
+                    self._pass = []
+                    raise error  # the hub hands it to Celery (a connection error reconnects)
+                self._took(*in_flight, rows)
+                if not self._closed:
+                    self._step()
+            elif self._arming is not None:
+                queues, self._arming = self._arming, None
+                if error is not None:
+                    raise error
+                if not self._closed:
+                    self._after_arm(self._took_arm(queues, rows))
 
     def _took(self, channel: Channel, queue: str, noack: bool, qty: int,
               rows: list[Any]) -> None:
@@ -248,35 +263,54 @@ class HubConsumer:
             self._pass_drained.append(queue)
 
     def _end_pass(self) -> None:
+        """Arm the queues found clean (in the reader thread), then :meth:`_after_arm`."""
         transport = self.transport
-        delivered = self._pass_delivered
-        # While a busy queue is read, the others (the pidbox queue) stay armed, so that a
-        # control command NOTIFYs; once the busy one is drained, it is armed too. A queue
-        # is armed whatever its prefetch room: its NOTIFY only marks it dirty, and a freed
-        # slot pokes the loop.
-        armable = self._pass_clean if delivered else self._pass_clean + self._pass_drained
-        to_arm = sorted(set(armable) - self._armed)
+        # Queues read short in this pass are armed with those already clean; a queue still
+        # dirty (a full batch) is read again first. While a busy queue is read, the others
+        # (the pidbox queue) stay armed, so that a control command NOTIFYs. A queue is armed
+        # whatever its prefetch room: its NOTIFY only marks it dirty, and a freed slot pokes
+        # the loop.
+        to_arm = sorted(set(self._pass_clean + self._pass_drained) - self._armed
+                        - self._dirty)
         if to_arm and transport.options.wakeups:
-            row = transport.pg_connection().execute(QUERIES["arm"],
-                                                    {"queues": to_arm}).fetchone()
-            due = row[0] if row else None
-            if due is not None and due <= 0:
-                self._dirty.update(to_arm)  # a message arrived before the arm
-                delivered = True
-            else:
-                self._armed.update(to_arm)
-                self._next_due = None if due is None else monotonic() + due
-        if delivered or self._again:
-            self._again = False
-            if self._dirty:
-                # More to read: the next pass at once (the hub feeds the pool while the
-                # reader waits on its statement).
-                self.loop.call_soon(self.drain)
-            else:
-                # Only arming is left, a statement in the hub: after the next poll, so
-                # that the pool gets the job just delivered first.
-                self.soon()
+            # Off the hub, at once: the pool gets the job just delivered meanwhile, and the
+            # arm is over before the next publish (whose commit would wait on its lock).
+            self._arming = to_arm
+            self._reader.submit(partial(self._arm, to_arm))
             return
+        self._after_arm()
+
+    def _arm(self, queues: list[str]) -> _Armed:
+        """The reader thread's job: ``swf.queue_arm`` (the next send NOTIFYs)."""
+        row = self.transport.pg_connection().execute(QUERIES["arm"],
+                                                     {"queues": queues}).fetchone()
+        return _Armed(row[0] if row else None)
+
+    def _took_arm(self, queues: list[str], armed: _Armed) -> bool:
+        """Record an arm; True when a message arrived before it (read again)."""
+        due = armed.due
+        if due is not None and due <= 0:
+            self._dirty.update(queues)
+            return True
+        self._armed.update(queues)
+        self._next_due = None if due is None else monotonic() + due
+        return False
+
+    def _after_arm(self, arrived: bool = False) -> None:
+        """After a pass that delivered (or found a message at its arm), read the dirty
+        queues again at once; after one asked for meanwhile, run another; else wait for
+        the hub (a NOTIFY, a poke, the ack timer or the fallback timer). A dirty queue
+        without prefetch room waits for the poke of a freed slot."""
+        transport = self.transport
+        again, self._again = self._again, False
+        if self._pass_delivered or arrived or again:
+            if self._dirty:
+                # The hub feeds the pool while the reader waits on the next statement.
+                self.loop.call_soon(self.drain)
+                return
+            if again:
+                self.soon()
+                return
         if any(ch._pending_acks for ch in list(transport.channels)) and self._ack_timer is None:
             self._ack_timer = self.loop.call_later(ACK_DELAY, self._flush_acks)
         wait = transport.polling_interval or 1.0
@@ -341,6 +375,7 @@ class HubConsumer:
             self.loop.remove_reader(self._reader.fd)
         in_flight, self._in_flight = self._in_flight, None
         self._pass = []
+        self._arming = None
         for rows, error in self._reader.close():
             if in_flight is not None and error is None:
                 self._restore(in_flight[0], in_flight[1], in_flight[2], rows)
