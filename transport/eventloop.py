@@ -23,7 +23,11 @@ worker's hub (``implements.asynchronous``). :class:`HubConsumer` does the transp
   the drain a poke asks for (acks, ``basic_qos``, a new consumer), so the acks of tasks
   accepted together are written in one statement;
 - a hub timer stands in for the sleep of the synchronous loop: the polling fallback, or the
-  moment the next delayed or hidden message becomes due.
+  moment the next delayed or hidden message becomes due;
+- Celery's ``worker_shutting_down`` signal (sent by the worker's SIGTERM, SIGINT and SIGQUIT
+  handlers) pokes the self-pipe: the hub's poll, which the signal interrupts but Python
+  resumes for the rest of its timeout (up to the polling fallback), returns at once, so the
+  worker starts its shutdown when the signal arrives.
 
 Reads and arms never block the hub; the rare statements of a delivery (dead-lettering,
 revoked ids of redelivered messages) are short ones in the hub, so a SIGTERM, a control
@@ -38,6 +42,8 @@ import sys
 from functools import partial
 from time import monotonic
 from typing import TYPE_CHECKING, Any
+
+from celery.signals import worker_shutting_down
 
 from swf_celery.db import load_queries
 from swf_celery.transport.names import listen_channel
@@ -112,6 +118,7 @@ class HubConsumer:
         wakeup = transport.wakeup()
         self._add_reader(wakeup.pipe_fd)
         loop.on_tick.add(self.on_tick)
+        worker_shutting_down.connect(self._on_shutting_down)
         self.soon()
 
     # -- hub callbacks ----------------------------------------------------------------------
@@ -140,6 +147,12 @@ class HubConsumer:
             self.soon()
         else:
             self.drain()
+
+    def _on_shutting_down(self, **_: Any) -> None:
+        """The worker was told to stop (in its signal handler, in the hub's thread): wake the
+        hub's poll, so that the loop sees the stop now, not when the poll times out."""
+        if not self._closed:
+            self.transport.poke()
 
     def soon(self) -> None:
         """Run :meth:`drain` in :data:`FOLLOW_UP` seconds, unless it is due sooner."""
@@ -363,6 +376,7 @@ class HubConsumer:
     def close(self) -> None:
         """Leave the hub: readers, tick callback and timer removed."""
         self._closed = True
+        worker_shutting_down.disconnect(self._on_shutting_down)
         self._cancel_timer()
         ack_timer, self._ack_timer = self._ack_timer, None
         if ack_timer is not None:
