@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import threading
 from functools import partial
 from time import monotonic
 from typing import TYPE_CHECKING, Any
@@ -89,6 +90,7 @@ class HubConsumer:
     def __init__(self, transport: Transport, loop: Any) -> None:
         self.transport = transport
         self.loop = loop
+        self._thread = threading.get_ident()  # the hub's (it registers the transport)
         self._fds: set[int] = set()
         self._timer: Any = None
         self._timer_due = 0.0
@@ -151,8 +153,13 @@ class HubConsumer:
     def _on_shutting_down(self, **_: Any) -> None:
         """The worker was told to stop (in its signal handler, in the hub's thread): wake the
         hub's poll, so that the loop sees the stop now, not when the poll times out."""
-        if not self._closed:
-            self.transport.poke()
+        wakeup = self.transport._wakeup
+        if not self._closed and wakeup is not None:
+            wakeup.poke()  # the self-pipe: a write is what ends the poll (not :meth:`soon`)
+
+    def in_loop_thread(self) -> bool:
+        """True in the hub's thread (where Celery acks), while this consumer is open."""
+        return not self._closed and threading.get_ident() == self._thread
 
     def soon(self) -> None:
         """Run :meth:`drain` in :data:`FOLLOW_UP` seconds, unless it is due sooner."""

@@ -196,8 +196,15 @@ class Transport(virtual.Transport):
         self.wakeup().listen(channel)
 
     def poke(self) -> None:
-        """Wake the consume loop (an ack freed prefetch capacity, a consumer started)."""
-        if self._wakeup is not None:
+        """Wake the consume loop (an ack freed prefetch capacity, a consumer started).
+
+        In the event loop's own thread (Celery acks there) the loop is told directly, without
+        the self-pipe's write, poll and read.
+        """
+        hub = self._hub
+        if hub is not None and hub.in_loop_thread():
+            hub.soon()
+        elif self._wakeup is not None:
             self._wakeup.poke()
 
     # -- the asynchronous consume loop (kombu hub) ------------------------------------------
