@@ -53,9 +53,12 @@ tasks on the one-process session worker of this machine, `test_trace_log_argumen
 for the worker's log line 10 ms after the result arrived. Of the tests named in the issue,
 `test_inspect::test_Inspect::test_revoked` and `test_canvas::test_chord::
 test_error_propagates_from_chord` (xfail on Redis, Celery#6437) pass on swf.
-`test_chord_header_id_duplicated_on_rabbitmq_msg_duplication` republishes a chain's first
-task to simulate a RabbitMQ duplicate (skipped on a Redis broker); on swf the two copies'
-chord header ids differed (not investigated yet)."""
+`test_chord_header_id_duplicated_on_rabbitmq_msg_duplication` (xfail on a Redis broker)
+republishes a chain's first task from a `before_task_publish` handler to simulate a RabbitMQ
+duplicate, and hands the handler's `**kwargs`, the dispatcher's `signal` object among them,
+to `Producer.publish`, which makes them message properties. py-amqp sends only AMQP's own
+properties and drops that one; swf leaves out the properties JSON cannot carry, so both
+copies run in the same chord header group and the test passes."""
 RUNNER = ("import sys, pytest, swf_celery  # swf:// registered before Celery's fixtures run\n"
           "sys.exit(pytest.main(sys.argv[1:]))")
 PYTEST_INI = """[pytest]

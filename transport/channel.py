@@ -23,7 +23,12 @@ from psycopg.types.json import Jsonb
 from swf_celery.db import load_queries
 from swf_celery.errors import DatabaseUnavailable, MessageError, QueueNameError
 from swf_celery.transport import revokes, transient
-from swf_celery.transport.messages import eta_delay, malformed, revoked_task_ids
+from swf_celery.transport.messages import (
+    eta_delay,
+    malformed,
+    revoked_task_ids,
+    storable_properties,
+)
 from swf_celery.transport.names import check_queue_name, is_transient, listen_channel
 
 if TYPE_CHECKING:
@@ -200,6 +205,21 @@ class Channel(virtual.Channel):
             self._bindings_cache.pop(exchange, None)
             queues = super()._lookup(exchange, routing_key, default)
         return queues
+
+    def prepare_message(self, body: Any, priority: int | None = None,
+                        content_type: str | None = None, content_encoding: str | None = None,
+                        headers: dict[str, Any] | None = None,
+                        properties: dict[str, Any] | None = None) -> dict[str, Any]:
+        """kombu's message dict, without the properties JSON cannot carry (an AMQP transport
+        drops every property outside AMQP's own; see :func:`storable_properties`)."""
+        if properties:
+            properties, dropped = storable_properties(properties)
+            if dropped:
+                logger.debug("swf broker: properties %s are not JSON; left out of the message",
+                             ", ".join(sorted(dropped)))
+        message: dict[str, Any] = super().prepare_message(
+            body, priority, content_type, content_encoding, headers, properties)
+        return message
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         try:

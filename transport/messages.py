@@ -4,7 +4,9 @@
   dead-lettered with that reason), or None;
 - :func:`revoked_task_ids` reads the task ids out of a pidbox ``revoke`` broadcast, so a
   revoke also deletes the task's queued message;
-- :func:`eta_delay` turns a message's ETA into the seconds PostgreSQL keeps it hidden.
+- :func:`eta_delay` turns a message's ETA into the seconds PostgreSQL keeps it hidden;
+- :func:`storable_properties` leaves out the publish properties JSON cannot carry, which an
+  AMQP transport leaves out too (it sends only the AMQP basic properties).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 _JSON_TYPES = ("application/json",)
 _BODY_ENCODINGS = (None, "", "utf-8", "UTF-8", "base64")
+_SCALARS = (str, int, bool, type(None))
 
 
 def eta_delay(message: dict[str, Any], threshold: float) -> int:
@@ -88,3 +91,31 @@ def revoked_task_ids(message: dict[str, Any]) -> list[str] | None:
     if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
         return ids
     return None
+
+
+def storable_properties(properties: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``properties`` without the values JSON (as PostgreSQL's jsonb takes it) cannot carry,
+    and the names left out.
+
+    kombu's ``Producer.publish(**properties)`` passes any extra keyword as a message
+    property. py-amqp encodes only the AMQP basic properties and silently drops the rest
+    (``amqp.serialization.GenericContent._serialize_properties``), so a property such as a
+    Python object reaches RabbitMQ as if never given; a JSON message would instead fail the
+    whole publish. Properties JSON can carry are kept as published (kombu's Redis transport
+    keeps them too). ``properties`` itself is not changed.
+    """
+    dropped = [name for name, value in properties.items() if not _json_value(value)]
+    if not dropped:
+        return properties, dropped
+    return {k: v for k, v in properties.items() if k not in dropped}, dropped
+
+
+def _json_value(value: Any) -> bool:
+    """Whether ``value`` encodes as JSON that PostgreSQL accepts (no NaN or infinity)."""
+    if isinstance(value, _SCALARS):
+        return True
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -89,6 +89,13 @@ def register_tasks(app: Celery) -> None:
             f.write(f"{values!r}\n")
         return values
 
+    @app.task(name="t.record_group", bind=True, shared=False)
+    def record_group(self: Any, value: Any, path: str) -> Any:
+        # One line per run: the group (chord header) id this copy ran in.
+        with open(path, "a") as f:
+            f.write(f"{self.request.group}\n")
+        return value
+
     @app.task(name="t.record_failure", shared=False)
     def record_failure(task_id: str, directory: str) -> str:
         # Old-style errback: applied as a task with the failed task's id.

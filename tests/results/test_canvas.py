@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from celery import chain, chord, group, states
 from celery.exceptions import ChordError
+from celery.signals import before_task_publish
 
 from tests.helpers import wait_until
 
@@ -82,6 +83,38 @@ def test_chord_in_chain(t, worker):
     )
     # 2 -> [2, 3, 4] -> 9 -> 109
     assert workflow().get(timeout=30) == 109
+
+
+def test_duplicate_of_a_chains_first_task_keeps_the_chord_header_id(celery_app, t, worker,
+                                                                    tmp_path):
+    """Celery's ``test_chord_header_id_duplicated_on_rabbitmq_msg_duplication``: a copy of a
+    chain's first task, published from ``before_task_publish`` with the handler's keyword
+    arguments (its ``signal`` among them) as RabbitMQ would deliver a duplicate, runs the
+    chord after it in the same header group as the original."""
+    out = tmp_path / "groups.log"
+    first = t["t.echo"].s(42)
+    first_id = first.freeze().id
+    workflow = chain(first, chord([t["t.record_group"].s(str(out)), t["t.echo"].s()],
+                                  t["t.echo"].s()))
+
+    def duplicate(sender=None, body=None, exchange=None, routing_key=None, headers=None,
+                  properties=None, declare=None, retry_policy=None, **kwargs):
+        if headers.get("id") != first_id:
+            return
+        with celery_app.producer_pool.acquire(block=True) as producer:
+            producer.publish(body, exchange=exchange, routing_key=routing_key, retry=None,
+                             retry_policy=retry_policy, serializer="json", delivery_mode=None,
+                             headers=headers, **kwargs)
+
+    before_task_publish.connect(duplicate, weak=False)
+    try:
+        assert workflow().get(timeout=30) == [42, 42]
+    finally:
+        before_task_publish.disconnect(duplicate)
+    wait_until(lambda: out.exists() and len(out.read_text().split()) == 2,
+               what="both copies of the chord header task")
+    first_group, second_group = out.read_text().split()
+    assert first_group == second_group != "None"
 
 
 def test_group_in_chord_header(t, worker):

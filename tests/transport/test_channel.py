@@ -118,6 +118,24 @@ def test_priorities_zero_first(connections: Any) -> None:
     assert [b["n"] for b, _ in drain(conn, q, expect=4)] == ["high", "mid", "low", "low2"]
 
 
+def test_properties_json_cannot_carry_are_left_out_as_amqp_does(connections: Any) -> None:
+    # kombu passes extra publish keywords on as properties; py-amqp sends only AMQP's own
+    # and drops the rest, so such a publish (Celery's own canvas test passes a Signal)
+    # must not fail here. What JSON can carry is kept, as on kombu's Redis transport.
+    conn = connections()
+    direct = Queue("props", Exchange("props"), "props")
+    fanout = Queue("props-fanout", Exchange("props-fanout", type="fanout"))
+    fanout(conn.channel()).declare()
+    for q in (direct, fanout):
+        publish(conn, q, {"n": 1}, correlation_id="c1", custom={"kept": [1]},
+                signal=object(), nan=float("nan"))
+        [(body, message)] = drain(conn, q, expect=1)
+        assert body == {"n": 1}
+        assert message.properties["correlation_id"] == "c1"
+        assert message.properties["custom"] == {"kept": [1]}
+        assert "signal" not in message.properties and "nan" not in message.properties
+
+
 def test_fanout_reaches_queues_bound_in_other_processes(connections: Any) -> None:
     consumer_a, consumer_b, producer = connections(), connections(), connections()
     fx = Exchange("bcast", type="fanout")

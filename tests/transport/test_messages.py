@@ -1,4 +1,5 @@
-"""Broker messages as data: malformed bodies, revoke broadcasts, ETA delays (pure)."""
+"""Broker messages as data: malformed bodies, revoke broadcasts, ETA delays, storable
+properties (pure)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from typing import Any
 
 import pytest
 
-from swf_celery.transport.messages import eta_delay, malformed, revoked_task_ids
+from swf_celery.transport.messages import (
+    eta_delay,
+    malformed,
+    revoked_task_ids,
+    storable_properties,
+)
 
 
 def _message(body: str = "[]", **props: Any) -> dict[str, Any]:
@@ -63,3 +69,14 @@ def test_eta_delay_only_beyond_the_threshold() -> None:
     assert eta_delay(near, 30) == 0
     assert eta_delay({"headers": {"eta": "soon"}}, 30) == 0
     assert eta_delay({"headers": {}}, 30) == 0
+
+
+def test_storable_properties_leave_out_only_what_json_cannot_carry() -> None:
+    props = {"correlation_id": "c", "priority": 0, "n": 1.5, "custom": {"a": [1, None]},
+             "signal": object(), "nan": float("nan"), "nested": {"x": object()}}
+    kept, dropped = storable_properties(props)
+    assert kept == {"correlation_id": "c", "priority": 0, "n": 1.5, "custom": {"a": [1, None]}}
+    assert sorted(dropped) == ["nan", "nested", "signal"]
+    assert "signal" in props  # the caller's dict is not changed
+    plain = {"reply_to": "r"}
+    assert storable_properties(plain) == (plain, [])
