@@ -35,3 +35,12 @@ def _quiet(**_: Any) -> None:
 @app.task(name="bench.noop")
 def noop() -> None:
     """Do nothing: the benchmark measures the broker."""
+
+
+@app.task(name="bench.stamp")
+def stamp() -> float:
+    """Do nothing but say when it ran (the benchmark's throughput phase: when the worker
+    was done, apart from when the client had collected every result)."""
+    import time
+
+    return time.time()

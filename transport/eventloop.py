@@ -19,9 +19,11 @@ worker's hub (``implements.asynchronous``). :class:`HubConsumer` does the transp
   (``swf.queue_arm``: the next send NOTIFYs), in the reader thread as well, so the arm is
   over while the pool starts the job just delivered, before the next publish (a publish
   that commits during an arm waits on its lock); then the consumer waits for the hub;
+- an ack that frees prefetch room for a queue left unread for want of it starts the next
+  read from the hub's next iteration (as kombu's Redis transport issues its next ``BRPOP``);
 - what may wait a moment runs :data:`FOLLOW_UP` seconds later, after the hub's next poll:
-  the drain a poke asks for (acks, ``basic_qos``, a new consumer), so the acks of tasks
-  accepted together are written in one statement;
+  any other drain a poke asks for (acks, ``basic_qos``, a new consumer), so the acks of
+  tasks accepted together are written in one statement;
 - a hub timer stands in for the sleep of the synchronous loop: the polling fallback, or the
   moment the next delayed or hidden message becomes due;
 - Celery's ``worker_shutting_down`` signal (sent by the worker's SIGTERM, SIGINT and SIGQUIT
@@ -114,6 +116,7 @@ class HubConsumer:
         #: The queues being armed in the reader thread.
         self._arming: list[str] | None = None
         self._again = False  # a drain was asked for while a read was in flight
+        self._drain_next = False  # a drain is due at the hub's next iteration
         self._reader = Reader()
         loop.add_reader(self._reader.fd, self._on_read_done)
         self._rotation = 0
@@ -160,6 +163,24 @@ class HubConsumer:
     def in_loop_thread(self) -> bool:
         """True in the hub's thread (where Celery acks), while this consumer is open."""
         return not self._closed and threading.get_ident() == self._thread
+
+    def poked(self) -> None:
+        """An ack or ``basic_qos`` in the hub's thread freed prefetch room: a queue left
+        unread for want of room (dirty) is read from the hub's next iteration on (in the
+        reader thread, as a read under way ends), as kombu's Redis transport issues its
+        next ``BRPOP`` at once; otherwise a drain follows after :data:`FOLLOW_UP`, so the
+        acks of tasks accepted together are written in one statement."""
+        if self._closed:
+            return
+        if not self._dirty:
+            self.soon()
+        elif not self._drain_next:
+            self._drain_next = True
+            self.loop.call_soon(self._drain_now)
+
+    def _drain_now(self) -> None:
+        self._drain_next = False
+        self.drain()
 
     def soon(self) -> None:
         """Run :meth:`drain` in :data:`FOLLOW_UP` seconds, unless it is due sooner."""

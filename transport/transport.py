@@ -203,7 +203,7 @@ class Transport(virtual.Transport):
         """
         hub = self._hub
         if hub is not None and hub.in_loop_thread():
-            hub.soon()
+            hub.poked()
         elif self._wakeup is not None:
             self._wakeup.poke()
 
