@@ -255,7 +255,7 @@ def _section(best: dict[str, dict[str, float]], every: dict[str, list[dict[str, 
         "worker `--pool=prefork -c 2`, result backend Redis for every broker. Throughput: "
         f"{TASKS} tasks sent then joined (each result `get()` in turn), and the rate up to "
         "the start of the last task (\"run rate\": the broker and the worker, without the "
-        "client's collection of the results); latency: {ROUND_TRIPS} sequential "
+        f"client's collection of the results); latency: {ROUND_TRIPS} sequential "
         f"`apply_async().get()`. {ROUNDS} rounds, brokers alternating; best round shown. "
         f"Load average (1 min) at the end: {os.getloadavg()[0]:.1f} on "
         f"{os.cpu_count()} cores shared with other jobs.",
