@@ -333,7 +333,9 @@ class HubConsumer:
         if due is not None and due <= 0:
             self._dirty.update(queues)
             return True
-        self._armed.update(queues)
+        # A queue NOTIFYed while its arm was under way (a send after the arm used the mark
+        # up) is dirty now: it is not armed any more, and is armed again after its read.
+        self._armed.update(q for q in queues if q not in self._dirty)
         self._next_due = None if due is None else monotonic() + due
         return False
 
