@@ -68,15 +68,6 @@ ACK_DELAY = 0.005
 _FLUSHED = object()
 
 
-class _Armed:
-    """What an arm run by the reader thread returns: seconds until a message is due."""
-
-    __slots__ = ("due",)
-
-    def __init__(self, due: float | None) -> None:
-        self.due = due
-
-
 def _worker_idle() -> bool:
     """True when this Celery worker runs and holds no task (or outside a worker)."""
     state = sys.modules.get("celery.worker.state")
@@ -321,15 +312,15 @@ class HubConsumer:
             return
         self._after_arm()
 
-    def _arm(self, queues: list[str]) -> _Armed:
-        """The reader thread's job: ``swf.queue_arm`` (the next send NOTIFYs)."""
+    def _arm(self, queues: list[str]) -> float | None:
+        """The reader thread's job: ``swf.queue_arm`` (the next send NOTIFYs); seconds until
+        a message is due (0: one arrived before the arm), None when none waits."""
         row = self.transport.pg_connection().execute(QUERIES["arm"],
                                                      {"queues": queues}).fetchone()
-        return _Armed(row[0] if row else None)
+        return row[0] if row else None
 
-    def _took_arm(self, queues: list[str], armed: _Armed) -> bool:
+    def _took_arm(self, queues: list[str], due: float | None) -> bool:
         """Record an arm; True when a message arrived before it (read again)."""
-        due = armed.due
         if due is not None and due <= 0:
             self._dirty.update(queues)
             return True
