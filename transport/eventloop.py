@@ -132,6 +132,7 @@ class HubConsumer:
             self._add_reader(fd)
             self._dirty.update(self._known)
             self._armed.clear()
+            self.soon()  # read them (a pass under way runs another when it ends)
 
     def on_readable(self, fd: int) -> None:
         """A NOTIFY (drain now) or a poke (drain after the next poll) arrived."""
@@ -320,15 +321,17 @@ class HubConsumer:
         return row[0] if row else None
 
     def _took_arm(self, queues: list[str], due: float | None) -> bool:
-        """Record an arm; True when a message arrived before it (read again)."""
+        """Record an arm; True when a queue is to be read again at once: a message arrived
+        before the arm, or the queue became dirty while the arm was under way."""
         if due is not None and due <= 0:
             self._dirty.update(queues)
             return True
         # A queue NOTIFYed while its arm was under way (a send after the arm used the mark
-        # up) is dirty now: it is not armed any more, and is armed again after its read.
+        # up), or made dirty by a new LISTEN connection, is not armed: it is read now and
+        # armed again after that read.
         self._armed.update(q for q in queues if q not in self._dirty)
         self._next_due = None if due is None else monotonic() + due
-        return False
+        return any(q in self._dirty for q in queues)
 
     def _after_arm(self, arrived: bool = False) -> None:
         """After a pass that delivered (or found a message at its arm), read the dirty

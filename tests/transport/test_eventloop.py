@@ -4,6 +4,7 @@ not after the polling fallback, and every task is acked. A stop signal wakes the
 
 from __future__ import annotations
 
+import select
 import signal
 import time
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from celery import Celery
 from celery.signals import worker_shutting_down
+from kombu import Consumer, Queue
 from kombu.asynchronous import Hub
 
 import swf_celery  # noqa: F401 - registers swf://
@@ -77,3 +79,53 @@ def test_stop_signal_wakes_the_hub_poll(connections: Any) -> None:
 
     conn.release()  # a closed consumer stops listening for the signal
     assert len(worker_shutting_down.receivers) == receivers
+
+
+def _run_hub_until(hub: Hub, done: Any, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        hub.run_once()
+
+
+def test_a_notify_seen_before_its_arm_result_rearms_the_queue(connections: Any) -> None:
+    # The arm runs in the reader thread. A send right after it uses the mark up and NOTIFYs;
+    # when the hub sees that NOTIFY before the arm's result, the queue must not be taken as
+    # armed: it is read, then armed again, so the next send NOTIFYs too. The polling
+    # fallback is 60 s: only a NOTIFY can bring the last message.
+    conn, producer = connections(polling_interval=60), connections()
+    hub = Hub()
+    conn.transport.register_with_event_loop(conn.connection, hub)
+    consumer = conn.transport._hub
+    got: list[str] = []
+
+    def on_message(body: Any, message: Any) -> None:
+        got.append(body)
+        message.ack()
+
+    queue = Queue("arm-race")
+    try:
+        with Consumer(conn.default_channel, [queue], callbacks=[on_message], accept=["json"]):
+            _run_hub_until(hub, lambda: "arm-race" in consumer._armed, "first arm")
+            producer.Producer().publish("a", serializer="json", routing_key="arm-race",
+                                        declare=[queue])
+            _run_hub_until(hub, lambda: got == ["a"], "a delivered")
+            assert consumer._arming == ["arm-race"]  # the arm after the delivery, under way
+
+            # The arm ends in the reader thread, then a send uses its mark up; the hub
+            # takes the NOTIFY first, the arm's result second.
+            assert select.select([consumer._reader.fd], [], [], 5)[0], "the arm ended"
+            producer.Producer().publish("b", serializer="json", routing_key="arm-race")
+            listen_fd = conn.transport.wakeup().socket_fd()
+            assert select.select([listen_fd], [], [], 5)[0], "the NOTIFY of b arrived"
+            consumer.on_readable(listen_fd)
+            consumer._on_read_done()
+            assert "arm-race" not in consumer._armed
+
+            _run_hub_until(hub, lambda: got == ["a", "b"], "b delivered")
+            _run_hub_until(hub, lambda: consumer._arming is None
+                           and "arm-race" in consumer._armed, "armed again after b")
+            producer.Producer().publish("c", serializer="json", routing_key="arm-race")
+            _run_hub_until(hub, lambda: got == ["a", "b", "c"], "c delivered by its NOTIFY")
+    finally:
+        hub.close()
