@@ -27,6 +27,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 import swf_celery  # noqa: F401 - registers swf://
+from benchmarks.cpu import CpuMeter
 from benchmarks.stats import percentile, run_together
 from swf_celery import db
 from tests.helpers import worker_process
@@ -62,22 +63,24 @@ def _client(broker: str, options: dict[str, Any], queue: str) -> Any:
     return app
 
 
-def _measure(name: str, broker: str, options: dict[str, Any]) -> dict[str, float]:
+def _measure(name: str, broker: str, options: dict[str, Any]) -> dict[str, Any]:
     queue = f"bench-broker-{os.getpid()}"
     env = {"BENCH_BROKER": broker, "BENCH_BACKEND": BACKEND, "BENCH_QUEUE": queue,
            "BENCH_TRANSPORT_OPTIONS": json.dumps(options)}
     app = _client(broker, options, queue)
     try:
         with worker_process("benchmarks.broker_app", queues=[queue], env=env, concurrency=2,
-                            pool="prefork", ready_timeout=90):
+                            pool="prefork", ready_timeout=90) as worker:
             send = app.send_task
             for r in [send("bench.noop") for _ in range(20)]:  # warm-up: connections, forks
                 r.get(timeout=60)
+            meter = CpuMeter(worker.pid)
             start, wall_start = time.perf_counter(), time.time()
             results = [send("bench.stamp") for _ in range(TASKS)]
             sent = time.perf_counter()
             last_run = max(r.get(timeout=300) for r in results)
             done = time.perf_counter()
+            cpu = {role: seconds / TASKS * 1000 for role, seconds in meter.stop().items()}
             latencies = []
             for _ in range(ROUND_TRIPS):
                 t0 = time.perf_counter()
@@ -87,11 +90,12 @@ def _measure(name: str, broker: str, options: dict[str, Any]) -> dict[str, float
         app.close()
     return {"throughput": TASKS / (done - start), "send_rate": TASKS / (sent - start),
             "run_rate": TASKS / max(1e-9, last_run - wall_start),
-            "p50": percentile(latencies, 50) * 1000, "p95": percentile(latencies, 95) * 1000}
+            "p50": percentile(latencies, 50) * 1000, "p95": percentile(latencies, 95) * 1000,
+            "cpu": cpu}
 
 
 #: Idle-worker stops per broker and way of stopping.
-STOPS = 3
+STOPS = 5
 
 
 def _stop_seconds(broker: str, group: bool) -> float:
@@ -215,8 +219,8 @@ def _fmt(value: float, spec: str) -> str:
 
 def run(database_url: str) -> str:
     brokers = _brokers(database_url)
-    best: dict[str, dict[str, float]] = {}
-    every: dict[str, list[dict[str, float]]] = {}
+    best: dict[str, dict[str, Any]] = {}
+    every: dict[str, list[dict[str, Any]]] = {}
     errors: dict[str, str] = {}
     for round_no in range(ROUNDS):
         order = list(brokers) if round_no % 2 == 0 else list(reversed(brokers))
@@ -236,7 +240,8 @@ def run(database_url: str) -> str:
                 best[name] = {"throughput": max(prev["throughput"], m["throughput"]),
                               "send_rate": max(prev["send_rate"], m["send_rate"]),
                               "run_rate": max(prev["run_rate"], m["run_rate"]),
-                              "p50": min(prev["p50"], m["p50"]), "p95": min(prev["p95"], m["p95"])}
+                              "p50": min(prev["p50"], m["p50"]), "p95": min(prev["p95"], m["p95"]),
+                              "cpu": max(prev, m, key=lambda r: r["throughput"])["cpu"]}
     rates: dict[str, tuple[float, int | None]] = {}
     for mode in ("wakeups-off", "wakeups-on", "notify-every-insert"):
         print(f"   enqueue rate: {mode}", flush=True)
@@ -245,7 +250,27 @@ def run(database_url: str) -> str:
     return _section(best, every, errors, rates) + "\n".join(_stop_section(stops)) + "\n"
 
 
-def _section(best: dict[str, dict[str, float]], every: dict[str, list[dict[str, float]]],
+def _cpu_section(best: dict[str, dict[str, Any]]) -> list[str]:
+    """CPU per task by process in each broker's best throughput round, and the rate that CPU
+    allows on this machine's cores (tasks/s <= cores / CPU per task)."""
+    roles: list[str] = []
+    for m in best.values():
+        roles += [r for r in m["cpu"] if r not in roles]
+    cores = os.cpu_count() or 1
+    lines = ["", f"CPU per task (ms) in each broker's best throughput round, by process; "
+             f"\"bound\" is the rate that CPU allows on {cores} cores "
+             "(cores / total CPU per task):", "",
+             "| broker | " + " | ".join(roles) + " | total | bound (tasks/s) |",
+             "|---|" + "---:|" * (len(roles) + 2)]
+    for name, m in best.items():
+        total = sum(m["cpu"].values())
+        cells = " | ".join(f"{m['cpu'].get(r, 0.0):.2f}" for r in roles)
+        bound = f"{cores / total * 1000:.0f}" if total else "-"
+        lines.append(f"| {name} | {cells} | {total:.2f} | {bound} |")
+    return lines
+
+
+def _section(best: dict[str, dict[str, Any]], every: dict[str, list[dict[str, Any]]],
              errors: dict[str, str],
              rates: dict[str, tuple[float, int | None]]) -> str:
     lines = [
@@ -279,6 +304,7 @@ def _section(best: dict[str, dict[str, float]], every: dict[str, list[dict[str, 
         runs = " / ".join(format(m["run_rate"], ".0f") for m in ms)
         p50s = " / ".join(format(m["p50"], ".2f") for m in ms)
         lines.append(f"| {name} | {per_round} | {runs} | {p50s} |")
+    lines += _cpu_section(best)
     ours, theirs = every.get("swf (this project)", []), every.get("Redis", [])
     if ours and len(ours) == len(theirs):
         pairs = list(zip(ours, theirs, strict=True))

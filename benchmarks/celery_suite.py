@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import re
 import subprocess
@@ -167,10 +168,20 @@ def parse(target: str, report: Path) -> Outcome:
     return outcome
 
 
+def _commit() -> str:
+    """The checked-out commit (short hash), or "an unknown commit" outside a git tree."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
+                              capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "an unknown commit"
+
+
 def table(outcomes: list[Outcome]) -> str:
     """The markdown written into docs/benchmarks.md."""
     lines = [f"Celery {celery.__version__} `t/integration` (canvas, tasks, inspect), "
-             "`make celery-suite`, one in-process prefork worker per run:", "",
+             "`make celery-suite`, one in-process prefork worker per run; run "
+             f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC at {_commit()}:", "",
              "| broker + backend | passed | failed | errors | skipped/xfail |",
              "|---|---|---|---|---|"]
     for o in outcomes:

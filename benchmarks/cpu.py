@@ -1,0 +1,77 @@
+"""CPU time by role (client, worker, pool children, servers), read from ``/proc``.
+
+On a machine with fewer cores than busy processes a throughput benchmark measures CPU cost:
+tasks/s is at most cores / (CPU seconds per task, summed over every process involved). This
+tells which process spends it. Linux only; elsewhere every role reads 0.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+#: Server processes by their command name (``/proc/PID/comm``), as the table names them.
+SERVERS = {"postgres": "PostgreSQL", "redis-server": "redis-server", "beam.smp": "RabbitMQ"}
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads); 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid``."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def server_pids() -> dict[str, list[int]]:
+    """Running server processes by role (every PostgreSQL backend, redis-server, RabbitMQ)."""
+    found: dict[str, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if comm in SERVERS:
+            found.setdefault(SERVERS[comm], []).append(int(entry.name))
+    return found
+
+
+class CpuMeter:
+    """CPU seconds each role spent between construction and :meth:`stop`.
+
+    Roles: ``client`` (this process), ``worker main`` (``worker_pid``), ``pool children``
+    (its children at the start), and each server of :data:`SERVERS`. Server processes
+    started meanwhile (a new PostgreSQL backend) count from 0.
+    """
+
+    def __init__(self, worker_pid: int) -> None:
+        self._roles: dict[str, list[int]] = {"worker main": [worker_pid],
+                                             "pool children": children(worker_pid)}
+        self._start = {pid: process_cpu(pid) for pids in self._all().values() for pid in pids}
+        self._client = time.process_time()
+
+    def _all(self) -> dict[str, list[int]]:
+        return {**self._roles, **server_pids()}
+
+    def stop(self) -> dict[str, float]:
+        """CPU seconds per role since the start (the client first)."""
+        spent = {"client": time.process_time() - self._client}
+        for role, pids in self._all().items():
+            spent[role] = sum(max(0.0, process_cpu(pid) - self._start.get(pid, 0.0))
+                              for pid in pids)
+        return spent
