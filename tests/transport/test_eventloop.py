@@ -16,6 +16,7 @@ from kombu import Consumer, Queue
 from kombu.asynchronous import Hub
 
 import swf_celery  # noqa: F401 - registers swf://
+from swf_celery.transport.eventloop import _worth_reading
 from tests.helpers import queue_size, task_runs, wait_until, worker_process
 
 pytestmark = pytest.mark.slow
@@ -129,3 +130,30 @@ def test_a_notify_seen_before_its_arm_result_rearms_the_queue(connections: Any) 
             _run_hub_until(hub, lambda: got == ["a", "b", "c"], "c delivered by its NOTIFY")
     finally:
         hub.close()
+
+
+def test_a_busy_worker_reads_in_batches(connections: Any) -> None:
+    # Celery's own bookkeeping of the worker's requests: received (reserved) and started
+    # (active). A read waits while 2 tasks are still to start and the window is not free
+    # but for 2 slots; an idle worker and a channel without a window read at once.
+    from celery.worker import state
+
+    channel = connections().default_channel
+    channel.basic_qos(0, 8, False)
+    assert _worth_reading(channel, 1), "an idle worker reads one message at once"
+    class Request:  # Celery keeps its requests in weak sets
+        pass
+
+    received = [Request(), Request(), Request()]
+    state.reserved_requests.update(received)
+    try:
+        assert not _worth_reading(channel, 5), "3 tasks to start: the read waits for room"
+        assert _worth_reading(channel, 6), "all but 2 slots free: read"
+        state.active_requests.update(received[:2])
+        assert _worth_reading(channel, 1), "1 task left to start: read"
+        state.active_requests.difference_update(received[:2])
+        channel.basic_qos(0, 0, False)
+        assert _worth_reading(channel, 1), "no window (a control queue): read"
+    finally:
+        state.reserved_requests.difference_update(received)
+        state.active_requests.difference_update(received)
