@@ -76,22 +76,24 @@ _FLUSHED = object()
 WAITING_ENOUGH = 2
 
 
-def _worker_idle() -> bool:
-    """True when this Celery worker runs and holds no task (or outside a worker)."""
+def _requests() -> tuple[int, int]:
+    """(received, started) task requests this Celery worker holds; (0, 0) outside one."""
     state = sys.modules.get("celery.worker.state")
     if state is None:
-        return True
-    return not (getattr(state, "active_requests", None)
-                or getattr(state, "reserved_requests", None))
+        return 0, 0
+    return (len(getattr(state, "reserved_requests", ())),
+            len(getattr(state, "active_requests", ())))
+
+
+def _worker_idle() -> bool:
+    """True when this Celery worker runs and holds no task (or outside a worker)."""
+    return _requests() == (0, 0)
 
 
 def _tasks_waiting() -> int:
     """Tasks this Celery worker received and has not started yet (0 outside a worker)."""
-    state = sys.modules.get("celery.worker.state")
-    if state is None:
-        return 0
-    return max(0, len(getattr(state, "reserved_requests", ()))
-               - len(getattr(state, "active_requests", ())))
+    received, started = _requests()
+    return max(0, received - started)
 
 
 def _worth_reading(channel: Channel, qty: int) -> bool:
@@ -351,17 +353,16 @@ class HubConsumer:
         return row[0] if row else None
 
     def _took_arm(self, queues: list[str], due: float | None) -> bool:
-        """Record an arm; True when a queue is to be read again at once: a message arrived
-        before the arm, or the queue became dirty while the arm was under way."""
+        """Record an arm; True when a message arrived before it (read again)."""
         if due is not None and due <= 0:
             self._dirty.update(queues)
             return True
         # A queue NOTIFYed while its arm was under way (a send after the arm used the mark
-        # up), or made dirty by a new LISTEN connection, is not armed: it is read now and
-        # armed again after that read.
+        # up), or made dirty by a new LISTEN connection, is not armed: the drain that marked
+        # it asked for another pass, which reads it and arms it again.
         self._armed.update(q for q in queues if q not in self._dirty)
         self._next_due = None if due is None else monotonic() + due
-        return any(q in self._dirty for q in queues)
+        return False
 
     def _after_arm(self, arrived: bool = False) -> None:
         """After a pass that delivered (or found a message at its arm), read the dirty
