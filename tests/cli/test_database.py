@@ -36,5 +36,5 @@ def test_commands_name_their_database_and_its_source(db_url: str,
     proc = run_cli("version", env=private_server.env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines()[0] == (
-        f"database: postgresql://postgres:***@127.0.0.1:{private_server.port}/swf "
-        "(from embedded server)")
+        f"database: postgresql://postgres:***@127.0.0.1:{private_server.port}/swf"
+        "?require_auth=scram-sha-256 (from embedded server)")

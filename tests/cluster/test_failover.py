@@ -18,7 +18,7 @@ from tests.cluster import app as cluster_app
 from tests.cluster.hosts import BRIDGE_IP, Cluster, cluster, unavailable_reason
 from tests.helpers import read_log, wait_until
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow,
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.long,
               pytest.mark.skipif(unavailable_reason() is not None,
                                  reason=str(unavailable_reason()))]
 

@@ -55,6 +55,7 @@ def test_tasks_complete_on_both_hosts(two_hosts: Cluster) -> None:
     assert {name.split("@")[1] for name, _ in rows} == {"host1", "host2"}, rows
 
 
+@pytest.mark.long
 def test_a_host_cut_off_loses_and_duplicates_nothing(two_hosts: Cluster) -> None:
     """Host 2's link goes down mid-run: the messages it held reappear after the visibility
     timeout and complete on host 1, each effect recorded once; host 2 rejoins after."""

@@ -24,9 +24,10 @@ as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as r
 
 
 def _without_password(url: str) -> str:
+    """``url`` as any local client could write it: no password, no libpq parameters."""
     scheme, rest = url.split("://", 1)
     userinfo, hostpart = rest.rsplit("@", 1)
-    return f"{scheme}://{userinfo.split(':')[0]}@{hostpart}"
+    return f"{scheme}://{userinfo.split(':')[0]}@{hostpart.split('?')[0]}"
 
 
 @pytest.fixture

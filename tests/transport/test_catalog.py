@@ -64,6 +64,7 @@ def events_monitor(broker: str) -> Iterator[subprocess.Popen[bytes]]:
         proc.wait(30)
 
 
+@pytest.mark.long
 @pytest.mark.timeout(900)
 def test_monitor_and_worker_restarts_leave_the_catalog_unchanged(db_url: str) -> None:
     create_task_runs(db_url)

@@ -52,6 +52,7 @@ def _revoke_while_held(broker: str, client: Celery, tag: str, **worker_env: str)
     return task_id
 
 
+@pytest.mark.long
 def test_revoked_countdown_task_never_runs_after_every_worker_restarts(
         broker: str, client: Celery) -> None:
     task_id = _revoke_while_held(broker, client, "revoked")

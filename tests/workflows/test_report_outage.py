@@ -28,6 +28,7 @@ def _starts(log: Path) -> int:
                if line.startswith("start")) if log.exists() else 0
 
 
+@pytest.mark.long
 def test_report_lost_to_an_outage_runs_the_attempt_again(private_server: PrivateServer,
                                                         tmp_path: Path) -> None:
     url = private_server.url
