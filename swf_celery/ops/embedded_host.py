@@ -227,12 +227,11 @@ def _check_runs(install: Path, *, source: Path) -> None:
         proc = subprocess.run([str(initdb), "--version"], capture_output=True, text=True,
                               timeout=30, cwd="/", **run_kwargs(None))
     except (OSError, subprocess.TimeoutExpired) as exc:
-        proc = None
         detail = str(exc)
     else:
+        if proc.returncode == 0 and "initdb" in proc.stdout:
+            return
         detail = (proc.stderr or proc.stdout).strip()
-    if proc is not None and proc.returncode == 0 and "initdb" in proc.stdout:
-        return
     who = f" as {SYSTEM_USER}" if as_root() else ""
     raise EmbeddedPostgresError(
         f"the embedded PostgreSQL's programs cannot run{who}: `{initdb} --version` said: "
