@@ -147,7 +147,7 @@ def main() -> int:
     console = Console(highlight=False)
     url = db.database_url(start_embedded=True).url
     version = migrate.migrate(url).version
-    console.print(f"database {db.redact(url)} (schema version {version})")
+    console.print(f"database {db.redact(url)} (schema version {version})", soft_wrap=True)
     app.conf.update(broker_url=db.broker_url(url), result_backend=db.broker_url(url))
     console.print(f"starting: celery -A examples.demo.app worker -Q {QUEUE} --concurrency 4")
     with worker_process("examples.demo.app", queues=[QUEUE], concurrency=4,
