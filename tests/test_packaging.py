@@ -11,6 +11,7 @@ from pathlib import Path
 
 from packaging.markers import Marker, default_environment
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 try:
     import tomllib
@@ -68,13 +69,9 @@ def _locked() -> dict[str, list[tuple[str, str, int]]]:
         spec, _, marker = head.partition(";")
         name, _, version = spec.strip().partition("==")
         assert version, f"requirements.lock: {head!r} is not pinned with =="
-        pins.setdefault(_norm(name), []).append(
+        pins.setdefault(canonicalize_name(name), []).append(
             (version, marker.strip(), block.count("--hash=sha256:")))
     return pins
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def test_the_lock_pins_every_requirement_with_hashes() -> None:
@@ -90,7 +87,7 @@ def test_the_lock_pins_every_requirement_with_hashes() -> None:
         req = Requirement(line)
         if req.marker is not None and not req.marker.evaluate(environment):
             continue
-        here = [v for v, marker, _ in pins.get(_norm(req.name), [])
+        here = [v for v, marker, _ in pins.get(canonicalize_name(req.name), [])
                 if not marker or Marker(marker).evaluate(environment)]
         assert here, f"{req.name} is not in requirements.lock: run `make lock`"
         assert req.specifier.contains(here[0], prereleases=True), (

@@ -127,9 +127,9 @@ def read_small(path: Path, limit: int = 1 << 20) -> str:
         os.close(fd)
 
 
-def _reachable(path: Path) -> bool:
-    """Whether others may traverse every folder above ``path`` (read and exec inside)."""
-    return all(p.stat().st_mode & stat.S_IXOTH for p in path.parents)
+def others_may_enter(path: Path) -> bool:
+    """Whether other users may traverse ``path`` and every folder above it."""
+    return all(p.stat().st_mode & stat.S_IXOTH for p in (path, *path.parents))
 
 
 def binary(name: str) -> str:
@@ -148,9 +148,9 @@ def install_dir() -> Path:
     """
     package = wheel_package()
     install = package / "pginstall"
-    if as_root() and not _reachable(install / "bin"):
+    if as_root() and not others_may_enter(install / "bin"):
         return copied_install(package)
-    _check_runs(install, source=install)
+    _check_runs(install, source=package.parent)
     return install
 
 

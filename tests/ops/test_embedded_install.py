@@ -14,6 +14,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -103,14 +104,19 @@ def test_a_copy_that_cannot_run_is_a_clear_error(private_folder: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def _status(env: dict[str, str]) -> dict[str, Any]:
+    """``swf-celery db status --json``."""
+    return dict(json.loads(run_cli("db", "status", "--json", env=env).stdout))
+
+
 def _postmaster_pid(env: dict[str, str]) -> int:
-    status = json.loads(run_cli("db", "status", "--json", env=env).stdout)
+    status = _status(env)
     assert status["running"], status
     return int(status["pid"])
 
 
 def _port(env: dict[str, str]) -> int:
-    return int(json.loads(run_cli("db", "status", "--json", env=env).stdout)["port"])
+    return int(_status(env)["port"])
 
 
 def test_two_checkouts_each_get_their_own_port(tmp_path: Path) -> None:
@@ -160,7 +166,7 @@ def test_a_port_held_by_another_checkouts_server_is_named(tmp_path: Path) -> Non
 def test_a_pid_file_naming_another_process_is_never_signalled(tmp_path: Path) -> None:
     env = _env(tmp_path / ".swf")
     assert run_cli("db", "start", env=env).returncode == 0
-    data = Path(json.loads(run_cli("db", "status", "--json", env=env).stdout)["data_dir"])
+    data = Path(_status(env)["data_dir"])
     run_cli("db", "stop", env=env)
     # A process of the server's own user now holds the pid the file names (after a reboot).
     stranger = subprocess.Popen(["sleep", "120"], **embedded_host.run_kwargs(None))

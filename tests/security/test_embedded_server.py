@@ -198,19 +198,16 @@ def test_trust_authentication_is_locked_down_on_start(own_server: PrivateServer)
 def _as_user(user: str, home: Path, port: int, *args: str) -> subprocess.CompletedProcess[str]:
     """``swf-celery args…`` run as the OS user ``user`` (by the system Python, which that
     user can run; the packages come from this virtualenv)."""
-    site = next(p for p in sys.path if p.endswith("site-packages"))
     env = {"PATH": "/usr/bin:/bin", "HOME": str(home.parent), "SWF_HOME": str(home),
-           "SWF_EMBEDDED_PORT": str(port), "PYTHONPATH": f"{site}:{ROOT}"}
+           "SWF_EMBEDDED_PORT": str(port), "PYTHONPATH": f"{SITE}:{ROOT}"}
     return subprocess.run(["runuser", "-u", user, "--", "/usr/bin/env", *(
         f"{k}={v}" for k, v in env.items()), SYSTEM_PYTHON, "-m", "swf_celery.cli", *args],
         capture_output=True, text=True, timeout=120, cwd="/")
 
 
 SYSTEM_PYTHON = "/usr/bin/python3"
-
-
-def _others_may_enter(path: Path) -> bool:
-    return all(p.stat().st_mode & stat.S_IXOTH for p in (path, *path.parents))
+#: This virtualenv's packages, which the other user imports.
+SITE = Path(next(p for p in sys.path if p.endswith("site-packages")))
 
 
 def _system_python_fits() -> bool:
@@ -228,8 +225,9 @@ def test_an_ordinary_users_server_is_theirs_alone(tmp_path: Path) -> None:
     readable by its creator only; a trust cluster of an older version is locked down."""
     if shutil.which("runuser") is None or not _system_python_fits():
         pytest.skip("needs runuser and a system Python of this version to run as another user")
-    site = Path(next(p for p in sys.path if p.endswith("site-packages")))
-    if not all(_others_may_enter(p) for p in (ROOT, site)):
+    from swf_celery.ops.embedded_host import others_may_enter
+
+    if not (others_may_enter(ROOT) and others_may_enter(SITE)):
         pytest.skip(f"the project ({ROOT}) or its virtualenv is in a folder other users "
                     "cannot enter: another user cannot import it (CI's clone can)")
     for user in ("nobody", "daemon"):
