@@ -58,6 +58,10 @@ class SchemaNotMigrated(MigrationError):
     """Raised when the swf schema is missing or older than the code needs."""
 
 
+class MigrationDrift(MigrationError):
+    """Raised when a migration recorded as applied differs from the file of the same version."""
+
+
 # -- broker ---------------------------------------------------------------------------
 
 

@@ -23,8 +23,9 @@ from tests.helpers import ROOT
 
 
 def test_installed_package_finds_its_sql_files() -> None:
-    names = {entry.name for entry in files("swf_celery.sql").iterdir()}
-    assert "0001_foundation.sql" in names
+    sql = files("swf_celery.sql")
+    assert "0001_foundation.sql" in {entry.name for entry in sql.joinpath("migrations").iterdir()}
+    assert "workflows.sql" in {entry.name for entry in sql.joinpath("functions").iterdir()}
     versions = [m.version for m in migrate.available()]
     assert versions == sorted(versions) and versions[0] == 1
 
@@ -46,15 +47,15 @@ def test_non_editable_install_ships_sql_and_transport(tmp_path: Path) -> None:
         "swf_celery.ops.redis_drain, swf_celery.cli; "
         "assert swf_celery.__file__.startswith(sys.argv[1]), swf_celery.__file__; "
         "assert files('swf_celery.ui').joinpath('static/console.css').is_file(); "
-        "print(sorted(e.name for e in files('swf_celery.sql').iterdir() "
-        "if e.name.endswith('.sql')))"
+        "print(sorted(e.name for d in ('migrations', 'functions') "
+        "for e in files('swf_celery.sql').joinpath(d).iterdir() if e.name.endswith('.sql')))"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe, str(target)], cwd=tmp_path,
         env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
         check=True, capture_output=True, text=True,
     ).stdout
-    assert "0001_foundation.sql" in out
+    assert "0001_foundation.sql" in out and "workflows.sql" in out
     assert (target / "swf_celery" / "transport" / "__init__.py").exists()
 
 

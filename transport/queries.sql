@@ -1,13 +1,8 @@
 -- Queries of the swf:// transport. Queue names are always parameters; the SQL functions
--- (sql/0002_transport.sql) look up the pgmq table names in swf.queues.
-
--- name: schema_ready
-SELECT to_regprocedure('swf.queue_arm(text[])') IS NOT NULL
-   AND to_regprocedure('swf.queue_extend(text[],bigint[],double precision)') IS NOT NULL
-   AND to_regprocedure('swf.task_revokes(double precision,integer)') IS NOT NULL;
+-- (sql/functions/queues.sql) look up the pgmq table names in swf.queues.
 
 -- name: ensure
-SELECT pgmq_name FROM swf.queue_ensure(%(queue)s, %(expires_ms)s);
+SELECT pgmq_name, storage FROM swf.queue_ensure(%(queue)s, %(expires_ms)s);
 
 -- name: has_queue
 SELECT EXISTS (SELECT 1 FROM swf.queues WHERE name = %(queue)s);
@@ -22,11 +17,7 @@ SELECT swf.queue_fanout(%(exchange)s, %(message)s), swf.task_revoke(%(task_ids)s
 SELECT swf.queue_ack(%(queue)s, %(ids)s, %(archive)s);
 
 -- name: reject
--- Workflow engine hook (sql/0010_workflow_outcomes.sql): before messages are dead-lettered,
--- swf.fail_dead_steps fails the attempts of the workflow step messages among them.
-SELECT swf.queue_reject(%(queue)s, %(ids)s, %(requeue)s, %(reason)s)
-  FROM (SELECT CASE WHEN NOT %(requeue)s
-                    THEN swf.fail_dead_steps(%(queue)s, %(ids)s, %(reason)s) END) AS dead_steps;
+SELECT swf.queue_reject(%(queue)s, %(ids)s, %(requeue)s, %(reason)s);
 
 -- name: extend
 SELECT swf.queue_extend(%(queues)s, %(ids)s, %(vt)s);

@@ -23,7 +23,8 @@ from kombu.transport import virtual
 from psycopg import sql
 
 from swf_celery.db import behind_pooler, kombu_url, load_queries, open_connection
-from swf_celery.errors import DatabaseError, DatabaseUnavailable, SchemaNotMigrated
+from swf_celery.db.schema import require_current
+from swf_celery.errors import DatabaseError, DatabaseUnavailable
 from swf_celery.transport import revokes
 from swf_celery.transport.channel import Channel
 from swf_celery.transport.eventloop import HubConsumer
@@ -143,11 +144,9 @@ class Transport(virtual.Transport):
             self._statements.pop((kind, queue), None)
 
     def establish_connection(self) -> Any:
-        """Connect and check that the swf schema carries the broker's functions."""
-        if not self.pg_connection().execute(QUERIES["schema_ready"]).fetchone()[0]:  # type: ignore[index]
-            raise SchemaNotMigrated(
-                "the database has no swf broker functions: run `swf-celery migrate` "
-                "against the broker URL first")
+        """Connect and check that the database holds this code's schema and functions
+        (:func:`swf_celery.db.schema.require_current`: a worker never runs on older SQL)."""
+        require_current(self.pg_connection())
         return super().establish_connection()
 
     def close_connection(self, connection: Any) -> None:

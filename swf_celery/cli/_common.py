@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from swf_celery import db
+from swf_celery.db import schema
 from swf_celery.errors import SwfError
 
 
@@ -32,17 +33,24 @@ def database_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
-def database_url(database: str | None) -> str:
+def database_url(database: str | None, *, require_schema: bool = True) -> str:
     """The URL a command uses (:func:`swf_celery.db.database_url`, with the Celery app of
     ``celery -A app swf …`` when there is one), announced on stderr with its password
     masked and where it came from. The embedded server is never started here: only
-    ``swf-celery db start`` starts it."""
+    ``swf-celery db start`` starts it.
+
+    With ``require_schema`` (every command but those that set up the database) a database
+    whose migrations or functions are older than this code is refused, naming
+    ``swf-celery migrate`` (:func:`swf_celery.db.schema.require_current`)."""
     ctx = click.get_current_context(silent=True)
     app = getattr(getattr(ctx, "obj", None), "app", None) if ctx else None
     chosen = db.database_url(database, app=app)
     if chosen.source == "argument":
         chosen = db.DatabaseUrl(chosen.url, "--database")
     click.echo(f"database: {chosen.describe()}", err=True)
+    if require_schema:
+        with db.translate_errors(), db.resolve(chosen.url).connection() as conn:
+            schema.require_current(conn)
     return chosen.url
 
 

@@ -24,5 +24,5 @@ def grant_command(role: str, kind: str | None, database: str | None) -> None:
 
     if kind is None:
         raise ArgumentError("say which part ROLE plays: --worker, --client or --operator")
-    grants.grant(role, kind, database_url(database))  # type: ignore[arg-type]
+    grants.grant(role, kind, database_url(database, require_schema=False))  # type: ignore[arg-type]
     click.echo(f"granted {kind} privileges to {role}")

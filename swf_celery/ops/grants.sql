@@ -24,7 +24,7 @@ REVOKE EXECUTE ON FUNCTION swf.queue_ensure(text, bigint), swf.queue_drop(text),
 ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA pgmq REVOKE ALL ON TABLES FROM {role};
 ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA swf REVOKE ALL ON TABLES FROM {role};
 GRANT USAGE ON SCHEMA swf, pgmq TO {role};
-GRANT SELECT ON swf.schema_migrations TO {role};
+GRANT SELECT ON swf.schema_migrations, swf.schema_functions TO {role};  -- the schema check
 
 -- name: worker
 -- Consume and publish (broker), report steps, store results, send events, revoke.
@@ -44,6 +44,7 @@ GRANT SELECT, UPDATE ON swf.runs, swf.step_states TO {role};
 GRANT SELECT, INSERT, UPDATE ON swf.step_tasks TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON swf.transient_messages TO {role};
 GRANT SELECT, INSERT ON swf.transient_archive TO {role};
+GRANT SELECT, INSERT ON swf.dead_letters TO {role};  -- rejects, too many deliveries, malformed
 
 -- name: client
 -- Publish tasks, read results, start and watch runs (local steps included), goals and

@@ -1,9 +1,10 @@
 """The broker's queues as the console shows them: depth, age, delayed, dead letters.
 
-Reads the ``swf://`` transport's storage (``swf.queues`` and each queue's pgmq tables)
-with the statements of ``queues.sql``; the pgmq names come from ``swf.queues`` and are
-checked with :data:`swf_celery.transport.names.PGMQ_NAME` before they become identifiers.
-Dead letters can be requeued (visible at once, delivery count reset) or purged.
+Reads the ``swf://`` transport's storage (``swf.queues``, each durable queue's pgmq table,
+the shared table of transient queues, ``swf.dead_letters``) with the statements of
+``queues.sql``; the pgmq names come from ``swf.queues`` and are checked with
+:data:`swf_celery.transport.names.PGMQ_NAME` before they become identifiers. Dead letters
+can be requeued (visible at once, delivery count reset) or purged.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from swf_celery.errors import QueueNameError
 from swf_celery.transport.names import PGMQ_NAME
 
 QUERIES = load_queries(__package__, "queues.sql")
-#: How the transport names a transient queue in ``swf.queues.pgmq_name``.
-TRANSIENT_PREFIX = "t_"
 #: Characters of a dead letter's body shown on the page.
 BODY_CAP = 4096
 
@@ -57,75 +56,65 @@ class DeadLetter:
     body_length: int
 
 
-def _is_transient(pgmq_name: str) -> bool:
-    """A transient queue's rows live in shared tables (``t_`` names, see queues.sql)."""
-    return pgmq_name.startswith(TRANSIENT_PREFIX)
-
-
-def _tables(pgmq_name: str) -> dict[str, sql.Composable]:
+def _table(pgmq_name: str) -> sql.Composable:
     if not PGMQ_NAME.match(pgmq_name):
         raise QueueNameError(f"unexpected pgmq queue name {pgmq_name!r} in swf.queues")
-    return {"queue": sql.Identifier("pgmq", f"q_{pgmq_name}"),
-            "archive": sql.Identifier("pgmq", f"a_{pgmq_name}")}
+    return sql.Identifier("pgmq", f"q_{pgmq_name}")
 
 
 def queue_names(db: Database) -> dict[str, str]:
     """``{kombu name: pgmq name}`` of every queue the broker knows."""
+    return {name: pgmq for name, pgmq, _ in _queues(db)}
+
+
+def _queues(db: Database) -> list[tuple[str, str, str]]:
     with db.connection() as conn:
-        return dict(conn.execute(QUERIES["queue_names"]).fetchall())
-
-
-def _pgmq_name(db: Database, name: str) -> str:
-    found = queue_names(db).get(name)
-    if found is None:
-        raise QueueNameError(f"queue {name!r} does not exist")
-    return found
+        return conn.execute(QUERIES["queue_names"]).fetchall()
 
 
 def queue_stats(db: Database) -> list[QueueStats]:
     """Every queue's counts: durable queues in one statement (one SELECT per queue, UNION
-    ALL), transient queues in one more."""
-    names = queue_names(db)
-    if not names:
+    ALL), transient queues in one more, dead letters in a third."""
+    queues = _queues(db)
+    if not queues:
         return []
-    durable = [(name, pgmq) for name, pgmq in names.items() if not _is_transient(pgmq)]
-    transient = [name for name, pgmq in names.items() if _is_transient(pgmq)]
-    stats: list[QueueStats] = []
+    durable = [(name, pgmq) for name, pgmq, storage in queues if storage == "pgmq"]
+    transient = [name for name, _, storage in queues if storage == "transient"]
+    counts: list[tuple[str, int, int, int, float | None]] = []
     with db.connection() as conn:
         if durable:
             parts = [sql.SQL(QUERIES["queue_stats"]).format(index=sql.Literal(i),
-                                                            **_tables(pgmq))
+                                                            queue=_table(pgmq))
                      for i, (_, pgmq) in enumerate(durable)]
             rows = conn.execute(sql.SQL(" UNION ALL ").join(parts)).fetchall()
-            stats += [QueueStats(durable[i][0], ready, delayed, held, age, dead)
-                      for i, ready, delayed, held, age, dead in rows]
+            counts += [(durable[i][0], *rest) for i, *rest in rows]
         if transient:
-            rows = conn.execute(QUERIES["transient_stats"], {"names": transient}).fetchall()
-            stats += [QueueStats(*row) for row in rows]
-    return sorted(stats, key=lambda q: q.name)
+            counts += conn.execute(QUERIES["transient_stats"], {"names": transient}).fetchall()
+        dead = dict(conn.execute(QUERIES["dead_letter_counts"],
+                                 {"names": [name for name, _, _ in queues]}).fetchall())
+    return sorted((QueueStats(name, ready, delayed, held, age, dead.get(name, 0))
+                   for name, ready, delayed, held, age in counts), key=lambda q: q.name)
 
 
 def dead_letters(db: Database, name: str, *, limit: int = 100) -> list[DeadLetter]:
     """The newest dead letters of queue ``name`` (bodies cut to :data:`BODY_CAP`)."""
-    params = {"cap": BODY_CAP, "limit": limit, "queue": name}
-    pgmq = _pgmq_name(db, name)
-    if _is_transient(pgmq):
-        query: sql.Composed | str = QUERIES["transient_dead_letters"]
-    else:
-        query = sql.SQL(QUERIES["dead_letters"]).format(**_tables(pgmq))
+    _require(db, name)
     with db.connection() as conn:
-        rows = conn.execute(query, params).fetchall()
+        rows = conn.execute(QUERIES["dead_letters"],
+                            {"cap": BODY_CAP, "limit": limit, "queue": name}).fetchall()
     return [DeadLetter(*row) for row in rows]
 
 
+def _require(db: Database, name: str) -> None:
+    if name not in queue_names(db):
+        raise QueueNameError(f"queue {name!r} does not exist")
+
+
 def _move(db: Database, statement: str, name: str, ids: list[int] | None) -> int:
-    pgmq = _pgmq_name(db, name)
-    if _is_transient(pgmq):
-        query: sql.Composed | str = QUERIES["transient_" + statement]
-    else:
-        query = sql.SQL(QUERIES[statement]).format(**_tables(pgmq))
+    _require(db, name)
     with db.connection() as conn:
-        return len(conn.execute(query, {"ids": ids, "queue": name}).fetchall())
+        return int(conn.execute(QUERIES[statement],  # type: ignore[index]
+                                {"ids": ids, "queue": name}).fetchone()[0])
 
 
 def requeue_dead_letters(db: Database, name: str, ids: list[int] | None = None) -> int:

@@ -1,20 +1,16 @@
--- 0009: revokes that hold. Celery keeps revoked task ids in each worker's memory only, so a
--- revoked task whose message a worker held (a near ETA/countdown, a prefetched message) runs
--- after that worker restarts. The broker records every revoke broadcast here; workers load
--- the ids when they start consuming and check redelivered messages against them. Rows older
--- than the reading worker's revoke expiry (Celery's CELERY_WORKER_REVOKE_EXPIRES, 3 h by
--- default) are forgotten, as Celery forgets them in memory.
-CREATE TABLE IF NOT EXISTS swf.revoked_tasks (
-    task_id    text PRIMARY KEY,
-    revoked_at timestamptz NOT NULL DEFAULT clock_timestamp()
-);
-CREATE INDEX IF NOT EXISTS revoked_tasks_revoked_at ON swf.revoked_tasks (revoked_at);
+-- Revokes that hold (table: sql/migrations/0009_revoked_tasks.sql). Celery keeps revoked
+-- task ids in each worker's memory only; the broker also records every revoke broadcast, and
+-- workers load the ids when they start consuming (transport/revokes.py). Rows older than the
+-- reading worker's revoke expiry (Celery's CELERY_WORKER_REVOKE_EXPIRES, 3 h by default) are
+-- forgotten, as Celery forgets them in memory.
 
 -- Record a revoke of task_ids and delete their queued or delayed messages (not those a live
 -- worker holds: its in-memory revoke list, and this table after a restart, handle them).
 -- Returns how many messages were deleted.
+-- Any client may revoke a task (as with Celery on any broker), but a client may not delete
+-- queued messages otherwise: the function runs as its owner, for those granted EXECUTE.
 CREATE OR REPLACE FUNCTION swf.task_revoke(task_ids text[]) RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 BEGIN
     IF cardinality(task_ids) IS NULL OR cardinality(task_ids) = 0 THEN
         RETURN 0;
@@ -24,6 +20,7 @@ BEGIN
     ON CONFLICT (task_id) DO UPDATE SET revoked_at = clock_timestamp();
     RETURN swf.queue_remove_tasks(task_ids);
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.task_revoke(text[]) FROM PUBLIC;
 
 -- The revokes younger than expires_s seconds, newest first (at most max_n), with their age
 -- in seconds; older rows are deleted on the way.

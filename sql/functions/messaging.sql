@@ -1,18 +1,11 @@
--- 0005: messaging channels. Each channel's messages live in a pgmq queue; this table
--- records which channel owns which queue, so that a queue name computed for one channel
--- (see swf_celery/messaging/channels.py) is never silently shared with another channel or with a
--- pgmq queue created for something else (a Celery queue, say).
-CREATE TABLE swf.channels (
-    channel    text PRIMARY KEY,
-    queue_name text NOT NULL UNIQUE,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-COMMENT ON TABLE swf.channels IS
-    'swf-celery messaging: the pgmq queue that stores each channel''s messages';
+-- Messaging channels (table: sql/migrations/0005_messaging.sql). Each channel's messages
+-- live in a pgmq queue; swf.channels records which channel owns which queue, so that a queue
+-- name computed for one channel (swf_celery/messaging/channels.py) is never silently shared
+-- with another channel or with a pgmq queue created for something else.
 
 -- Create the channel's queue on first use, or check that an existing queue is ours.
 -- Idempotent and safe to call concurrently (an advisory lock per queue serialises it).
-CREATE FUNCTION swf.ensure_channel(p_channel text, p_queue text) RETURNS void
+CREATE OR REPLACE FUNCTION swf.ensure_channel(p_channel text, p_queue text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     v_owner text;

@@ -1,11 +1,11 @@
--- 0006: run lifecycle: pause, resume, cancel, retry. Like every coordinator transition
--- (0004), each takes the run's row lock first, so it is serialised with the completions and
--- failures of the run's steps: every race has one outcome, decided by lock order.
+-- Run lifecycle: pause, resume, cancel, retry, status. Like every transition of the state
+-- machine (workflows.sql), each takes the run's row lock first, so it is serialised with the
+-- completions and failures of the run's steps: every race has one outcome, decided by lock
+-- order.
 --
 -- Errors: SQLSTATE P0002 (no_data_found) for an unknown run, 55000
 -- (object_not_in_prerequisite_state) for an operation that does not fit the run's state.
-
-CREATE FUNCTION swf._lock_run(p_run uuid) RETURNS swf.runs
+CREATE OR REPLACE FUNCTION swf._lock_run(p_run uuid) RETURNS swf.runs
 LANGUAGE plpgsql AS $$
 DECLARE
     v_run swf.runs;
@@ -17,11 +17,10 @@ BEGIN
     RETURN v_run;
 END $$;
 
-
 -- Pause: queued tasks are held (their messages removed from the broker), steps that become
 -- ready wait ('ready'), running tasks finish and their results are kept. Pausing a paused
 -- run does nothing.
-CREATE FUNCTION swf.pause_run(p_run uuid) RETURNS text
+CREATE OR REPLACE FUNCTION swf.pause_run(p_run uuid) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
     v_run swf.runs := swf._lock_run(p_run);
@@ -51,11 +50,10 @@ BEGIN
     RETURN 'paused';
 END $$;
 
-
 -- Resume: held tasks are dispatched again (each under a new Celery task id, so a stale copy
 -- is ignored) and ready steps start. Resuming a run in progress does nothing, so of two
 -- concurrent resumes the second finds nothing to dispatch.
-CREATE FUNCTION swf.resume_run(p_run uuid) RETURNS text
+CREATE OR REPLACE FUNCTION swf.resume_run(p_run uuid) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
     v_run  swf.runs := swf._lock_run(p_run);
@@ -92,12 +90,11 @@ BEGIN
     RETURN 'in_progress';
 END $$;
 
-
 -- Cancel: the run and its unfinished steps become 'cancelled' with the reason, queued
 -- messages are removed from the broker, late reports of running tasks are ignored. Returns
 -- the Celery task ids of distributed tasks that were running, for the caller to revoke.
 -- A finished run is refused unless p_force (then it is marked cancelled all the same).
-CREATE FUNCTION swf.cancel_run(p_run uuid, p_reason text, p_force boolean)
+CREATE OR REPLACE FUNCTION swf.cancel_run(p_run uuid, p_reason text, p_force boolean)
 RETURNS text[] LANGUAGE plpgsql AS $$
 DECLARE
     v_run     swf.runs := swf._lock_run(p_run);
@@ -134,22 +131,23 @@ BEGIN
     RETURN coalesce(v_running, '{}');
 END $$;
 
-
--- Retry a failed or cancelled run as a new run linked by retry_of. With p_reuse, every
--- completed step keeps its output and every completed task of an unfinished map step is
--- kept, so only failed or never-run work runs again. One retry per run: asking again
--- returns the retry made first.
-CREATE FUNCTION swf.retry_run(p_run uuid, p_reuse boolean) RETURNS uuid
+-- Retry a failed or cancelled run: a new run linked to it (retry_of), reusing the outputs of
+-- completed steps (p_reuse) or starting over. The attempts of the old run still running are
+-- not run twice: with p_reuse they are adopted by the new run (their reports complete the
+-- new run's steps); without it they are cancelled and returned for the caller to revoke.
+-- Returns {"run_id": new id, "revoke": [task ids]}.
+CREATE OR REPLACE FUNCTION swf.retry_run(p_run uuid, p_reuse boolean) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
     v_old    swf.runs := swf._lock_run(p_run);
     v_new    uuid;
     v_reused integer;
     v_step   text;
+    v_revoke text[];
 BEGIN
     SELECT id INTO v_new FROM swf.runs WHERE retry_of = p_run ORDER BY inserted_at LIMIT 1;
     IF FOUND THEN
-        RETURN v_new;
+        RETURN jsonb_build_object('run_id', v_new, 'revoke', '[]'::jsonb);
     END IF;
     IF v_old.status NOT IN ('failed', 'cancelled') THEN
         RAISE EXCEPTION USING ERRCODE = '55000',
@@ -185,6 +183,17 @@ BEGIN
                'completed', t.item, t.output, t.queued_at, t.available_at, t.started_at,
                t.completed_at
           FROM swf.step_tasks t WHERE t.run_id = p_run AND t.status = 'completed';
+        -- Running attempts move over with their ids: their workers report to the new run.
+        UPDATE swf.step_tasks SET run_id = v_new
+         WHERE run_id = p_run AND status = 'started';
+    ELSE
+        WITH gone AS (
+            UPDATE swf.step_tasks SET status = 'cancelled', deadline = NULL,
+                                      completed_at = now()
+             WHERE run_id = p_run AND status = 'started'
+            RETURNING task_id, execution)
+        SELECT array_agg(task_id::text) FILTER (WHERE execution = 'distributed')
+          INTO v_revoke FROM gone;
     END IF;
     SELECT count(*) INTO v_reused FROM swf.step_states
      WHERE run_id = v_new AND status = 'completed';
@@ -196,12 +205,13 @@ BEGIN
     LOOP
         PERFORM swf._start_step(v_new, v_step);
     END LOOP;
-    RETURN v_new;
+    RETURN jsonb_build_object('run_id', v_new, 'revoke', to_jsonb(coalesce(v_revoke, '{}')));
 END $$;
 
-
--- The status view of one run: the run row plus one object per step.
-CREATE FUNCTION swf.run_status(p_run uuid) RETURNS jsonb
+-- The status view of one run: its steps with their progress and first error, each step's
+-- overdue attempts (started and past their deadline: the sweep fails them next) and the
+-- run's "overdue" flag.
+CREATE OR REPLACE FUNCTION swf.run_status(p_run uuid) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
         'run_id', r.id, 'workflow_slug', r.flow_slug, 'status', r.status,
@@ -211,6 +221,9 @@ LANGUAGE sql STABLE AS $$
                         ORDER BY n.inserted_at LIMIT 1),
         'total_steps', r.total_steps, 'completed_steps', r.total_steps - r.remaining_steps,
         'inserted_at', r.inserted_at, 'updated_at', r.updated_at, 'finished_at', r.finished_at,
+        'overdue', EXISTS (SELECT 1 FROM swf.step_tasks t
+                            WHERE t.run_id = r.id AND t.status = 'started'
+                              AND t.deadline < now()),
         'steps', coalesce((
             SELECT jsonb_agg(jsonb_build_object(
                        'name', s.step_name, 'status', s.status, 'depends_on', s.depends_on,
@@ -221,6 +234,11 @@ LANGUAGE sql STABLE AS $$
                                             WHERE t.run_id = s.run_id
                                               AND t.step_name = s.step_name
                                               AND t.status = 'completed'),
+                       'overdue_tasks', (SELECT count(*) FROM swf.step_tasks t
+                                          WHERE t.run_id = s.run_id
+                                            AND t.step_name = s.step_name
+                                            AND t.status = 'started'
+                                            AND t.deadline < now()),
                        'attempts', (SELECT coalesce(max(t.attempt), 0) FROM swf.step_tasks t
                                      WHERE t.run_id = s.run_id AND t.step_name = s.step_name),
                        'error', coalesce(s.error,
@@ -234,26 +252,3 @@ LANGUAGE sql STABLE AS $$
               FROM swf.step_states s WHERE s.run_id = r.id), '[]'::jsonb))
       FROM swf.runs r WHERE r.id = p_run;
 $$;
-
-
--- Cancel a plain Celery canvas (chain, group, chord) by its root id: remove its queued
--- messages from every queue and return the task ids of its messages that workers hold
--- (fetched, not yet acknowledged), for the caller to revoke. Queue tables are named from
--- swf.queues, never from the caller's text.
-CREATE FUNCTION swf.cancel_canvas(p_root text) RETURNS TABLE (removed integer, held text[])
-LANGUAGE plpgsql AS $$
-DECLARE
-    q      swf.queues;
-    v_ids  text[];
-BEGIN
-    held := '{}';
-    FOR q IN SELECT * FROM swf.queues ORDER BY id LOOP
-        EXECUTE format('SELECT array_agg(headers ->> ''task_id'') FROM pgmq.%I '
-                       'WHERE headers ->> ''root_id'' = $1 AND read_ct > 0 '
-                       'AND vt > clock_timestamp()', 'q_' || q.pgmq_name)
-           INTO v_ids USING p_root;
-        held := held || coalesce(v_ids, '{}');
-    END LOOP;
-    removed := swf.queue_remove_root(p_root);
-    RETURN NEXT;
-END $$;

@@ -1,125 +1,49 @@
--- 0004: the workflow coordinator. Flows and their steps, runs, step states and step tasks,
--- and the stored functions that move them between states. Every transition of a run takes
--- the run's row lock first, so transitions of one run are serialised (no lost decrement,
--- no deadlock between two completing steps) and runs never block each other.
+-- The workflow state machine (tables: sql/migrations/0004_workflows.sql). Flows and their
+-- steps, runs, step states and step tasks move between states only through these functions.
+-- Every transition of a run takes the run's row lock first, so transitions of one run are
+-- serialised (no lost decrement, no deadlock between two completing steps) and runs never
+-- block each other.
 --
 -- Step task ids are the Celery task ids of their messages. An attempt that is retried gets
 -- a new id, so a late or duplicate report about an old attempt matches nothing and is
--- ignored: that is what makes completion idempotent.
+-- ignored: that is what makes completion idempotent. complete_task / fail_task re-read their
+-- task once the run's lock is theirs: a retry may have moved a running attempt to the new
+-- run meanwhile (retry_run, lifecycle.sql).
 --
 -- Distributed steps are dispatched with swf.queue_send() (the broker's SQL, same database,
 -- same transaction); local steps are left 'queued' for the process that started the run.
--- Every transition NOTIFYs channel swf_workflow_events with {"run_id", "step", "status"}.
+-- Every transition NOTIFYs the reserved channel "swf:workflow_events" with {"run_id", "step",
+-- "status"} (user channels all map to "swf_…" or "swf#…", see
+-- swf_celery/messaging/channels.py, so "workflow_events" is an ordinary user channel).
+--
+-- Retry backoff is capped (swf.max_retry_delay_ms, one hour). A redelivered message of a
+-- run that is no longer active ends its attempt ('cancelled'). A waiting caller
+-- (swf.expire_tasks / swf.run_tick) fails a distributed attempt only once its hard time
+-- limit has passed too (deadline + 10 s): before that the worker's soft limit or the sweep
+-- (swf.sweep_timeouts, which also revokes it) ends it, so a retried attempt never overlaps
+-- an execution that is still running.
 
-CREATE TABLE swf.flows (
-    id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    slug            text NOT NULL UNIQUE,
-    dynamic         boolean NOT NULL,
-    definition_hash text,
-    created_at      timestamptz NOT NULL DEFAULT now()
-);
-
-CREATE TABLE swf.flow_steps (
-    flow_id     uuid NOT NULL REFERENCES swf.flows (id) ON DELETE CASCADE,
-    step_name   text NOT NULL,
-    step_index  integer NOT NULL,
-    depends_on  text[] NOT NULL DEFAULT '{}',
-    options     jsonb NOT NULL DEFAULT '{}',
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (flow_id, step_name)
-);
-
-CREATE TABLE swf.runs (
-    id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    flow_id         uuid REFERENCES swf.flows (id) ON DELETE SET NULL,
-    flow_slug       text NOT NULL,
-    status          text NOT NULL DEFAULT 'in_progress'
-                    CHECK (status IN ('in_progress', 'paused', 'completed', 'failed', 'cancelled')),
-    input           jsonb,
-    output          jsonb,
-    error           text,
-    failed_step     text,
-    retry_of        uuid REFERENCES swf.runs (id) ON DELETE SET NULL,
-    total_steps     integer NOT NULL,
-    remaining_steps integer NOT NULL,
-    inserted_at     timestamptz NOT NULL DEFAULT now(),
-    updated_at      timestamptz NOT NULL DEFAULT now(),
-    finished_at     timestamptz
-);
-CREATE INDEX runs_status_inserted ON swf.runs (status, inserted_at);
-CREATE INDEX runs_slug_inserted ON swf.runs (flow_slug, inserted_at);
-CREATE INDEX runs_flow ON swf.runs (flow_id);
-CREATE INDEX runs_retry_of ON swf.runs (retry_of);
-
-CREATE TABLE swf.step_states (
-    run_id          uuid NOT NULL REFERENCES swf.runs (id) ON DELETE CASCADE,
-    step_name       text NOT NULL,
-    step_index      integer NOT NULL,
-    depends_on      text[] NOT NULL,
-    dependents      text[] NOT NULL,
-    remaining_deps  integer NOT NULL,
-    -- created: waiting for dependencies; ready: dependencies done but the run is paused;
-    -- started: its tasks are dispatched; then completed / failed / cancelled.
-    status          text NOT NULL DEFAULT 'created'
-                    CHECK (status IN ('created', 'ready', 'started', 'completed', 'failed',
-                                      'cancelled')),
-    execution       text NOT NULL CHECK (execution IN ('distributed', 'local')),
-    task_name       text,
-    queue           text,
-    max_attempts    integer NOT NULL CHECK (max_attempts >= 1),
-    retry_delay_ms  integer NOT NULL,
-    timeout_ms      integer,
-    resources       jsonb NOT NULL DEFAULT '{}',
-    map_over        text,
-    task_count      integer,
-    remaining_tasks integer,
-    output          jsonb,
-    error           text,
-    started_at      timestamptz,
-    completed_at    timestamptz,
-    PRIMARY KEY (run_id, step_name)
-);
-
-CREATE TABLE swf.step_tasks (
-    run_id       uuid NOT NULL,
-    step_name    text NOT NULL,
-    task_index   integer NOT NULL,
-    task_id      uuid NOT NULL UNIQUE,
-    execution    text NOT NULL,
-    attempt      integer NOT NULL DEFAULT 1,
-    status       text NOT NULL DEFAULT 'queued'
-                 -- paused: was queued when its run was paused; resume dispatches it anew
-                 CHECK (status IN ('queued', 'paused', 'started', 'completed', 'failed',
-                                   'cancelled')),
-    item         jsonb,
-    message_id   bigint,
-    output       jsonb,
-    error        text,
-    queued_at    timestamptz NOT NULL DEFAULT now(),
-    available_at timestamptz NOT NULL DEFAULT now(),
-    started_at   timestamptz,
-    deadline     timestamptz,
-    completed_at timestamptz,
-    PRIMARY KEY (run_id, step_name, task_index),
-    FOREIGN KEY (run_id, step_name) REFERENCES swf.step_states (run_id, step_name)
-        ON DELETE CASCADE
-);
-CREATE INDEX step_tasks_deadline ON swf.step_tasks (run_id, deadline) WHERE status = 'started';
-CREATE INDEX step_tasks_local ON swf.step_tasks (run_id, available_at)
-    WHERE status = 'queued' AND execution = 'local';
-
-
-CREATE FUNCTION swf._notify(p_run uuid, p_step text, p_status text) RETURNS void
+CREATE OR REPLACE FUNCTION swf._notify(p_run uuid, p_step text, p_status text) RETURNS void
 LANGUAGE sql AS $$
-    SELECT pg_notify('swf_workflow_events',
+    SELECT pg_notify('swf:workflow_events',
                      json_build_object('run_id', p_run, 'step', p_step, 'status', p_status)::text);
 $$;
 
+CREATE OR REPLACE FUNCTION swf.max_retry_delay_ms() RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$ SELECT 3600000::bigint $$;
+
+-- The grace a waiting caller gives a distributed attempt past its deadline: the hard time
+-- limit the step message carries (swf._step_message: soft limit + 10 s).
+CREATE OR REPLACE FUNCTION swf.caller_expiry_grace(p_execution text) RETURNS interval
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_execution = 'distributed' THEN interval '10 seconds'
+                ELSE interval '0' END
+$$;
 
 -- The Celery protocol-2 message of one step task, in the form kombu's virtual
 -- Channel._put receives: the body is [args, kwargs, embed] as base64 JSON. The task is the
 -- step runner (swf_celery.step); "shadow" shows the user's task name in logs and monitors.
-CREATE FUNCTION swf._step_message(p_task_id uuid, p_run uuid, p_step text, p_index integer,
+CREATE OR REPLACE FUNCTION swf._step_message(p_task_id uuid, p_run uuid, p_step text, p_index integer,
                                   p_attempt integer, p_task_name text, p_queue text,
                                   p_timeout_ms integer) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
@@ -150,9 +74,8 @@ LANGUAGE sql STABLE AS $$
             'priority', 0, 'body_encoding', 'base64', 'delivery_tag', gen_random_uuid()));
 $$;
 
-
 -- Send the queued distributed tasks of a step (all of them, or one by task id).
-CREATE FUNCTION swf._dispatch(p_run uuid, p_step text, p_task uuid, p_delay_s integer)
+CREATE OR REPLACE FUNCTION swf._dispatch(p_run uuid, p_step text, p_task uuid, p_delay_s integer)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE swf.step_tasks t
@@ -168,10 +91,10 @@ BEGIN
        AND (p_task IS NULL OR t.task_id = p_task);
 END $$;
 
-
--- A step whose dependencies are all done: create its tasks (one, or one per map item)
--- and dispatch them; on a paused run it only becomes 'ready'.
-CREATE FUNCTION swf._start_step(p_run uuid, p_step text) RETURNS void
+-- Start a step whose dependencies are done: one task, or one per item of a map step. The
+-- tasks left to do are counted after the insert: a retried run may hold adopted attempts
+-- that are still running (status 'started').
+CREATE OR REPLACE FUNCTION swf._start_step(p_run uuid, p_step text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     v_run   swf.runs;
@@ -215,14 +138,13 @@ BEGIN
         v_count := jsonb_array_length(v_items);
     END IF;
     PERFORM swf._notify(p_run, p_step, 'started');
-    -- Tasks a retried run reused (finished items of a map step) are already there: only
-    -- the missing ones are created, and only those remain to be done.
     INSERT INTO swf.step_tasks (run_id, step_name, task_index, task_id, execution, item)
     SELECT p_run, p_step, i, gen_random_uuid(), v_state.execution,
            CASE WHEN v_items IS NULL THEN NULL ELSE v_items -> i END
       FROM generate_series(0, v_count - 1) AS i
         ON CONFLICT (run_id, step_name, task_index) DO NOTHING;
-    GET DIAGNOSTICS v_left = ROW_COUNT;
+    SELECT count(*) INTO v_left FROM swf.step_tasks
+     WHERE run_id = p_run AND step_name = p_step AND status <> 'completed';
     UPDATE swf.step_states
        SET status = 'started', started_at = now(), task_count = v_count,
            remaining_tasks = v_left
@@ -240,10 +162,9 @@ BEGIN
     END IF;
 END $$;
 
-
 -- A step's output is final: store it, let dependents whose last dependency this was start,
 -- and complete the run when it was the last step.
-CREATE FUNCTION swf._complete_step(p_run uuid, p_step text, p_output jsonb) RETURNS void
+CREATE OR REPLACE FUNCTION swf._complete_step(p_run uuid, p_step text, p_output jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     v_run       swf.runs;
@@ -285,9 +206,8 @@ BEGIN
     END IF;
 END $$;
 
-
 -- The run failed at p_step: mark it, cancel its queued tasks and remove their messages.
-CREATE FUNCTION swf._fail_run(p_run uuid, p_step text, p_error text) RETURNS void
+CREATE OR REPLACE FUNCTION swf._fail_run(p_run uuid, p_step text, p_error text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     v_ids text[];
@@ -311,12 +231,38 @@ BEGIN
     PERFORM swf._notify(p_run, NULL, 'failed');
 END $$;
 
+-- Lock the run a task belongs to and return the task as it is under that lock. A retry may
+-- move a running attempt to the new run between the first read and the lock: follow it.
+CREATE OR REPLACE FUNCTION swf._lock_task(p_task uuid) RETURNS swf.step_tasks
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_task swf.step_tasks;
+    v_run  uuid;
+BEGIN
+    LOOP
+        SELECT * INTO v_task FROM swf.step_tasks WHERE task_id = p_task;
+        IF NOT FOUND THEN
+            RETURN NULL;
+        END IF;
+        v_run := v_task.run_id;
+        PERFORM 1 FROM swf.runs WHERE id = v_run FOR UPDATE;
+        -- No row lock: every transition that moves a task holds its run's lock, and the
+        -- callers' UPDATEs re-check the status (swf.start_task locks the row itself).
+        SELECT * INTO v_task FROM swf.step_tasks WHERE task_id = p_task;
+        IF NOT FOUND THEN
+            RETURN NULL;
+        END IF;
+        IF v_task.run_id = v_run THEN
+            RETURN v_task;
+        END IF;
+    END LOOP;
+END $$;
 
 -- Start a run: record it and its steps (a snapshot, so later edits of the flow do not
 -- change it) and dispatch the root steps. p_steps is a JSON array of step objects
 -- {name, depends_on, dependents, execution, task_name, queue, max_attempts,
 --  retry_delay_ms, timeout_ms, resources, map_over} in definition order.
-CREATE FUNCTION swf.start_run(p_slug text, p_steps jsonb, p_input jsonb,
+CREATE OR REPLACE FUNCTION swf.start_run(p_slug text, p_steps jsonb, p_input jsonb,
                               p_dynamic boolean DEFAULT false, p_hash text DEFAULT NULL,
                               p_retry_of uuid DEFAULT NULL)
 RETURNS uuid LANGUAGE plpgsql AS $$
@@ -381,11 +327,10 @@ BEGIN
     RETURN v_run;
 END $$;
 
-
--- A worker (or the local runner) is about to run a task. Returns what the step function
--- needs, or NULL when the task must not run: unknown or superseded attempt, already
--- finished (a duplicate delivery), or its run is no longer active.
-CREATE FUNCTION swf.start_task(p_task uuid) RETURNS jsonb
+-- A worker (or the local runner) is about to run a task: returns what it needs, or tells
+-- it to skip. A message of a run that is no longer active ends its attempt (a redelivery
+-- after its worker died).
+CREATE OR REPLACE FUNCTION swf.start_task(p_task uuid) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
     v_task  swf.step_tasks;
@@ -399,6 +344,9 @@ BEGIN
     END IF;
     SELECT * INTO v_run FROM swf.runs WHERE id = v_task.run_id;
     IF v_run.status NOT IN ('in_progress', 'paused') THEN
+        UPDATE swf.step_tasks SET status = 'cancelled', deadline = NULL, completed_at = now(),
+                                  error = coalesce(error, 'run ' || v_run.status)
+         WHERE task_id = p_task;
         RETURN NULL;
     END IF;
     SELECT * INTO v_state FROM swf.step_states
@@ -421,22 +369,17 @@ BEGIN
         'timeout_ms', v_state.timeout_ms, 'input', v_input);
 END $$;
 
-
--- A task succeeded. Returns 'completed', or 'ignored' for a report that matches no live
--- attempt (duplicate delivery, superseded attempt, finished run).
-CREATE FUNCTION swf.complete_task(p_task uuid, p_output jsonb) RETURNS text
+CREATE OR REPLACE FUNCTION swf.complete_task(p_task uuid, p_output jsonb) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_task      swf.step_tasks;
+    v_task      swf.step_tasks := swf._lock_task(p_task);
     v_remaining integer;
     v_map       text;
     v_output    jsonb;
 BEGIN
-    SELECT * INTO v_task FROM swf.step_tasks WHERE task_id = p_task;
-    IF NOT FOUND THEN
+    IF v_task.task_id IS NULL OR v_task.status NOT IN ('queued', 'started') THEN
         RETURN 'ignored';
     END IF;
-    PERFORM 1 FROM swf.runs WHERE id = v_task.run_id FOR UPDATE;
     UPDATE swf.step_tasks
        SET status = 'completed', output = p_output, completed_at = now(), deadline = NULL
      WHERE task_id = p_task AND status IN ('queued', 'started');
@@ -446,7 +389,6 @@ BEGIN
     SELECT map_over INTO v_map FROM swf.step_states
      WHERE run_id = v_task.run_id AND step_name = v_task.step_name;
     IF v_map IS NULL THEN
-        -- One task, one step: complete it directly (_complete_step checks it is started).
         PERFORM swf._complete_step(v_task.run_id, v_task.step_name, p_output);
         RETURN 'completed';
     END IF;
@@ -462,35 +404,34 @@ BEGIN
     RETURN 'completed';
 END $$;
 
-
--- A task failed (raised, timed out, or its output was unusable). Retries with exponential
--- backoff (retry_delay * 2^(attempt-1), through the broker's message delay) until
--- max_attempts; then the step and the run fail. Returns 'retrying', 'failed' or 'ignored'.
-CREATE FUNCTION swf.fail_task(p_task uuid, p_error text) RETURNS text
+-- A task failed: retried after a backoff capped at swf.max_retry_delay_ms(), or its step
+-- and run fail when its attempts are used up.
+CREATE OR REPLACE FUNCTION swf.fail_task(p_task uuid, p_error text) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_task  swf.step_tasks;
+    v_task  swf.step_tasks := swf._lock_task(p_task);
     v_state swf.step_states;
     v_run   swf.runs;
     v_delay_ms bigint;
     v_new   uuid := gen_random_uuid();
 BEGIN
-    SELECT * INTO v_task FROM swf.step_tasks WHERE task_id = p_task;
-    IF NOT FOUND THEN
+    IF v_task.task_id IS NULL THEN
         RETURN 'ignored';
     END IF;
-    SELECT * INTO v_run FROM swf.runs WHERE id = v_task.run_id FOR UPDATE;
+    -- A failure rewrites the task (new id, attempt): hold its row while deciding.
     SELECT * INTO v_task FROM swf.step_tasks WHERE task_id = p_task FOR UPDATE;
-    IF v_task.status NOT IN ('queued', 'started') THEN
+    IF NOT FOUND OR v_task.status NOT IN ('queued', 'started') THEN
         RETURN 'ignored';
     END IF;
+    SELECT * INTO v_run FROM swf.runs WHERE id = v_task.run_id;
     SELECT * INTO v_state FROM swf.step_states
      WHERE run_id = v_task.run_id AND step_name = v_task.step_name;
     IF v_run.status IN ('in_progress', 'paused') AND v_task.attempt < v_state.max_attempts THEN
-        v_delay_ms := v_state.retry_delay_ms::bigint * (2 ^ (v_task.attempt - 1))::bigint;
+        v_delay_ms := least(v_state.retry_delay_ms::numeric
+                            * power(2::numeric, least(v_task.attempt - 1, 64)),
+                            swf.max_retry_delay_ms())::bigint;
         UPDATE swf.step_tasks
            SET task_id = v_new, attempt = attempt + 1, error = p_error,
-               -- on a paused run the next attempt waits for resume
                status = CASE WHEN v_run.status = 'paused' THEN 'paused' ELSE 'queued' END,
                started_at = NULL, deadline = NULL, message_id = NULL,
                available_at = now() + make_interval(secs => v_delay_ms / 1000.0)
@@ -517,9 +458,35 @@ BEGIN
     RETURN 'failed';
 END $$;
 
+-- The distributed attempts of a run that are running now (to revoke when the run failed).
+CREATE OR REPLACE FUNCTION swf.running_tasks(p_run uuid) RETURNS text[]
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(array_agg(task_id::text ORDER BY task_id), '{}') FROM swf.step_tasks
+     WHERE run_id = p_run AND status = 'started' AND execution = 'distributed';
+$$;
 
--- Fail the started tasks of a run (or of every run) whose attempt is over its timeout.
-CREATE FUNCTION swf.expire_tasks(p_run uuid DEFAULT NULL) RETURNS integer
+-- A step task was revoked on its worker (the worker reports it): its attempt ends. In an
+-- active run that is a failed attempt (retried as usual); otherwise it is cancelled.
+CREATE OR REPLACE FUNCTION swf.abandon_task(p_task uuid, p_reason text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_task swf.step_tasks := swf._lock_task(p_task);
+    v_run  swf.runs;
+BEGIN
+    IF v_task.task_id IS NULL OR v_task.status NOT IN ('queued', 'started') THEN
+        RETURN 'ignored';
+    END IF;
+    SELECT * INTO v_run FROM swf.runs WHERE id = v_task.run_id;
+    IF v_run.status IN ('in_progress', 'paused') THEN
+        RETURN swf.fail_task(p_task, p_reason);
+    END IF;
+    UPDATE swf.step_tasks SET status = 'cancelled', deadline = NULL, completed_at = now(),
+                              error = coalesce(error, p_reason)
+     WHERE task_id = p_task AND status IN ('queued', 'started');
+    RETURN CASE WHEN FOUND THEN 'cancelled' ELSE 'ignored' END;
+END $$;
+
+CREATE OR REPLACE FUNCTION swf.expire_tasks(p_run uuid DEFAULT NULL) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     v_task  record;
@@ -528,9 +495,10 @@ BEGIN
     FOR v_task IN
         SELECT t.task_id, s.timeout_ms FROM swf.step_tasks t
           JOIN swf.step_states s ON s.run_id = t.run_id AND s.step_name = t.step_name
-         WHERE t.status = 'started' AND t.deadline < now()
+         WHERE t.status = 'started'
+           AND t.deadline + swf.caller_expiry_grace(t.execution) < now()
            AND (p_run IS NULL OR t.run_id = p_run)
-         ORDER BY t.run_id, t.task_id  -- one lock order for concurrent sweeps
+         ORDER BY t.run_id, t.task_id
     LOOP
         IF swf.fail_task(v_task.task_id,
                          format('timed out after %s s', trim_scale(v_task.timeout_ms / 1000.0))) <> 'ignored'
@@ -541,9 +509,8 @@ BEGIN
     RETURN v_count;
 END $$;
 
-
 -- The local runner's claim: start up to p_limit queued local tasks of a run that are due.
-CREATE FUNCTION swf.claim_local_tasks(p_run uuid, p_limit integer)
+CREATE OR REPLACE FUNCTION swf.claim_local_tasks(p_run uuid, p_limit integer)
 RETURNS TABLE (task_id uuid, task jsonb) LANGUAGE sql AS $$
     SELECT c.task_id, swf.start_task(c.task_id)
       FROM (SELECT t.task_id FROM swf.step_tasks t
@@ -554,10 +521,7 @@ RETURNS TABLE (task_id uuid, task jsonb) LANGUAGE sql AS $$
                FOR UPDATE SKIP LOCKED) c;
 $$;
 
-
--- What a waiting caller needs after an event: the run's state and when to look again
--- (the next attempt deadline or delayed local retry), after expiring overdue attempts.
-CREATE FUNCTION swf.run_tick(p_run uuid) RETURNS jsonb
+CREATE OR REPLACE FUNCTION swf.run_tick(p_run uuid) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
     v_run  swf.runs;
@@ -569,7 +533,8 @@ BEGIN
         RETURN NULL;
     END IF;
     SELECT least(
-        (SELECT min(deadline) FROM swf.step_tasks WHERE run_id = p_run AND status = 'started'),
+        (SELECT min(deadline + swf.caller_expiry_grace(execution)) FROM swf.step_tasks
+          WHERE run_id = p_run AND status = 'started'),
         (SELECT min(available_at) FROM swf.step_tasks
           WHERE run_id = p_run AND status = 'queued' AND execution = 'local'))
       INTO v_next;
@@ -579,3 +544,69 @@ BEGIN
         'wake_in_ms', CASE WHEN v_next IS NULL THEN NULL
                            ELSE greatest(0, extract(epoch FROM v_next - now()) * 1000) END);
 END $$;
+
+-- The workers' sweep: fail every attempt past its deadline, in one transaction, by one
+-- sweeper at a time (others return NULL at once). Returns {"expired": n, "revoke": [ids]}:
+-- the expired attempts and the running attempts of the runs this sweep failed, for the
+-- caller to revoke (terminate).
+CREATE OR REPLACE FUNCTION swf.sweep_timeouts() RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_task    record;
+    v_count   integer := 0;
+    v_failed  uuid[] := '{}';
+    v_expired text[] := '{}';
+    v_out     text;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtext('swf-celery:sweep'), 0) THEN
+        RETURN NULL;
+    END IF;
+    FOR v_task IN
+        SELECT t.task_id, t.run_id, t.execution, s.timeout_ms FROM swf.step_tasks t
+          JOIN swf.step_states s ON s.run_id = t.run_id AND s.step_name = t.step_name
+         WHERE t.status = 'started' AND t.deadline < now()
+         ORDER BY t.run_id, t.task_id
+    LOOP
+        v_out := swf.fail_task(v_task.task_id,
+                               format('timed out after %s s',
+                                      trim_scale(v_task.timeout_ms / 1000.0)));
+        IF v_out <> 'ignored' THEN
+            v_count := v_count + 1;
+            IF v_task.execution = 'distributed' THEN
+                -- its execution may still run (a step that ignores its soft time limit):
+                -- stop it, so that a retried attempt never overlaps it
+                v_expired := v_expired || v_task.task_id::text;
+            END IF;
+        END IF;
+        IF v_out = 'failed' THEN
+            v_failed := v_failed || v_task.run_id;
+        END IF;
+    END LOOP;
+    RETURN jsonb_build_object(
+        'expired', v_count,
+        'revoke', to_jsonb(v_expired) || (
+                   SELECT coalesce(jsonb_agg(t.task_id::text), '[]'::jsonb)
+                     FROM swf.step_tasks t JOIN swf.runs r ON r.id = t.run_id
+                    WHERE t.run_id = ANY (v_failed) AND r.status = 'failed'
+                      AND t.status = 'started' AND t.execution = 'distributed'));
+END $$;
+
+-- The engine's hook on the broker's dead letters (swf.dead_letters, written by the
+-- transport's swf._queue_bury): a dead-lettered workflow step message (reject without
+-- requeue, too many deliveries, malformed) fails its attempt, so its run does not wait for it
+-- forever. Never raises: dead-lettering goes on even if the coordinator refuses.
+CREATE OR REPLACE FUNCTION swf.fail_dead_step() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    BEGIN
+        PERFORM swf.fail_task((NEW.message #>> '{headers,id}')::uuid,
+                              'step message dead-lettered: ' || NEW.reason);
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'swf: could not fail the attempt of dead-lettered step task %: %',
+            NEW.message #>> '{headers,id}', SQLERRM;
+    END;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER swf_fail_dead_steps AFTER INSERT ON swf.dead_letters
+    FOR EACH ROW WHEN (NEW.message #>> '{headers,task}' = 'swf_celery.step')
+    EXECUTE FUNCTION swf.fail_dead_step();

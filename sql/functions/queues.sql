@@ -1,0 +1,647 @@
+-- The broker (kombu transport ``swf://``): queues, their messages, wake-ups, bindings,
+-- dead letters (tables: sql/migrations/0002_transport.sql, 0012, 0013). These functions name
+-- no workflow, result or goal object: the engine attaches to the broker through a trigger on
+-- its dead-letter store, swf.dead_letters (sql/functions/workflows.sql).
+--
+-- Every kombu queue name ("celery", "celery@host.celery.pidbox", "GPU.high", ...) maps to a
+-- safe pgmq name kept in swf.queues; SQL callers always pass the kombu name as a parameter
+-- and the functions look the rest up in that table, so no caller's text is ever spliced into
+-- SQL. A queue's storage is chosen once, when it is created (swf.queues.storage):
+-- * 'pgmq': a durable queue, its own pgmq table (pgmq.q_<pgmq name>, archive pgmq.a_<…>);
+-- * 'transient': declared with x-expires or auto_delete (Celery's pidbox, reply and event
+--   queues): rows of the shared table swf.transient_messages keyed by queue name, so that
+--   declaring, expiring or deleting one is DML, never DDL. A publisher never recreates an
+--   expired transient queue: its messages are dropped (FK to swf.queues), as on Redis.
+-- swf._queue_storage gives the table and the condition of a queue's rows, and each
+-- operation is written once over them.
+--
+-- Wake-ups: each queue table has a deferred constraint trigger that NOTIFYs channel
+-- 'swfq_<pgmq name>' only when a consumer has marked the queue as waited on
+-- (swf.queue_waiters.waiting), and clears the mark. Busy consumers never mark, so producers
+-- under load never NOTIFY (a NOTIFY takes a global lock at commit). Producers hold a shared
+-- advisory lock on the queue from the trigger to commit; a consumer arms the mark under the
+-- exclusive lock (try-lock: it never waits) and then reads again, so a message is either seen
+-- by that read or its producer sees the mark and wakes the consumer: no lost wake-up.
+--
+-- DDL (creating or dropping a durable queue's tables) runs under a short lock_timeout: a
+-- drop that cannot get its lock is skipped and retried on the next reap pass (or raises
+-- lock_not_available for the caller to retry), so it never queues an ACCESS EXCLUSIVE
+-- request behind a pg_dump and blocks the hot path. Those functions run as their owner (the
+-- role that ran the migrations), so workers and clients need no CREATE on any schema.
+
+-- Advisory lock namespace of the wake-up protocol (first key of the two-key form): 'swfq'.
+CREATE OR REPLACE FUNCTION swf._queue_lock_space() RETURNS integer
+LANGUAGE sql IMMUTABLE AS $$ SELECT 1937204849 $$;
+
+-- Refuse names that cannot be stored faithfully; the message names the rule.
+CREATE OR REPLACE FUNCTION swf.queue_check_name(p_name text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_name IS NULL OR p_name = '' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'invalid queue name: the name is empty';
+    END IF;
+    IF p_name ~ E'[\\x01-\\x1f\\x7f]' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('invalid queue name %s: control characters are not allowed',
+                             left(quote_literal(p_name), 80));
+    END IF;
+    IF octet_length(p_name) > 255 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('invalid queue name %s...: %s bytes, the limit is 255 bytes in UTF-8',
+                             left(quote_literal(p_name), 40), octet_length(p_name));
+    END IF;
+END $$;
+
+-- The pgmq name of a kombu queue name: readable prefix + 12 hex digits of its SHA-256.
+CREATE OR REPLACE FUNCTION swf.queue_pgmq_name(p_name text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT 'k_'
+        || left(trim(both '_' from regexp_replace(lower(p_name), '[^a-z0-9]+', '_', 'g')), 24)
+        || '_' || left(encode(sha256(convert_to(p_name, 'UTF8')), 'hex'), 12)
+$$;
+
+-- Names Celery gives to queues it lets expire: a publisher that finds such a queue missing
+-- drops the message instead of creating a permanent queue without bindings.
+CREATE OR REPLACE FUNCTION swf.queue_is_transient_name(p_name text) RETURNS boolean
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT p_name LIKE '%.pidbox' OR p_name LIKE 'celeryev.%' OR p_name LIKE '%.dq2'
+$$;
+
+-- Run DDL of a queue under a short lock_timeout, restoring the caller's setting after.
+CREATE OR REPLACE FUNCTION swf._ddl_lock_timeout() RETURNS text
+LANGUAGE sql IMMUTABLE AS $$ SELECT '200ms'::text $$;
+
+-- Where a queue's messages live, from its storage: the message table, the archive table and
+-- the condition (over alias m) that selects the queue's rows in them.
+CREATE OR REPLACE FUNCTION swf._queue_storage(q swf.queues, OUT tbl text, OUT archive text,
+                                              OUT filter text)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE q.storage WHEN 'pgmq' THEN format('pgmq.%I', 'q_' || q.pgmq_name)
+                          ELSE 'swf.transient_messages' END,
+           CASE q.storage WHEN 'pgmq' THEN format('pgmq.%I', 'a_' || q.pgmq_name)
+                          ELSE 'swf.transient_archive' END,
+           CASE q.storage WHEN 'pgmq' THEN 'true' ELSE format('m.queue = %L', q.name) END
+$$;
+
+CREATE OR REPLACE FUNCTION swf._queue_get(p_name text) RETURNS swf.queues
+LANGUAGE sql STABLE AS $$ SELECT * FROM swf.queues WHERE name = p_name $$;
+
+-- The wake-up trigger body (see the header). TG_ARGV[0] is swf.queues.id.
+CREATE OR REPLACE FUNCTION swf._queue_wakeup() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id integer := TG_ARGV[0]::integer;
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(swf._queue_lock_space(), v_id);
+    UPDATE swf.queue_waiters SET waiting = false WHERE queue_id = v_id AND waiting;
+    IF FOUND THEN
+        PERFORM pg_notify('swfq_' || substr(TG_TABLE_NAME, 3), '');
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- Wake-up trigger of the shared table: as swf._queue_wakeup, per row's queue.
+CREATE OR REPLACE FUNCTION swf._transient_wakeup() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    q swf.queues;
+BEGIN
+    SELECT * INTO q FROM swf.queues WHERE name = NEW.queue;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_advisory_xact_lock_shared(swf._queue_lock_space(), q.id);
+    UPDATE swf.queue_waiters SET waiting = false WHERE queue_id = q.id AND waiting;
+    IF FOUND THEN
+        PERFORM pg_notify('swfq_' || q.pgmq_name, '');
+    END IF;
+    RETURN NULL;
+END $$;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                    WHERE tgrelid = 'swf.transient_messages'::regclass AND tgname = 'swf_wakeup') THEN
+        CREATE CONSTRAINT TRIGGER swf_wakeup AFTER INSERT ON swf.transient_messages
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION swf._transient_wakeup();
+    END IF;
+END $$;
+
+-- Indexes every durable queue table carries (priority read order; cancels by task/root id).
+CREATE OR REPLACE FUNCTION swf._queue_indexes(p_pgmq text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON pgmq.%I '
+                   '((coalesce((headers->>''priority'')::integer, 0)), msg_id)',
+                   'q_' || p_pgmq || '_pri_idx', 'q_' || p_pgmq);
+    EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON pgmq.%I ((headers ->> ''task_id''))',
+                   'q_' || p_pgmq || '_task_idx', 'q_' || p_pgmq);
+    EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON pgmq.%I ((headers ->> ''root_id''))',
+                   'q_' || p_pgmq || '_root_idx', 'q_' || p_pgmq);
+END $$;
+
+-- Map a kombu queue name, creating the queue when missing. p_expires_ms > 0 (x-expires, or
+-- auto_delete: the transport passes a default): the queue is transient, a row here and its
+-- messages in swf.transient_messages. 0: declared durable, a pgmq queue (DDL under a short
+-- lock_timeout: lock_not_available is raised for the caller to retry). NULL: needed by a
+-- publisher; created durable, except that a missing queue whose name is one Celery lets
+-- expire (pidbox, reply, event queues) is not recreated without its bindings and expiry:
+-- undefined_object, and the publisher drops the message.
+CREATE OR REPLACE FUNCTION swf.queue_ensure(p_name text, p_expires_ms bigint DEFAULT NULL)
+RETURNS swf.queues
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+DECLARE
+    q swf.queues;
+    v_pgmq text;
+    v_other text;
+    v_old_timeout text;
+BEGIN
+    SELECT * INTO q FROM swf.queues WHERE name = p_name;
+    IF FOUND THEN
+        IF p_expires_ms > 0 AND q.expires_ms IS NOT NULL
+           AND q.last_active < clock_timestamp() - interval '1 second' THEN
+            UPDATE swf.queues SET last_active = clock_timestamp() WHERE id = q.id;
+        END IF;
+        RETURN q;
+    END IF;
+    PERFORM swf.queue_check_name(p_name);
+    IF p_expires_ms IS NULL AND swf.queue_is_transient_name(p_name) THEN
+        RAISE EXCEPTION USING ERRCODE = '42704',
+            MESSAGE = format('queue %L expired (or was deleted); it is not recreated '
+                             'without its bindings', p_name);
+    END IF;
+    v_pgmq := swf.queue_pgmq_name(p_name);
+    IF p_expires_ms > 0 THEN
+        v_pgmq := 't' || substr(v_pgmq, 2);
+    END IF;
+    SELECT name INTO v_other FROM swf.queues WHERE pgmq_name = v_pgmq;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '23505',
+            MESSAGE = format('queue names %L and %L map to the same pgmq queue %s',
+                             p_name, v_other, v_pgmq);
+    END IF;
+    INSERT INTO swf.queues (name, pgmq_name, expires_ms, storage)
+    VALUES (p_name, v_pgmq, nullif(p_expires_ms, 0),
+            CASE WHEN p_expires_ms > 0 THEN 'transient' ELSE 'pgmq' END)
+    ON CONFLICT (name) DO NOTHING
+    RETURNING * INTO q;
+    IF NOT FOUND THEN  -- created concurrently (we waited for that transaction to commit)
+        SELECT * INTO q FROM swf.queues WHERE name = p_name;
+        RETURN q;
+    END IF;
+    INSERT INTO swf.queue_waiters (queue_id) VALUES (q.id) ON CONFLICT DO NOTHING;
+    IF q.storage = 'transient' THEN
+        RETURN q;
+    END IF;
+    v_old_timeout := current_setting('lock_timeout');
+    PERFORM set_config('lock_timeout', swf._ddl_lock_timeout(), true);
+    PERFORM pgmq.create(q.pgmq_name);
+    PERFORM swf._queue_indexes(q.pgmq_name);
+    EXECUTE format('CREATE CONSTRAINT TRIGGER swf_wakeup AFTER INSERT ON pgmq.%I '
+                   'DEFERRABLE INITIALLY DEFERRED FOR EACH ROW '
+                   'EXECUTE FUNCTION swf._queue_wakeup(%s)', 'q_' || q.pgmq_name, q.id);
+    PERFORM set_config('lock_timeout', v_old_timeout, true);
+    RETURN q;
+END $$;
+
+REVOKE EXECUTE ON FUNCTION swf.queue_ensure(text, bigint) FROM PUBLIC;
+
+-- The pgmq headers of a kombu message: what the broker sorts and filters on.
+CREATE OR REPLACE FUNCTION swf.queue_headers(message jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT jsonb_strip_nulls(jsonb_build_object(
+        'priority', CASE WHEN jsonb_typeof(message #> '{properties,priority}') = 'number'
+                         THEN greatest(0, least(9, floor((message #>> '{properties,priority}')::numeric)))::integer
+                         ELSE 0 END,
+        'task_id', message #>> '{headers,id}',
+        'root_id', message #>> '{headers,root_id}'))
+$$;
+
+-- Enqueue a kombu message (the dict kombu's virtual Channel._put receives) on a queue named
+-- as Celery names it. Priority 0..9 (0 first, as on Redis), delay in whole seconds. The two
+-- storages take different rows (the shared table keys them by queue name and priority).
+CREATE OR REPLACE FUNCTION swf.queue_send(queue text, message jsonb, delay_seconds integer DEFAULT 0)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    q swf.queues;
+    v_msg jsonb := queue_send.message;
+    v_headers jsonb;
+    v_id bigint;
+BEGIN
+    IF v_msg IS NULL OR jsonb_typeof(v_msg) <> 'object' OR NOT v_msg ? 'body' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'swf.queue_send: message must be a kombu message object with "body", '
+                      '"content-type", "headers" and "properties"';
+    END IF;
+    IF delay_seconds IS NULL OR delay_seconds < 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('swf.queue_send: delay_seconds must be >= 0, not %s', delay_seconds);
+    END IF;
+    q := swf.queue_ensure(queue_send.queue);
+    IF jsonb_typeof(v_msg -> 'properties') IS DISTINCT FROM 'object' THEN
+        v_msg := jsonb_set(v_msg, '{properties}', '{}');
+    END IF;
+    IF jsonb_typeof(v_msg -> 'headers') IS DISTINCT FROM 'object' THEN
+        v_msg := jsonb_set(v_msg, '{headers}', '{}');
+    END IF;
+    IF v_msg #>> '{properties,delivery_tag}' IS NULL THEN
+        v_msg := jsonb_set(v_msg, '{properties,delivery_tag}', to_jsonb(gen_random_uuid()::text));
+    END IF;
+    IF jsonb_typeof(v_msg #> '{properties,delivery_info}') IS DISTINCT FROM 'object' THEN
+        v_msg := jsonb_set(v_msg, '{properties,delivery_info}',
+                           jsonb_build_object('exchange', '', 'routing_key', queue_send.queue));
+    END IF;
+    v_headers := swf.queue_headers(v_msg);
+    IF q.storage = 'transient' THEN
+        INSERT INTO swf.transient_messages (queue, priority, vt, message, headers)
+        VALUES (q.name, (v_headers ->> 'priority')::smallint,
+                clock_timestamp() + make_interval(secs => delay_seconds), v_msg, v_headers)
+        RETURNING msg_id INTO v_id;
+        RETURN v_id;
+    END IF;
+    SELECT pgmq.send(q.pgmq_name, v_msg, v_headers, delay_seconds) INTO v_id;
+    RETURN v_id;
+END $$;
+
+-- Send one message to every queue bound to a fanout exchange; returns the number of copies.
+CREATE OR REPLACE FUNCTION swf.queue_fanout(p_exchange text, p_message jsonb) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_queue text;
+    n integer := 0;
+BEGIN
+    FOR v_queue IN
+        SELECT DISTINCT b.queue FROM swf.queue_bindings b JOIN swf.queues q ON q.name = b.queue
+         WHERE b.exchange = p_exchange
+           AND (q.expires_ms IS NULL
+                OR q.last_active > clock_timestamp() - make_interval(secs => q.expires_ms / 1000.0))
+    LOOP
+        PERFORM swf.queue_send(v_queue, p_message, 0);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+
+-- Earliest visibility of the given queues' messages in seconds from now (NULL: empty).
+CREATE OR REPLACE FUNCTION swf._queue_next_visible(p_queues text[]) RETURNS double precision
+LANGUAGE plpgsql AS $$
+DECLARE
+    q swf.queues;
+    s record;
+    v_next double precision;
+    v_min double precision;
+BEGIN
+    FOR q IN SELECT * FROM swf.queues WHERE name = ANY (p_queues) LOOP
+        SELECT * INTO s FROM swf._queue_storage(q);
+        EXECUTE format('SELECT extract(epoch FROM min(m.vt) - clock_timestamp()) FROM %s m '
+                       'WHERE %s', s.tbl, s.filter) INTO v_next;
+        IF v_next IS NOT NULL THEN
+            v_min := greatest(0, least(coalesce(v_min, v_next), v_next));
+        END IF;
+    END LOOP;
+    RETURN v_min;
+END $$;
+
+-- Arm the wake-up of the given queues (see the header). Returns seconds until the earliest
+-- message of the queues is visible, computed after arming: 0 means one is visible now, or a
+-- producer is committing right now, so the caller reads again instead of sleeping; NULL means
+-- the queues are empty. Any message committed later wakes the caller.
+CREATE OR REPLACE FUNCTION swf.queue_arm(p_queues text[]) RETURNS double precision
+LANGUAGE plpgsql AS $$
+DECLARE
+    q swf.queues;
+    v_busy boolean := false;
+BEGIN
+    FOR q IN SELECT * FROM swf.queues s WHERE s.name = ANY (p_queues) ORDER BY s.id LOOP
+        IF pg_try_advisory_xact_lock(swf._queue_lock_space(), q.id) THEN
+            INSERT INTO swf.queue_waiters AS w (queue_id, waiting) VALUES (q.id, true)
+            ON CONFLICT (queue_id) DO UPDATE SET waiting = true WHERE NOT w.waiting;
+        ELSE
+            v_busy := true;
+        END IF;
+    END LOOP;
+    UPDATE swf.queues s SET last_active = clock_timestamp()
+     WHERE s.name = ANY (p_queues) AND s.expires_ms IS NOT NULL
+       AND s.last_active < clock_timestamp() - interval '1 second';
+    IF v_busy THEN
+        RETURN 0;
+    END IF;
+    RETURN swf._queue_next_visible(p_queues);
+END $$;
+
+-- Dead-letter messages: moved from the queue to swf.dead_letters with the reason (the
+-- broker's one dead-letter store, whatever the queue's storage).
+CREATE OR REPLACE FUNCTION swf._queue_bury(q swf.queues, p_ids bigint[], p_reason text)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    s record := swf._queue_storage(q);
+    n integer;
+BEGIN
+    EXECUTE format(
+        'WITH gone AS (DELETE FROM %s m WHERE %s AND m.msg_id = ANY ($1) '
+        '  RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.message, m.headers) '
+        'INSERT INTO swf.dead_letters (queue, msg_id, read_ct, enqueued_at, reason, message, '
+        '                              headers) '
+        'SELECT $2, msg_id, read_ct, enqueued_at, $3, message, coalesce(headers, ''{}'') '
+        '  FROM gone ORDER BY msg_id', s.tbl, s.filter) USING p_ids, q.name, p_reason;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
+-- Acknowledge: delete delivered messages, or (p_archive: archive_acked) move them to the
+-- queue's archive, pgmq's own for a durable queue, swf.transient_archive for a transient one
+-- (copies that outlive their queue).
+CREATE OR REPLACE FUNCTION swf.queue_ack(p_queue text, p_ids bigint[], p_archive boolean DEFAULT false)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    q swf.queues := swf._queue_get(p_queue);
+    s record;
+    n integer;
+BEGIN
+    IF q.id IS NULL THEN
+        RETURN 0;
+    END IF;
+    SELECT * INTO s FROM swf._queue_storage(q);
+    IF NOT p_archive THEN
+        EXECUTE format('DELETE FROM %s m WHERE %s AND m.msg_id = ANY ($1)', s.tbl, s.filter)
+          USING p_ids;
+    ELSIF q.storage = 'pgmq' THEN
+        PERFORM pgmq.archive(q.pgmq_name, p_ids);
+    ELSE
+        WITH gone AS (
+            DELETE FROM swf.transient_messages t WHERE t.queue = q.name AND t.msg_id = ANY (p_ids)
+            RETURNING t.*)
+        INSERT INTO swf.transient_archive (msg_id, queue, read_ct, enqueued_at, vt, message,
+                                           headers)
+        SELECT g.msg_id, g.queue, g.read_ct, g.enqueued_at, g.vt, g.message, g.headers FROM gone g
+        ON CONFLICT (msg_id) DO NOTHING;
+    END IF;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
+-- Reject: visible again at once (p_requeue) or dead-lettered with p_reason.
+CREATE OR REPLACE FUNCTION swf.queue_reject(p_queue text, p_ids bigint[], p_requeue boolean,
+                                            p_reason text DEFAULT 'rejected')
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    q swf.queues := swf._queue_get(p_queue);
+    s record;
+    n integer;
+BEGIN
+    IF q.id IS NULL THEN
+        RETURN 0;
+    END IF;
+    IF NOT p_requeue THEN
+        RETURN swf._queue_bury(q, p_ids, coalesce(p_reason, 'rejected'));
+    END IF;
+    SELECT * INTO s FROM swf._queue_storage(q);
+    EXECUTE format('UPDATE %s m SET vt = clock_timestamp() WHERE %s AND m.msg_id = ANY ($1)',
+                   s.tbl, s.filter) USING p_ids;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
+-- Extend the visibility of held messages: p_queues[i] holds p_ids[i].
+CREATE OR REPLACE FUNCTION swf.queue_extend(p_queues text[], p_ids bigint[], p_vt double precision)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    q swf.queues;
+    s record;
+    n integer := 0;
+    m integer;
+BEGIN
+    FOR q IN SELECT * FROM swf.queues WHERE name = ANY (p_queues) LOOP
+        SELECT * INTO s FROM swf._queue_storage(q);
+        EXECUTE format('UPDATE %s m SET vt = clock_timestamp() + make_interval(secs => $1) '
+                       'WHERE %s AND m.msg_id = ANY ($2)', s.tbl, s.filter)
+          USING p_vt, ARRAY(SELECT p_ids[i] FROM generate_subscripts(p_queues, 1) i
+                             WHERE p_queues[i] = q.name);
+        GET DIAGNOSTICS m = ROW_COUNT;
+        n := n + m;
+    END LOOP;
+    RETURN n;
+END $$;
+
+-- Messages waiting in a queue: visible or delayed, not those held by a consumer.
+CREATE OR REPLACE FUNCTION swf.queue_size(p_queue text) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    q swf.queues := swf._queue_get(p_queue);
+    s record;
+    n bigint;
+BEGIN
+    IF q.id IS NULL THEN
+        RETURN 0;
+    END IF;
+    SELECT * INTO s FROM swf._queue_storage(q);
+    EXECUTE format('SELECT count(*) FROM %s m WHERE %s '
+                   'AND (m.read_ct = 0 OR m.vt <= clock_timestamp())', s.tbl, s.filter) INTO n;
+    RETURN n;
+END $$;
+
+-- Delete the waiting messages of a queue (those held by consumers stay); returns the count.
+CREATE OR REPLACE FUNCTION swf.queue_purge(p_queue text) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    q swf.queues := swf._queue_get(p_queue);
+    s record;
+    n bigint;
+BEGIN
+    IF q.id IS NULL THEN
+        RETURN 0;
+    END IF;
+    SELECT * INTO s FROM swf._queue_storage(q);
+    EXECUTE format('DELETE FROM %s m WHERE %s AND (m.read_ct = 0 OR m.vt <= clock_timestamp())',
+                   s.tbl, s.filter);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
+-- Drop a queue: its mapping and bindings, its messages; a durable queue's pgmq tables under a
+-- short lock_timeout (lock_not_available reaches the caller, who retries: nothing changed).
+CREATE OR REPLACE FUNCTION swf.queue_drop(p_queue text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+DECLARE
+    q swf.queues := swf._queue_get(p_queue);
+    v_old_timeout text;
+BEGIN
+    IF q.id IS NULL THEN
+        RETURN false;
+    END IF;
+    v_old_timeout := current_setting('lock_timeout');
+    PERFORM set_config('lock_timeout', swf._ddl_lock_timeout(), true);
+    DELETE FROM swf.queues WHERE id = q.id;  -- cascades: bindings, waiters, transient messages
+    IF q.storage = 'pgmq' THEN
+        PERFORM pgmq.drop_queue(q.pgmq_name);
+    END IF;
+    PERFORM set_config('lock_timeout', v_old_timeout, true);
+    RETURN true;
+END $$;
+REVOKE EXECUTE ON FUNCTION swf.queue_drop(text) FROM PUBLIC;
+
+-- Remove expired queues (x-expires / auto_delete, unused that long). Transient queues go
+-- with a DELETE; a legacy expiring pgmq queue whose DROP cannot get its lock at once (a
+-- pg_dump, a long transaction) is left for the next pass, and the pass stops there.
+CREATE OR REPLACE FUNCTION swf.queue_reap() RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+DECLARE
+    q swf.queues;
+    n integer := 0;
+BEGIN
+    FOR q IN
+        SELECT * FROM swf.queues
+         WHERE expires_ms IS NOT NULL
+           AND last_active < clock_timestamp() - make_interval(secs => expires_ms / 1000.0)
+         ORDER BY id
+         FOR UPDATE SKIP LOCKED
+    LOOP
+        BEGIN
+            PERFORM swf.queue_drop(q.name);
+            n := n + 1;
+        EXCEPTION WHEN lock_not_available THEN
+            RAISE NOTICE 'swf.queue_reap: queue % is locked; retried on the next pass', q.name;
+            EXIT;
+        END;
+    END LOOP;
+    RETURN n;
+END $$;
+REVOKE EXECUTE ON FUNCTION swf.queue_reap() FROM PUBLIC;
+
+-- Bind a queue to an exchange (creating the queue when missing).
+CREATE OR REPLACE FUNCTION swf.queue_bind(p_exchange text, p_routing_key text, p_pattern text,
+                                          p_queue text)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM swf.queue_ensure(p_queue);
+    INSERT INTO swf.queue_bindings (exchange, routing_key, pattern, queue)
+    VALUES (p_exchange, coalesce(p_routing_key, ''), p_pattern, p_queue)
+    ON CONFLICT DO NOTHING;
+END $$;
+
+CREATE OR REPLACE FUNCTION swf.queue_unbind(p_exchange text, p_routing_key text, p_queue text)
+RETURNS void
+LANGUAGE sql AS $$
+    DELETE FROM swf.queue_bindings
+     WHERE exchange = p_exchange AND routing_key = coalesce(p_routing_key, '') AND queue = p_queue
+$$;
+
+-- The message tables of all queues: one per durable queue, and the shared table of the
+-- transient queues (each once).
+CREATE OR REPLACE FUNCTION swf._queue_tables() RETURNS SETOF text
+LANGUAGE sql STABLE AS $$
+    SELECT DISTINCT (swf._queue_storage(q)).tbl FROM swf.queues q ORDER BY 1
+$$;
+
+-- Delete queued (not held) messages of the given Celery task ids from every queue: an index
+-- probe per queue table.
+CREATE OR REPLACE FUNCTION swf.queue_remove_tasks(task_ids text[]) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_tbl text;
+    n integer := 0;
+    m integer;
+BEGIN
+    IF cardinality(task_ids) IS NULL OR cardinality(task_ids) = 0 THEN
+        RETURN 0;
+    END IF;
+    FOR v_tbl IN SELECT swf._queue_tables() LOOP
+        EXECUTE format('DELETE FROM %s WHERE (headers ->> ''task_id'') = ANY ($1) '
+                       'AND (read_ct = 0 OR vt <= clock_timestamp())', v_tbl)
+          USING task_ids;
+        GET DIAGNOSTICS m = ROW_COUNT;
+        n := n + m;
+    END LOOP;
+    RETURN n;
+END $$;
+
+CREATE OR REPLACE FUNCTION swf.queue_remove_root(root_id text) RETURNS integer
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN (SELECT c.removed FROM swf.cancel_canvas(queue_remove_root.root_id) c);
+END $$;
+
+-- Cancel a canvas by root id: per queue table ONE statement locks the canvas' messages,
+-- deletes the queued ones and reports the task ids of those a consumer holds. A consumer
+-- reads with SKIP LOCKED, so no message moves from queued to held in between.
+CREATE OR REPLACE FUNCTION swf.cancel_canvas(p_root text) RETURNS TABLE (removed integer, held text[])
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_tbl  text;
+    v_n    integer;
+    v_ids  text[];
+BEGIN
+    removed := 0;
+    held := '{}';
+    IF p_root IS NULL THEN
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    FOR v_tbl IN SELECT swf._queue_tables() LOOP
+        EXECUTE format(
+            'WITH m AS (SELECT msg_id, headers ->> ''task_id'' AS task_id, '
+            '                  (read_ct = 0 OR vt <= clock_timestamp()) AS queued '
+            '             FROM %1$s WHERE (headers ->> ''root_id'') = $1 FOR UPDATE), '
+            'gone AS (DELETE FROM %1$s t USING m WHERE t.msg_id = m.msg_id AND m.queued '
+            '         RETURNING 1) '
+            'SELECT (SELECT count(*) FROM gone), array_agg(m.task_id) FILTER (WHERE NOT m.queued) '
+            '  FROM m', v_tbl)
+           INTO v_n, v_ids USING p_root;
+        removed := removed + coalesce(v_n, 0);
+        held := held || coalesce(v_ids, '{}');
+    END LOOP;
+    RETURN NEXT;
+END $$;
+
+-- Dead-lettered messages of a queue (newest first), with the reason; they outlive their queue.
+-- msg_id is the message's id in its queue.
+CREATE OR REPLACE FUNCTION swf.queue_dead_letters(p_queue text, p_limit integer DEFAULT 100)
+RETURNS TABLE (msg_id bigint, read_ct integer, archived_at timestamptz, reason text,
+               message jsonb)
+LANGUAGE sql STABLE AS $$
+    SELECT d.msg_id, d.read_ct, d.dead_at, d.reason, d.message
+      FROM swf.dead_letters d
+     WHERE d.queue = p_queue
+     ORDER BY d.id DESC
+     LIMIT p_limit
+$$;
+
+-- Send dead letters of a queue (p_ids: those msg_ids; NULL: all) to the queue again, as new
+-- messages; returns how many.
+CREATE OR REPLACE FUNCTION swf.queue_requeue_dead_letters(p_queue text, p_ids bigint[])
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_message jsonb;
+    n integer := 0;
+BEGIN
+    FOR v_message IN
+        WITH gone AS (
+            DELETE FROM swf.dead_letters d
+             WHERE d.queue = p_queue AND (p_ids IS NULL OR d.msg_id = ANY (p_ids))
+            RETURNING d.id, d.message)
+        SELECT message FROM gone ORDER BY id
+    LOOP
+        PERFORM swf.queue_send(p_queue, v_message, 0);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+
+-- Delete dead letters of a queue (p_ids: those msg_ids; NULL: all); returns how many.
+CREATE OR REPLACE FUNCTION swf.queue_purge_dead_letters(p_queue text, p_ids bigint[])
+RETURNS integer
+LANGUAGE sql AS $$
+    WITH gone AS (
+        DELETE FROM swf.dead_letters d
+         WHERE d.queue = p_queue AND (p_ids IS NULL OR d.msg_id = ANY (p_ids))
+        RETURNING 1)
+    SELECT count(*)::integer FROM gone
+$$;

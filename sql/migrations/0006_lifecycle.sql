@@ -1,0 +1,2 @@
+-- 0006: run lifecycle (pause, resume, cancel, retry). It adds no table: its functions are in
+-- sql/functions/lifecycle.sql.

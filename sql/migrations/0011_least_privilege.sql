@@ -1,0 +1,3 @@
+-- 0011: least privilege. It adds no table: the functions that run as their owner are
+-- declared so where they are defined (sql/functions/), and `swf-celery grant` gives each
+-- role its privileges (swf_celery/ops/grants.sql).
