@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 
-from swf_celery.db import Repo, load_queries, resolve, translate_errors
+from swf_celery.db import DatabaseHandle, load_queries, resolve, translate_errors
 from swf_celery.errors import (
     DatabasePermissionError,
     MigrationError,
@@ -72,7 +72,7 @@ def latest_version() -> int:
     return migrations[-1].version if migrations else 0
 
 
-def current_version(repo: Repo | None = None) -> int:
+def current_version(repo: DatabaseHandle | None = None) -> int:
     """The schema version recorded in the database (0 when never migrated)."""
     db = resolve(repo)
     with db.connection() as conn:
@@ -81,7 +81,7 @@ def current_version(repo: Repo | None = None) -> int:
         return int(conn.execute(QUERIES["current_version"]).fetchone()[0])  # type: ignore[index]
 
 
-def check(repo: Repo | None = None) -> int:
+def check(repo: DatabaseHandle | None = None) -> int:
     """Raise unless the database is migrated to exactly this code's version."""
     version = current_version(repo)
     latest = latest_version()
@@ -100,7 +100,7 @@ def _too_new(version: int, latest: int) -> str:
             f"({latest}): upgrade swf-celery instead of migrating down")
 
 
-def migrate(repo: Repo | None = None) -> MigrationResult:
+def migrate(repo: DatabaseHandle | None = None) -> MigrationResult:
     """Install pgmq and apply pending migrations; safe to run concurrently and repeatedly."""
     db = resolve(repo)
     conn = db.connect(autocommit=True)
