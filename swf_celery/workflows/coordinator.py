@@ -36,9 +36,6 @@ from swf_celery.messaging import channels
 if TYPE_CHECKING:
     from swf_celery.workflows.definition import WorkflowDef
 
-#: The Celery task that runs distributed steps on workers (:mod:`.worker_task`); the
-#: coordinator's step messages (``swf._step_message``) name it.
-STEP_TASK_NAME = "swf_celery.step"
 #: PostgreSQL channel of workflow events (NOTIFY channel of ``swf:workflow_events``).
 EVENTS_NOTIFY_CHANNEL = channels.resolve(channels.WORKFLOW_EVENTS).notify_channel
 #: Run statuses after which nothing changes any more.
