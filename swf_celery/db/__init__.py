@@ -1,9 +1,10 @@
 """The database plumbing every layer shares: one URL resolver, one pool, one statement helper.
 
 - :func:`database_url` (:mod:`.urls`) decides which database a process uses;
-- :func:`resolve` (:mod:`.connections`) turns a "repo" argument into a :class:`Database`
-  with ONE fork-safe pool per process; :meth:`Database.fetch_one` runs one statement in
-  autocommit mode (one round trip) and maps the SQLSTATEs a caller names to its errors;
+- :func:`resolve` (:mod:`.connections`) turns a database handle (:data:`DatabaseHandle`, the
+  ``repo`` argument of every public function) into a :class:`Database` with ONE fork-safe
+  pool per process; :meth:`Database.fetch_one` runs one statement in autocommit mode (one
+  round trip) and maps the SQLSTATEs a caller names to its errors;
 - :func:`translate_errors` (:mod:`.errors`) maps the rest of psycopg's errors to the
   :class:`~swf_celery.errors.SwfError` tree, once; :func:`retry_unavailable` rides out a
   restart;
@@ -14,7 +15,7 @@ from swf_celery.db.connections import (
     DEFAULT_POOL_SIZE,
     ROLES,
     Database,
-    Repo,
+    DatabaseHandle,
     application_name,
     behind_pooler,
     named_dsn,
@@ -40,8 +41,8 @@ from swf_celery.db.urls import (
 )
 
 __all__ = [
-    "APP_SETTING", "DEFAULT_POOL_SIZE", "ENV_DATABASE_URL", "ROLES", "Database", "DatabaseUrl",
-    "ErrorMap", "LIBPQ_PARAMETERS", "LISTEN_PARAMETER", "Repo", "application_name",
+    "APP_SETTING", "DEFAULT_POOL_SIZE", "ENV_DATABASE_URL", "ROLES", "Database", "DatabaseHandle",
+    "DatabaseUrl", "ErrorMap", "LIBPQ_PARAMETERS", "LISTEN_PARAMETER", "application_name",
     "behind_pooler", "broker_url", "database_url", "kombu_dsn", "kombu_url", "load_queries",
     "named_dsn", "normalize_dsn", "open_connection", "split_listen_url", "with_listen_url",
     "redact", "resolve", "retry_unavailable", "translate_errors",

@@ -1,10 +1,10 @@
-"""Connections: a "repo" argument resolved to ONE fork-safe pool per process, and the
-one-statement helper every layer uses.
+"""Connections: a database handle (the ``repo`` argument) resolved to ONE fork-safe pool
+per process, and the one-statement helper every layer uses.
 
-:func:`resolve` turns a repo (a DSN, a SQLAlchemy Engine using ``postgresql+psycopg``, a
-psycopg ConnectionPool, a :class:`Database`, or None for :func:`~.urls.database_url`) into a
-:class:`Database`. DSNs share one pool per process; a forked child (a prefork worker) opens
-its own and never touches its parent's.
+:func:`resolve` turns a :data:`DatabaseHandle` (a DSN, a SQLAlchemy Engine using
+``postgresql+psycopg``, a psycopg ConnectionPool, a :class:`Database`, or None for
+:func:`~.urls.database_url`) into a :class:`Database`. DSNs share one pool per process; a
+forked child (a prefork worker) opens its own and never touches its parent's.
 
 Every connection names its role in ``application_name`` (``swf-broker@host``,
 ``swf-results@host``, ``swf-listen@host``, ``swf-steps@host``, ``swf-client@host``) unless
@@ -49,8 +49,9 @@ ROLES = ("broker", "results", "listen", "steps", "client")
 _NAME_LIMIT = 63
 QUERIES = load_queries("swf_celery.db")
 
-#: What every public function accepts as its ``repo`` argument.
-Repo = Union[str, "Database", "Engine", "ConnectionPool"]
+#: A database handle: what every public function accepts as its ``repo`` argument (a
+#: resolved :class:`Database`, which internal code passes around as ``db``, is one too).
+DatabaseHandle = Union[str, "Database", "Engine", "ConnectionPool"]
 
 
 class Database:
@@ -366,8 +367,8 @@ _inherited_pools: list[Any] = []  # parents' pools in a forked child: referenced
 _databases_lock = threading.Lock()
 
 
-def resolve(repo: Repo | None = None, *, role: str | None = None) -> Database:
-    """Turn a repo argument (DSN, Engine, ConnectionPool, Database or None) into a Database.
+def resolve(repo: DatabaseHandle | None = None, *, role: str | None = None) -> Database:
+    """Turn a ``repo`` argument (DSN, Engine, ConnectionPool, Database or None) into a Database.
 
     ``None`` means :func:`database_url` without an app (``$SWF_DATABASE_URL``, else a
     running embedded server). DSNs share one pool per process. ``role`` (see
@@ -378,7 +379,7 @@ def resolve(repo: Repo | None = None, *, role: str | None = None) -> Database:
     return db.as_role(role) if role else db
 
 
-def _resolve(repo: Repo | None) -> Database:
+def _resolve(repo: DatabaseHandle | None) -> Database:
     if isinstance(repo, Database):
         return repo
     if repo is None:

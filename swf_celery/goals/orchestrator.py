@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from swf_celery.db import Database, Repo, load_queries, resolve
+from swf_celery.db import Database, DatabaseHandle, load_queries, resolve
 from swf_celery.errors import (
     FlowNotFound,
     GoalError,
@@ -76,8 +76,8 @@ class Orchestrator:
     """Decompose goals into persisted task graphs and execute them (the seed's API)."""
 
     @staticmethod
-    def decompose_goal(goal: str, decomposer: Callable[[str], Any], repo: Repo | None = None,
-                       *, max_depth: int = DEFAULT_MAX_DEPTH,
+    def decompose_goal(goal: str, decomposer: Callable[[str], Any],
+                       repo: DatabaseHandle | None = None, *, max_depth: int = DEFAULT_MAX_DEPTH,
                        allowed_options: Collection[str] | None = None,
                        allowed_queues: Collection[str] | None = None) -> dict[str, Any]:
         """Ask ``decomposer`` for tasks, validate them, persist the graph and return it.
@@ -104,7 +104,7 @@ class Orchestrator:
                 "approved_at": None, "workflow_id": None, "last_run_id": None}
 
     @staticmethod
-    def get_task_graph(graph_id: str, repo: Repo | None = None) -> dict[str, Any]:
+    def get_task_graph(graph_id: str, repo: DatabaseHandle | None = None) -> dict[str, Any]:
         """A persisted task graph by id; :class:`GoalError` if there is none."""
         if not isinstance(graph_id, str) or not _is_uuid(graph_id):
             raise GoalError(f"task graph id {graph_id!r} is not a UUID")
@@ -115,7 +115,7 @@ class Orchestrator:
         return _graph_row(row)
 
     @staticmethod
-    def list_task_graphs(repo: Repo | None = None, *, limit: int = 100,
+    def list_task_graphs(repo: DatabaseHandle | None = None, *, limit: int = 100,
                          offset: int = 0) -> list[dict[str, Any]]:
         """Persisted task graphs, newest first."""
         if limit < 1 or offset < 0:
@@ -125,7 +125,7 @@ class Orchestrator:
             return [_graph_row(r) for r in rows]
 
     @staticmethod
-    def approve_task_graph(graph_id: str, repo: Repo | None = None) -> dict[str, Any]:
+    def approve_task_graph(graph_id: str, repo: DatabaseHandle | None = None) -> dict[str, Any]:
         """Record approval of a previewed graph (``execute_goal(require_approval=True)``)."""
         Orchestrator.get_task_graph(graph_id, repo)
         with resolve(repo).connection() as conn:
@@ -134,7 +134,7 @@ class Orchestrator:
 
     @staticmethod
     def execute_goal(goal: str | Mapping[str, Any], decomposer: Callable[[str], Any] | None,
-                     step_functions: Mapping[str, Any], repo: Repo | None = None, *,
+                     step_functions: Mapping[str, Any], repo: DatabaseHandle | None = None, *,
                      input: Any = None, timeout: int | None = DEFAULT_TIMEOUT_MS,
                      require_approval: bool = False, max_depth: int = DEFAULT_MAX_DEPTH,
                      resource_queues: Mapping[str, str] | None = None,
@@ -181,7 +181,7 @@ class WorkflowComposer:
 
     @staticmethod
     def compose_from_goal(goal: str, decomposer: Callable[[str], Any],
-                          step_functions: Mapping[str, Any], repo: Repo | None = None,
+                          step_functions: Mapping[str, Any], repo: DatabaseHandle | None = None,
                           **options: Any) -> GoalResult:
         """Decompose ``goal``, persist the graph, run it and return its result."""
         return Orchestrator.execute_goal(goal, decomposer, step_functions, repo, **options)

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
-from swf_celery.db import Repo, application_name, named_dsn, resolve, translate_errors
+from swf_celery.db import DatabaseHandle, application_name, named_dsn, resolve, translate_errors
 from swf_celery.errors import ArgumentError
 from swf_celery.messaging import channels
 from swf_celery.messaging.send import message_id_of
@@ -85,7 +85,7 @@ class Listener:
     """A running LISTEN on one channel; see the module docstring. Create with :func:`listen`."""
 
     def __init__(
-        self, channel: str, repo: Repo | None = None, *,
+        self, channel: str, repo: DatabaseHandle | None = None, *,
         callback: Callable[[Notification], Any] | None = None,
         buffer: int = 100_000, max_backoff: float = 5.0, poll_interval: float = 0.25,
     ) -> None:
@@ -312,7 +312,7 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 
 
 def listen(
-    channel: str, repo: Repo | None = None, *,
+    channel: str, repo: DatabaseHandle | None = None, *,
     callback: Callable[[Notification], Any] | None = None, buffer: int = 100_000,
     max_backoff: float = 5.0,
 ) -> Listener:
@@ -329,13 +329,13 @@ def listen(
     return Listener(channel, repo, callback=callback, buffer=buffer, max_backoff=max_backoff)
 
 
-async def alisten(channel: str, repo: Repo | None = None, **options: Any) -> Listener:
+async def alisten(channel: str, repo: DatabaseHandle | None = None, **options: Any) -> Listener:
     """:func:`listen` for asyncio code: connects without blocking the event loop."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, lambda: listen(channel, repo, **options))
 
 
-def unlisten(listener: Listener, repo: Repo | None = None) -> None:
+def unlisten(listener: Listener, repo: DatabaseHandle | None = None) -> None:
     """Stop ``listener`` and close its connection (``repo`` is accepted for seed parity)."""
     if not isinstance(listener, Listener):
         raise ArgumentError(

@@ -27,7 +27,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from swf_celery.db import Database, Repo, load_queries, resolve, translate_errors
+from swf_celery.db import Database, DatabaseHandle, load_queries, resolve, translate_errors
 from swf_celery.errors import ArgumentError, ChannelNameError, PayloadError, PayloadTooLarge
 from swf_celery.messaging import channels
 
@@ -60,7 +60,7 @@ class Message:
 
 
 def send_with_notify(
-    channel: str, message: Any, repo: Repo | psycopg.Connection[Any] | None = None,
+    channel: str, message: Any, repo: DatabaseHandle | psycopg.Connection[Any] | None = None,
 ) -> int:
     """Store ``message`` (anything JSON-serialisable) on ``channel``; return its id.
 
@@ -105,7 +105,7 @@ def send_with_notify(
 
 
 def notify_only(
-    channel: str, payload: Any, repo: Repo | psycopg.Connection[Any] | None = None,
+    channel: str, payload: Any, repo: DatabaseHandle | psycopg.Connection[Any] | None = None,
 ) -> None:
     """NOTIFY ``channel`` with ``payload`` without storing anything.
 
@@ -166,7 +166,8 @@ def message_id_of(payload: str) -> int | None:
     return None
 
 
-def get_message(channel: str, message_id: int, repo: Repo | None = None) -> Message | None:
+def get_message(channel: str, message_id: int,
+                repo: DatabaseHandle | None = None) -> Message | None:
     """The stored message ``message_id`` of ``channel`` (pending or archived), or None."""
     ch = channels.resolve(channel)
     with resolve(repo).connection() as conn:
@@ -177,7 +178,7 @@ def get_message(channel: str, message_id: int, repo: Repo | None = None) -> Mess
 
 
 def read_pending(
-    channel: str, repo: Repo | None = None, *, after_id: int = 0, limit: int = 100,
+    channel: str, repo: DatabaseHandle | None = None, *, after_id: int = 0, limit: int = 100,
 ) -> list[Message]:
     """Messages of ``channel`` not yet acknowledged, oldest first, with id > ``after_id``.
 
@@ -196,7 +197,7 @@ def read_pending(
 
 
 def acknowledge(
-    channel: str, message_ids: int | Iterable[int], repo: Repo | None = None, *,
+    channel: str, message_ids: int | Iterable[int], repo: DatabaseHandle | None = None, *,
     archive: bool = True,
 ) -> list[int]:
     """Retire messages of ``channel`` so they are no longer pending; return the ids retired.

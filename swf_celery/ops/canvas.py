@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from swf_celery.db import Database, Repo, broker_url, load_queries, resolve
+from swf_celery.db import Database, DatabaseHandle, broker_url, load_queries, resolve
 from swf_celery.errors import ArgumentError
 
 QUERIES = load_queries(__package__, "canvas.sql")
@@ -25,7 +25,7 @@ class CanvasCancel:
     revoked: list[str]
 
 
-def cancel_canvas(root_id: str, repo: Repo | None = None, *, app: Any = None,
+def cancel_canvas(root_id: str, repo: DatabaseHandle | None = None, *, app: Any = None,
                   terminate: bool = True) -> CanvasCancel:
     """Cancel a plain Celery chain, group or chord by its root id (``result.root_id``).
 

@@ -25,7 +25,7 @@ from typing import Literal
 
 from psycopg import sql
 
-from swf_celery.db import Repo, load_queries, resolve
+from swf_celery.db import DatabaseHandle, load_queries, resolve
 from swf_celery.errors import ArgumentError, SchemaNotMigrated
 
 QUERIES = load_queries(__package__, "grants.sql")
@@ -34,7 +34,7 @@ KINDS = ("worker", "client", "operator")
 Kind = Literal["worker", "client", "operator"]
 
 
-def grant(role: str, kind: Kind, repo: Repo | None = None) -> None:
+def grant(role: str, kind: Kind, repo: DatabaseHandle | None = None) -> None:
     """Give ``role`` exactly the privileges of a ``kind`` ("worker", "client" or
     "operator") on the database of ``repo``, in one transaction."""
     if kind not in KINDS:

@@ -25,7 +25,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from swf_celery.db import Repo, load_queries, resolve, schema, translate_errors
+from swf_celery.db import DatabaseHandle, load_queries, resolve, schema, translate_errors
 from swf_celery.db.schema import FunctionFile, Migration
 from swf_celery.errors import (
     DatabasePermissionError,
@@ -63,7 +63,7 @@ def latest_version() -> int:
     return schema.latest_version()
 
 
-def current_version(repo: Repo | None = None) -> int:
+def current_version(repo: DatabaseHandle | None = None) -> int:
     """The schema version recorded in the database (0 when never migrated)."""
     db = resolve(repo)
     with db.connection() as conn:
@@ -72,14 +72,14 @@ def current_version(repo: Repo | None = None) -> int:
         return int(conn.execute(schema.QUERIES["current_version"]).fetchone()[0])  # type: ignore[index]
 
 
-def check(repo: Repo | None = None) -> int:
+def check(repo: DatabaseHandle | None = None) -> int:
     """Raise unless the database holds exactly this code's migrations and functions."""
     db = resolve(repo)
     with translate_errors(), db.connection() as conn:
         return schema.require_current(conn)
 
 
-def migrate(repo: Repo | None = None) -> MigrationResult:
+def migrate(repo: DatabaseHandle | None = None) -> MigrationResult:
     """Install pgmq, apply pending migrations and every function file; safe to repeat."""
     db = resolve(repo)
     conn = db.connect(autocommit=True)

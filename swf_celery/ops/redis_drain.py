@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from swf_celery.db import Repo, load_queries, resolve
+from swf_celery.db import DatabaseHandle, load_queries, resolve
 from swf_celery.errors import ConfigurationError, MessageError
 
 QUERIES = load_queries(__package__, "redis_drain.sql")
@@ -63,7 +63,7 @@ def held_by_workers(redis_url: str, queues: list[str] | tuple[str, ...], *,
     return held
 
 
-def drain_queue(redis_url: str, queue: str, repo: Repo | None = None) -> int:
+def drain_queue(redis_url: str, queue: str, repo: DatabaseHandle | None = None) -> int:
     """Move every message of Redis queue ``queue`` into the swf queue of the same name."""
     client = _redis(redis_url)
     db = resolve(repo)

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from swf_celery.db import Repo, load_queries, resolve
+from swf_celery.db import DatabaseHandle, load_queries, resolve
 from swf_celery.errors import ConfigurationError
 
 QUERIES = load_queries(__package__, "retention.sql")
@@ -117,7 +117,7 @@ class CleanupReport:
         return sum(self.deleted.values())
 
 
-def cleanup(repo: Repo | None = None, policy: RetentionPolicy | None = None, *,
+def cleanup(repo: DatabaseHandle | None = None, policy: RetentionPolicy | None = None, *,
             dry_run: bool = False, now: dt.datetime | None = None) -> CleanupReport:
     """Delete what ``policy`` no longer keeps, in batches; returns the counts per store.
 

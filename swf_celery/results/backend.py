@@ -106,8 +106,8 @@ class SwfBackend(Backend, AsyncBackendMixin):
         self.failure_expires = (self.expires if failure_expires is None
                                 else self.prepare_expires(failure_expires, type=float))
         self.dsn = db.with_listen_url(self.dsn, self.app.conf.get("swf_listen_url"))
-        self.database = db.resolve(self.dsn, role="results")
-        self.database.reserve(self.pool_size)
+        self.db = db.resolve(self.dsn, role="results")
+        self.db.reserve(self.pool_size)
         self.result_consumer = self.ResultConsumer(
             self, self.app, self.accept, self._pending_results, self._pending_messages)
 
@@ -125,7 +125,7 @@ class SwfBackend(Backend, AsyncBackendMixin):
         (every query is idempotent or guarded, so a retry after a lost reply is harmless)."""
         def once() -> Any:
             # Wait for a pooled connection no longer than the retries would (at least 1 s).
-            with self.database.single_statement(timeout=max(1.0, self.retry_timeout)) as conn:
+            with self.db.single_statement(timeout=max(1.0, self.retry_timeout)) as conn:
                 cur = conn.execute(QUERIES[name], params)
                 if fetch == "one":
                     return cur.fetchone()

@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from swf_celery.db import Database, Repo, resolve
+from swf_celery.db import Database, DatabaseHandle, resolve
 from swf_celery.ui import catalog, controls, metrics, queue_pages, run, runs
 from swf_celery.ui.events import EventHub
 from swf_celery.ui.layout import Context
@@ -58,8 +58,8 @@ class Console:
         return Context(request, self.csrf, self.read_only)
 
 
-def create_app(repo: Repo | None = None, *, read_only: bool = False, token: str | None = None,
-               celery_app: Any = None) -> Starlette:
+def create_app(repo: DatabaseHandle | None = None, *, read_only: bool = False,
+               token: str | None = None, celery_app: Any = None) -> Starlette:
     """The console on ``repo`` (a DSN, Engine or pool; ``None``: ``$SWF_DATABASE_URL``...).
 
     ``read_only`` hides and refuses every control. ``token``: require it on every request

@@ -23,7 +23,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from swf_celery import db
+from swf_celery.db import Database, ErrorMap, load_queries, retry_unavailable
 from swf_celery.errors import (
     FlowNotFound,
     RunInputError,
@@ -36,9 +36,6 @@ from swf_celery.messaging import channels
 if TYPE_CHECKING:
     from swf_celery.workflows.definition import WorkflowDef
 
-#: The Celery task that runs distributed steps on workers (:mod:`.worker_task`); the
-#: coordinator's step messages (``swf._step_message``) name it.
-STEP_TASK_NAME = "swf_celery.step"
 #: PostgreSQL channel of workflow events (NOTIFY channel of ``swf:workflow_events``).
 EVENTS_NOTIFY_CHANNEL = channels.resolve(channels.WORKFLOW_EVENTS).notify_channel
 #: Run statuses after which nothing changes any more.
@@ -47,12 +44,12 @@ TERMINAL = frozenset({"completed", "failed", "cancelled"})
 #: restart); a pooled connection is waited for within the same budget.
 REPORT_RETRY_SECONDS = 30.0
 
-QUERIES = db.load_queries(__package__)
+QUERIES = load_queries(__package__)
 #: A NUL character in JSON text (an escaped backslash before "u0000" is not one).
 _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 #: What PostgreSQL refuses in a value (data exceptions, limits) means: cannot be stored.
-_UNSTORABLE: db.ErrorMap = {psycopg.DataError: RunInputError,
-                            pg_errors.ProgramLimitExceeded: RunInputError}
+_UNSTORABLE: ErrorMap = {psycopg.DataError: RunInputError,
+                         pg_errors.ProgramLimitExceeded: RunInputError}
 
 
 def to_json(value: Any, what: str) -> str:
@@ -63,7 +60,7 @@ def to_json(value: Any, what: str) -> str:
         raise RunInputError(f"{what} is not JSON-serialisable: {exc}") from None
 
 
-def start_run(database: db.Database, workflow: WorkflowDef, run_input: Any, *,
+def start_run(db: Database, workflow: WorkflowDef, run_input: Any, *,
               dynamic: bool = False, retry_of: str | None = None) -> str:
     """Record a run of ``workflow`` and dispatch its root steps; return the run id."""
     steps_text = json.dumps(workflow.to_json(), sort_keys=True)
@@ -71,7 +68,7 @@ def start_run(database: db.Database, workflow: WorkflowDef, run_input: Any, *,
               "input": to_json(run_input, "the run input"), "dynamic": dynamic,
               "hash": hashlib.sha256(steps_text.encode()).hexdigest(), "retry_of": retry_of}
     try:
-        return str(database.fetch_value(QUERIES["start_run"], params, errors={
+        return str(db.fetch_value(QUERIES["start_run"], params, errors={
             pg_errors.NoDataFound: FlowNotFound,
             pg_errors.UniqueViolation: WorkflowDefinitionError}))
     except WorkflowDefinitionError as exc:  # the slug is taken by the other kind of flow
@@ -79,14 +76,14 @@ def start_run(database: db.Database, workflow: WorkflowDef, run_input: Any, *,
             f"{exc}: give the workflow another __workflow_slug__") from None
 
 
-def start_task(database: db.Database, task_id: str) -> dict[str, Any] | None:
+def start_task(db: Database, task_id: str) -> dict[str, Any] | None:
     """Mark a task started; its input and step, or ``None`` when it must not run."""
-    result: dict[str, Any] | None = database.fetch_value(QUERIES["start_task"],
-                                                         {"task_id": task_id})
+    result: dict[str, Any] | None = db.fetch_value(QUERIES["start_task"],
+                                                   {"task_id": task_id})
     return result
 
 
-def complete_task(database: db.Database, task_id: str, output: Any) -> str:
+def complete_task(db: Database, task_id: str, output: Any) -> str:
     """Report success; ``"completed"``, or ``"ignored"`` for a stale or duplicate report.
 
     An output that cannot be stored (not JSON, a NUL character, refused by PostgreSQL)
@@ -95,53 +92,53 @@ def complete_task(database: db.Database, task_id: str, output: Any) -> str:
     try:
         text = to_json(output, "the step output")
     except RunInputError as exc:
-        return fail_task(database, task_id, str(exc))
+        return fail_task(db, task_id, str(exc))
     if _NUL.search(text):
-        return fail_task(database, task_id,
+        return fail_task(db, task_id,
                          "the step output cannot be stored: it contains a NUL character "
                          "(\\u0000), which PostgreSQL's jsonb refuses")
     try:
-        return str(database.fetch_value(QUERIES["complete_task"],
-                                        {"task_id": task_id, "output": text},
-                                        errors=_UNSTORABLE))
+        return str(db.fetch_value(QUERIES["complete_task"],
+                                  {"task_id": task_id, "output": text},
+                                  errors=_UNSTORABLE))
     except RunInputError as exc:
-        return fail_task(database, task_id, f"the step output cannot be stored: {exc}")
+        return fail_task(db, task_id, f"the step output cannot be stored: {exc}")
 
 
-def fail_task(database: db.Database, task_id: str, error: str) -> str:
+def fail_task(db: Database, task_id: str, error: str) -> str:
     """Report a failed attempt; ``"retrying"``, ``"failed"`` or ``"ignored"``."""
-    return str(database.fetch_value(QUERIES["fail_task"],
-                                     {"task_id": task_id, "error": _text(error)}))
+    return str(db.fetch_value(QUERIES["fail_task"],
+                              {"task_id": task_id, "error": _text(error)}))
 
 
-def abandon_task(database: db.Database, task_id: str, reason: str) -> str:
+def abandon_task(db: Database, task_id: str, reason: str) -> str:
     """A revoked task ends its attempt: failed (and retried) in an active run, else
     cancelled; ``"ignored"`` when it was over already."""
-    return str(database.fetch_value(QUERIES["abandon_task"],
-                                     {"task_id": task_id, "reason": _text(reason)}))
+    return str(db.fetch_value(QUERIES["abandon_task"],
+                              {"task_id": task_id, "reason": _text(reason)}))
 
 
-def running_tasks(database: db.Database, run_id: str) -> list[str]:
+def running_tasks(db: Database, run_id: str) -> list[str]:
     """Celery task ids of the run's distributed attempts that are running now."""
-    return list(database.fetch_value(QUERIES["running_tasks"], {"run_id": run_id}) or [])
+    return list(db.fetch_value(QUERIES["running_tasks"], {"run_id": run_id}) or [])
 
 
-def sweep_timeouts(database: db.Database) -> dict[str, Any] | None:
+def sweep_timeouts(db: Database) -> dict[str, Any] | None:
     """Fail every overdue attempt (one sweeper at a time): ``{"expired", "revoke"}``, or
     ``None`` when another process holds the sweep."""
-    result: dict[str, Any] | None = database.fetch_value(QUERIES["sweep_timeouts"])
+    result: dict[str, Any] | None = db.fetch_value(QUERIES["sweep_timeouts"])
     return result
 
 
-def cancel_run(database: db.Database, run_id: str, reason: str) -> list[str]:
+def cancel_run(db: Database, run_id: str, reason: str) -> list[str]:
     """Cancel a run that is not finished (``swf.cancel_run``); its running task ids.
 
     Raises :class:`~swf_celery.errors.SwfError` (a state error) when it has finished.
     """
-    return list(database.fetch_value(QUERIES["cancel_run"],
-                                     {"run_id": run_id, "reason": reason, "force": False},
-                                     errors={pg_errors.ObjectNotInPrerequisiteState:
-                                             RunStateError}) or [])
+    return list(db.fetch_value(QUERIES["cancel_run"],
+                               {"run_id": run_id, "reason": reason, "force": False},
+                               errors={pg_errors.ObjectNotInPrerequisiteState:
+                                       RunStateError}) or [])
 
 
 def describe(exc: BaseException) -> str:
@@ -161,7 +158,7 @@ def with_retries(call: Callable[[], Any], timeout: float | None = None) -> Any:
     pause = 0.02
     while True:
         try:
-            return db.retry_unavailable(call, timeout=max(0.0, deadline - time.monotonic()))
+            return retry_unavailable(call, timeout=max(0.0, deadline - time.monotonic()))
         except TransactionConflict:
             if time.monotonic() + pause > deadline:
                 raise
@@ -169,7 +166,7 @@ def with_retries(call: Callable[[], Any], timeout: float | None = None) -> Any:
             pause = min(1.0, pause * 2)
 
 
-def report_outcome(call: Callable[[db.Database, str, Any], str], database: db.Database,
+def report_outcome(call: Callable[[Database, str, Any], str], db: Database,
                    task_id: str, value: Any, timeout: float | None = None) -> str:
     """Report an outcome with ``call`` (:func:`complete_task` or :func:`fail_task`),
     retried over a database restart or a transaction conflict for ``timeout`` seconds
@@ -178,27 +175,27 @@ def report_outcome(call: Callable[[db.Database, str, Any], str], database: db.Da
     Raises the last :class:`~swf_celery.errors.SwfError` when it never got through; the
     caller decides what then happens to the attempt.
     """
-    return str(with_retries(lambda: call(database, task_id, value), timeout))
+    return str(with_retries(lambda: call(db, task_id, value), timeout))
 
 
-def claim_local_tasks(database: db.Database, run_id: str,
+def claim_local_tasks(db: Database, run_id: str,
                       limit: int) -> list[tuple[str, dict[str, Any]]]:
     """Start up to ``limit`` due local tasks of a run: ``[(task_id, task), ...]``."""
-    with database.connection() as conn:
+    with db.connection() as conn:
         rows = conn.execute(QUERIES["claim_local_tasks"], {"run_id": run_id, "limit": limit})
         return [(tid, task) for tid, task in rows if task is not None]
 
 
-def refresh_run(database: db.Database, run_id: str) -> dict[str, Any] | None:
+def refresh_run(db: Database, run_id: str) -> dict[str, Any] | None:
     """Expire overdue attempts of a run, then return its status, output, error and the
     seconds until its next due event (``wake_in_ms``); ``None`` if there is no such run."""
-    state: dict[str, Any] | None = database.fetch_value(QUERIES["run_tick"], {"run_id": run_id})
+    state: dict[str, Any] | None = db.fetch_value(QUERIES["run_tick"], {"run_id": run_id})
     return state
 
 
-def expire_tasks(database: db.Database, run_id: str | None = None) -> int:
+def expire_tasks(db: Database, run_id: str | None = None) -> int:
     """Fail started attempts past their timeout (of one run, or of all); how many."""
-    return int(database.fetch_value(QUERIES["expire_tasks"], {"run_id": run_id}) or 0)
+    return int(db.fetch_value(QUERIES["expire_tasks"], {"run_id": run_id}) or 0)
 
 
 def listen_statement() -> sql.Composed:

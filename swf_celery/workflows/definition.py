@@ -32,7 +32,7 @@ from typing import Any
 
 from swf_celery.errors import StepFunctionError, WorkflowDefinitionError
 from swf_celery.workflows import dag
-from swf_celery.workflows.coordinator import STEP_TASK_NAME
+from swf_celery.workflows.names import STEP_TASK_NAME
 from swf_celery.workflows.steps import (
     OPTION_NAMES,
     Step,

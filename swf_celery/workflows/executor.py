@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from swf_celery.db import Database, Repo, resolve
+from swf_celery.db import Database, DatabaseHandle, resolve
 from swf_celery.errors import ArgumentError, SwfError, WorkflowFailed, WorkflowTimeout
 from swf_celery.ops.canvas import revoke_tasks
 from swf_celery.workflows import coordinator, definition, flows
@@ -49,7 +49,7 @@ class Executor:
     """Start and await workflow runs (the seed's ``Executor``)."""
 
     @staticmethod
-    def execute(workflow: Any, input: Any, repo: Repo | None = None,
+    def execute(workflow: Any, input: Any, repo: DatabaseHandle | None = None,
                 timeout: int | None = DEFAULT_TIMEOUT_MS, *,
                 resource_queues: Mapping[str, str] | None = None,
                 max_local_workers: int | None = None, on_timeout: str = "cancel",
@@ -66,7 +66,7 @@ class Executor:
                              on_timeout, app)
 
     @staticmethod
-    def start(workflow: Any, input: Any, repo: Repo | None = None, *,
+    def start(workflow: Any, input: Any, repo: DatabaseHandle | None = None, *,
               resource_queues: Mapping[str, str] | None = None,
               max_local_workers: int | None = None) -> str:
         """Start a run and return its id at once.
@@ -79,8 +79,9 @@ class Executor:
 
     @staticmethod
     def execute_dynamic(workflow_id: str, input: Any, step_functions: Mapping[str, Any],
-                        repo: Repo | None = None, timeout: int | None = DEFAULT_TIMEOUT_MS,
-                        *, resource_queues: Mapping[str, str] | None = None,
+                        repo: DatabaseHandle | None = None,
+                        timeout: int | None = DEFAULT_TIMEOUT_MS, *,
+                        resource_queues: Mapping[str, str] | None = None,
                         max_local_workers: int | None = None, on_timeout: str = "cancel",
                         app: Any = None) -> RunResult:
         """Run a stored flow; ``step_functions`` maps its step names to tasks/callables.
@@ -94,7 +95,7 @@ class Executor:
 
     @staticmethod
     def start_dynamic(workflow_id: str, input: Any, step_functions: Mapping[str, Any],
-                      repo: Repo | None = None, *,
+                      repo: DatabaseHandle | None = None, *,
                       resource_queues: Mapping[str, str] | None = None,
                       max_local_workers: int | None = None) -> str:
         """Start a run of a stored flow and return its id at once."""
@@ -104,7 +105,7 @@ class Executor:
         return _run_background(db, wf, input, max_local_workers, True)
 
     @staticmethod
-    def wait(run_id: str, repo: Repo | None = None,
+    def wait(run_id: str, repo: DatabaseHandle | None = None,
              timeout: int | None = DEFAULT_TIMEOUT_MS) -> RunResult:
         """Block until a run ends; its result, or :class:`WorkflowFailed`.
 

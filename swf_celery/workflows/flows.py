@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from swf_celery.db import Repo, load_queries, resolve
+from swf_celery.db import DatabaseHandle, load_queries, resolve
 from swf_celery.errors import (
     DuplicateStepError,
     FlowInUse,
@@ -49,7 +49,7 @@ class FlowBuilder:
     """Create, extend, list, read and delete stored flows (the seed's ``FlowBuilder``)."""
 
     @staticmethod
-    def create_flow(name: str, repo: Repo | None = None) -> str:
+    def create_flow(name: str, repo: DatabaseHandle | None = None) -> str:
         """Create an empty flow called ``name``; return its workflow id (the name)."""
         _check_name("flow name", name)
         with resolve(repo).connection() as conn:
@@ -59,7 +59,7 @@ class FlowBuilder:
 
     @staticmethod
     def add_step(workflow_id: str, step_name: str, depends_on: Sequence[str] = (),
-                 repo: Repo | None = None, **options: Any) -> None:
+                 repo: DatabaseHandle | None = None, **options: Any) -> None:
         """Append a step; refuses a duplicate name, an unknown dependency or a cycle.
 
         ``options`` are those of :func:`swf_celery.step`: ``queue``, ``execution``,
@@ -96,7 +96,7 @@ class FlowBuilder:
                                           "depends_on": deps, "options": json.dumps(stored)})
 
     @staticmethod
-    def list_flows(repo: Repo | None = None) -> list[dict[str, Any]]:
+    def list_flows(repo: DatabaseHandle | None = None) -> list[dict[str, Any]]:
         """Every stored flow: ``workflow_id``, ``dynamic``, ``created_at``, ``step_count``."""
         with resolve(repo).connection() as conn:
             return [{"workflow_id": slug, "dynamic": dynamic, "created_at": created,
@@ -104,7 +104,7 @@ class FlowBuilder:
                     for slug, dynamic, created, count in conn.execute(QUERIES["list_flows"])]
 
     @staticmethod
-    def get_flow(workflow_id: str, repo: Repo | None = None) -> dict[str, Any]:
+    def get_flow(workflow_id: str, repo: DatabaseHandle | None = None) -> dict[str, Any]:
         """One flow with its steps (``name``, ``depends_on``, options); :class:`FlowNotFound`."""
         with resolve(repo).connection() as conn:
             row = conn.execute(QUERIES["get_flow"], {"slug": workflow_id}).fetchone()
@@ -118,7 +118,7 @@ class FlowBuilder:
                 "steps": steps}
 
     @staticmethod
-    def delete_flow(workflow_id: str, repo: Repo | None = None) -> None:
+    def delete_flow(workflow_id: str, repo: DatabaseHandle | None = None) -> None:
         """Delete a flow; :class:`FlowInUse` while it has runs in progress or paused.
 
         Finished runs are kept (their ``workflow_slug`` still names the flow).
@@ -135,7 +135,7 @@ class FlowBuilder:
             conn.execute(QUERIES["delete_flow"], {"flow_id": row[0]})
 
 
-def load_dynamic(workflow_id: str, step_functions: Mapping[str, Any], repo: Repo | None,
+def load_dynamic(workflow_id: str, step_functions: Mapping[str, Any], repo: DatabaseHandle | None,
                  *, resource_queues: Mapping[str, str] | None = None) -> WorkflowDef:
     """A stored flow plus the functions of its steps as a validated :class:`WorkflowDef`."""
     flow = FlowBuilder.get_flow(workflow_id, repo)

@@ -34,7 +34,7 @@ from typing import Any
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from swf_celery.db import Database, ErrorMap, Repo, load_queries, resolve
+from swf_celery.db import Database, DatabaseHandle, ErrorMap, load_queries, resolve
 from swf_celery.errors import ArgumentError, RunNotFound, RunStateError, StepFunctionError
 from swf_celery.ops.canvas import revoke_tasks
 from swf_celery.workflows import definition, flows
@@ -138,7 +138,7 @@ def _percentage(done: int, total: int) -> float:
     return round(100.0 * done / total, 1) if total else 100.0
 
 
-def get_run_status(run_id: str, repo: Repo | None = None) -> RunStatus:
+def get_run_status(run_id: str, repo: DatabaseHandle | None = None) -> RunStatus:
     """The run's status, progress and per-step states; :class:`RunNotFound` if unknown."""
     rid = _run_uuid(run_id)
     data = _call(resolve(repo), "run_status", {"run_id": rid})
@@ -149,7 +149,8 @@ def get_run_status(run_id: str, repo: Repo | None = None) -> RunStatus:
                      steps=steps, **data)
 
 
-def list_workflow_runs(repo: Repo | None = None, *, status: str | Sequence[str] | None = None,
+def list_workflow_runs(repo: DatabaseHandle | None = None, *,
+                       status: str | Sequence[str] | None = None,
                        workflow_slug: str | None = None, limit: int = 100, offset: int = 0,
                        order_by: tuple[str, str] = ("desc", "inserted_at")
                        ) -> list[RunSummary]:
@@ -191,7 +192,7 @@ def list_workflow_runs(repo: Repo | None = None, *, status: str | Sequence[str] 
             for rid, slug, st, total, done, error, failed, retry_of, ins, upd, fin in rows]
 
 
-def pause_workflow_run(run_id: str, repo: Repo | None = None) -> None:
+def pause_workflow_run(run_id: str, repo: DatabaseHandle | None = None) -> None:
     """Pause a run: no new step starts; running steps finish and their results are kept.
 
     Pausing a paused run does nothing; a finished run raises :class:`RunStateError`.
@@ -199,12 +200,12 @@ def pause_workflow_run(run_id: str, repo: Repo | None = None) -> None:
     _call(resolve(repo), "pause_run", {"run_id": _run_uuid(run_id)})
 
 
-def resume_workflow_run(run_id: str, repo: Repo | None = None) -> None:
+def resume_workflow_run(run_id: str, repo: DatabaseHandle | None = None) -> None:
     """Resume a paused run: held and ready steps are dispatched (once, however often called)."""
     _call(resolve(repo), "resume_run", {"run_id": _run_uuid(run_id)})
 
 
-def cancel_workflow_run(run_id: str, repo: Repo | None = None, *,
+def cancel_workflow_run(run_id: str, repo: DatabaseHandle | None = None, *,
                         reason: str = DEFAULT_CANCEL_REASON, force: bool = False,
                         app: Any = None, terminate: bool = True) -> None:
     """Cancel a run: queued messages removed, running Celery tasks revoked, status cancelled.
@@ -222,7 +223,7 @@ def cancel_workflow_run(run_id: str, repo: Repo | None = None, *,
         revoke_tasks(db, list(running), app=app, terminate=terminate)
 
 
-def retry_failed_workflow(run_id: str, repo: Repo | None = None, *,
+def retry_failed_workflow(run_id: str, repo: DatabaseHandle | None = None, *,
                           skip_completed: bool = True, reset_all: bool = False,
                           workflow: Any = None, step_functions: Mapping[str, Any] | None = None,
                           app: Any = None) -> str:

@@ -23,9 +23,7 @@ from typing import Any
 # ``shared_task`` does the same but imports celery.app on every ``import swf_celery``.
 from celery import _state
 
-#: The name of the step runner task (as :data:`.coordinator.STEP_TASK_NAME`; repeated here
-#: so that this module imports nothing of the engine).
-STEP_TASK_NAME = "swf_celery.step"
+from swf_celery.workflows.names import STEP_TASK_NAME
 
 
 def _run_step(self: Any, ref: dict[str, Any]) -> None:

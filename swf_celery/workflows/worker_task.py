@@ -32,7 +32,7 @@ from typing import Any
 
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
-from swf_celery import db
+from swf_celery.db import Database, database_url, resolve, with_listen_url
 from swf_celery.errors import SwfError
 from swf_celery.workflows import coordinator
 
@@ -42,10 +42,10 @@ log = logging.getLogger("swf_celery.workflows.worker_task")
 RETRY_SETTING = "swf_report_retry_seconds"
 
 
-def database_for(app: Any) -> db.Database:
+def database_for(app: Any) -> Database:
     """The coordinator database of a Celery app (see the module docstring)."""
-    url = db.with_listen_url(db.database_url(app=app).url, app.conf.get("swf_listen_url"))
-    return db.resolve(url, role="steps")
+    url = with_listen_url(database_url(app=app).url, app.conf.get("swf_listen_url"))
+    return resolve(url, role="steps")
 
 
 def _budget(app: Any) -> float:
@@ -54,10 +54,10 @@ def _budget(app: Any) -> float:
 
 def run_step(task: Any, ref: dict[str, Any]) -> None:
     """Run one step task (``task`` is the bound Celery task; ``ref`` names the attempt)."""
-    database = database_for(task.app)
+    db = database_for(task.app)
     task_id = task.request.id
     try:
-        claim = coordinator.with_retries(lambda: coordinator.start_task(database, task_id),
+        claim = coordinator.with_retries(lambda: coordinator.start_task(db, task_id),
                                          _budget(task.app))
     except SwfError as exc:
         # Not acknowledged: the message goes back and the attempt is started again later.
@@ -66,27 +66,27 @@ def run_step(task: Any, ref: dict[str, Any]) -> None:
         return  # duplicate delivery, superseded attempt, or the run ended: nothing to do
     function = task.app.tasks.get(claim["task_name"])
     if function is None:
-        _report(task, database, claim, coordinator.fail_task,
+        _report(task, db, claim, coordinator.fail_task,
                 f"task {claim['task_name']!r} is not registered on worker "
                 f"{task.request.hostname}")
         return
     try:
         output = function(claim["input"])
     except SoftTimeLimitExceeded:
-        _report(task, database, claim, coordinator.fail_task,
+        _report(task, db, claim, coordinator.fail_task,
                 f"timed out after {claim['timeout_ms'] / 1000:g} s")
         return
     except Exception as exc:  # the step's own failure: reported, the attempt retried or failed
-        _report(task, database, claim, coordinator.fail_task, coordinator.describe(exc))
+        _report(task, db, claim, coordinator.fail_task, coordinator.describe(exc))
         return
-    _report(task, database, claim, coordinator.complete_task, output)
+    _report(task, db, claim, coordinator.complete_task, output)
 
 
-def _report(task: Any, database: db.Database, claim: dict[str, Any], call: Any,
+def _report(task: Any, db: Database, claim: dict[str, Any], call: Any,
             value: Any) -> None:
     task_id = task.request.id
     try:
-        outcome = coordinator.report_outcome(call, database, task_id, value,
+        outcome = coordinator.report_outcome(call, db, task_id, value,
                                              _budget(task.app))
     except SwfError as exc:
         # Not acknowledged: the message goes back to its queue and the attempt runs again
@@ -94,14 +94,14 @@ def _report(task: Any, database: db.Database, claim: dict[str, Any], call: Any,
         # which fails the attempt).
         raise Reject(f"cannot report step task {task_id}: {exc}", requeue=True) from exc
     if outcome == "failed":
-        revoke_running(task.app, database, str(claim["run_id"]), exclude=task_id)
+        revoke_running(task.app, db, str(claim["run_id"]), exclude=task_id)
 
 
-def revoke_running(app: Any, database: db.Database, run_id: str, *,
+def revoke_running(app: Any, db: Database, run_id: str, *,
                    exclude: str | None = None) -> None:
     """Revoke (terminate) the running attempts of a failed run; never raises."""
     try:
-        ids = [i for i in coordinator.running_tasks(database, run_id) if i != exclude]
+        ids = [i for i in coordinator.running_tasks(db, run_id) if i != exclude]
         if ids:
             app.control.revoke(ids, terminate=True)
     except Exception as exc:  # noqa: BLE001 - best effort: a retry adopts what still runs
@@ -113,8 +113,8 @@ def report_revoked(app: Any, task_id: str, *, terminated: bool, expired: bool) -
     reason = ("expired" if expired else
               "revoked and terminated" if terminated else "revoked before it ran")
     try:
-        database = database_for(app)
+        db = database_for(app)
         coordinator.with_retries(
-            lambda: coordinator.abandon_task(database, task_id, f"step task {reason}"))
+            lambda: coordinator.abandon_task(db, task_id, f"step task {reason}"))
     except Exception as exc:  # noqa: BLE001 - a signal handler must not break the worker
         log.warning("step task %s was %s; could not report it: %s", task_id, reason, exc)

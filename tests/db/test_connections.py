@@ -1,4 +1,4 @@
-"""Repo resolution and error translation, against a real server."""
+"""Database handle resolution and error translation, against a real server."""
 
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ def _idle_waiter(db_url: str, queue: str, conn: Any) -> None:
     listened = bool(consumer._listening)
     # What stays open in an idle process is its listening connection; the pool's one is
     # closed so that 50 processes fit a server's default max_connections of 100.
-    app.backend.database.close()
+    app.backend.db.close()
     conn.send(("waited", value, listened))
     conn.recv()  # idle until the results are stored
     listen_conn = consumer._conn
