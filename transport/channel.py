@@ -1,6 +1,6 @@
 """The kombu virtual channel of the ``swf://`` broker: kombu's hooks mapped onto SQL functions.
 
-Every hook is one round trip to a function of ``sql/0002_transport.sql``; queue names travel
+Every hook is one round trip to a function of ``sql/functions/queues.sql``; queue names travel
 as parameters. Bindings live in PostgreSQL (``swf.queue_bindings``), so fanout, topic and
 direct routing see the bindings of every process, as kombu's Redis transport does with Redis.
 """

@@ -1,4 +1,4 @@
--- Revokes that hold (sql/0009_revoked_tasks.sql): read by a consuming worker.
+-- Revokes that hold (sql/functions/revokes.sql): read by a consuming worker.
 
 -- name: load
 SELECT task_id, age_s FROM swf.task_revokes(%(expires)s, %(max_n)s);

@@ -1,4 +1,4 @@
--- Statements on the shared table of transient queues (sql/0012_bounded_storage.sql): the
+-- Statements on the shared table of transient queues (sql/migrations/0012_bounded_storage.sql): the
 -- same reads, pops, deletes and sends as tables.sql, with the queue name as a parameter
 -- instead of a table. channel.py runs these for queues whose pgmq name starts with 't_'.
 

@@ -48,8 +48,8 @@ def database_url(database: str | None, *, require_schema: bool = True) -> str:
     if chosen.source == "argument":
         chosen = db.DatabaseUrl(chosen.url, "--database")
     click.echo(f"database: {chosen.describe()}", err=True)
-    if require_schema:
-        with db.translate_errors(), db.resolve(chosen.url).connection() as conn:
+    if require_schema:  # a connection of its own: the pool would log each failed attempt
+        with db.translate_errors(), db.resolve(chosen.url).connect() as conn:
             schema.require_current(conn)
     return chosen.url
 

@@ -1,4 +1,4 @@
--- Queries of swf_celery/ops/canvas.py (swf.cancel_canvas: sql/0006_lifecycle.sql).
+-- Queries of swf_celery/ops/canvas.py (swf.cancel_canvas: sql/functions/queues.sql).
 
 -- name: cancel_canvas
 SELECT removed, held FROM swf.cancel_canvas(%(root_id)s);

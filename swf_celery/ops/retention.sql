@@ -1,4 +1,4 @@
--- Queries of swf_celery/ops/retention.py (functions: sql/0012_bounded_storage.sql). Each
+-- Queries of swf_celery/ops/retention.py (functions: sql/functions/retention.sql). Each
 -- deletes at most %(batch)s rows in its own short transaction and returns how many, or -1
 -- when another session holds the cleanup lock; with %(dry)s it only counts.
 

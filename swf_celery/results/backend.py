@@ -2,7 +2,7 @@
 
 Selected through the ``celery.result_backends`` entry point ``swf``. Needs the schema of
 ``swf-celery migrate`` (tables ``swf.task_results``, ``swf.group_results``, ``swf.chords``,
-``swf.chord_parts``; ``sql/0003_results.sql``).
+``swf.chord_parts``; ``sql/migrations/0003_results.sql``, ``sql/functions/results.sql``).
 
 Behaviour
     - Results are encoded with Celery's ``result_serializer`` (JSON by default; pickle only

@@ -1,4 +1,5 @@
--- Queries of the result backend (swf_celery/results/backend.py). Tables: sql/0003_results.sql.
+-- Queries of the result backend (swf_celery/results/backend.py). Tables: sql/migrations/0003_results.sql;
+-- functions: sql/functions/results.sql.
 
 -- name: store_result
 -- Upsert a task's result and NOTIFY its own channel in one statement. A stored SUCCESS is
@@ -69,7 +70,7 @@ INSERT INTO swf.chords AS c (group_id, size) VALUES (%(group_id)s, %(size)s)
 ON CONFLICT (group_id) DO UPDATE SET size = excluded.size;
 
 -- name: add_to_chord
--- Counted once per added task (swf.add_to_chord, sql/0010): a retry after a lost reply
+-- Counted once per added task (swf.add_to_chord): a retry after a lost reply
 -- does not count the part twice.
 SELECT swf.add_to_chord(%(group_id)s, %(task_id)s);
 

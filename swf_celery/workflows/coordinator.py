@@ -1,6 +1,6 @@
 """The Python side of the coordinator: each function is one call into its stored functions.
 
-The state machine itself is SQL (``sql/0004_workflows.sql``): starting a run, starting,
+The state machine itself is SQL (``sql/functions/workflows.sql``): starting a run, starting,
 completing and failing a step task each happen in ONE transaction there, including the
 dispatch of the steps that became ready (``swf.queue_send`` into the broker's queues).
 This module only serialises arguments and names the transitions.

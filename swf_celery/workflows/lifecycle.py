@@ -1,6 +1,6 @@
 """The run lifecycle: status, listing, pause, resume, cancel and retry (the seed's names).
 
-Each operation is one stored function (``sql/0006_lifecycle.sql``) that takes the run's
+Each operation is one stored function (``sql/functions/lifecycle.sql``) that takes the run's
 row lock, so it is serialised with the completions of the run's steps. The races and
 their one outcome each:
 

@@ -1,7 +1,7 @@
 -- Queries of the workflow engine (swf_celery/workflows/). Sections: coordinator, flows,
 -- lifecycle. Named blocks are loaded by swf_celery.db.load_queries.
 
--- == The coordinator: calls into the state machine's stored functions (sql/0004_workflows.sql).
+-- == The coordinator: calls into the state machine's stored functions (sql/functions/workflows.sql).
 -- name: start_run
 SELECT swf.start_run(%(slug)s, %(steps)s::jsonb, %(input)s::jsonb, %(dynamic)s, %(hash)s,
                      %(retry_of)s)::text;
@@ -71,7 +71,7 @@ SELECT count(*) FROM swf.runs
 DELETE FROM swf.flows WHERE id = %(flow_id)s;
 
 
--- == Run lifecycle: status, listing, pause, resume, cancel, retry (sql/0006_lifecycle.sql).
+-- == Run lifecycle: status, listing, pause, resume, cancel, retry (sql/functions/lifecycle.sql).
 -- name: run_status
 SELECT swf.run_status(%(run_id)s::uuid);
 

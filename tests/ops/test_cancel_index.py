@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import uuid
 from typing import Any
@@ -44,11 +45,20 @@ def uses_index(url: str, queue: str, key: str) -> bool:
 def test_queues_existing_before_the_migration_get_the_indexes(
         empty_db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     every = migrate.available()
+    # A database at version 11 with a durable queue as that release made it: its pgmq table
+    # without the task id / root id indexes (the functions of that release are not needed).
     monkeypatch.setattr(migrate, "available", lambda: [m for m in every if m.version < 12])
+    monkeypatch.setattr(migrate.schema, "function_files", lambda: ())
     migrate.migrate(empty_db_url)
-    send(empty_db_url, "old_queue", "t1", "r1")
+    pgmq_name = "k_old_queue_" + hashlib.sha256(b"old_queue").hexdigest()[:12]
+    sql(empty_db_url, "INSERT INTO swf.queues (name, pgmq_name) VALUES ('old_queue', %s)",
+        (pgmq_name,))
+    sql(empty_db_url, "SELECT pgmq.create(%s)", (pgmq_name,))
+    sql(empty_db_url, "SELECT pgmq.send(%s, %s, %s)", (
+        pgmq_name, Jsonb(kombu_message("t1", root_id="r1", queue="old_queue")),
+        Jsonb({"task_id": "t1", "root_id": "r1"})))
     assert not any("task_id" in i for i in indexes(empty_db_url, "old_queue"))
-    monkeypatch.setattr(migrate, "available", lambda: every)
+    monkeypatch.undo()
     migrate.migrate(empty_db_url)
     assert uses_index(empty_db_url, "old_queue", "task_id")
     assert uses_index(empty_db_url, "old_queue", "root_id")
