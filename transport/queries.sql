@@ -52,6 +52,4 @@ SELECT set_config('synchronous_commit', 'off', false);
 
 -- name: touch
 -- Returns the queues still there: a consumed queue missing here expired meanwhile.
-UPDATE swf.queues SET last_active = clock_timestamp()
- WHERE name = ANY (%(queues)s) AND expires_ms IS NOT NULL
-RETURNING name;
+SELECT swf.queue_touch(%(queues)s);

@@ -45,5 +45,4 @@ WITH durability AS (SELECT set_config('synchronous_commit', %(commit)s, true)),
 INSERT INTO {queue} (vt, message, headers)
 SELECT clock_timestamp() + make_interval(secs => %(delay)s), msg.message,
        swf.queue_headers(msg.message)
-  FROM msg, durability
-RETURNING msg_id;
+  FROM msg, durability;

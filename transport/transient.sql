@@ -41,5 +41,4 @@ WITH durability AS (SELECT set_config('synchronous_commit', %(commit)s, true)),
 INSERT INTO swf.transient_messages (queue, priority, vt, message, headers)
 SELECT %(queue)s, (hdr.headers ->> 'priority')::smallint,
        clock_timestamp() + make_interval(secs => %(delay)s), hdr.message, hdr.headers
-  FROM hdr, durability
-RETURNING msg_id;
+  FROM hdr, durability;

@@ -21,11 +21,12 @@ END $$;
 -- ready wait ('ready'), running tasks finish and their results are kept. Pausing a paused
 -- run does nothing.
 CREATE OR REPLACE FUNCTION swf.pause_run(p_run uuid) RETURNS text
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     v_run swf.runs := swf._lock_run(p_run);
     v_ids text[];
 BEGIN
+    PERFORM swf._require_part('pause a run');
     IF v_run.status = 'paused' THEN
         RETURN 'paused';
     END IF;
@@ -49,17 +50,19 @@ BEGIN
     PERFORM swf._notify(p_run, NULL, 'paused');
     RETURN 'paused';
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.pause_run(uuid) FROM PUBLIC;
 
 -- Resume: held tasks are dispatched again (each under a new Celery task id, so a stale copy
 -- is ignored) and ready steps start. Resuming a run in progress does nothing, so of two
 -- concurrent resumes the second finds nothing to dispatch.
 CREATE OR REPLACE FUNCTION swf.resume_run(p_run uuid) RETURNS text
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     v_run  swf.runs := swf._lock_run(p_run);
     v_task record;
     v_step text;
 BEGIN
+    PERFORM swf._require_part('resume a run');
     IF v_run.status = 'in_progress' THEN
         RETURN 'in_progress';
     END IF;
@@ -89,18 +92,20 @@ BEGIN
     END LOOP;
     RETURN 'in_progress';
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.resume_run(uuid) FROM PUBLIC;
 
 -- Cancel: the run and its unfinished steps become 'cancelled' with the reason, queued
 -- messages are removed from the broker, late reports of running tasks are ignored. Returns
 -- the Celery task ids of distributed tasks that were running, for the caller to revoke.
 -- A finished run is refused unless p_force (then it is marked cancelled all the same).
 CREATE OR REPLACE FUNCTION swf.cancel_run(p_run uuid, p_reason text, p_force boolean)
-RETURNS text[] LANGUAGE plpgsql AS $$
+RETURNS text[] LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     v_run     swf.runs := swf._lock_run(p_run);
     v_queued  text[];
     v_running text[];
 BEGIN
+    PERFORM swf._require_part('cancel a run');
     IF v_run.status IN ('completed', 'failed', 'cancelled') AND NOT p_force THEN
         RAISE EXCEPTION USING ERRCODE = '55000',
             MESSAGE = format('run %s is already %s: pass force=True to mark it cancelled',
@@ -130,6 +135,7 @@ BEGIN
     PERFORM swf._notify(p_run, NULL, 'cancelled');
     RETURN coalesce(v_running, '{}');
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.cancel_run(uuid, text, boolean) FROM PUBLIC;
 
 -- Retry a failed or cancelled run: a new run linked to it (retry_of), reusing the outputs of
 -- completed steps (p_reuse) or starting over. The attempts of the old run still running are
@@ -137,7 +143,7 @@ END $$;
 -- new run's steps); without it they are cancelled and returned for the caller to revoke.
 -- Returns {"run_id": new id, "revoke": [task ids]}.
 CREATE OR REPLACE FUNCTION swf.retry_run(p_run uuid, p_reuse boolean) RETURNS jsonb
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     v_old    swf.runs := swf._lock_run(p_run);
     v_new    uuid;
@@ -145,6 +151,7 @@ DECLARE
     v_step   text;
     v_revoke text[];
 BEGIN
+    PERFORM swf._require_part('retry a run');
     SELECT id INTO v_new FROM swf.runs WHERE retry_of = p_run ORDER BY inserted_at LIMIT 1;
     IF FOUND THEN
         RETURN jsonb_build_object('run_id', v_new, 'revoke', '[]'::jsonb);
@@ -207,6 +214,7 @@ BEGIN
     END LOOP;
     RETURN jsonb_build_object('run_id', v_new, 'revoke', to_jsonb(coalesce(v_revoke, '{}')));
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.retry_run(uuid, boolean) FROM PUBLIC;
 
 -- The status view of one run: its steps with their progress and first error, each step's
 -- overdue attempts (started and past their deadline: the sweep fails them next) and the

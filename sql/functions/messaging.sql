@@ -4,12 +4,15 @@
 -- with another channel or with a pgmq queue created for something else.
 
 -- Create the channel's queue on first use, or check that an existing queue is ours.
--- Idempotent and safe to call concurrently (an advisory lock per queue serialises it).
+-- Idempotent and safe to call concurrently (an advisory lock per queue serialises it). It
+-- runs as its owner (creating a queue is DDL) and gives every role granted a part the
+-- channel's tables (listening reads them, acknowledging deletes from them).
 CREATE OR REPLACE FUNCTION swf.ensure_channel(p_channel text, p_queue text) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     v_owner text;
 BEGIN
+    PERFORM swf._require_part('create a channel', 'client', 'worker');
     PERFORM pg_advisory_xact_lock(hashtext('swf-celery:channel'), hashtext(p_queue));
     SELECT channel INTO v_owner FROM swf.channels WHERE queue_name = p_queue;
     IF v_owner IS NULL THEN
@@ -19,6 +22,7 @@ BEGIN
         END IF;
         PERFORM pgmq.create(p_queue);
         INSERT INTO swf.channels (channel, queue_name) VALUES (p_channel, p_queue);
+        PERFORM swf._grant_channel(p_queue, NULL);
     ELSIF v_owner <> p_channel THEN
         RAISE EXCEPTION 'channel % maps to pgmq queue %, which already belongs to channel %; '
                         'choose a name that differs within its first 29 characters',
@@ -26,8 +30,10 @@ BEGIN
     ELSIF NOT EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = p_queue) THEN
         -- the queue was dropped by hand: recreate it rather than fail every send
         PERFORM pgmq.create(p_queue);
+        PERFORM swf._grant_channel(p_queue, NULL);
     END IF;
 END;
 $$;
+REVOKE EXECUTE ON FUNCTION swf.ensure_channel(text, text) FROM PUBLIC;
 COMMENT ON FUNCTION swf.ensure_channel(text, text) IS
     'swf-celery messaging: create a channel''s pgmq queue or verify that it owns it';

@@ -89,7 +89,7 @@ LANGUAGE sql STABLE AS $$ SELECT * FROM swf.queues WHERE name = p_name $$;
 
 -- The wake-up trigger body (see the header). TG_ARGV[0] is swf.queues.id.
 CREATE OR REPLACE FUNCTION swf._queue_wakeup() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     v_id integer := TG_ARGV[0]::integer;
 BEGIN
@@ -103,7 +103,7 @@ END $$;
 
 -- Wake-up trigger of the shared table: as swf._queue_wakeup, per row's queue.
 CREATE OR REPLACE FUNCTION swf._transient_wakeup() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     q swf.queues;
 BEGIN
@@ -148,17 +148,27 @@ END $$;
 -- publisher; created durable, except that a missing queue whose name is one Celery lets
 -- expire (pidbox, reply, event queues) is not recreated without its bindings and expiry:
 -- undefined_object, and the publisher drops the message.
+--
+-- A queue a client created (declared_by 'client') is the workers' to define: a worker's or
+-- an operator's declaration takes it over, with the storage and expiry it declares (the
+-- messages move along), so a name taken first by a client cannot change how the workers'
+-- queue is stored or reaped. A client creates at most swf._client_queue_limit() durable
+-- queues (each is a table).
 CREATE OR REPLACE FUNCTION swf.queue_ensure(p_name text, p_expires_ms bigint DEFAULT NULL)
 RETURNS swf.queues
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     q swf.queues;
+    v_part text := swf._require_part('create or declare a queue', 'client', 'worker');
+    v_storage text := CASE WHEN p_expires_ms > 0 THEN 'transient' ELSE 'pgmq' END;
     v_pgmq text;
     v_other text;
-    v_old_timeout text;
 BEGIN
     SELECT * INTO q FROM swf.queues WHERE name = p_name;
     IF FOUND THEN
+        IF q.declared_by = 'client' AND v_part <> 'client' AND p_expires_ms IS NOT NULL THEN
+            RETURN swf._queue_take_over(q, v_storage, p_expires_ms);
+        END IF;
         IF p_expires_ms > 0 AND q.expires_ms IS NOT NULL
            AND q.last_active < clock_timestamp() - interval '1 second' THEN
             UPDATE swf.queues SET last_active = clock_timestamp() WHERE id = q.id;
@@ -171,19 +181,24 @@ BEGIN
             MESSAGE = format('queue %L expired (or was deleted); it is not recreated '
                              'without its bindings', p_name);
     END IF;
-    v_pgmq := swf.queue_pgmq_name(p_name);
-    IF p_expires_ms > 0 THEN
-        v_pgmq := 't' || substr(v_pgmq, 2);
+    IF v_part = 'client' AND v_storage = 'pgmq'
+       AND (SELECT count(*) FROM swf.queues WHERE declared_by = 'client' AND storage = 'pgmq')
+           >= swf._client_queue_limit() THEN
+        RAISE EXCEPTION USING ERRCODE = '54000',
+            MESSAGE = format('swf: clients have created %s durable queues, the limit; queue %L '
+                             'must be declared by a worker first', swf._client_queue_limit(),
+                             p_name);
     END IF;
+    v_pgmq := swf._queue_pgmq_name(p_name, v_storage);
     SELECT name INTO v_other FROM swf.queues WHERE pgmq_name = v_pgmq;
     IF FOUND THEN
         RAISE EXCEPTION USING ERRCODE = '23505',
             MESSAGE = format('queue names %L and %L map to the same pgmq queue %s',
                              p_name, v_other, v_pgmq);
     END IF;
-    INSERT INTO swf.queues (name, pgmq_name, expires_ms, storage)
-    VALUES (p_name, v_pgmq, nullif(p_expires_ms, 0),
-            CASE WHEN p_expires_ms > 0 THEN 'transient' ELSE 'pgmq' END)
+    INSERT INTO swf.queues (name, pgmq_name, expires_ms, storage, declared_by)
+    VALUES (p_name, v_pgmq, nullif(p_expires_ms, 0), v_storage,
+            CASE WHEN v_part = 'client' THEN 'client' END)
     ON CONFLICT (name) DO NOTHING
     RETURNING * INTO q;
     IF NOT FOUND THEN  -- created concurrently (we waited for that transaction to commit)
@@ -191,10 +206,30 @@ BEGIN
         RETURN q;
     END IF;
     INSERT INTO swf.queue_waiters (queue_id) VALUES (q.id) ON CONFLICT DO NOTHING;
-    IF q.storage = 'transient' THEN
-        RETURN q;
+    IF q.storage = 'pgmq' THEN
+        PERFORM swf._queue_create_table(q);
     END IF;
-    v_old_timeout := current_setting('lock_timeout');
+    RETURN q;
+END $$;
+REVOKE EXECUTE ON FUNCTION swf.queue_ensure(text, bigint) FROM PUBLIC;
+
+-- How many durable queues clients may create (tables, which workers have not declared).
+CREATE OR REPLACE FUNCTION swf._client_queue_limit() RETURNS integer
+LANGUAGE sql IMMUTABLE AS $$ SELECT 1000 $$;
+
+-- The pgmq name of a queue stored as p_storage: a transient queue's starts with 't_'.
+CREATE OR REPLACE FUNCTION swf._queue_pgmq_name(p_name text, p_storage text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT CASE p_storage WHEN 'transient' THEN 't' || substr(swf.queue_pgmq_name(p_name), 2)
+                          ELSE swf.queue_pgmq_name(p_name) END
+$$;
+
+-- A durable queue's pgmq tables, indexes and wake-up trigger, under a short lock_timeout.
+CREATE OR REPLACE FUNCTION swf._queue_create_table(q swf.queues) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_old_timeout text := current_setting('lock_timeout');
+BEGIN
     PERFORM set_config('lock_timeout', swf._ddl_lock_timeout(), true);
     PERFORM pgmq.create(q.pgmq_name);
     PERFORM swf._queue_indexes(q.pgmq_name);
@@ -202,15 +237,55 @@ BEGIN
                    'DEFERRABLE INITIALLY DEFERRED FOR EACH ROW '
                    'EXECUTE FUNCTION swf._queue_wakeup(%s)', 'q_' || q.pgmq_name, q.id);
     PERFORM set_config('lock_timeout', v_old_timeout, true);
+END $$;
+
+-- A worker's declaration of a queue a client created: the queue takes the declared storage
+-- and expiry, its messages move to the new storage, and it is the workers' from now on.
+CREATE OR REPLACE FUNCTION swf._queue_take_over(q swf.queues, p_storage text,
+                                                p_expires_ms bigint)
+RETURNS swf.queues
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_old swf.queues := q;
+BEGIN
+    PERFORM 1 FROM swf.queues WHERE id = q.id FOR UPDATE;
+    UPDATE swf.queues SET storage = p_storage, expires_ms = nullif(p_expires_ms, 0),
+                          declared_by = NULL, last_active = clock_timestamp(),
+                          pgmq_name = swf._queue_pgmq_name(q.name, p_storage)
+     WHERE id = q.id
+    RETURNING * INTO q;
+    IF v_old.storage = q.storage THEN
+        RETURN q;
+    END IF;
+    IF q.storage = 'pgmq' THEN
+        PERFORM swf._queue_create_table(q);
+        EXECUTE format(
+            'WITH gone AS (DELETE FROM swf.transient_messages WHERE queue = $1 '
+            '  RETURNING msg_id, read_ct, enqueued_at, vt, message, headers) '
+            'INSERT INTO pgmq.%I (read_ct, enqueued_at, vt, message, headers) '
+            'SELECT read_ct, enqueued_at, vt, message, headers FROM gone ORDER BY msg_id',
+            'q_' || q.pgmq_name) USING q.name;
+    ELSE
+        EXECUTE format(
+            'WITH gone AS (DELETE FROM pgmq.%I '
+            '  RETURNING msg_id, read_ct, enqueued_at, vt, message, headers) '
+            'INSERT INTO swf.transient_messages (queue, priority, read_ct, enqueued_at, vt, '
+            '                                    message, headers) '
+            'SELECT $1, coalesce((headers ->> ''priority'')::smallint, 0), read_ct, '
+            '       enqueued_at, vt, message, coalesce(headers, ''{}'') FROM gone ORDER BY msg_id',
+            'q_' || v_old.pgmq_name) USING q.name;
+        PERFORM set_config('lock_timeout', swf._ddl_lock_timeout(), true);
+        PERFORM pgmq.drop_queue(v_old.pgmq_name);
+    END IF;
     RETURN q;
 END $$;
 
-REVOKE EXECUTE ON FUNCTION swf.queue_ensure(text, bigint) FROM PUBLIC;
-
--- The pgmq headers of a kombu message: what the broker sorts and filters on.
+-- The pgmq headers of a kombu message: what the broker sorts and filters on, and the role
+-- that published it ("by": a client may revoke only its own tasks, swf.task_revoke).
 CREATE OR REPLACE FUNCTION swf.queue_headers(message jsonb) RETURNS jsonb
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql STABLE AS $$
     SELECT jsonb_strip_nulls(jsonb_build_object(
+        'by', session_user::text,
         'priority', CASE WHEN jsonb_typeof(message #> '{properties,priority}') = 'number'
                          THEN greatest(0, least(9, floor((message #>> '{properties,priority}')::numeric)))::integer
                          ELSE 0 END,
@@ -220,10 +295,11 @@ $$;
 
 -- Enqueue a kombu message (the dict kombu's virtual Channel._put receives) on a queue named
 -- as Celery names it. Priority 0..9 (0 first, as on Redis), delay in whole seconds. The two
--- storages take different rows (the shared table keys them by queue name and priority).
+-- storages take different rows (the shared table keys them by queue name and priority). It
+-- runs as its owner (a client may publish, not read the queue back), for any part.
 CREATE OR REPLACE FUNCTION swf.queue_send(queue text, message jsonb, delay_seconds integer DEFAULT 0)
 RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     q swf.queues;
     v_msg jsonb := queue_send.message;
@@ -239,6 +315,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('swf.queue_send: delay_seconds must be >= 0, not %s', delay_seconds);
     END IF;
+    PERFORM swf._require_part('publish', 'client', 'worker');
     q := swf.queue_ensure(queue_send.queue);
     IF jsonb_typeof(v_msg -> 'properties') IS DISTINCT FROM 'object' THEN
         v_msg := jsonb_set(v_msg, '{properties}', '{}');
@@ -264,6 +341,7 @@ BEGIN
     SELECT pgmq.send(q.pgmq_name, v_msg, v_headers, delay_seconds) INTO v_id;
     RETURN v_id;
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.queue_send(text, jsonb, integer) FROM PUBLIC;
 
 -- Send one message to every queue bound to a fanout exchange; returns the number of copies.
 CREATE OR REPLACE FUNCTION swf.queue_fanout(p_exchange text, p_message jsonb) RETURNS integer
@@ -309,11 +387,12 @@ END $$;
 -- producer is committing right now, so the caller reads again instead of sleeping; NULL means
 -- the queues are empty. Any message committed later wakes the caller.
 CREATE OR REPLACE FUNCTION swf.queue_arm(p_queues text[]) RETURNS double precision
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     q swf.queues;
     v_busy boolean := false;
 BEGIN
+    PERFORM swf._require_part('wait on queues', 'client', 'worker');
     FOR q IN SELECT * FROM swf.queues s WHERE s.name = ANY (p_queues) ORDER BY s.id LOOP
         IF pg_try_advisory_xact_lock(swf._queue_lock_space(), q.id) THEN
             INSERT INTO swf.queue_waiters AS w (queue_id, waiting) VALUES (q.id, true)
@@ -330,6 +409,7 @@ BEGIN
     END IF;
     RETURN swf._queue_next_visible(p_queues);
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.queue_arm(text[]) FROM PUBLIC;
 
 -- Dead-letter messages: moved from the queue to swf.dead_letters with the reason (the
 -- broker's one dead-letter store, whatever the queue's storage).
@@ -431,12 +511,13 @@ END $$;
 
 -- Messages waiting in a queue: visible or delayed, not those held by a consumer.
 CREATE OR REPLACE FUNCTION swf.queue_size(p_queue text) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     q swf.queues := swf._queue_get(p_queue);
     s record;
     n bigint;
 BEGIN
+    PERFORM swf._require_part('count a queue''s messages', 'client', 'worker');
     IF q.id IS NULL THEN
         RETURN 0;
     END IF;
@@ -445,15 +526,17 @@ BEGIN
                    'AND (m.read_ct = 0 OR m.vt <= clock_timestamp())', s.tbl, s.filter) INTO n;
     RETURN n;
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.queue_size(text) FROM PUBLIC;
 
 -- Delete the waiting messages of a queue (those held by consumers stay); returns the count.
 CREATE OR REPLACE FUNCTION swf.queue_purge(p_queue text) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     q swf.queues := swf._queue_get(p_queue);
     s record;
     n bigint;
 BEGIN
+    PERFORM swf._require_part('purge a queue');
     IF q.id IS NULL THEN
         RETURN 0;
     END IF;
@@ -463,6 +546,7 @@ BEGIN
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.queue_purge(text) FROM PUBLIC;
 
 -- Drop a queue: its mapping and bindings, its messages; a durable queue's pgmq tables under a
 -- short lock_timeout (lock_not_available reaches the caller, who retries: nothing changed).
@@ -474,6 +558,11 @@ DECLARE
 BEGIN
     IF q.id IS NULL THEN
         RETURN false;
+    END IF;
+    IF q.storage = 'transient' THEN
+        PERFORM swf._require_part('delete a transient queue', 'worker');
+    ELSE
+        PERFORM swf._require_part('delete a durable queue');
     END IF;
     v_old_timeout := current_setting('lock_timeout');
     PERFORM set_config('lock_timeout', swf._ddl_lock_timeout(), true);
@@ -495,6 +584,7 @@ DECLARE
     q swf.queues;
     n integer := 0;
 BEGIN
+    PERFORM swf._require_part('reap expired queues', 'worker');
     FOR q IN
         SELECT * FROM swf.queues
          WHERE expires_ms IS NOT NULL
@@ -514,24 +604,42 @@ BEGIN
 END $$;
 REVOKE EXECUTE ON FUNCTION swf.queue_reap() FROM PUBLIC;
 
+-- Mark consumed expiring queues as used now; returns those still there (a consumed queue
+-- missing here expired meanwhile).
+CREATE OR REPLACE FUNCTION swf.queue_touch(p_queues text[]) RETURNS SETOF text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+BEGIN
+    PERFORM swf._require_part('keep queues alive', 'client', 'worker');
+    RETURN QUERY
+        UPDATE swf.queues SET last_active = clock_timestamp()
+         WHERE name = ANY (p_queues) AND expires_ms IS NOT NULL
+        RETURNING name;
+END $$;
+REVOKE EXECUTE ON FUNCTION swf.queue_touch(text[]) FROM PUBLIC;
+
 -- Bind a queue to an exchange (creating the queue when missing).
 CREATE OR REPLACE FUNCTION swf.queue_bind(p_exchange text, p_routing_key text, p_pattern text,
                                           p_queue text)
 RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 BEGIN
+    PERFORM swf._require_part('bind a queue', 'client', 'worker');
     PERFORM swf.queue_ensure(p_queue);
     INSERT INTO swf.queue_bindings (exchange, routing_key, pattern, queue)
     VALUES (p_exchange, coalesce(p_routing_key, ''), p_pattern, p_queue)
     ON CONFLICT DO NOTHING;
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.queue_bind(text, text, text, text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION swf.queue_unbind(p_exchange text, p_routing_key text, p_queue text)
 RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+BEGIN
+    PERFORM swf._require_part('unbind a queue', 'worker');
     DELETE FROM swf.queue_bindings
-     WHERE exchange = p_exchange AND routing_key = coalesce(p_routing_key, '') AND queue = p_queue
-$$;
+     WHERE exchange = p_exchange AND routing_key = coalesce(p_routing_key, '') AND queue = p_queue;
+END $$;
+REVOKE EXECUTE ON FUNCTION swf.queue_unbind(text, text, text) FROM PUBLIC;
 
 -- The message tables of all queues: one per durable queue, and the shared table of the
 -- transient queues (each once).
@@ -572,12 +680,13 @@ END $$;
 -- deletes the queued ones and reports the task ids of those a consumer holds. A consumer
 -- reads with SKIP LOCKED, so no message moves from queued to held in between.
 CREATE OR REPLACE FUNCTION swf.cancel_canvas(p_root text) RETURNS TABLE (removed integer, held text[])
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     v_tbl  text;
     v_n    integer;
     v_ids  text[];
 BEGIN
+    PERFORM swf._require_part('cancel a canvas');
     removed := 0;
     held := '{}';
     IF p_root IS NULL THEN
@@ -599,6 +708,7 @@ BEGIN
     END LOOP;
     RETURN NEXT;
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.cancel_canvas(text) FROM PUBLIC;
 
 -- Dead-lettered messages of a queue (newest first), with the reason; they outlive their queue.
 -- msg_id is the message's id in its queue.
@@ -617,11 +727,12 @@ $$;
 -- messages; returns how many.
 CREATE OR REPLACE FUNCTION swf.queue_requeue_dead_letters(p_queue text, p_ids bigint[])
 RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     v_message jsonb;
     n integer := 0;
 BEGIN
+    PERFORM swf._require_part('requeue dead letters');
     FOR v_message IN
         WITH gone AS (
             DELETE FROM swf.dead_letters d
@@ -634,14 +745,19 @@ BEGIN
     END LOOP;
     RETURN n;
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.queue_requeue_dead_letters(text, bigint[]) FROM PUBLIC;
 
 -- Delete dead letters of a queue (p_ids: those msg_ids; NULL: all); returns how many.
 CREATE OR REPLACE FUNCTION swf.queue_purge_dead_letters(p_queue text, p_ids bigint[])
 RETURNS integer
-LANGUAGE sql AS $$
-    WITH gone AS (
-        DELETE FROM swf.dead_letters d
-         WHERE d.queue = p_queue AND (p_ids IS NULL OR d.msg_id = ANY (p_ids))
-        RETURNING 1)
-    SELECT count(*)::integer FROM gone
-$$;
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+DECLARE
+    n integer;
+BEGIN
+    PERFORM swf._require_part('purge dead letters');
+    DELETE FROM swf.dead_letters d
+     WHERE d.queue = p_queue AND (p_ids IS NULL OR d.msg_id = ANY (p_ids));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+REVOKE EXECUTE ON FUNCTION swf.queue_purge_dead_letters(text, bigint[]) FROM PUBLIC;

@@ -10,10 +10,11 @@ LANGUAGE sql AS $$ SELECT pg_try_advisory_xact_lock(hashtext('swf-celery:retenti
 -- states and step tasks (ON DELETE CASCADE).
 CREATE OR REPLACE FUNCTION swf.retention_runs(p_before timestamptz, p_limit integer, p_dry boolean)
 RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     n bigint;
 BEGIN
+    PERFORM swf._require_part('clean up', 'worker');
     IF p_dry THEN
         RETURN (SELECT count(*) FROM swf.runs
                  WHERE status IN ('completed', 'failed', 'cancelled')
@@ -30,6 +31,7 @@ BEGIN
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.retention_runs(timestamptz, integer, boolean) FROM PUBLIC;
 
 -- Broker and messaging archives older than p_before. p_kind: 'dead_letters'
 -- (swf.dead_letters), 'acked' (archive_acked copies: the pgmq archives of durable queues and
@@ -37,13 +39,14 @@ END $$;
 CREATE OR REPLACE FUNCTION swf.retention_archives(p_kind text, p_before timestamptz,
                                                   p_limit integer, p_dry boolean)
 RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     v_table text;
     v_at text;
     n bigint := 0;
     m bigint;
 BEGIN
+    PERFORM swf._require_part('clean up', 'worker');
     IF p_kind NOT IN ('dead_letters', 'acked', 'channels') THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('unknown archive kind %L', p_kind);
@@ -77,16 +80,18 @@ BEGIN
     END LOOP;
     RETURN n;
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.retention_archives(text, timestamptz, integer, boolean) FROM PUBLIC;
 
 -- Celery results past their expiry: task results, group results and chords whose
 -- expires_at passed, and (p_before) those stored without an expiry before p_before.
 CREATE OR REPLACE FUNCTION swf.retention_results(p_before timestamptz, p_limit integer, p_dry boolean)
 RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     n bigint := 0;
     m bigint;
 BEGIN
+    PERFORM swf._require_part('clean up', 'worker');
     IF p_dry THEN
         RETURN (SELECT count(*) FROM swf.task_results
                  WHERE expires_at < now() OR (expires_at IS NULL AND date_done < p_before))
@@ -117,3 +122,4 @@ BEGIN
     GET DIAGNOSTICS m = ROW_COUNT;
     RETURN n + m;
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.retention_results(timestamptz, integer, boolean) FROM PUBLIC;

@@ -7,13 +7,29 @@
 -- Record a revoke of task_ids and delete their queued or delayed messages (not those a live
 -- worker holds: its in-memory revoke list, and this table after a restart, handle them).
 -- Returns how many messages were deleted.
--- Any client may revoke a task (as with Celery on any broker), but a client may not delete
--- queued messages otherwise: the function runs as its owner, for those granted EXECUTE.
+-- It runs as its owner: a worker or an operator revokes any task; a client only the tasks
+-- it published (their messages, queued or held, say so: headers.by), and may not delete
+-- queued messages otherwise. (Celery's revoke broadcast, which a client may publish, still
+-- reaches the workers' memory: that is Celery's remote control, not this record.)
 CREATE OR REPLACE FUNCTION swf.task_revoke(task_ids text[]) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+DECLARE
+    v_tbl text;
+    v_ids text[];
+    v_own text[] := '{}';
 BEGIN
     IF cardinality(task_ids) IS NULL OR cardinality(task_ids) = 0 THEN
         RETURN 0;
+    END IF;
+    IF swf._require_part('revoke a task', 'client', 'worker') = 'client' THEN
+        FOR v_tbl IN SELECT swf._queue_tables() LOOP
+            EXECUTE format('SELECT array_agg(DISTINCT headers ->> ''task_id'') FROM %s '
+                           'WHERE (headers ->> ''task_id'') = ANY ($1) '
+                           'AND headers ->> ''by'' = $2', v_tbl)
+              INTO v_ids USING task_ids, session_user::text;
+            v_own := v_own || coalesce(v_ids, '{}');
+        END LOOP;
+        task_ids := v_own;
     END IF;
     INSERT INTO swf.revoked_tasks AS r (task_id)
     SELECT DISTINCT t FROM unnest(task_ids) AS t WHERE t IS NOT NULL
@@ -26,8 +42,9 @@ REVOKE EXECUTE ON FUNCTION swf.task_revoke(text[]) FROM PUBLIC;
 -- in seconds; older rows are deleted on the way.
 CREATE OR REPLACE FUNCTION swf.task_revokes(expires_s double precision, max_n integer)
 RETURNS TABLE (task_id text, age_s double precision)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 BEGIN
+    PERFORM swf._require_part('load revokes', 'client', 'worker');
     DELETE FROM swf.revoked_tasks r
      WHERE r.revoked_at < clock_timestamp() - make_interval(secs => expires_s);
     RETURN QUERY
@@ -36,3 +53,4 @@ BEGIN
          ORDER BY r.revoked_at DESC
          LIMIT max_n;
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.task_revokes(double precision, integer) FROM PUBLIC;

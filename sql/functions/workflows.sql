@@ -233,6 +233,18 @@ END $$;
 
 -- Lock the run a task belongs to and return the task as it is under that lock. A retry may
 -- move a running attempt to the new run between the first read and the lock: follow it.
+-- A step's attempt is reported by whoever may run it: a local step by the process that
+-- started the run (a client, or a worker running a task), a distributed one by a worker.
+CREATE OR REPLACE FUNCTION swf._require_step_part(p_execution text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF p_execution = 'local' THEN
+        PERFORM swf._require_part('run a local step', 'client', 'worker');
+    ELSE
+        PERFORM swf._require_part('run a distributed step', 'worker');
+    END IF;
+END $$;
+
 CREATE OR REPLACE FUNCTION swf._lock_task(p_task uuid) RETURNS swf.step_tasks
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -253,6 +265,7 @@ BEGIN
             RETURN NULL;
         END IF;
         IF v_task.run_id = v_run THEN
+            PERFORM swf._require_step_part(v_task.execution);
             RETURN v_task;
         END IF;
     END LOOP;
@@ -265,7 +278,7 @@ END $$;
 CREATE OR REPLACE FUNCTION swf.start_run(p_slug text, p_steps jsonb, p_input jsonb,
                               p_dynamic boolean DEFAULT false, p_hash text DEFAULT NULL,
                               p_retry_of uuid DEFAULT NULL)
-RETURNS uuid LANGUAGE plpgsql AS $$
+RETURNS uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     v_flow  swf.flows;
     v_run   uuid;
@@ -326,12 +339,13 @@ BEGIN
     END LOOP;
     RETURN v_run;
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.start_run(text, jsonb, jsonb, boolean, text, uuid) FROM PUBLIC;
 
 -- A worker (or the local runner) is about to run a task: returns what it needs, or tells
 -- it to skip. A message of a run that is no longer active ends its attempt (a redelivery
 -- after its worker died).
 CREATE OR REPLACE FUNCTION swf.start_task(p_task uuid) RETURNS jsonb
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     v_task  swf.step_tasks;
     v_state swf.step_states;
@@ -342,6 +356,7 @@ BEGIN
     IF NOT FOUND OR v_task.status NOT IN ('queued', 'started') THEN
         RETURN NULL;
     END IF;
+    PERFORM swf._require_step_part(v_task.execution);
     SELECT * INTO v_run FROM swf.runs WHERE id = v_task.run_id;
     IF v_run.status NOT IN ('in_progress', 'paused') THEN
         UPDATE swf.step_tasks SET status = 'cancelled', deadline = NULL, completed_at = now(),
@@ -368,21 +383,22 @@ BEGIN
         'attempt', v_task.attempt, 'task_name', v_state.task_name,
         'timeout_ms', v_state.timeout_ms, 'input', v_input);
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.start_task(uuid) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION swf.complete_task(p_task uuid, p_output jsonb) RETURNS text
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     v_task      swf.step_tasks := swf._lock_task(p_task);
     v_remaining integer;
     v_map       text;
     v_output    jsonb;
 BEGIN
-    IF v_task.task_id IS NULL OR v_task.status NOT IN ('queued', 'started') THEN
-        RETURN 'ignored';
+    IF v_task.task_id IS NULL OR v_task.status <> 'started' THEN
+        RETURN 'ignored';  -- only a started attempt has an output to report
     END IF;
     UPDATE swf.step_tasks
        SET status = 'completed', output = p_output, completed_at = now(), deadline = NULL
-     WHERE task_id = p_task AND status IN ('queued', 'started');
+     WHERE task_id = p_task AND status = 'started';
     IF NOT FOUND THEN
         RETURN 'ignored';
     END IF;
@@ -403,11 +419,12 @@ BEGIN
     PERFORM swf._complete_step(v_task.run_id, v_task.step_name, v_output);
     RETURN 'completed';
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.complete_task(uuid, jsonb) FROM PUBLIC;
 
 -- A task failed: retried after a backoff capped at swf.max_retry_delay_ms(), or its step
 -- and run fail when its attempts are used up.
 CREATE OR REPLACE FUNCTION swf.fail_task(p_task uuid, p_error text) RETURNS text
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     v_task  swf.step_tasks := swf._lock_task(p_task);
     v_state swf.step_states;
@@ -457,18 +474,20 @@ BEGIN
              ELSE format('item %s: %s', v_task.task_index, p_error) END);
     RETURN 'failed';
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.fail_task(uuid, text) FROM PUBLIC;
 
 -- The distributed attempts of a run that are running now (to revoke when the run failed).
 CREATE OR REPLACE FUNCTION swf.running_tasks(p_run uuid) RETURNS text[]
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
     SELECT coalesce(array_agg(task_id::text ORDER BY task_id), '{}') FROM swf.step_tasks
      WHERE run_id = p_run AND status = 'started' AND execution = 'distributed';
 $$;
+REVOKE EXECUTE ON FUNCTION swf.running_tasks(uuid) FROM PUBLIC;
 
 -- A step task was revoked on its worker (the worker reports it): its attempt ends. In an
 -- active run that is a failed attempt (retried as usual); otherwise it is cancelled.
 CREATE OR REPLACE FUNCTION swf.abandon_task(p_task uuid, p_reason text) RETURNS text
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     v_task swf.step_tasks := swf._lock_task(p_task);
     v_run  swf.runs;
@@ -485,9 +504,10 @@ BEGIN
      WHERE task_id = p_task AND status IN ('queued', 'started');
     RETURN CASE WHEN FOUND THEN 'cancelled' ELSE 'ignored' END;
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.abandon_task(uuid, text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION swf.expire_tasks(p_run uuid DEFAULT NULL) RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     v_task  record;
     v_count integer := 0;
@@ -508,10 +528,11 @@ BEGIN
     END LOOP;
     RETURN v_count;
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.expire_tasks(uuid) FROM PUBLIC;
 
 -- The local runner's claim: start up to p_limit queued local tasks of a run that are due.
 CREATE OR REPLACE FUNCTION swf.claim_local_tasks(p_run uuid, p_limit integer)
-RETURNS TABLE (task_id uuid, task jsonb) LANGUAGE sql AS $$
+RETURNS TABLE (task_id uuid, task jsonb) LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
     SELECT c.task_id, swf.start_task(c.task_id)
       FROM (SELECT t.task_id FROM swf.step_tasks t
              WHERE t.run_id = p_run AND t.status = 'queued' AND t.execution = 'local'
@@ -520,9 +541,10 @@ RETURNS TABLE (task_id uuid, task jsonb) LANGUAGE sql AS $$
              LIMIT p_limit
                FOR UPDATE SKIP LOCKED) c;
 $$;
+REVOKE EXECUTE ON FUNCTION swf.claim_local_tasks(uuid, integer) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION swf.run_tick(p_run uuid) RETURNS jsonb
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     v_run  swf.runs;
     v_next timestamptz;
@@ -544,13 +566,14 @@ BEGIN
         'wake_in_ms', CASE WHEN v_next IS NULL THEN NULL
                            ELSE greatest(0, extract(epoch FROM v_next - now()) * 1000) END);
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.run_tick(uuid) FROM PUBLIC;
 
 -- The workers' sweep: fail every attempt past its deadline, in one transaction, by one
 -- sweeper at a time (others return NULL at once). Returns {"expired": n, "revoke": [ids]}:
 -- the expired attempts and the running attempts of the runs this sweep failed, for the
 -- caller to revoke (terminate).
 CREATE OR REPLACE FUNCTION swf.sweep_timeouts() RETURNS jsonb
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     v_task    record;
     v_count   integer := 0;
@@ -558,6 +581,7 @@ DECLARE
     v_expired text[] := '{}';
     v_out     text;
 BEGIN
+    PERFORM swf._require_part('sweep overdue steps', 'worker');
     IF NOT pg_try_advisory_xact_lock(hashtext('swf-celery:sweep'), 0) THEN
         RETURN NULL;
     END IF;
@@ -590,13 +614,14 @@ BEGIN
                     WHERE t.run_id = ANY (v_failed) AND r.status = 'failed'
                       AND t.status = 'started' AND t.execution = 'distributed'));
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.sweep_timeouts() FROM PUBLIC;
 
 -- The engine's hook on the broker's dead letters (swf.dead_letters, written by the
 -- transport's swf._queue_bury): a dead-lettered workflow step message (reject without
 -- requeue, too many deliveries, malformed) fails its attempt, so its run does not wait for it
 -- forever. Never raises: dead-lettering goes on even if the coordinator refuses.
 CREATE OR REPLACE FUNCTION swf.fail_dead_step() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 BEGIN
     BEGIN
         PERFORM swf.fail_task((NEW.message #>> '{headers,id}')::uuid,
@@ -607,6 +632,7 @@ BEGIN
     END;
     RETURN NULL;
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.fail_dead_step() FROM PUBLIC;
 CREATE OR REPLACE TRIGGER swf_fail_dead_steps AFTER INSERT ON swf.dead_letters
     FOR EACH ROW WHEN (NEW.message #>> '{headers,task}' = 'swf_celery.step')
     EXECUTE FUNCTION swf.fail_dead_step();

@@ -4,13 +4,18 @@
 ``grants.sql`` with the role and the schema owner as quoted identifiers
 (:class:`psycopg.sql.Identifier`; nothing of the role's name is spliced as text):
 
-- **worker**: consume and publish (the broker's queue tables), report steps, store
-  results and chord state, create, drop and expire queues through the owner's functions;
-- **client** (a web process, a script): publish tasks, read and forget results, start and
-  watch runs (local steps included), goals and messages — it cannot read or delete queued
-  messages;
-- **operator**: lifecycle (pause, resume, cancel, retry, revoke, purge) and cleanup: every
-  row of the ``swf`` and ``pgmq`` schemas, no DDL.
+- **worker**: consume and publish (the broker's queue tables), store results and chord
+  state; report the steps it runs, expire and reap queues, sweep and clean up through the
+  functions;
+- **client** (a web process, a script): publish tasks (it cannot read or delete queued
+  messages), read and forget results, start and watch runs (local steps included), goals,
+  send, listen to and acknowledge messages, revoke the tasks it published;
+- **operator**: lifecycle (pause, resume, cancel, retry, revoke any task, purge, delete
+  queues) and cleanup: every row of the ``swf`` and ``pgmq`` schemas, no DDL.
+
+Table privileges cover what reads and the broker's hot path need; every other change goes
+through a function that runs as its owner and checks the caller's part, which a grant
+records in ``swf.roles`` (``sql/functions/privileges.sql``).
 
 A grant first revokes what the role had on both schemas, so it is exact and may be repeated
 (after each ``migrate``: see the rule for new tables in ``grants.sql``). Run it as the role
@@ -46,11 +51,12 @@ def grant(role: str, kind: Kind, repo: DatabaseHandle | None = None) -> None:
         if not exists or not exists[0]:
             raise ArgumentError(f"role {role!r} does not exist: CREATE ROLE … LOGIN PASSWORD … "
                                 "first (swf-celery grants privileges, it creates no role)")
-        owner = conn.execute("SELECT to_regprocedure('swf.queue_ensure(text, bigint)') "
-                             "IS NOT NULL").fetchone()
+        owner = conn.execute("SELECT to_regclass('swf.roles') IS NOT NULL").fetchone()
         if not owner or not owner[0]:
             raise SchemaNotMigrated("the swf schema is not migrated: run swf-celery migrate")
         owner_row = conn.execute(QUERIES["owner"]).fetchone()
         names = {"role": sql.Identifier(role), "owner": sql.Identifier(owner_row[0])}  # type: ignore[index]
         for block in ("reset", kind):
             conn.execute(sql.SQL(QUERIES[block]).format(**names))  # type: ignore[arg-type]
+        conn.execute(QUERIES["record_part"], {"role": role, "part": kind})
+        conn.execute(QUERIES["grant_channels"], {"role": role})
