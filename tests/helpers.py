@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql as pgsql
 
 from swf_celery import testing as _testing
 from swf_celery.db import broker_url, normalize_dsn
@@ -188,22 +187,21 @@ def read_queue(conn_or_url: psycopg.Connection[Any] | str, queue: str, *, qty: i
                vt: float = 30, no_ack: bool = False) -> list[tuple[int, int, Any, int]]:
     """Read up to ``qty`` visible messages of ``queue`` as the transport does.
 
-    The statements of ``transport/tables.sql`` on the queue's pgmq table: ``read`` hides each
+    The statements of ``transport/storage.sql`` on the queue's messages: ``read`` hides each
     message for ``vt`` seconds (a consumer now holds it), ``pop`` (``no_ack``) deletes it.
     Rows are ``(msg_id, read_ct, message, priority)``, priority 0 first, then oldest first;
     a queue that does not exist reads as empty.
     """
-    from swf_celery.transport.names import queue_table
-    from swf_celery.transport.transport import TABLE_STATEMENTS
+    from swf_celery.transport.storage import QueueStorage
 
     with _connection(conn_or_url) as conn:
-        row = conn.execute("SELECT pgmq_name FROM swf.queues WHERE name = %s",
+        row = conn.execute("SELECT pgmq_name, storage FROM swf.queues WHERE name = %s",
                            (queue,)).fetchone()
         if row is None:
             return []
-        statement = pgsql.SQL(TABLE_STATEMENTS["pop" if no_ack else "read"]).format(
-            queue=pgsql.Identifier(*queue_table(row[0])))
-        rows = conn.execute(statement, {"qty": qty, "vt": vt, "acks": []}).fetchall()
+        statement = QueueStorage(queue, *row).statement("pop" if no_ack else "read")
+        rows = conn.execute(statement, {"qty": qty, "vt": vt, "acks": [],
+                                        "queue": queue}).fetchall()
     return sorted(rows, key=lambda r: (r[3], r[0]))
 
 

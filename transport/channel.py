@@ -29,7 +29,7 @@ from swf_celery.transport.messages import (
     revoked_task_ids,
     storable_properties,
 )
-from swf_celery.transport.names import check_queue_name, is_transient, listen_channel
+from swf_celery.transport.names import check_queue_name, listen_channel
 
 if TYPE_CHECKING:
     from swf_celery.transport.transport import Transport
@@ -108,21 +108,22 @@ class Channel(virtual.Channel):
         raise AssertionError("unreachable")
 
     def _on_table(self, kind: str, queue: str, params: dict[str, Any]) -> Any:
-        """Run statement ``kind`` on ``queue``'s table; recreate a queue dropped meanwhile.
+        """Run statement ``kind`` of storage.sql on ``queue``'s messages.
 
-        Transient queues have no table: their statements run on the shared table (and a
-        send to one that expired returns None: the message is dropped).
+        A durable queue dropped meanwhile is created again; a send to a transient queue that
+        expired returns None: the message is dropped (the cached storage stays, so later
+        sends are dropped as well; a declaration asks the database again).
         """
         conn = self._transport().pg_connection()
-        if is_transient(self.pgmq_name(queue)):
-            # The cached name stays: later sends to the expired queue are dropped as well,
-            # never create it anew (a declaration asks the database again).
-            return transient.execute(conn, kind, queue, params)
+        params = {**params, "queue": queue}
         try:
             return conn.execute(self.connection.statement(kind, queue), params)
         except pg_errors.UndefinedTable:
             self.connection.forget_queue(queue)
             return conn.execute(self.connection.statement(kind, queue), params)
+        except pg_errors.ForeignKeyViolation:
+            logger.debug("swf broker: queue %r expired; message dropped", queue)
+            return None
 
     def prepare_queue_arguments(self, arguments: Any, **kwargs: Any) -> Any:
         """Queue options as RabbitMQ spells them (``expires`` becomes ``x-expires``, in ms)."""
@@ -302,7 +303,7 @@ class Channel(virtual.Channel):
                     qty: int) -> tuple[list[tuple[str, dict[str, Any]]], int]:
         """One read of up to ``qty`` messages of ``queue``: (payloads, rows read).
 
-        The read of a queue with its own table also deletes the acks pending on that queue.
+        The read also deletes the acks pending on that queue (one round trip for both).
         """
         rows = self.read_rows(queue, noack, qty)
         return self.payloads(queue, noack, rows), len(rows)
@@ -339,10 +340,10 @@ class Channel(virtual.Channel):
         return out
 
     def _take_acks(self, queue: str) -> list[int]:
-        """Remove and return the pending acks of ``queue`` when its read can delete them
-        (a queue with its own table, acks not archived); others stay for :meth:`flush_acks`."""
+        """Remove and return the pending acks of ``queue`` for its read to delete (unless acks
+        are archived: those stay for :meth:`flush_acks`)."""
         pending = self._pending_acks
-        if not pending or self.options.archive_acked or is_transient(self.pgmq_name(queue)):
+        if not pending or self.options.archive_acked:
             return []
         taken: list[int] = []
         for _ in range(len(pending)):  # others append meanwhile: those stay at the end

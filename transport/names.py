@@ -6,8 +6,8 @@ cannot be stored in PostgreSQL text at all), at most 255 bytes in UTF-8 (RabbitM
 The database maps each accepted name to a safe pgmq name (``swf.queue_pgmq_name``:
 ``k_<sanitised prefix>_<12 hex digits of SHA-256>``) kept in ``swf.queues``; the same rules
 are enforced there for SQL callers (``swf.queue_check_name``). Transient queues (declared with
-``x-expires`` or ``auto_delete``) get a ``t_`` prefix instead: they have no table of their own,
-their messages live in ``swf.transient_messages``.
+``x-expires`` or ``auto_delete``) get a ``t_`` prefix instead; where a queue's messages live is
+its storage (:mod:`.storage`), not its name.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ MAX_BYTES = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: What ``swf.queue_pgmq_name`` produces; checked again before a name becomes an identifier.
 PGMQ_NAME = re.compile(r"^k_[a-z0-9_]{0,24}_[0-9a-f]{12}$")
-#: The name of a transient queue (no table: a key of ``swf.transient_messages``).
+#: The pgmq name of a transient queue (no table: its messages are rows of
+#: ``swf.transient_messages``); it names the queue's NOTIFY channel all the same.
 TRANSIENT_NAME = re.compile(r"^t_[a-z0-9_]{0,24}_[0-9a-f]{12}$")
 
 
@@ -56,7 +57,3 @@ def queue_table(pgmq_name: str) -> tuple[str, str]:
         raise QueueNameError(f"unexpected pgmq queue name {pgmq_name!r} from swf.queues")
     return "pgmq", f"q_{pgmq_name}"
 
-
-def is_transient(pgmq_name: str) -> bool:
-    """True when ``pgmq_name`` names a transient queue (messages in the shared table)."""
-    return bool(TRANSIENT_NAME.match(pgmq_name))

@@ -2,8 +2,9 @@
 
 A queue declared with ``x-expires`` or ``auto_delete`` (Celery's ``*.celery.pidbox``,
 ``*.reply.celery.pidbox`` and ``celeryev.*`` queues, ``worker_direct`` queues, a user's
-auto-delete queue) is a row of ``swf.queues`` whose pgmq name starts with ``t_``; its
-messages are rows of the shared, indexed table ``swf.transient_messages``. Declaring,
+auto-delete queue) is a row of ``swf.queues`` whose storage is ``transient``: its messages
+are rows of the shared, indexed table ``swf.transient_messages`` (:mod:`.storage` holds the
+statements on them, the same as a durable queue's). Declaring,
 expiring and deleting it is DML only, so workers and monitors that come and go leave the
 system catalog as it was (a pgmq queue costs two tables, their indexes and a trigger).
 
@@ -25,7 +26,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg import errors as pg_errors
 
 from swf_celery.db import load_queries
 
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 QUERIES = load_queries("swf_celery.transport")
-STATEMENTS = load_queries("swf_celery.transport", "transient.sql")
 
 #: Expiry (ms) of a queue declared ``auto_delete`` without ``x-expires``.
 AUTO_DELETE_EXPIRES_MS = 600_000
@@ -53,20 +52,6 @@ def declared_expiry(declare_kwargs: Mapping[str, Any]) -> int:
     if declare_kwargs.get("auto_delete"):
         return AUTO_DELETE_EXPIRES_MS
     return 0
-
-
-def execute(conn: psycopg.Connection[Any], kind: str, queue: str,
-            params: dict[str, Any]) -> psycopg.Cursor[Any] | None:
-    """Run statement ``kind`` of transient.sql on ``queue``.
-
-    Returns None when ``kind`` is ``send`` and the queue no longer exists: the message is
-    dropped, never sent to a resurrected queue.
-    """
-    try:
-        return conn.execute(STATEMENTS[kind], {**params, "queue": queue})
-    except pg_errors.ForeignKeyViolation:
-        logger.debug("swf broker: queue %r expired; message dropped", queue)
-        return None
 
 
 def redeclare(conn: psycopg.Connection[Any], transport: Transport,

@@ -28,13 +28,13 @@ from swf_celery.errors import DatabaseError, DatabaseUnavailable
 from swf_celery.transport import revokes
 from swf_celery.transport.channel import Channel
 from swf_celery.transport.eventloop import HubConsumer
-from swf_celery.transport.names import check_queue_name, queue_table
+from swf_celery.transport.names import check_queue_name
 from swf_celery.transport.options import Options
+from swf_celery.transport.storage import KINDS, QueueStorage
 from swf_celery.transport.visibility import VisibilityKeeper
 from swf_celery.transport.wakeup import Wakeup
 
 QUERIES = load_queries("swf_celery.transport")
-TABLE_STATEMENTS = load_queries("swf_celery.transport", "tables.sql")
 DEFAULT_PORT = 5432
 #: Queues whose names and statements are cached per transport (reply queues come and go).
 _CACHE_LIMIT = 1000
@@ -79,7 +79,7 @@ class Transport(virtual.Transport):
         self._conn_lock = threading.Lock()
         self._wakeup: Wakeup | None = None
         self._keeper: VisibilityKeeper | None = None
-        self._pgmq_names: dict[str, str] = {}
+        self._storages: dict[str, QueueStorage] = {}
         self._statements: dict[tuple[str, str], sql.Composed] = {}
         #: Queues declared with x-expires; consuming them keeps them alive (see _touch).
         self.expiring: set[str] = set()
@@ -112,35 +112,39 @@ class Transport(virtual.Transport):
                 conn = self._conn
         return conn
 
+    def storage(self, queue: str, expires_ms: int | None = None, *,
+                refresh: bool = False) -> QueueStorage:
+        """Where ``queue``'s messages live, creating the queue when missing."""
+        found = None if refresh else self._storages.get(queue)
+        if found is None:
+            check_queue_name(queue)
+            pgmq_name, kind = self.pg_connection().execute(  # type: ignore[misc]
+                QUERIES["ensure"], {"queue": queue, "expires_ms": expires_ms}).fetchone()
+            if len(self._storages) >= _CACHE_LIMIT:
+                self._storages.clear()
+                self._statements.clear()
+            if refresh:
+                self.forget_queue(queue)
+            found = self._storages[queue] = QueueStorage(queue, str(pgmq_name), str(kind))
+        return found
+
     def pgmq_name(self, queue: str, expires_ms: int | None = None, *,
                   refresh: bool = False) -> str:
         """The pgmq name of ``queue``, creating the queue when missing."""
-        name = None if refresh else self._pgmq_names.get(queue)
-        if name is None:
-            check_queue_name(queue)
-            name = str(self.pg_connection().execute(QUERIES["ensure"], {"queue": queue,
-                                                        "expires_ms": expires_ms}
-                                             ).fetchone()[0])  # type: ignore[index]
-            if len(self._pgmq_names) >= _CACHE_LIMIT:
-                self._pgmq_names.clear()
-                self._statements.clear()
-            self._pgmq_names[queue] = name
-        return name
+        return self.storage(queue, expires_ms, refresh=refresh).pgmq_name
 
     def statement(self, kind: str, queue: str) -> sql.Composed:
-        """Statement ``kind`` of tables.sql on ``queue``'s pgmq table (cached)."""
+        """Statement ``kind`` of storage.sql on ``queue``'s messages (cached)."""
         key = (kind, queue)
         stmt = self._statements.get(key)
         if stmt is None:
-            stmt = sql.SQL(TABLE_STATEMENTS[kind]).format(queue=sql.Identifier(*queue_table(
-                self.pgmq_name(queue))))
-            self._statements[key] = stmt
+            stmt = self._statements[key] = self.storage(queue).statement(kind)
         return stmt
 
     def forget_queue(self, queue: str) -> None:
-        """Drop cached names and statements of ``queue`` (it was dropped or recreated)."""
-        self._pgmq_names.pop(queue, None)
-        for kind in TABLE_STATEMENTS:
+        """Drop the cached storage and statements of ``queue`` (dropped or recreated)."""
+        self._storages.pop(queue, None)
+        for kind in KINDS:
             self._statements.pop((kind, queue), None)
 
     def establish_connection(self) -> Any:

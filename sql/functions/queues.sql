@@ -111,6 +111,18 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
+    IF q.storage = 'pgmq' THEN
+        -- The queue was taken over by a worker's declaration (swf._queue_take_over) after
+        -- the publisher looked its storage up: the message goes where the queue is now (that
+        -- table's own trigger wakes its consumers).
+        EXECUTE format(
+            'WITH gone AS (DELETE FROM swf.transient_messages WHERE msg_id = $1 '
+            '  RETURNING read_ct, enqueued_at, vt, message, headers) '
+            'INSERT INTO pgmq.%I (read_ct, enqueued_at, vt, message, headers) '
+            'SELECT read_ct, enqueued_at, vt, message, headers FROM gone',
+            'q_' || q.pgmq_name) USING NEW.msg_id;
+        RETURN NULL;
+    END IF;
     PERFORM pg_advisory_xact_lock_shared(swf._queue_lock_space(), q.id);
     UPDATE swf.queue_waiters SET waiting = false WHERE queue_id = q.id AND waiting;
     IF FOUND THEN

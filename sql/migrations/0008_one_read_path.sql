@@ -1,3 +1,3 @@
--- 0008: the broker reads messages through one path only (transport/tables.sql). It adds no
+-- 0008: the broker reads messages through one path only (transport/storage.sql). It adds no
 -- table; the PL/pgSQL read it removed is gone from sql/functions/queues.sql, and migrate drops
 -- functions that no file defines.

@@ -15,7 +15,7 @@ from psycopg.types.json import Jsonb
 import swf_celery
 from swf_celery.ops import migrate
 from swf_celery.transport.names import queue_table
-from swf_celery.transport.transport import TABLE_STATEMENTS
+from swf_celery.transport.storage import QueueStorage
 from tests.helpers import kombu_message, pg_url, sql, sql_value, wait_until
 
 
@@ -80,12 +80,12 @@ def test_cancel_reports_a_message_fetched_while_it_runs(db_url: str) -> None:
     send(db_url, "celery", "first", root)
     send(db_url, "celery", "second", root)
     pgmq_name = sql_value(db_url, "SELECT pgmq_name FROM swf.queues WHERE name = 'celery'")
-    read = pgsql.SQL(TABLE_STATEMENTS["read"]).format(queue=pgsql.Identifier(
-        *queue_table(pgmq_name)))
+    read = QueueStorage("celery", pgmq_name, "pgmq").statement("read")
     outcome: list[Any] = []
     # A consumer fetches "first" in a transaction that has not committed yet ...
     with psycopg.connect(pg_url(db_url)) as consumer:
-        fetched = consumer.execute(read, {"qty": 1, "vt": 60, "acks": []}).fetchall()
+        fetched = consumer.execute(read, {"qty": 1, "vt": 60, "acks": [],
+                                          "queue": "celery"}).fetchall()
         assert len(fetched) == 1
         canceller = threading.Thread(target=lambda: outcome.append(
             swf_celery.cancel_canvas(root, db_url, terminate=False)))

@@ -13,6 +13,7 @@ from psycopg import sql as pgsql
 from psycopg.types.json import Jsonb
 
 import swf_celery as swf
+from swf_celery.transport.storage import QueueStorage
 from tests.helpers import kombu_message, sql, sql_value
 
 pytestmark = pytest.mark.db
@@ -210,3 +211,10 @@ def test_a_queue_a_client_made_first_is_the_workers_to_define(
     assert sql_value(db_url, "SELECT count(*) FROM swf.queues WHERE name = 'gpu_jobs'") == 1
     # A client's later declaration changes nothing.
     assert sql(client, "SELECT storage FROM swf.queue_ensure('gpu_jobs', 5000)") == [("pgmq",)]
+    # A client that looked the storage up before the take-over still publishes into the queue.
+    stale = QueueStorage("gpu_jobs", "t" + sql_value(
+        db_url, "SELECT pgmq_name FROM swf.queues WHERE name = 'gpu_jobs'")[1:], "transient")
+    sql(client, stale.statement("send"), {"message": Jsonb(kombu_message("late")), "delay": 0,
+                                          "commit": "on", "queue": "gpu_jobs"})
+    assert sql_value(db_url, "SELECT swf.queue_size('gpu_jobs')") == 2
+    assert sql_value(db_url, "SELECT count(*) FROM swf.transient_messages") == 0

@@ -1,0 +1,87 @@
+-- The broker's statements on a queue's messages, written once for both storages and
+-- prepared per connection by psycopg (plain statements: no PL/pgSQL re-planning on the hot
+-- path). storage.py fills in, from the queue's storage (swf.queues.storage, chosen once):
+--   {table}       the message table: pgmq.q_<pgmq name> (a quoted identifier, the name read
+--                 from swf.queues and checked against names.PGMQ_NAME), or
+--                 swf.transient_messages;
+--   {key}         the condition selecting the queue's rows (a fragment below);
+--   {order}       the read order's priority, as each table's index has it;
+--   {priority}    that priority as an integer, returned with each message;
+--   {columns} {values}  the key columns a send fills in.
+-- Values are parameters; channel.py drops messages over max_deliveries after reading.
+
+-- name: read
+-- %(acks)s: ids of this queue's messages acked since its last read, deleted by the same
+-- statement (one round trip for both). They are hidden by their visibility timeout, so the
+-- read never picks them.
+WITH acked AS (
+    DELETE FROM {table} m WHERE {key} AND m.msg_id = ANY (%(acks)s::bigint[])),
+picked AS (
+    SELECT m.msg_id FROM {table} m
+     WHERE {key} AND m.vt <= clock_timestamp()
+     ORDER BY {order}, m.msg_id
+     LIMIT %(qty)s
+       FOR UPDATE SKIP LOCKED)
+UPDATE {table} m
+   SET vt = clock_timestamp() + make_interval(secs => %(vt)s),
+       read_ct = m.read_ct + 1,
+       last_read_at = clock_timestamp()
+  FROM picked
+ WHERE m.msg_id = picked.msg_id
+RETURNING m.msg_id, m.read_ct, m.message, {priority};
+
+-- name: pop
+WITH picked AS (
+    SELECT m.msg_id FROM {table} m
+     WHERE {key} AND m.vt <= clock_timestamp()
+     ORDER BY {order}, m.msg_id
+     LIMIT %(qty)s
+       FOR UPDATE SKIP LOCKED)
+DELETE FROM {table} m
+ USING picked
+ WHERE m.msg_id = picked.msg_id
+RETURNING m.msg_id, m.read_ct + 1, m.message, {priority};
+
+-- name: delete
+DELETE FROM {table} m WHERE {key} AND m.msg_id = ANY (%(ids)s);
+
+-- name: send
+-- A transient queue that expired meanwhile has no swf.queues row: the foreign key refuses
+-- the row and the transport drops the message (as Redis does for a fanout queue nobody
+-- consumes). No RETURNING: a client may publish, not read back.
+WITH durability AS (SELECT set_config('synchronous_commit', %(commit)s, true)),
+     msg AS (SELECT %(message)s::jsonb AS message),
+     hdr AS (SELECT msg.message, swf.queue_headers(msg.message) AS headers FROM msg)
+INSERT INTO {table} ({columns}vt, message, headers)
+SELECT {values}clock_timestamp() + make_interval(secs => %(delay)s), hdr.message, hdr.headers
+  FROM hdr, durability;
+
+-- Fragments of each storage.
+
+-- name: pgmq_key
+TRUE
+
+-- name: pgmq_order
+(coalesce((m.headers ->> 'priority')::integer, 0))
+
+-- name: pgmq_priority
+coalesce((m.headers ->> 'priority')::integer, 0)
+
+-- name: pgmq_columns
+
+-- name: pgmq_values
+
+-- name: transient_key
+m.queue = %(queue)s
+
+-- name: transient_order
+m.priority
+
+-- name: transient_priority
+m.priority::integer
+
+-- name: transient_columns
+queue, priority, 
+
+-- name: transient_values
+%(queue)s, (hdr.headers ->> 'priority')::smallint, 
