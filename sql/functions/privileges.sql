@@ -18,14 +18,15 @@
 
 -- The part of the calling role: 'operator', 'worker', 'client', or NULL (none granted).
 CREATE OR REPLACE FUNCTION swf._caller_part() RETURNS text
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
-    SELECT CASE WHEN r.rolsuper
-                  OR pg_has_role(session_user, (SELECT n.nspowner FROM pg_namespace n
-                                                 WHERE n.nspname = 'swf'), 'MEMBER')
-                THEN 'operator'
-                ELSE (SELECT p.part FROM swf.roles p WHERE p.role = session_user) END
-      FROM pg_roles r WHERE r.rolname = session_user
-$$;
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+BEGIN
+    IF (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user)
+       OR pg_has_role(session_user, (SELECT n.nspowner FROM pg_namespace n
+                                      WHERE n.nspname = 'swf'), 'MEMBER') THEN
+        RETURN 'operator';
+    END IF;
+    RETURN (SELECT p.part FROM swf.roles p WHERE p.role = session_user);
+END $$;
 REVOKE EXECUTE ON FUNCTION swf._caller_part() FROM PUBLIC;
 
 -- Raise insufficient_privilege unless the caller plays one of p_parts; p_what says what it
