@@ -218,3 +218,24 @@ def test_a_queue_a_client_made_first_is_the_workers_to_define(
                                           "commit": "on", "queue": "gpu_jobs"})
     assert sql_value(db_url, "SELECT swf.queue_size('gpu_jobs')") == 2
     assert sql_value(db_url, "SELECT count(*) FROM swf.transient_messages") == 0
+
+
+def test_a_client_sends_listens_and_acknowledges_messages(
+        db_url: str, parts: dict[str, str]) -> None:
+    client, worker = parts["client"], parts["worker"]
+    listener = swf.listen("orders", client)
+    try:
+        sent = swf.send_with_notify("orders", {"n": 1}, worker)  # a channel made by a worker
+        note = listener.get(timeout=10)
+        assert note is not None and note.message_id == sent
+        message = swf.get_message("orders", sent, client)
+        assert message is not None and message.body == {"n": 1}
+        mine = swf.send_with_notify("orders", {"n": 2}, client)
+        assert [m.id for m in swf.read_pending("orders", client)] == [sent, mine]
+        assert swf.acknowledge("orders", [sent, mine], client) == [sent, mine]
+        assert swf.read_pending("orders", client) == []
+    finally:
+        swf.unlisten(listener)
+    # The client made no table and wrote no catalog row of its own.
+    assert not _allowed(client, pgsql.SQL("INSERT INTO swf.channels (channel, queue_name) "
+                                          "VALUES ('x', 'y')"))
