@@ -8,10 +8,10 @@
 --   client    publish, read its results, start and watch runs (local steps included),
 --             send, listen and acknowledge messages, revoke the tasks it published;
 --   worker    take and report its deliveries and the distributed steps it runs, store
---             results, expire and reap queues, sweep overdue steps, clean up;
+--             results, expire and reap queues, sweep overdue steps;
 --   operator  everything: cancel, pause, resume, retry, purge, revoke any task, delete
---             queues, requeue dead letters. The owner of schema swf (the role that runs
---             `swf-celery migrate`) and superusers are operators.
+--             queues, requeue dead letters, clean up. The owner of schema swf (the role
+--             that runs `swf-celery migrate`) and superusers are operators.
 --
 -- The caller is session_user: the role that logged in (inside these functions current_user
 -- is their owner).

@@ -14,7 +14,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_te
 DECLARE
     n bigint;
 BEGIN
-    PERFORM swf._require_part('clean up', 'worker');
+    PERFORM swf._require_part('clean up');
     IF p_dry THEN
         RETURN (SELECT count(*) FROM swf.runs
                  WHERE status IN ('completed', 'failed', 'cancelled')
@@ -46,7 +46,7 @@ DECLARE
     n bigint := 0;
     m bigint;
 BEGIN
-    PERFORM swf._require_part('clean up', 'worker');
+    PERFORM swf._require_part('clean up');
     IF p_kind NOT IN ('dead_letters', 'acked', 'channels') THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('unknown archive kind %L', p_kind);
@@ -91,7 +91,7 @@ DECLARE
     n bigint := 0;
     m bigint;
 BEGIN
-    PERFORM swf._require_part('clean up', 'worker');
+    PERFORM swf._require_part('clean up');
     IF p_dry THEN
         RETURN (SELECT count(*) FROM swf.task_results
                  WHERE expires_at < now() OR (expires_at IS NULL AND date_done < p_before))

@@ -5,13 +5,13 @@
 (:class:`psycopg.sql.Identifier`; nothing of the role's name is spliced as text):
 
 - **worker**: consume and publish (the broker's queue tables), store results and chord
-  state; report the steps it runs, expire and reap queues, sweep and clean up through the
-  functions;
+  state; report the steps it runs, expire and reap queues and sweep through the functions;
 - **client** (a web process, a script): publish tasks (it cannot read or delete queued
   messages), read and forget results, start and watch runs (local steps included), goals,
   send, listen to and acknowledge messages, revoke the tasks it published;
 - **operator**: lifecycle (pause, resume, cancel, retry, revoke any task, purge, delete
-  queues) and cleanup: every row of the ``swf`` and ``pgmq`` schemas, no DDL.
+  queues, requeue dead letters) and cleanup: every row of the ``swf`` and ``pgmq`` schemas,
+  no DDL.
 
 Table privileges cover what reads and the broker's hot path need; every other change goes
 through a function that runs as its owner and checks the caller's part, which a grant

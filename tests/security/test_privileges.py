@@ -57,8 +57,8 @@ FUNCTIONS: dict[str, set[str]] = {
     "abandon_task": ALL, "_caller_part": ALL, "_grant_channels": ALL, "queue_send": ALL,
     "_require_part": {"operator"},  # ('probe'): what only an operator may do
     "queue_unbind": {"worker", "operator"}, "queue_reap": {"worker", "operator"},
-    "sweep_timeouts": {"worker", "operator"}, "retention_runs": {"worker", "operator"},
-    "retention_archives": {"worker", "operator"}, "retention_results": {"worker", "operator"},
+    "sweep_timeouts": {"worker", "operator"}, "retention_runs": {"operator"},
+    "retention_archives": {"operator"}, "retention_results": {"operator"},
     "queue_drop": {"operator"}, "queue_purge": {"operator"}, "cancel_canvas": {"operator"},
     "queue_requeue_dead_letters": {"operator"}, "queue_purge_dead_letters": {"operator"},
     "pause_run": {"operator"}, "resume_run": {"operator"}, "cancel_run": {"operator"},
@@ -239,3 +239,12 @@ def test_a_client_sends_listens_and_acknowledges_messages(
     # The client made no table and wrote no catalog row of its own.
     assert not _allowed(client, pgsql.SQL("INSERT INTO swf.channels (channel, queue_name) "
                                           "VALUES ('x', 'y')"))
+
+
+def test_cleanup_is_an_operators(parts: dict[str, str]) -> None:
+    from swf_celery.errors import DatabasePermissionError
+    from swf_celery.ops.retention import cleanup
+
+    with pytest.raises(DatabasePermissionError, match="needs operator"):
+        cleanup(parts["worker"])
+    assert cleanup(parts["operator"]).total >= 0
