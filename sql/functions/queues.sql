@@ -258,9 +258,17 @@ CREATE OR REPLACE FUNCTION swf._queue_take_over(q swf.queues, p_storage text,
 RETURNS swf.queues
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_old swf.queues := q;
+    v_old     swf.queues;
+    v_timeout text;
 BEGIN
-    PERFORM 1 FROM swf.queues WHERE id = q.id FOR UPDATE;
+    -- Under the row's lock, as the queue is now: a concurrent declaration may have taken it.
+    SELECT * INTO v_old FROM swf.queues WHERE id = q.id FOR UPDATE;
+    IF NOT FOUND THEN  -- deleted meanwhile
+        RETURN q;
+    END IF;
+    IF v_old.declared_by IS DISTINCT FROM 'client' THEN
+        RETURN v_old;
+    END IF;
     UPDATE swf.queues SET storage = p_storage, expires_ms = nullif(p_expires_ms, 0),
                           declared_by = NULL, last_active = clock_timestamp(),
                           pgmq_name = swf._queue_pgmq_name(q.name, p_storage)
@@ -286,8 +294,10 @@ BEGIN
             'SELECT $1, coalesce((headers ->> ''priority'')::smallint, 0), read_ct, '
             '       enqueued_at, vt, message, coalesce(headers, ''{}'') FROM gone ORDER BY msg_id',
             'q_' || v_old.pgmq_name) USING q.name;
+        v_timeout := current_setting('lock_timeout');
         PERFORM set_config('lock_timeout', swf._ddl_lock_timeout(), true);
         PERFORM pgmq.drop_queue(v_old.pgmq_name);
+        PERFORM set_config('lock_timeout', v_timeout, true);
     END IF;
     RETURN q;
 END $$;
@@ -308,7 +318,8 @@ $$;
 -- Enqueue a kombu message (the dict kombu's virtual Channel._put receives) on a queue named
 -- as Celery names it. Priority 0..9 (0 first, as on Redis), delay in whole seconds. The two
 -- storages take different rows (the shared table keys them by queue name and priority). It
--- runs as its owner (a client may publish, not read the queue back), for any part.
+-- runs as its owner (a client may publish, not read the queue back), for any part
+-- (swf.queue_ensure checks it).
 CREATE OR REPLACE FUNCTION swf.queue_send(queue text, message jsonb, delay_seconds integer DEFAULT 0)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
@@ -327,8 +338,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('swf.queue_send: delay_seconds must be >= 0, not %s', delay_seconds);
     END IF;
-    PERFORM swf._require_part('publish', 'client', 'worker');
-    q := swf.queue_ensure(queue_send.queue);
+    q := swf.queue_ensure(queue_send.queue);  -- checks the caller's part
     IF jsonb_typeof(v_msg -> 'properties') IS DISTINCT FROM 'object' THEN
         v_msg := jsonb_set(v_msg, '{properties}', '{}');
     END IF;
@@ -462,7 +472,8 @@ BEGIN
         EXECUTE format('DELETE FROM %s m WHERE %s AND m.msg_id = ANY ($1)', s.tbl, s.filter)
           USING p_ids;
     ELSIF q.storage = 'pgmq' THEN
-        PERFORM pgmq.archive(q.pgmq_name, p_ids);
+        SELECT count(*) INTO n FROM pgmq.archive(q.pgmq_name, p_ids);
+        RETURN n;
     ELSE
         WITH gone AS (
             DELETE FROM swf.transient_messages t WHERE t.queue = q.name AND t.msg_id = ANY (p_ids)
@@ -635,8 +646,7 @@ CREATE OR REPLACE FUNCTION swf.queue_bind(p_exchange text, p_routing_key text, p
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 BEGIN
-    PERFORM swf._require_part('bind a queue', 'client', 'worker');
-    PERFORM swf.queue_ensure(p_queue);
+    PERFORM swf.queue_ensure(p_queue);  -- checks the caller's part
     INSERT INTO swf.queue_bindings (exchange, routing_key, pattern, queue)
     VALUES (p_exchange, coalesce(p_routing_key, ''), p_pattern, p_queue)
     ON CONFLICT DO NOTHING;

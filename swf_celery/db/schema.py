@@ -37,46 +37,43 @@ MIGRATE_HINT = "run `swf-celery migrate`"
 
 
 @dataclass(frozen=True)
-class Migration:
-    """One numbered file of ``sql/migrations/``."""
+class SqlFile:
+    """One file of ``sql/``, with the checksum the database records of it."""
 
-    version: int
     name: str
     sql: str
 
     @property
     def checksum(self) -> str:
-        """SHA-256 of the file's text, as recorded in ``swf.schema_migrations``."""
-        return _sha256(self.sql)
+        """SHA-256 of the file's text."""
+        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
-class FunctionFile:
-    """One file of ``sql/functions/``: the stored functions of one concern."""
+class Migration(SqlFile):
+    """One numbered file of ``sql/migrations/`` (recorded in ``swf.schema_migrations``)."""
 
-    name: str
-    sql: str
-
-    @property
-    def checksum(self) -> str:
-        """SHA-256 of the file's text, as recorded in ``swf.schema_functions``."""
-        return _sha256(self.sql)
+    version: int
 
 
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+class FunctionFile(SqlFile):
+    """One file of ``sql/functions/``: the stored functions of one concern (recorded in
+    ``swf.schema_functions``)."""
+
+
+def _read(folder: str, pattern: re.Pattern[str]) -> list[tuple[re.Match[str], str]]:
+    """The files of ``sql/<folder>`` whose names match ``pattern``, with their text."""
+    return [(match, entry.read_text(encoding="utf-8"))
+            for entry in files("swf_celery.sql").joinpath(folder).iterdir()
+            if (match := pattern.match(entry.name))]
 
 
 @functools.cache
 def migrations() -> tuple[Migration, ...]:
     """Every migration shipped with the package, in version order."""
-    found = []
-    for entry in files("swf_celery.sql").joinpath("migrations").iterdir():
-        match = _MIGRATION.match(entry.name)
-        if match:
-            found.append(Migration(int(match.group(1)), match.group(2),
-                                   entry.read_text(encoding="utf-8")))
-    found.sort(key=lambda m: m.version)
+    found = sorted((Migration(match.group(2), text, int(match.group(1)))
+                    for match, text in _read("migrations", _MIGRATION)),
+                   key=lambda m: m.version)
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
         raise MigrationError(f"two migration files share a version number: {versions}")
@@ -86,12 +83,9 @@ def migrations() -> tuple[Migration, ...]:
 @functools.cache
 def function_files() -> tuple[FunctionFile, ...]:
     """Every function file shipped with the package, in name order."""
-    found = []
-    for entry in files("swf_celery.sql").joinpath("functions").iterdir():
-        match = _FUNCTIONS.match(entry.name)
-        if match:
-            found.append(FunctionFile(match.group(1), entry.read_text(encoding="utf-8")))
-    return tuple(sorted(found, key=lambda f: f.name))
+    return tuple(sorted((FunctionFile(match.group(1), text)
+                         for match, text in _read("functions", _FUNCTIONS)),
+                        key=lambda f: f.name))
 
 
 def latest_version() -> int:

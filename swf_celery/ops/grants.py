@@ -30,8 +30,8 @@ from typing import Literal
 
 from psycopg import sql
 
-from swf_celery.db import DatabaseHandle, load_queries, resolve
-from swf_celery.errors import ArgumentError, SchemaNotMigrated
+from swf_celery.db import DatabaseHandle, load_queries, resolve, schema
+from swf_celery.errors import ArgumentError
 
 QUERIES = load_queries(__package__, "grants.sql")
 #: The parts a role can be granted.
@@ -51,9 +51,7 @@ def grant(role: str, kind: Kind, repo: DatabaseHandle | None = None) -> None:
         if not exists or not exists[0]:
             raise ArgumentError(f"role {role!r} does not exist: CREATE ROLE … LOGIN PASSWORD … "
                                 "first (swf-celery grants privileges, it creates no role)")
-        owner = conn.execute("SELECT to_regclass('swf.roles') IS NOT NULL").fetchone()
-        if not owner or not owner[0]:
-            raise SchemaNotMigrated("the swf schema is not migrated: run swf-celery migrate")
+        schema.require_current(conn)  # the blocks name this release's tables and functions
         owner_row = conn.execute(QUERIES["owner"]).fetchone()
         names = {"role": sql.Identifier(role), "owner": sql.Identifier(owner_row[0])}  # type: ignore[index]
         for block in ("reset", kind):
