@@ -16,24 +16,30 @@
 -- The caller is session_user: the role that logged in (inside these functions current_user
 -- is their owner).
 
--- The part of the calling role: 'operator', 'worker', 'client', or NULL (none granted).
+-- The part of the calling role: the one `swf-celery grant` recorded, else 'operator' for a
+-- superuser or a member of the schema's owner, else NULL (none granted). Called only inside
+-- the functions that run as the owner (which may read swf.roles), so it runs as its caller:
+-- no privilege switch of its own on the hot path (a step's start and completion check it).
 CREATE OR REPLACE FUNCTION swf._caller_part() RETURNS text
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_part text := (SELECT p.part FROM swf.roles p WHERE p.role = session_user);
 BEGIN
-    IF (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user)
-       OR pg_has_role(session_user, (SELECT n.nspowner FROM pg_namespace n
-                                      WHERE n.nspname = 'swf'), 'MEMBER') THEN
+    -- pg_has_role counts a superuser as a member of every role.
+    IF v_part IS NULL AND pg_has_role(session_user, (SELECT n.nspowner FROM pg_namespace n
+                                                      WHERE n.nspname = 'swf'), 'MEMBER') THEN
         RETURN 'operator';
     END IF;
-    RETURN (SELECT p.part FROM swf.roles p WHERE p.role = session_user);
+    RETURN v_part;
 END $$;
 REVOKE EXECUTE ON FUNCTION swf._caller_part() FROM PUBLIC;
 
 -- Raise insufficient_privilege unless the caller plays one of p_parts; p_what says what it
--- tried. Returns the caller's part.
+-- tried. Returns the caller's part. Like swf._caller_part, called inside the owner's
+-- functions only.
 CREATE OR REPLACE FUNCTION swf._require_part(p_what text, VARIADIC p_parts text[] DEFAULT '{}')
 RETURNS text
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_part text := swf._caller_part();
 BEGIN

@@ -171,14 +171,17 @@ RETURNS swf.queues
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     q swf.queues;
-    v_part text := swf._require_part('create or declare a queue', 'client', 'worker');
+    v_part text;
     v_storage text := CASE WHEN p_expires_ms > 0 THEN 'transient' ELSE 'pgmq' END;
     v_pgmq text;
     v_other text;
 BEGIN
+    -- An existing queue is returned without a part check (only roles granted a part may
+    -- EXECUTE this): publishing to it is the hot path of SQL callers and the engine.
     SELECT * INTO q FROM swf.queues WHERE name = p_name;
     IF FOUND THEN
-        IF q.declared_by = 'client' AND v_part <> 'client' AND p_expires_ms IS NOT NULL THEN
+        IF q.declared_by = 'client' AND p_expires_ms IS NOT NULL
+           AND swf._require_part('declare a queue', 'client', 'worker') <> 'client' THEN
             RETURN swf._queue_take_over(q, v_storage, p_expires_ms);
         END IF;
         IF p_expires_ms > 0 AND q.expires_ms IS NOT NULL
@@ -187,6 +190,7 @@ BEGIN
         END IF;
         RETURN q;
     END IF;
+    v_part := swf._require_part('create a queue', 'client', 'worker');
     PERFORM swf.queue_check_name(p_name);
     IF p_expires_ms IS NULL AND swf.queue_is_transient_name(p_name) THEN
         RAISE EXCEPTION USING ERRCODE = '42704',
