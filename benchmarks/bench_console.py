@@ -69,7 +69,8 @@ def main() -> None:
         small = _one_step()
         for _ in range(RUNS):
             swf.Executor.start(small, {}, url)
-        with TestClient(create_app(url, token="")) as client:
+        with TestClient(create_app(url, allowed_hosts=["testserver"],
+                                   require_token=False)) as client:
             rows = [(label, *_timed(client, path)) for label, path in (
                 ("run page, 1000-step DAG", f"/runs/{big}"),
                 (f"runs list ({RUNS + 1} runs, page of 50)", "/"),

@@ -1,6 +1,7 @@
 """The database plumbing every layer shares: one URL resolver, one pool, one statement helper.
 
 - :func:`database_url` (:mod:`.urls`) decides which database a process uses;
+  :func:`read_only_url` gives a URL whose sessions cannot write;
 - :func:`resolve` (:mod:`.connections`) turns a database handle (:data:`DatabaseHandle`, the
   ``repo`` argument of every public function) into a :class:`Database` with ONE fork-safe
   pool per process; :meth:`Database.fetch_one` runs one statement in autocommit mode (one
@@ -35,6 +36,7 @@ from swf_celery.db.urls import (
     kombu_dsn,
     kombu_url,
     normalize_dsn,
+    read_only_url,
     redact,
     split_listen_url,
     with_listen_url,
@@ -44,6 +46,6 @@ __all__ = [
     "APP_SETTING", "DEFAULT_POOL_SIZE", "ENV_DATABASE_URL", "ROLES", "Database", "DatabaseHandle",
     "DatabaseUrl", "ErrorMap", "LIBPQ_PARAMETERS", "LISTEN_PARAMETER", "application_name",
     "behind_pooler", "broker_url", "database_url", "kombu_dsn", "kombu_url", "load_queries",
-    "named_dsn", "normalize_dsn", "open_connection", "split_listen_url", "with_listen_url",
-    "redact", "resolve", "retry_unavailable", "translate_errors",
+    "named_dsn", "normalize_dsn", "open_connection", "read_only_url", "split_listen_url",
+    "with_listen_url", "redact", "resolve", "retry_unavailable", "translate_errors",
 ]

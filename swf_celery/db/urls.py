@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -19,6 +19,8 @@ from swf_celery.errors import ConfigurationError
 
 #: Environment variable naming the database when nothing more specific does.
 ENV_DATABASE_URL = "SWF_DATABASE_URL"
+#: libpq ``options`` that make every transaction of a session read-only.
+READ_ONLY_OPTIONS = "-c default_transaction_read_only=on"
 #: Celery setting naming the workflow database (when the broker is not ``swf://``).
 APP_SETTING = "swf_database_url"
 #: URL schemes accepted for a PostgreSQL DSN.
@@ -97,7 +99,10 @@ def split_listen_url(dsn: str) -> tuple[str, str | None]:
         return dsn, None
     if not listen[-1]:
         raise ConfigurationError(f"database URL {redact(dsn)!r}: {LISTEN_PARAMETER} is empty")
-    rest = urlencode([(k, v) for k, v in pairs if k != LISTEN_PARAMETER])
+    # The other parameters stay as written: re-encoding them would turn a space (%20) into
+    # "+", which libpq reads as a plus sign.
+    rest = "&".join(p for p in parts.query.split("&")
+                    if p and unquote(p.partition("=")[0]) != LISTEN_PARAMETER)
     return urlunsplit(parts._replace(query=rest)), normalize_dsn(listen[-1])
 
 
@@ -112,6 +117,25 @@ def with_listen_url(dsn: str, listen_url: str | None) -> str:
     normalize_dsn(listen_url)  # a clear error now rather than at the first LISTEN
     sep = "&" if urlsplit(dsn).query else "?"
     return f"{dsn}{sep}{urlencode({LISTEN_PARAMETER: listen_url})}"
+
+
+def read_only_url(dsn: str) -> str:
+    """``dsn`` whose sessions are read-only from their start: libpq ``options`` gains
+    :data:`READ_ONLY_OPTIONS`, so any write of such a session, inside a stored function
+    too, fails with SQLSTATE 25006. Its own ``options`` and ``listen_url`` are kept.
+    """
+    main, listen = split_listen_url(dsn)
+    if "://" not in main:
+        options = str(conninfo_to_dict(main).get("options") or "")
+        return make_conninfo(main, options=f"{options} {READ_ONLY_OPTIONS}".strip())
+    # The other parameters are left as written: re-encoding them could change what libpq
+    # reads (it decodes %XX only, never "+").
+    parts = urlsplit(main)
+    pieces = [p for p in parts.query.split("&") if p]
+    given = [unquote(p.partition("=")[2]) for p in pieces if p.partition("=")[0] == "options"]
+    pieces = [p for p in pieces if p.partition("=")[0] != "options"]
+    pieces.append("options=" + quote(" ".join([*given[-1:], READ_ONLY_OPTIONS]), safe=""))
+    return with_listen_url(urlunsplit(parts._replace(query="&".join(pieces))), listen)
 
 
 def kombu_url(client: Any) -> str:

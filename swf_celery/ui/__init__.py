@@ -8,5 +8,6 @@ updates over Server-Sent Events. See ``docs/console.md``.
 """
 
 from swf_celery.ui.app import create_app
+from swf_celery.ui.security import LOOPBACK_HOSTS
 
-__all__ = ["create_app"]
+__all__ = ["LOOPBACK_HOSTS", "create_app"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,11 +30,12 @@ from starlette.requests import Request
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from swf_celery.db import Database, DatabaseHandle, resolve
+from swf_celery.db import Database, DatabaseHandle, read_only_url, resolve
+from swf_celery.errors import ConfigurationError
 from swf_celery.ui import catalog, controls, metrics, queue_pages, run, runs
 from swf_celery.ui.events import EventHub
 from swf_celery.ui.layout import Context
-from swf_celery.ui.security import TOKEN_ENV, Csrf, Guard
+from swf_celery.ui.security import TOKEN_ENV, Csrf, Guard, allowed_host_names
 
 
 @dataclass
@@ -50,7 +51,9 @@ class Console:
     registry: Any = field(init=False)
 
     def __post_init__(self) -> None:
-        self.consumers = queue_pages.Consumers(self.celery_app)
+        # Counting consumers broadcasts ``inspect active_queues`` (a publish, and a reply
+        # queue declared): a read-only console does not ask.
+        self.consumers = queue_pages.Consumers(None if self.read_only else self.celery_app)
         self.registry = metrics.registry_for(metrics.SwfCollector(self.db, self.hub))
 
     def context(self, request: Request) -> Context:
@@ -58,21 +61,44 @@ class Console:
         return Context(request, self.csrf, self.read_only)
 
 
-def create_app(repo: DatabaseHandle | None = None, *, read_only: bool = False,
-               token: str | None = None, celery_app: Any = None) -> Starlette:
+def create_app(repo: DatabaseHandle | None = None, *,
+               allowed_hosts: Sequence[str] | None = None, token: str | None = None,
+               require_token: bool = True, read_only: bool = False,
+               celery_app: Any = None) -> Starlette:
     """The console on ``repo`` (a DSN, Engine or pool; ``None``: ``$SWF_DATABASE_URL``...).
 
-    ``read_only`` hides and refuses every control. ``token``: require it on every request
-    (default ``$SWF_UI_TOKEN``; ``""`` for none). ``celery_app``: used to count consumers
-    (``inspect active_queues``) and to revoke running steps on cancel; without one the
-    consumers column stays empty and cancel uses an app on the database's ``swf://`` URL.
-    Mount it in your own Starlette/FastAPI app with ``Mount("/swf", app=create_app(...))``.
+    It has the guard ``swf-celery ui`` has, and refuses to start without it
+    (:class:`ConfigurationError` naming what is missing):
+
+    - ``allowed_hosts`` (required): the Host names browsers reach the console under; a
+      request naming another host gets 400, so a page whose DNS name was rebound to the
+      console's address can neither read nor drive it. ``LOOPBACK_HOSTS`` for a console on
+      this machine; ``"*"``, any name, only with a token.
+    - ``token``: required on every request (default ``$SWF_UI_TOKEN``; ``""`` is none);
+      ``require_token=False`` lets it serve without one, for where the app that mounts it
+      authenticates every request or listens on loopback only.
+
+    ``read_only`` hides and refuses every control, asks no worker anything, and reads
+    through sessions of its own that cannot write (``default_transaction_read_only``).
+    ``celery_app``: used to count consumers (``inspect active_queues``) and to revoke
+    running steps on cancel; without one the consumers column stays empty and cancel uses
+    an app on the database's ``swf://`` URL. Mount it in your own Starlette/FastAPI app
+    with ``Mount("/swf", app=create_app(...))``.
     """
+    if token is None:
+        token = os.environ.get(TOKEN_ENV)
+    token = token or None
+    hosts = allowed_host_names(allowed_hosts, token)
+    if token is None and require_token:
+        raise ConfigurationError(
+            f"the console has no token: pass token=... or set {TOKEN_ENV} (a long random "
+            "string); require_token=False serves it without one, only where the app that "
+            "mounts it authenticates every request or listens on loopback only")
     db = resolve(repo)
+    if read_only:
+        db = resolve(read_only_url(db.dsn))
     hub = EventHub(db.dsn)
     console = Console(db, read_only, celery_app, hub)
-    if token is None:
-        token = os.environ.get(TOKEN_ENV) or None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -100,6 +126,6 @@ def create_app(repo: DatabaseHandle | None = None, *, read_only: bool = False,
               name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
-                    middleware=[Middleware(Guard, token=token)])
+                    middleware=[Middleware(Guard, token=token, allowed_hosts=hosts)])
     app.state.console = console
     return app

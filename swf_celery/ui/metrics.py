@@ -4,7 +4,9 @@ Families (all prefixed ``swf_``):
 
 - ``swf_queue_depth{queue}``, ``swf_queue_ready{queue}``, ``swf_queue_delayed{queue}``,
   ``swf_queue_held{queue}``, ``swf_queue_oldest_age_seconds{queue}``,
-  ``swf_queue_dead_letters{queue}`` (gauges, from the broker's tables);
+  ``swf_queue_dead_letters{queue}`` (gauges, from the broker's tables: exact up to
+  :data:`~swf_celery.ui.queues.COUNT_LIMIT`, estimates or lower bounds beyond, see
+  :mod:`swf_celery.ui.queues`), ``swf_queue_estimated{queue}`` (1 when any of them is);
 - ``swf_runs{workflow,status}`` (gauge: stored runs by status);
 - ``swf_step_duration_seconds{step,queue}`` (histogram of finished attempts, every stored
   attempt; a step's duration is from start to end of its latest attempt);
@@ -13,8 +15,9 @@ Families (all prefixed ``swf_``):
 - ``swf_console_events_total``, ``swf_console_event_reconnects_total``,
   ``swf_console_scrape_errors_total`` (this console process).
 
-Each scrape runs a handful of aggregate statements; the step histogram reads every stored
-step attempt, so scrape every 15 s or more on large histories.
+Each scrape runs a handful of aggregate statements. The queue gauges read at most
+:data:`~swf_celery.ui.queues.COUNT_LIMIT` rows per queue and count; the step histogram
+reads every stored step attempt, so scrape every 15 s or more on large histories.
 """
 
 from __future__ import annotations
@@ -85,11 +88,17 @@ class SwfCollector:
             "dead_letters": GaugeMetricFamily("swf_queue_dead_letters",
                                               "Dead-lettered messages", labels=["queue"]),
         }
+        estimated = GaugeMetricFamily(
+            "swf_queue_estimated",
+            f"1 when a count of the queue is over {queues.COUNT_LIMIT}: an estimate or a "
+            "lower bound", labels=["queue"])
         for q in stats:
             for key, family in families.items():
                 value = q.depth if key == "depth" else getattr(q, key)
                 family.add_metric([q.name], float(value or 0))
+            estimated.add_metric([q.name], 1.0 if q.approximate else 0.0)
         yield from families.values()
+        yield estimated
 
         with self.db.connection() as conn:
             runs = conn.execute(QUERIES["metric_runs_by_status"]).fetchall()

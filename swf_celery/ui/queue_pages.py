@@ -50,6 +50,19 @@ class Consumers:
             return self._counts
 
 
+def _mark(q: queues.QueueStats, name: str) -> str:
+    mark = q.mark(name)
+    if not mark:
+        return ""
+    what = "estimate from PostgreSQL's statistics" if mark == queues.ESTIMATE else "at least"
+    return f'<abbr class="approx" title="{what}">{mark}</abbr>'
+
+
+def _count(q: queues.QueueStats, name: str) -> str:
+    """A count of ``q`` as the page shows it: exact, or marked as estimate or lower bound."""
+    return _mark(q, name) + str(getattr(q, name))
+
+
 def _hide(name: str) -> bool:
     # Celery's per-process queues (remote control, replies, events): shown on request.
     return name.endswith(".pidbox") or name.endswith(".reply.celery.pidbox") or \
@@ -65,19 +78,28 @@ async def queues_page(request: Request) -> Response:
     show_all = request.query_params.get("all") == "1"
     shown = [q for q in stats if show_all or not _hide(q.name)]
     rows = [[f'<a href="{esc(ctx.url("/queues/" + path_part(q.name)))}">{esc(q.name)}</a>',
-             str(q.depth), str(q.ready), str(q.delayed), str(q.held), seconds(q.oldest_age),
+             _count(q, "depth"), _count(q, "ready"), _count(q, "delayed"), _count(q, "held"),
+             _mark(q, "oldest_age") + seconds(q.oldest_age),
              "" if consumers is None else str(consumers.get(q.name, 0)),
              (f'<a class="dead" href="{esc(ctx.url("/queues/" + path_part(q.name)))}#dead">'
-              f"{q.dead_letters}</a>") if q.dead_letters else "0"] for q in shown]
+              f"{_count(q, 'dead_letters')}</a>") if q.dead_letters else "0"] for q in shown]
     hidden = len(stats) - len(shown)
-    toggle = (f'<p class="hint">{hidden} of Celery\'s own queues (remote control, replies, '
-              f'events) hidden: <a href="{esc(ctx.url("/queues"))}{qs(all="1")}">show all</a>'
-              "</p>") if hidden else ""
+    hints = (f'<p class="hint">{hidden} of Celery\'s own queues (remote control, replies, '
+             f'events) hidden: <a href="{esc(ctx.url("/queues"))}{qs(all="1")}">show all</a>'
+             "</p>") if hidden else ""
+    if any(q.approximate for q in shown):
+        hints += (f'<p class="hint">Counts over {queues.COUNT_LIMIT:,} are estimates '
+                  f"({queues.ESTIMATE}, from PostgreSQL's statistics) or lower bounds "
+                  f"({queues.AT_LEAST}): the page reads at most {queues.COUNT_LIMIT:,} "
+                  "messages of a queue per count.</p>")
+    if consumers is None and console.read_only:
+        hints += ('<p class="hint">A read-only console asks no worker anything: consumers '
+                  "are not counted.</p>")
     body = ('<h1>Queues</h1><section id="queues" class="live">'
             + table(["queue", "depth", "ready", "delayed", "held", "oldest ready",
                      "consumers", "dead letters"], rows, cls="queues",
                     empty="no queues yet: start a worker or send a task")
-            + toggle + "</section>")
+            + hints + "</section>")
     return ctx.page("Queues", "queues", body, live={"poll": "5"})
 
 
@@ -108,18 +130,19 @@ async def queue_page(request: Request) -> Response:
         letters = await run_in_threadpool(queues.dead_letters, console.db, name)
     except QueueNameError as exc:
         return ctx.error(404, str(exc))
-    stats = next((q for q in await run_in_threadpool(queues.queue_stats, console.db)
-                  if q.name == name), None)
+    stats = next(iter(await run_in_threadpool(queues.queue_stats, console.db, [name])), None)
     summary = ""
     if stats is not None:
-        summary = (f'<p class="meta">depth {stats.depth} \u00b7 ready {stats.ready} \u00b7 '
-                   f"delayed {stats.delayed} \u00b7 held {stats.held} \u00b7 oldest ready "
-                   f"{seconds(stats.oldest_age) or '-'}</p>")
+        summary = (f'<p class="meta">depth {_count(stats, "depth")} \u00b7 ready '
+                   f'{_count(stats, "ready")} \u00b7 delayed {_count(stats, "delayed")} '
+                   f'\u00b7 held {_count(stats, "held")} \u00b7 oldest ready '
+                   f"{_mark(stats, 'oldest_age')}{seconds(stats.oldest_age) or '-'}</p>")
     base = f"/queues/{path_part(name)}/dead-letters"
     more = ""
     if stats is not None and stats.dead_letters > len(letters):
-        more = (f'<p class="hint">showing the newest {len(letters)} of {stats.dead_letters}; '
-                "requeue all and delete all act on every one</p>")
+        more = (f'<p class="hint">showing the newest {len(letters)} of '
+                f"{_count(stats, 'dead_letters')}; requeue all and delete all act on every "
+                "one</p>")
     bulk = ""
     if letters:
         bulk = (ctx.form(f"{base}/requeue", "requeue all", cls="requeue-all")

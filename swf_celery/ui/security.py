@@ -1,6 +1,11 @@
-"""The console's guards: bind rules, the access token, CSRF tokens and response headers.
+"""The console's guards: allowed Host names, bind rules, the access token, CSRF tokens and
+response headers.
 
-- Loopback binds need nothing; any other address needs a token (``SWF_UI_TOKEN``).
+- Every request must name an allowed host in its ``Host`` header (the loopback names, the
+  address the console was started on, and the names it was given), so a page whose DNS name
+  was rebound to a loopback address cannot read or drive the console: its requests carry
+  its own name.
+- Loopback binds need nothing more; any other address needs a token (``SWF_UI_TOKEN``).
 - With a token every request must carry it: ``Authorization: Bearer <token>``, the
   ``swf_ui_token`` cookie, or once ``?token=<token>`` (which sets the cookie and redirects
   to the same page without it). Tokens are compared with :func:`hmac.compare_digest`.
@@ -15,13 +20,19 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from swf_celery.errors import ConfigurationError
 
+#: Host names that always reach a console on this machine.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: In ``allowed_hosts``: any Host name (only with a token).
+ANY_HOST = "*"
+#: Bind addresses meaning "every interface": no Host name follows from them.
+WILDCARD_BINDS = ("0.0.0.0", "::", "")
 TOKEN_ENV = "SWF_UI_TOKEN"
 TOKEN_COOKIE = "swf_ui_token"
 CSRF_COOKIE = "swf_ui_csrf"
@@ -56,6 +67,55 @@ def check_bind(host: str, token: str | None) -> None:
         raise ConfigurationError(
             f"the console would be reachable at {host!r} without a token: set {TOKEN_ENV} "
             "(a long random string) or bind 127.0.0.1")
+
+
+def host_name(value: str) -> str:
+    """The host of a ``Host`` header or a host name, comparable: lower case, no port, no
+    brackets, no trailing dot, IP addresses in their short form."""
+    value = value.strip().lower()
+    if value.startswith("["):  # [v6] or [v6]:port
+        value = value[1:].partition("]")[0]
+    elif value.count(":") == 1:  # name:port (a bare IPv6 address has several colons)
+        value = value.partition(":")[0]
+    value = value.rstrip(".")
+    try:
+        return ipaddress.ip_address(value).compressed
+    except ValueError:
+        return value
+
+
+def allowed_host_names(names: Sequence[str] | None, token: str | None) -> frozenset[str]:
+    """The Host names a console answers to, checked: at least one, ``*`` only with a token."""
+    if isinstance(names, str):
+        raise ConfigurationError(f"allowed_hosts must be a list of host names, not the string "
+                                 f"{names!r}")
+    if not names:
+        raise ConfigurationError(
+            "the console needs allowed_hosts: the Host names browsers use to reach it, e.g. "
+            "allowed_hosts=['ops.example.com'] (or swf_celery.ui.LOOPBACK_HOSTS); a request "
+            "naming any other host is refused, so no page whose DNS name points at the "
+            "console's address can read or drive it")
+    checked = set()
+    for name in names:
+        if not isinstance(name, str) or not host_name(name) or "/" in name:
+            raise ConfigurationError(f"allowed_hosts: {name!r} is not a host name")
+        checked.add(ANY_HOST if name.strip() == ANY_HOST else host_name(name))
+    if ANY_HOST in checked and not token:
+        raise ConfigurationError(
+            f"allowed_hosts={ANY_HOST!r} answers to any Host name: it needs a token "
+            f"(set {TOKEN_ENV}), else any web page can drive the console by DNS rebinding")
+    return frozenset(checked)
+
+
+def bind_hosts(host: str, extra: Sequence[str] = ()) -> list[str]:
+    """The Host names of a console bound to ``host``: the loopback names, ``host`` itself
+    (unless it is a wildcard address) and ``extra``; a wildcard bind needs ``extra``."""
+    if host_name(host) in WILDCARD_BINDS and not extra:
+        raise ConfigurationError(
+            f"the console would listen on every address ({host!r}) without knowing its own "
+            "name: pass --allowed-host NAME (repeatable) with each Host name clients use")
+    own = [] if host_name(host) in WILDCARD_BINDS else [host]
+    return [*LOOPBACK_HOSTS, *own, *extra]
 
 
 def same(a: str | None, b: str) -> bool:
@@ -95,13 +155,26 @@ def _cookies(scope: Scope) -> dict[str, str]:
 
 
 class Guard:
-    """ASGI middleware: the token check (when a token is set) and the security headers."""
+    """ASGI middleware: the Host check, the token check (when a token is set) and the
+    security headers.
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+    Starlette's TrustedHostMiddleware is not used: it cuts the port at the first colon,
+    which leaves ``[`` of an IPv6 Host such as ``[::1]:8800``.
+    """
+
+    def __init__(self, app: ASGIApp, token: str | None, allowed_hosts: frozenset[str]) -> None:
         self.app = app
         self.token = token
+        self.allowed_hosts = allowed_hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        host = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
+        if ANY_HOST not in self.allowed_hosts and host_name(host) not in self.allowed_hosts:
+            await _refuse_host(scope, send, host)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -142,3 +215,16 @@ class Guard:
                     "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
         await send({"type": "http.response.body", "body": body})
         return False
+
+
+async def _refuse_host(scope: Scope, send: Send, host: str) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = (f"400: this console does not answer to the host {host[:100]!r}. Open it under a "
+            "name it was started for (127.0.0.1, localhost, its --host), or add the name "
+            "(--allowed-host NAME, or allowed_hosts of create_app).\n").encode("utf-8",
+                                                                              "replace")
+    await send({"type": "http.response.start", "status": 400,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"), *HEADERS]})
+    await send({"type": "http.response.body", "body": body})

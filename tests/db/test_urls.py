@@ -67,3 +67,27 @@ def test_broker_url_from_celerys_environment_variable(monkeypatch: pytest.Monkey
     monkeypatch.delenv("SWF_DATABASE_URL", raising=False)
     monkeypatch.setenv("CELERY_BROKER_URL", BROKER)
     assert db.database_url(app=_app()) == db.DatabaseUrl(BROKER, "app.conf.broker_url")
+
+
+def test_read_only_url_adds_the_option_and_keeps_the_rest() -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    plain = db.read_only_url("postgresql://u:p@h:5432/d?sslmode=require")
+    assert conninfo_to_dict(plain)["options"] == "-c default_transaction_read_only=on"
+    assert conninfo_to_dict(plain)["sslmode"] == "require"
+    given = db.read_only_url("postgresql://u@h/d?options=-c%20work_mem%3D4MB"
+                             "&listen_url=postgresql%3A%2F%2Fu%40h%3A6432%2Fd")
+    main, listen = db.split_listen_url(given)
+    assert listen == "postgresql://u@h:6432/d"
+    assert conninfo_to_dict(main)["options"] == (
+        "-c work_mem=4MB -c default_transaction_read_only=on")
+    keywords = db.read_only_url("host=h dbname=d options='-c search_path=x'")
+    assert conninfo_to_dict(keywords)["options"] == (
+        "-c search_path=x -c default_transaction_read_only=on")
+
+
+def test_split_listen_url_leaves_the_other_parameters_as_written() -> None:
+    # libpq decodes %XX only: a space re-encoded as "+" would reach it as a plus sign.
+    main, _ = db.split_listen_url("postgresql://h/d?options=-c%20work_mem%3D4MB"
+                                  "&listen_url=postgresql%3A%2F%2Fh%3A6432%2Fd&sslmode=require")
+    assert main == "postgresql://h/d?options=-c%20work_mem%3D4MB&sslmode=require"

@@ -62,19 +62,22 @@ def client(console_db: str) -> Iterator[Any]:
 
     from swf_celery.ui import create_app
 
-    with TestClient(create_app(console_db, token=""), follow_redirects=False) as tc:
+    # TestClient's requests name the host "testserver".
+    app = create_app(console_db, allowed_hosts=["testserver"], require_token=False)
+    with TestClient(app, follow_redirects=False) as tc:
         yield tc
 
 
 @pytest.fixture(scope="module")
 def live_console(console_db: str, celery_app: Any) -> Iterator[str]:
     uvicorn = pytest.importorskip("uvicorn", reason="the web extra (uvicorn) is not installed")
-    from swf_celery.ui import create_app
+    from swf_celery.ui import LOOPBACK_HOSTS, create_app
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(console_db, token="", celery_app=celery_app), host="127.0.0.1", port=port,
-        log_level="warning"))
+    app = create_app(console_db, allowed_hosts=LOOPBACK_HOSTS, require_token=False,
+                     celery_app=celery_app)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started or not thread.is_alive(), timeout=30,

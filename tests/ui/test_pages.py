@@ -145,8 +145,8 @@ def test_read_only_console_shows_no_controls_and_refuses_posts(console_db: str) 
     from swf_celery.ui import create_app
 
     rid = swf.Executor.start(Held, {}, console_db)
-    with TestClient(create_app(console_db, read_only=True, token=""),
-                    follow_redirects=False) as ro:
+    with TestClient(create_app(console_db, allowed_hosts=["testserver"], require_token=False,
+                               read_only=True), follow_redirects=False) as ro:
         page = ro.get(f"/runs/{rid}").text
         assert 'method="post"' not in page and "read-only" in page
         assert ro.post(f"/runs/{rid}/cancel", data={"csrf": "x"}).status_code == 403
@@ -159,7 +159,7 @@ def test_token_is_required_on_every_request_when_set(console_db: str) -> None:
 
     from swf_celery.ui import create_app
 
-    with TestClient(create_app(console_db, token="s3cret-token"),
+    with TestClient(create_app(console_db, allowed_hosts=["testserver"], token="s3cret-token"),
                     follow_redirects=False) as tc:
         assert tc.get("/").status_code == 401
         assert tc.get("/metrics").status_code == 401
@@ -263,7 +263,8 @@ def test_console_mounted_in_another_app_links_under_its_mount_point(console_db: 
     from swf_celery.ui import create_app
 
     rid = swf.Executor.start(Held, {}, console_db)
-    outer = Starlette(routes=[Mount("/ops/swf", app=create_app(console_db, token="t0ken"))])
+    console = create_app(console_db, allowed_hosts=["testserver"], token="t0ken")
+    outer = Starlette(routes=[Mount("/ops/swf", app=console)])
     with TestClient(outer, follow_redirects=False) as tc:
         opened = tc.get("/ops/swf/", params={"token": "t0ken"})
         assert opened.status_code == 303 and opened.headers["location"] == "/ops/swf/"
