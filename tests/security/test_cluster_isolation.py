@@ -100,6 +100,9 @@ def _attacks(attacker: Cluster, target: Cluster) -> dict[str, str]:
             sql.Literal(f"touch {data / 'planted_by_program'}")),
         "COPY TO PROGRAM kill": sql.SQL("COPY (SELECT 1) TO PROGRAM {}").format(
             sql.Literal(f"kill -0 {target.pid}")),
+        # The environment root started the server with, and the door to its memory.
+        "pg_read_binary_file environ": sql.SQL("SELECT pg_read_binary_file({})").format(
+            sql.Literal(f"/proc/{target.pid}/environ")),
     }
     outcome = {}
     for name, statement in tries.items():
@@ -144,7 +147,8 @@ def test_a_clusters_superuser_cannot_reach_another_cluster(
     for attacker, target in ((a, b), (b, a)):
         outcome = _attacks(attacker, target)
         assert "ok" not in outcome.values(), outcome
-        for name in ("pg_read_file", "pg_ls_dir", "COPY TO file"):
+        for name in ("pg_read_file", "pg_ls_dir", "COPY TO file",
+                     "pg_read_binary_file environ"):
             assert "Permission denied" in outcome[name], (name, outcome[name])
         for name in ("COPY TO PROGRAM cat", "COPY FROM PROGRAM ls", "COPY TO PROGRAM touch",
                      "COPY TO PROGRAM kill"):
