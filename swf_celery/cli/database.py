@@ -44,16 +44,16 @@ def db_restart() -> None:
 @database.command("status")
 @json_option
 def db_status(as_json: bool) -> None:
-    """Show whether the embedded server runs, its pid, port, data directory and URL
-    (password masked)."""
+    """Show whether the embedded server runs, its pid, port, OS user, data directory and
+    URL (password masked)."""
     from swf_celery.ops import embedded
 
     st = embedded.status()
-    data = {"running": st.running, "pid": st.pid, "port": st.port,
+    data = {"running": st.running, "pid": st.pid, "port": st.port, "user": st.user,
             "data_dir": str(st.data_dir), "url": st.url}
     emit(data, as_json, lambda: click.echo(
         f"{'running' if st.running else 'stopped'}  pid={st.pid}  port={st.port}  "
-        f"data={st.data_dir}  url={st.url}"))
+        f"user={st.user}  data={st.data_dir}  url={st.url}"))
     if not st.running:
         sys.exit(3)
 
@@ -75,7 +75,8 @@ def db_url() -> None:
 
 @database.command("remove")
 def db_remove() -> None:
-    """Stop the embedded server and delete its cluster and password file."""
+    """Stop the embedded server and delete its cluster and password file (as root, the
+    cluster's system user too)."""
     from swf_celery.ops import embedded
 
     click.echo("removed" if embedded.remove() else "nothing to remove")

