@@ -438,7 +438,10 @@ END $$;
 REVOKE EXECUTE ON FUNCTION swf.queue_arm(text[]) FROM PUBLIC;
 
 -- Dead-letter messages: moved from the queue to swf.dead_letters with the reason (the
--- broker's one dead-letter store, whatever the queue's storage).
+-- broker's one dead-letter store, whatever the queue's storage). The transaction commits
+-- with synchronous_commit on (SET LOCAL: the setting at commit is the transaction's, not a
+-- function's), whatever the session's: the dead letter, and the failed workflow attempt the
+-- engine's trigger on swf.dead_letters writes with it, survive a server crash.
 CREATE OR REPLACE FUNCTION swf._queue_bury(q swf.queues, p_ids bigint[], p_reason text)
 RETURNS integer
 LANGUAGE plpgsql AS $$
@@ -446,6 +449,7 @@ DECLARE
     s record := swf._queue_storage(q);
     n integer;
 BEGIN
+    PERFORM set_config('synchronous_commit', 'on', true);
     EXECUTE format(
         'WITH gone AS (DELETE FROM %s m WHERE %s AND m.msg_id = ANY ($1) '
         '  RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.message, m.headers) '
