@@ -7,8 +7,9 @@
   :func:`stop_worker`; the implementation is :mod:`swf_celery.testing`).
 - URLs: :func:`swf_url` (broker / result backend URL of a database), :func:`pg_url`.
 - SQL: :func:`sql` and :func:`sql_value` run one statement; :func:`queue_size`,
-  :func:`read_queue` (reads a broker queue the way the transport does), :func:`next_visible`
-  and :func:`connections_named`.
+  :func:`read_queue` (reads a broker queue the way the transport does), :func:`next_visible`,
+  :func:`connections_named`, :func:`probe_commits` / :func:`commit_settings` (the
+  ``synchronous_commit`` each commit ran under).
 - Broker test data: :func:`kombu_message`, :func:`publish` / :func:`drain` (kombu),
   :func:`create_task_runs` / :func:`task_runs` (the table ``tests.transport.broker_app``'s
   tasks write to).
@@ -40,9 +41,10 @@ CLI = [sys.executable, "-m", "swf_celery.cli"]
 REDIS_URL = "redis://127.0.0.1:6379/7"
 
 __all__ = [
-    "CLI", "REDIS_URL", "ROOT", "as_role", "connections_named", "create_task_runs", "drain",
+    "CLI", "REDIS_URL", "ROOT", "as_role", "commit_settings", "connections_named",
+    "create_task_runs", "drain",
     "embedded_env", "error_lines", "free_port", "kill_worker", "kombu_message", "next_visible",
-    "pg_url",
+    "pg_url", "probe_commits",
     "publish", "queue_size", "read_log", "read_queue", "run_cli", "run_module", "sql",
     "sql_value", "start_cli", "stop_worker", "swf_url", "task_runs", "wait_until",
     "worker_process",
@@ -200,9 +202,40 @@ def read_queue(conn_or_url: psycopg.Connection[Any] | str, queue: str, *, qty: i
         if row is None:
             return []
         statement = QueueStorage(queue, *row).statement("pop" if no_ack else "read")
-        rows = conn.execute(statement, {"qty": qty, "vt": vt, "acks": [],
+        rows = conn.execute(statement, {"qty": qty, "vt": vt, "acks": [], "receipts": [],
                                         "queue": queue}).fetchall()
     return sorted(rows, key=lambda r: (r[3], r[0]))
+
+
+def probe_commits(url: str, *tables: str) -> None:
+    """Record, in ``public.commit_settings`` (table, operation, setting), the
+    ``synchronous_commit`` each transaction that writes one of ``tables`` ("schema.table")
+    commits under: a deferred trigger fires at commit, when the setting is final."""
+    from psycopg import sql as pgsql
+
+    with psycopg.connect(pg_url(url), autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS public.commit_settings "
+                     "(tbl text, op text, setting text)")
+        conn.execute("""
+            CREATE OR REPLACE FUNCTION public.record_commit_setting() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO public.commit_settings
+                VALUES (TG_TABLE_NAME, TG_OP, current_setting('synchronous_commit'));
+                RETURN NULL;
+            END $$""")
+        for table in tables:
+            conn.execute(pgsql.SQL(
+                "CREATE CONSTRAINT TRIGGER commit_probe AFTER INSERT OR UPDATE OR DELETE "
+                "ON {} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW "
+                "EXECUTE FUNCTION public.record_commit_setting()").format(
+                    pgsql.Identifier(*table.split(".", 1))))
+
+
+def commit_settings(url: str) -> set[tuple[str, str, str]]:
+    """(table, operation, setting) of the commits :func:`probe_commits` recorded."""
+    return {(t, op, setting) for t, op, setting in sql(
+        url, "SELECT tbl, op, setting FROM public.commit_settings")}
 
 
 def next_visible(conn_or_url: psycopg.Connection[Any] | str, *queues: str) -> float | None:

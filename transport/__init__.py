@@ -37,7 +37,7 @@ Transport options (``broker_transport_options``)
 * ``durable_publish`` (False): each publish waits for its WAL flush. Off, publishes commit
   asynchronously like the consumer side (whose lost writes only mean a redelivery): a clean
   restart loses nothing, a server or machine crash may lose the last few hundred ms of
-  publishes.
+  publishes. Recording a revoke and dead-lettering always commit synchronously.
 
 * ``event_loop`` (True): run in Celery's worker event loop (asynchronous prefork pool, as on
   Redis). False: kombu's synchronous consume loop (Celery then uses its plain pool).
@@ -46,14 +46,17 @@ Guarantees
 ==========
 
 * At-least-once: a message is deleted only on ack (use ``task_acks_late`` for tasks).
+* Deliveries are fenced: ack, reject, requeue and extension match the message id and the
+  delivery's receipt (its ``read_ct``), so a consumer whose visibility timeout lapsed cannot
+  touch the message's next delivery (:mod:`~swf_celery.transport.deliveries`).
 * Reject with requeue: visible again at once. Reject without requeue, malformed bodies and
-  messages over ``max_deliveries``: dead-lettered (pgmq archive, reason in ``headers``;
-  ``swf.queue_dead_letters(queue)``).
+  messages over ``max_deliveries``: dead-lettered (``swf.dead_letters``, with the reason,
+  committed synchronously; ``swf.queue_dead_letters(queue)``).
 * Priorities 0..9, 0 first (as on Redis); FIFO within a priority.
 * Fanout/topic/direct bindings are shared by all processes (``swf.queue_bindings``):
   ``celery inspect``/``control``/``events`` work. A revoke also deletes the task's queued or
-  delayed message and is recorded (``swf.revoked_tasks``), so it holds across worker
-  restarts (:mod:`~swf_celery.transport.revokes`).
+  delayed message and is recorded (``swf.revoked_tasks``, committed synchronously), so it
+  holds across worker restarts and server crashes (:mod:`~swf_celery.transport.revokes`).
 * Runs in Celery's event loop (``implements.asynchronous``; asynchronous prefork pool);
   held messages are visible again at once when a worker stops.
 * Any queue name works, mapped to a safe pgmq name (``swf.queues``); names that cannot be

@@ -22,7 +22,8 @@ from psycopg.types.json import Jsonb
 
 from swf_celery.db import load_queries
 from swf_celery.errors import DatabaseUnavailable, MessageError, QueueNameError
-from swf_celery.transport import revokes, transient
+from swf_celery.transport import deliveries, revokes, transient
+from swf_celery.transport.deliveries import Delivery
 from swf_celery.transport.messages import (
     eta_delay,
     malformed,
@@ -58,9 +59,9 @@ class Channel(virtual.Channel):
         self._noack_queues: set[str] = set()
         self._bindings_cache: dict[str, tuple[float, list[tuple[str, str | None, str]]]] = {}
         self._rotation = 0
-        #: Acks not yet written: (queue, msg_id). Appended by any thread, flushed in one
-        #: statement per queue by the consuming thread before it reads or sleeps.
-        self._pending_acks: deque[tuple[str, int]] = deque()
+        #: Acks not yet written. Appended by any thread, flushed in one statement per queue
+        #: by the consuming thread before it reads or sleeps.
+        self._pending_acks: deque[Delivery] = deque()
         #: Transient queues this channel declared -> their expiry (ms), to declare them
         #: again with their bindings should they expire while consumed.
         self.declared_expiry: dict[str, int] = {}
@@ -309,14 +310,22 @@ class Channel(virtual.Channel):
         return self.payloads(queue, noack, rows), len(rows)
 
     def read_rows(self, queue: str, noack: bool, qty: int) -> list[Any]:
-        """The statement of a read (with the queue's pending acks), in priority order.
+        """The rows (msg_id, receipt, message, priority) of a read, in priority order; the
+        read also writes the queue's pending acks (each on its receipt).
 
         Thread-safe: the event loop runs it in its reader thread (:mod:`.eventloop`).
         """
         params: dict[str, Any] = {"qty": qty, "vt": self.options.visibility_timeout}
+        acks: list[int] = []
         if not noack:
-            params["acks"] = self._take_acks(queue)
+            acks, params["receipts"] = self._take_acks(queue)
+            params["acks"] = acks
         rows = self._on_table("pop" if noack else "read", queue, params).fetchall()
+        # A read returns the acks it wrote as rows without a receipt.
+        done = [r[0] for r in rows if r[1] is None]
+        if done or acks:
+            rows = [r for r in rows if r[1] is not None]
+            deliveries.report_stale("ack", queue, acks, done)
         rows.sort(key=lambda r: (r[3], r[0]))
         return rows
 
@@ -325,34 +334,37 @@ class Channel(virtual.Channel):
         """The kombu payloads of read ``rows``: messages read too often or malformed are
         dead-lettered, revoked ids of redelivered ones reach the worker's revoked set."""
         limit = self.options.max_deliveries
-        too_often = [r[0] for r in rows if not noack and limit and r[1] > limit]
+        too_often = [(r[0], r[1]) for r in rows if not noack and limit and r[1] > limit]
         if too_often:
-            self._execute("reject", {"queue": queue, "ids": too_often, "requeue": False,
-                                     "reason": f"delivered more than {limit} times"})
+            self.reject([Delivery(queue, i, receipt) for i, receipt in too_often],
+                        requeue=False, reason=f"delivered more than {limit} times")
         self._check_revoked(rows)
         out: list[tuple[str, dict[str, Any]]] = []
+        dead = {i for i, _ in too_often}
         for msg_id, read_ct, message, _priority in rows:
-            if msg_id in too_often:
+            if msg_id in dead:
                 continue
             payload = self._payload(queue, msg_id, read_ct, message, noack)
             if payload is not None:
                 out.append((queue, payload))
         return out
 
-    def _take_acks(self, queue: str) -> list[int]:
-        """Remove and return the pending acks of ``queue`` for its read to delete (unless acks
-        are archived: those stay for :meth:`flush_acks`)."""
+    def _take_acks(self, queue: str) -> tuple[list[int], list[int]]:
+        """Remove the pending acks of ``queue`` for its read to delete and return their ids
+        and receipts (none when acks are archived: those stay for :meth:`flush_acks`)."""
         pending = self._pending_acks
+        ids: list[int] = []
+        receipts: list[int] = []
         if not pending or self.options.archive_acked:
-            return []
-        taken: list[int] = []
+            return ids, receipts
         for _ in range(len(pending)):  # others append meanwhile: those stay at the end
             item = pending.popleft()
-            if item[0] == queue:
-                taken.append(item[1])
+            if item.queue == queue:
+                ids.append(item.msg_id)
+                receipts.append(item.receipt)
             else:
                 pending.append(item)
-        return taken
+        return ids, receipts
 
     def consuming(self) -> list[str]:
         """The queues this channel has consumers on, whatever its prefetch window."""
@@ -367,17 +379,21 @@ class Channel(virtual.Channel):
             revokes.check(self.connection.pg_connection(), ids)
 
     def flush_acks(self) -> None:
-        """Write the acks collected since the last flush (one statement per queue)."""
-        by_queue: dict[str, list[int]] = {}
+        """Write the acks collected since the last flush (one statement per queue); a stale
+        delivery's ack is logged and changes nothing (:mod:`.deliveries`)."""
+        taken: list[Delivery] = []
         pending = self._pending_acks
         while pending:
-            queue, msg_id = pending.popleft()
-            by_queue.setdefault(queue, []).append(msg_id)
-        for queue, ids in by_queue.items():
+            taken.append(pending.popleft())
+        for queue, (ids, receipts) in deliveries.by_queue(taken).items():
+            params = {"queue": queue, "ids": ids, "receipts": receipts}
             if self.options.archive_acked:
-                self._execute("ack", {"queue": queue, "ids": ids, "archive": True})
+                row = self._execute("ack", {**params, "archive": True}).fetchone()
+                deliveries.report_stale("ack", queue, ids, int(row[0]))
             else:
-                self._on_table("delete", queue, {"ids": ids})
+                cursor = self._on_table("delete", queue, params)
+                if cursor is not None:
+                    deliveries.report_stale("ack", queue, ids, [r[0] for r in cursor])
 
     def close(self) -> None:
         """Write pending acks, then close as kombu does (restoring unacked messages)."""
@@ -430,49 +446,48 @@ class Channel(virtual.Channel):
             logger.error("swf broker: message %s on queue %r is malformed (%s); dead-lettered",
                          msg_id, queue, problem)
             if not no_ack:
-                self._execute("reject", {"queue": queue, "ids": [msg_id], "requeue": False,
-                                         "reason": f"malformed: {problem}"})
+                self.reject([Delivery(queue, msg_id, read_ct)], requeue=False,
+                            reason=f"malformed: {problem}")
             return None
         props = message["properties"]
         if not props.get("delivery_tag"):
             props["delivery_tag"] = str(uuid.uuid4())
         redelivered = read_ct > 1
         info = dict(props.get("delivery_info") or {})
-        info.update(swf_queue=queue, swf_msg_id=msg_id, redelivered=redelivered)
+        info.update(deliveries.delivery_info(queue, msg_id, read_ct), redelivered=redelivered)
         props["delivery_info"] = info
         message["redelivered"] = redelivered
         if not isinstance(message.get("headers"), dict):
             message["headers"] = {}
         return message
 
-    def held(self) -> list[tuple[str, int]]:
-        """(queue, msg_id) of every message this channel holds unacknowledged."""
+    def held(self) -> list[Delivery]:
+        """The deliveries this channel holds unacknowledged."""
         qos = self._qos
         if qos is None:
             return []
         dirty = set(qos._dirty)
-        pairs = []
+        out = []
         for tag, message in list(qos._delivered.items()):
             if tag in dirty:
                 continue
-            info = message.delivery_info
-            if "swf_msg_id" in info:
-                pairs.append((info["swf_queue"], info["swf_msg_id"]))
-        return pairs
+            delivery = deliveries.of(message.delivery_info)
+            if delivery is not None:
+                out.append(delivery)
+        return out
 
     # -- acknowledgement ------------------------------------------------------------------
 
-    def _held_message(self, delivery_tag: str) -> tuple[str, int] | None:
+    def _held_message(self, delivery_tag: str) -> Delivery | None:
         try:
             info = self.qos.get(delivery_tag).delivery_info
         except KeyError:
             return None
-        if "swf_msg_id" not in info:
-            return None
-        return info["swf_queue"], info["swf_msg_id"]
+        return deliveries.of(info)
 
     def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
-        """Acknowledge: delete the message (or archive it with ``archive_acked``)."""
+        """Acknowledge: delete the message (or archive it with ``archive_acked``), unless it
+        was delivered again since (:mod:`.deliveries`)."""
         held = self._held_message(delivery_tag)
         if held is not None:
             # Written by the consuming thread at its next read or before it sleeps, batched
@@ -482,7 +497,8 @@ class Channel(virtual.Channel):
         self._poke()
 
     def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        """Reject: visible again at once (requeue) or dead-lettered."""
+        """Reject: visible again at once (requeue) or dead-lettered, unless the message was
+        delivered again since (:mod:`.deliveries`)."""
         if self.connection is None:
             # Closed (its broker connection was lost and the worker reconnected): the
             # message was restored at close, or reappears after its visibility timeout.
@@ -490,12 +506,20 @@ class Channel(virtual.Channel):
             return
         held = self._held_message(delivery_tag)
         if held is not None:
-            self._execute("reject", {"queue": held[0], "ids": [held[1]], "requeue": requeue,
-                                     "reason": "rejected"})
+            self.reject([held], requeue=requeue, reason="rejected")
             self.qos.reject(delivery_tag, requeue=False)
         else:
             super().basic_reject(delivery_tag, requeue=requeue)
         self._poke()
+
+    def reject(self, held: list[Delivery], *, requeue: bool, reason: str) -> None:
+        """Make ``held`` visible again at once (``requeue``) or dead-letter them with
+        ``reason``; deliveries no longer this consumer's are left alone (and logged)."""
+        for queue, (ids, receipts) in deliveries.by_queue(held).items():
+            row = self._execute("reject", {"queue": queue, "ids": ids, "requeue": requeue,
+                                           "reason": reason, "receipts": receipts}).fetchone()
+            deliveries.report_stale("requeue" if requeue else "reject", queue, ids,
+                                    int(row[0]))
 
     def _poke(self) -> None:
         # A task finishing after its channel was closed (the broker connection was lost
@@ -508,9 +532,8 @@ class Channel(virtual.Channel):
     def _restore(self, message: Any) -> None:
         # Unacked at shutdown, or delivered to a queue nobody consumes any more: make it
         # visible again at once rather than after the visibility timeout.
-        info = message.delivery_info
-        if "swf_msg_id" in info:
-            self._execute("reject", {"queue": info["swf_queue"], "ids": [info["swf_msg_id"]],
-                                     "requeue": True, "reason": "restored"})
+        delivery = deliveries.of(message.delivery_info)
+        if delivery is not None:
+            self.reject([delivery], requeue=True, reason="restored")
             return
         super()._restore(message)

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from celery.signals import worker_shutting_down
 
 from swf_celery.db import load_queries
+from swf_celery.transport.deliveries import Delivery
 from swf_celery.transport.names import listen_channel
 from swf_celery.transport.reader import Reader
 
@@ -392,8 +393,8 @@ class HubConsumer:
         if noack or not rows or channel.connection is None:
             return  # a no-ack read removed them, as a delivery would have
         try:
-            channel._execute("reject", {"queue": queue, "ids": [r[0] for r in rows],
-                                        "requeue": True, "reason": "restored"})
+            channel.reject([Delivery(queue, r[0], r[1]) for r in rows], requeue=True,
+                           reason="restored")
         except Exception:  # noqa: BLE001 - the connection is gone
             logger.warning("swf broker: %d messages read as the consumer stopped reappear "
                            "after their visibility timeout", len(rows))

@@ -14,13 +14,14 @@ SELECT swf.queue_fanout(%(exchange)s, %(message)s);
 SELECT swf.queue_fanout(%(exchange)s, %(message)s), swf.task_revoke(%(task_ids)s);
 
 -- name: ack
-SELECT swf.queue_ack(%(queue)s, %(ids)s, %(archive)s);
+-- Each id with its delivery's receipt (read_ct): a stale delivery is left alone.
+SELECT swf.queue_ack(%(queue)s, %(ids)s, %(archive)s, %(receipts)s);
 
 -- name: reject
-SELECT swf.queue_reject(%(queue)s, %(ids)s, %(requeue)s, %(reason)s);
+SELECT swf.queue_reject(%(queue)s, %(ids)s, %(requeue)s, %(reason)s, %(receipts)s);
 
 -- name: extend
-SELECT swf.queue_extend(%(queues)s, %(ids)s, %(vt)s);
+SELECT swf.queue_extend(%(queues)s, %(ids)s, %(vt)s, %(receipts)s);
 
 -- name: size
 SELECT swf.queue_size(%(queue)s);

@@ -11,24 +11,34 @@
 -- Values are parameters; channel.py drops messages over max_deliveries after reading.
 
 -- name: read
--- %(acks)s: ids of this queue's messages acked since its last read, deleted by the same
--- statement (one round trip for both). They are hidden by their visibility timeout, so the
--- read never picks them.
+-- %(acks)s, %(receipts)s: ids of this queue's messages acked since its last read and the
+-- receipt (read_ct) of each delivery, deleted by the same statement (one round trip for
+-- both) when the receipt still matches: a message delivered again meanwhile (its visibility
+-- timeout lapsed) stays. Acked messages are hidden by their visibility timeout, so the read
+-- never picks them. Rows: one per message read (msg_id, read_ct: the new delivery's receipt,
+-- message, priority), and one (msg_id, NULL, NULL, NULL) per ack done.
 WITH acked AS (
-    DELETE FROM {table} m WHERE {key} AND m.msg_id = ANY (%(acks)s::bigint[])),
+    DELETE FROM {table} m
+     USING unnest(%(acks)s::bigint[], %(receipts)s::integer[]) AS d(msg_id, receipt)
+     WHERE {key} AND m.msg_id = d.msg_id AND m.read_ct = d.receipt
+    RETURNING m.msg_id),
 picked AS (
     SELECT m.msg_id FROM {table} m
      WHERE {key} AND m.vt <= clock_timestamp()
      ORDER BY {order}, m.msg_id
      LIMIT %(qty)s
-       FOR UPDATE SKIP LOCKED)
-UPDATE {table} m
-   SET vt = clock_timestamp() + make_interval(secs => %(vt)s),
-       read_ct = m.read_ct + 1,
-       last_read_at = clock_timestamp()
-  FROM picked
- WHERE m.msg_id = picked.msg_id
-RETURNING m.msg_id, m.read_ct, m.message, {priority};
+       FOR UPDATE SKIP LOCKED),
+delivered AS (
+    UPDATE {table} m
+       SET vt = clock_timestamp() + make_interval(secs => %(vt)s),
+           read_ct = m.read_ct + 1,
+           last_read_at = clock_timestamp()
+      FROM picked
+     WHERE m.msg_id = picked.msg_id
+    RETURNING m.msg_id, m.read_ct, m.message, {priority} AS priority)
+SELECT msg_id, read_ct, message, priority FROM delivered
+UNION ALL
+SELECT msg_id, NULL, NULL, NULL FROM acked;
 
 -- name: pop
 WITH picked AS (
@@ -43,7 +53,11 @@ DELETE FROM {table} m
 RETURNING m.msg_id, m.read_ct + 1, m.message, {priority};
 
 -- name: delete
-DELETE FROM {table} m WHERE {key} AND m.msg_id = ANY (%(ids)s);
+-- Acks: the deliveries whose receipt (read_ct) still matches; returns the ids deleted.
+DELETE FROM {table} m
+ USING unnest(%(ids)s::bigint[], %(receipts)s::integer[]) AS d(msg_id, receipt)
+ WHERE {key} AND m.msg_id = d.msg_id AND m.read_ct = d.receipt
+RETURNING m.msg_id;
 
 -- name: send
 -- A transient queue that expired meanwhile has no swf.queues row: the foreign key refuses

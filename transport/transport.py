@@ -27,6 +27,7 @@ from swf_celery.db.schema import require_current
 from swf_celery.errors import DatabaseError, DatabaseUnavailable
 from swf_celery.transport import revokes
 from swf_celery.transport.channel import Channel
+from swf_celery.transport.deliveries import Delivery
 from swf_celery.transport.eventloop import HubConsumer
 from swf_celery.transport.names import check_queue_name
 from swf_celery.transport.options import Options
@@ -104,8 +105,10 @@ class Transport(virtual.Transport):
                     conn = open_connection(self.dsn, "broker")
                     # Consumer-side statements (read, ack, extend) need no WAL flush: after a
                     # server crash a lost read or ack only means a redelivery. Publishes set
-                    # their own durability (option durable_publish). Not through a
-                    # transaction pooler: a session setting would reach other clients.
+                    # their own durability (option durable_publish); recording a revoke and
+                    # dead-lettering set it on for their transaction (sql/functions). Not
+                    # through a transaction pooler: a session setting would reach other
+                    # clients.
                     if not behind_pooler(self.dsn):
                         conn.execute(QUERIES["session"])
                     self._conn = conn
@@ -218,12 +221,12 @@ class Transport(virtual.Transport):
             self._hub.close()
         self._hub = HubConsumer(self, loop)
 
-    def held(self) -> list[tuple[str, int]]:
-        """(queue, msg_id) of every message the channels hold unacknowledged."""
-        pairs: list[tuple[str, int]] = []
+    def held(self) -> list[Delivery]:
+        """The deliveries the channels hold unacknowledged."""
+        held: list[Delivery] = []
         for channel in list(self.channels):
-            pairs.extend(channel.held())
-        return pairs
+            held.extend(channel.held())
+        return held
 
     def load_revokes(self) -> None:
         """Once per connection, in a Celery worker: load the recorded revokes

@@ -2,8 +2,15 @@
 
 A daemon thread per consuming transport extends, every third of ``visibility_timeout``, the
 visibility of every message held unacknowledged by the transport's channels (prefetched,
-waiting for an ETA, or running with ``acks_late``), on a connection of its own. When the
+waiting for an ETA, or running with ``acks_late``), on a connection of its own. Each extension
+matches the delivery's receipt (:mod:`.deliveries`): a message delivered again elsewhere after
+its visibility timeout lapsed here is not extended for its new holder by this one. When the
 process dies the extensions stop and its messages reappear after ``visibility_timeout``.
+
+Nothing ends the extensions while the transport lives: a tick that fails (the database
+restarting, a connection terminated, any unexpected error) is logged, the keeper's connection
+is opened afresh, and the extension is tried again at the next tick (a second later), not a
+third of the visibility timeout later.
 
 Extension comes first on every tick. Every second the keeper also marks the consumed
 transient queues (pidbox, events, replies) as in use, even while the consuming thread is
@@ -70,14 +77,20 @@ class VisibilityKeeper(threading.Thread):
                 # retry on the next tick with a fresh connection.
                 logger.warning("swf broker: visibility extension failed: %s", exc)
                 self._close()
+            except Exception:
+                # Not ours to end: the held messages would reappear while their tasks run.
+                logger.exception("swf broker: visibility keeper tick failed; trying again at "
+                                 "the next tick")
+                self._close()
         self._close()
 
     def tick(self, *, force: bool = False) -> int:
         """One round of upkeep; returns how many held messages were extended.
 
-        Extending held messages comes first: nothing else here may delay it. Reaping expired
-        queues runs on a tick that extended nothing, and its DDL (legacy pgmq queues only)
-        gives up after a short ``lock_timeout`` instead of queueing behind a pg_dump.
+        Extending held messages comes first: nothing else here may delay it, and an extension
+        that fails is due again at the next tick. Reaping expired queues runs on a tick that
+        extended nothing, and its DDL (legacy pgmq queues only) gives up after a short
+        ``lock_timeout`` instead of queueing behind a pg_dump.
         """
         transport = self._transport()
         if transport is None:
@@ -87,12 +100,17 @@ class VisibilityKeeper(threading.Thread):
         extended = 0
         due = force or now - self._last_extend >= self._interval
         if due:
-            self._last_extend = now
-            pairs = transport.held()
-            if pairs:
+            held = transport.held()
+            if held:
                 extended = int(conn.execute(QUERIES["extend"], {
-                    "queues": [q for q, _ in pairs], "ids": [i for _, i in pairs],
+                    "queues": [d.queue for d in held], "ids": [d.msg_id for d in held],
+                    "receipts": [d.receipt for d in held],
                     "vt": self._vt}).fetchone()[0])  # type: ignore[index]
+                if extended < len(held):
+                    logger.debug("swf broker: %d of %d held messages not extended: acked "
+                                 "meanwhile, or delivered again since their visibility timeout "
+                                 "lapsed here", len(held) - extended, len(held))
+            self._last_extend = now
         # Acks are written by the consuming thread before it reads or sleeps; a consumer
         # that does neither (basic_get, then a long pause) gets them written here.
         transport.flush_acks()

@@ -437,22 +437,38 @@ BEGIN
 END $$;
 REVOKE EXECUTE ON FUNCTION swf.queue_arm(text[]) FROM PUBLIC;
 
+-- Deliveries are fenced. A read increments a message's read_ct, and the consumer keeps the
+-- value it read as the delivery's receipt: acking, rejecting, requeueing and extending
+-- match msg_id AND receipt, so a holder whose visibility timeout lapsed (the message was
+-- delivered again, to another consumer) changes nothing. p_receipts[i] is the receipt of
+-- p_ids[i]; a NULL receipt (or p_receipts NULL: SQL callers, workers of older releases)
+-- matches any delivery. Each function returns how many messages it changed: fewer than
+-- asked means stale deliveries.
+
 -- Dead-letter messages: moved from the queue to swf.dead_letters with the reason (the
--- broker's one dead-letter store, whatever the queue's storage).
-CREATE OR REPLACE FUNCTION swf._queue_bury(q swf.queues, p_ids bigint[], p_reason text)
+-- broker's one dead-letter store, whatever the queue's storage). The transaction commits
+-- with synchronous_commit on (SET LOCAL: the setting at commit is the transaction's, not a
+-- function's), whatever the session's: the dead letter, and the failed workflow attempt the
+-- engine's trigger on swf.dead_letters writes with it, survive a server crash.
+CREATE OR REPLACE FUNCTION swf._queue_bury(q swf.queues, p_ids bigint[], p_reason text,
+                                           p_receipts integer[])
 RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     s record := swf._queue_storage(q);
     n integer;
 BEGIN
+    PERFORM set_config('synchronous_commit', 'on', true);
     EXECUTE format(
-        'WITH gone AS (DELETE FROM %s m WHERE %s AND m.msg_id = ANY ($1) '
+        'WITH gone AS (DELETE FROM %s m USING unnest($1::bigint[], $4::integer[]) '
+        '                                AS d(msg_id, receipt) '
+        '               WHERE %s AND m.msg_id = d.msg_id '
+        '                 AND (d.receipt IS NULL OR m.read_ct = d.receipt) '
         '  RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.message, m.headers) '
         'INSERT INTO swf.dead_letters (queue, msg_id, read_ct, enqueued_at, reason, message, '
         '                              headers) '
         'SELECT $2, msg_id, read_ct, enqueued_at, $3, message, coalesce(headers, ''{}'') '
-        '  FROM gone ORDER BY msg_id', s.tbl, s.filter) USING p_ids, q.name, p_reason;
+        '  FROM gone ORDER BY msg_id', s.tbl, s.filter) USING p_ids, q.name, p_reason, p_receipts;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END $$;
@@ -460,12 +476,14 @@ END $$;
 -- Acknowledge: delete delivered messages, or (p_archive: archive_acked) move them to the
 -- queue's archive, pgmq's own for a durable queue, swf.transient_archive for a transient one
 -- (copies that outlive their queue).
-CREATE OR REPLACE FUNCTION swf.queue_ack(p_queue text, p_ids bigint[], p_archive boolean DEFAULT false)
+CREATE OR REPLACE FUNCTION swf.queue_ack(p_queue text, p_ids bigint[], p_archive boolean DEFAULT false,
+                                         p_receipts integer[] DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     q swf.queues := swf._queue_get(p_queue);
     s record;
+    v_ids bigint[];
     n integer;
 BEGIN
     IF q.id IS NULL THEN
@@ -473,14 +491,31 @@ BEGIN
     END IF;
     SELECT * INTO s FROM swf._queue_storage(q);
     IF NOT p_archive THEN
-        EXECUTE format('DELETE FROM %s m WHERE %s AND m.msg_id = ANY ($1)', s.tbl, s.filter)
-          USING p_ids;
+        EXECUTE format('DELETE FROM %s m USING unnest($1::bigint[], $2::integer[]) '
+                       '                   AS d(msg_id, receipt) '
+                       ' WHERE %s AND m.msg_id = d.msg_id '
+                       '   AND (d.receipt IS NULL OR m.read_ct = d.receipt)', s.tbl, s.filter)
+          USING p_ids, p_receipts;
     ELSIF q.storage = 'pgmq' THEN
-        SELECT count(*) INTO n FROM pgmq.archive(q.pgmq_name, p_ids);
+        -- The deliveries still ours, locked (a read skips them) until pgmq archives them.
+        EXECUTE format('SELECT array_agg(x.msg_id) FROM ('
+                       '  SELECT m.msg_id FROM %s m, unnest($1::bigint[], $2::integer[]) '
+                       '                            AS d(msg_id, receipt) '
+                       '   WHERE m.msg_id = d.msg_id '
+                       '     AND (d.receipt IS NULL OR m.read_ct = d.receipt) '
+                       '     FOR UPDATE OF m) x', s.tbl)
+          INTO v_ids USING p_ids, p_receipts;
+        IF v_ids IS NULL THEN
+            RETURN 0;
+        END IF;
+        SELECT count(*) INTO n FROM pgmq.archive(q.pgmq_name, v_ids);
         RETURN n;
     ELSE
         WITH gone AS (
-            DELETE FROM swf.transient_messages t WHERE t.queue = q.name AND t.msg_id = ANY (p_ids)
+            DELETE FROM swf.transient_messages t
+             USING unnest(p_ids, p_receipts) AS d(msg_id, receipt)
+             WHERE t.queue = q.name AND t.msg_id = d.msg_id
+               AND (d.receipt IS NULL OR t.read_ct = d.receipt)
             RETURNING t.*)
         INSERT INTO swf.transient_archive (msg_id, queue, read_ct, enqueued_at, vt, message,
                                            headers)
@@ -493,7 +528,8 @@ END $$;
 
 -- Reject: visible again at once (p_requeue) or dead-lettered with p_reason.
 CREATE OR REPLACE FUNCTION swf.queue_reject(p_queue text, p_ids bigint[], p_requeue boolean,
-                                            p_reason text DEFAULT 'rejected')
+                                            p_reason text DEFAULT 'rejected',
+                                            p_receipts integer[] DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -505,17 +541,22 @@ BEGIN
         RETURN 0;
     END IF;
     IF NOT p_requeue THEN
-        RETURN swf._queue_bury(q, p_ids, coalesce(p_reason, 'rejected'));
+        RETURN swf._queue_bury(q, p_ids, coalesce(p_reason, 'rejected'), p_receipts);
     END IF;
     SELECT * INTO s FROM swf._queue_storage(q);
-    EXECUTE format('UPDATE %s m SET vt = clock_timestamp() WHERE %s AND m.msg_id = ANY ($1)',
-                   s.tbl, s.filter) USING p_ids;
+    EXECUTE format('UPDATE %s m SET vt = clock_timestamp() '
+                   '  FROM unnest($1::bigint[], $2::integer[]) AS d(msg_id, receipt) '
+                   ' WHERE %s AND m.msg_id = d.msg_id '
+                   '   AND (d.receipt IS NULL OR m.read_ct = d.receipt)', s.tbl, s.filter)
+      USING p_ids, p_receipts;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END $$;
 
--- Extend the visibility of held messages: p_queues[i] holds p_ids[i].
-CREATE OR REPLACE FUNCTION swf.queue_extend(p_queues text[], p_ids bigint[], p_vt double precision)
+-- Extend the visibility of held messages: p_queues[i] holds p_ids[i] (receipt
+-- p_receipts[i]).
+CREATE OR REPLACE FUNCTION swf.queue_extend(p_queues text[], p_ids bigint[], p_vt double precision,
+                                            p_receipts integer[] DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -527,9 +568,14 @@ BEGIN
     FOR q IN SELECT * FROM swf.queues WHERE name = ANY (p_queues) LOOP
         SELECT * INTO s FROM swf._queue_storage(q);
         EXECUTE format('UPDATE %s m SET vt = clock_timestamp() + make_interval(secs => $1) '
-                       'WHERE %s AND m.msg_id = ANY ($2)', s.tbl, s.filter)
-          USING p_vt, ARRAY(SELECT p_ids[i] FROM generate_subscripts(p_queues, 1) i
-                             WHERE p_queues[i] = q.name);
+                       '  FROM unnest($2::bigint[], $3::integer[]) AS d(msg_id, receipt) '
+                       ' WHERE %s AND m.msg_id = d.msg_id '
+                       '   AND (d.receipt IS NULL OR m.read_ct = d.receipt)', s.tbl, s.filter)
+          USING p_vt,
+                ARRAY(SELECT p_ids[i] FROM generate_subscripts(p_queues, 1) i
+                       WHERE p_queues[i] = q.name ORDER BY i),
+                ARRAY(SELECT p_receipts[i] FROM generate_subscripts(p_queues, 1) i
+                       WHERE p_queues[i] = q.name ORDER BY i);
         GET DIAGNOSTICS m = ROW_COUNT;
         n := n + m;
     END LOOP;

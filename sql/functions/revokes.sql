@@ -7,6 +7,9 @@
 -- Record a revoke of task_ids and delete their queued or delayed messages (not those a live
 -- worker holds: its in-memory revoke list, and this table after a restart, handle them).
 -- Returns how many messages were deleted.
+-- The transaction commits with synchronous_commit on (SET LOCAL, whatever the session's: the
+-- broker's connection runs with it off), so a recorded revoke survives a server crash; a
+-- function-level SET would be undone before the commit.
 -- It runs as its owner: a worker or an operator revokes any task; a client only the tasks
 -- it published (their messages, queued or held, say so: headers.by), and may not delete
 -- queued messages otherwise. (Celery's revoke broadcast, which a client may publish, still
@@ -21,6 +24,7 @@ BEGIN
     IF cardinality(task_ids) IS NULL OR cardinality(task_ids) = 0 THEN
         RETURN 0;
     END IF;
+    PERFORM set_config('synchronous_commit', 'on', true);
     IF swf._require_part('revoke a task', 'client', 'worker') = 'client' THEN
         FOR v_tbl IN SELECT swf._queue_tables() LOOP
             EXECUTE format('SELECT array_agg(DISTINCT headers ->> ''task_id'') FROM %s '

@@ -84,7 +84,7 @@ def test_cancel_reports_a_message_fetched_while_it_runs(db_url: str) -> None:
     outcome: list[Any] = []
     # A consumer fetches "first" in a transaction that has not committed yet ...
     with psycopg.connect(pg_url(db_url)) as consumer:
-        fetched = consumer.execute(read, {"qty": 1, "vt": 60, "acks": [],
+        fetched = consumer.execute(read, {"qty": 1, "vt": 60, "acks": [], "receipts": [],
                                           "queue": "celery"}).fetchall()
         assert len(fetched) == 1
         canceller = threading.Thread(target=lambda: outcome.append(

@@ -18,7 +18,7 @@ from swf_celery.errors import StepFunctionError, WorkflowFailed
 from swf_celery.workflows import coordinator, local_runner
 from swf_celery.workflows.executor import Executor
 from swf_celery.workflows.flows import FlowBuilder
-from tests.helpers import sql, sql_value
+from tests.helpers import commit_settings, probe_commits, read_queue, sql, sql_value
 from tests.workflows import plain_app, plain_flows
 
 pytestmark = pytest.mark.usefixtures("join_run_drivers")
@@ -96,6 +96,23 @@ def test_a_revoked_attempt_is_retried_in_an_active_run(db_url: str) -> None:
     assert coordinator.abandon_task(database, task_id, "step task revoked") == "retrying"
     assert _tasks(db_url, run_id)["only"][1:] == ("queued", 2)
     assert coordinator.abandon_task(database, task_id, "again") == "ignored"
+
+
+def test_a_dead_lettered_step_fails_its_attempt_in_a_synchronous_commit(db_url: str) -> None:
+    run_id = Executor.start(plain_flows.single("buried", plain_app.slow, max_attempts=1), {},
+                            db_url)
+    task_id = _tasks(db_url, run_id)["only"][0]
+    probe_commits(db_url, "swf.step_tasks", "swf.dead_letters")
+    with psycopg.connect(db_url, autocommit=True) as broker:
+        broker.execute("SET synchronous_commit = off")  # as the transport's session
+        [(msg_id, receipt, message, _)] = read_queue(broker, "plain_cpu")
+        assert message["headers"]["id"] == task_id
+        assert broker.execute("SELECT swf.queue_reject('plain_cpu', %s, false, 'rejected', %s)",
+                              ([msg_id], [receipt])).fetchone() == (1,)
+    status = swf.get_run_status(run_id, db_url)
+    assert status.status == "failed" and "dead-lettered" in (status.error or "")
+    assert ("step_tasks", "UPDATE", "on") in commit_settings(db_url)
+    assert {s for t, _, s in commit_settings(db_url)} == {"on"}
 
 
 # -- 3. sweeping and reporting overdue attempts -------------------------------------------
