@@ -8,10 +8,11 @@ from importlib.resources import files
 from swf_celery.db import schema
 
 _DEFINED = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+swf\.(\w+)\s*\(", re.I)
-#: The broker's function files (sql/functions/): they may name only each other's objects and
-#: the privilege checks every layer shares (privileges.sql, as every Python layer uses db).
+#: The broker's function files (sql/functions/): they may name only each other's objects,
+#: the privilege checks and the NOTIFY helpers every layer shares (privileges.sql,
+#: notifications.sql: as every Python layer uses db).
 BROKER_FILES = {"queues", "revokes"}
-SHARED_FILES = {"privileges"}
+SHARED_FILES = {"notifications", "privileges"}
 
 
 def _defined() -> dict[str, list[str]]:
