@@ -129,6 +129,11 @@ class Listener:
         """Notifications dropped because the buffer was full."""
         return self._listen.dropped
 
+    @property
+    def received(self) -> int:
+        """Notifications read off the connection so far (delivered or dropped)."""
+        return self._listen.received
+
     # -- reading ------------------------------------------------------------------------
 
     def get(self, timeout: float | None = None) -> Notification | None:
