@@ -48,3 +48,23 @@ def test_the_broker_sql_names_no_workflow_result_or_goal_object() -> None:
     for name, text in broker_sql.items():
         named = set(re.findall(r"\bswf\.(\w+)", text))
         assert not named & (engine_functions | engine_tables), (name, named & engine_functions)
+
+
+def test_every_notify_goes_through_the_notification_helpers() -> None:
+    # One way to NOTIFY (sql/functions/notifications.sql): a hint is skipped while the
+    # notification queue is too full, so no commit of the library fails for a slow listener.
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    texts = {f"sql/functions/{f.name}.sql": f.sql for f in schema.function_files()
+             if f.name != "notifications"}
+    for folder in ("swf_celery", "transport"):
+        for path in (root / folder).rglob("*"):
+            if path.suffix in (".sql", ".py"):
+                texts[str(path.relative_to(root))] = path.read_text(encoding="utf-8")
+    assert len(texts) > 50
+    call = re.compile(r"\bpg_notify\s*\(", re.I)
+    statement = re.compile(r"^\s*NOTIFY\s", re.I | re.M)
+    offenders = [name for name, text in texts.items()
+                 if call.search(text) or (name.endswith(".sql") and statement.search(text))]
+    assert offenders == []
