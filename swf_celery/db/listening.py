@@ -27,9 +27,10 @@ the broker's wake-ups and a blocking ``Executor.execute``. It owns
 
 A gap is a :class:`Received` whose ``gap`` says why: :data:`GAP_RECONNECT`,
 :data:`GAP_OVERFLOW` or :data:`GAP_SKIPPED`. The connection is role ``listen``
-(``swf-listen@host``, to the URL's ``listen_url`` when it has one), with TCP keepalives: a
-server gone silently counts as a drop within ~25 s. A forked child never closes its
-parent's listeners (that would end the parent's sessions): there they read as closed.
+(``swf-listen@host``, to the URL's ``listen_url`` when it has one), with TCP keepalives
+unless the URL sets its own: a server gone silently counts as a drop within ~25 s. A forked
+child never closes its parent's listeners (that would end the parent's sessions): there
+they read as closed.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ from typing import Any
 import psycopg
 from psycopg import pq
 from psycopg import sql as pgsql
+from psycopg.conninfo import conninfo_to_dict
 
-from swf_celery.db.connections import open_connection
+from swf_celery.db.connections import named_dsn, open_connection
 from swf_celery.db.errors import translate_errors
 from swf_celery.db.notifications import skipped_count
 from swf_celery.errors import ArgumentError
@@ -70,8 +72,10 @@ GAP_SKIPPED = "skipped"
 #: Least seconds between two warnings of a full buffer, per listener.
 WARN_EVERY = 60.0
 _FIRST_BACKOFF = 0.05
-_KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 10,
-                               "keepalives_interval": 5, "keepalives_count": 3}
+#: libpq parameters of a LISTEN connection, where its URL sets none of its own: keepalives
+#: make a server gone silently (no FIN) a drop within ~25 s.
+_DEFAULTS: dict[str, Any] = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10,
+                             "keepalives_interval": 5, "keepalives_count": 3}
 
 Rows = list[tuple[Any, ...]]
 
@@ -123,6 +127,8 @@ class ListenConnection:
     ) -> None:
         self.name = name
         self._dsn = dsn
+        given = conninfo_to_dict(named_dsn(dsn, "listen"))
+        self._defaults = {k: v for k, v in _DEFAULTS.items() if k not in given}
         self._limit = max(1, int(buffer))
         self._max_backoff = max_backoff
         self._skip_check = skip_check
@@ -143,6 +149,7 @@ class ListenConnection:
         self._lock = threading.Lock()
         self._wanted: set[str] = set(channels)
         self._listening: set[str] = set()
+        self._changed = False  # the set changed since the reading thread last applied it
         self._requests: list[_Request] = []
         self._missed = False  # a listen() returned before its LISTEN was in place
         self._was_connected = False
@@ -236,6 +243,7 @@ class ListenConnection:
         with self._lock:
             self._wanted |= add
             self._wanted -= drop
+            self._changed = self._changed or bool(add or drop)
             if not self.connected.is_set():
                 self._missed = self._missed or bool(add)
                 return None
@@ -402,11 +410,12 @@ class ListenConnection:
         """Bring the LISTEN set up to date and run the statements asked for."""
         while True:
             with self._lock:
+                if not self._requests and not self._changed:
+                    return  # the common case, after each read: nothing asked for
                 add = self._wanted - self._listening
                 drop = self._listening - self._wanted
                 req = self._requests.pop(0) if self._requests else None
-            if req is None and not add and not drop:
-                return
+                self._changed = False
             try:
                 rows = self._apply(conn, add, drop, req)
             except (psycopg.OperationalError, psycopg.InterfaceError):
@@ -416,7 +425,9 @@ class ListenConnection:
             except psycopg.Error as exc:
                 if req is None:
                     raise
-                req.finish(None, exc)  # the LISTEN set is applied again on the next pass
+                with self._lock:
+                    self._changed = True  # the LISTENs of a failed pipeline: again
+                req.finish(None, exc)
                 continue
             if req is not None:
                 req.finish(rows)
@@ -458,7 +469,7 @@ class ListenConnection:
 
     def _connect(self) -> None:
         """Open the connection and LISTEN the whole set; :attr:`connected` once done."""
-        conn = open_connection(self._dsn, "listen", connect_timeout=5, **_KEEPALIVES)
+        conn = open_connection(self._dsn, "listen", **self._defaults)
         try:
             conn.add_notify_handler(self._on_notify)
             self._skips = skipped_count(conn) if self._skip_check else None
@@ -468,6 +479,7 @@ class ListenConnection:
                     add = self._wanted - self._listening
                     drop = self._listening - self._wanted
                     if not add and not drop:
+                        self._changed = False
                         self._conn = conn
                         self._was_connected = True
                         self.connected.set()
