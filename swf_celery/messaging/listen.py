@@ -56,7 +56,8 @@ class Notification:
     ``kind`` is ``"message"`` for :func:`~swf_celery.send_with_notify` (``message_id`` set,
     fetch the body with :func:`~swf_celery.get_message`), ``"notify"`` for a bare NOTIFY
     such as :func:`~swf_celery.notify_only` or a workflow event (``payload`` set), and
-    ``"gap"`` after a reconnect: notifications may have been missed, re-read history.
+    ``"gap"`` when notifications may have been missed (a reconnect, a full buffer, NOTIFYs
+    the database skipped): re-read history.
     """
 
     channel: str
