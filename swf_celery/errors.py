@@ -38,6 +38,11 @@ class DatabasePermissionError(DatabaseError):
     """Raised when the database role lacks a privilege the operation needs."""
 
 
+class NotificationQueueFull(DatabaseError):
+    """Raised when a NOTIFY asked for by name (``notify_only``) is refused because
+    PostgreSQL's notification queue is half full or more: a listener has stopped reading."""
+
+
 class EmbeddedPostgresError(SwfError):
     """Raised when the embedded PostgreSQL cannot be initialised, started or stopped."""
 

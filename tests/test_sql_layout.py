@@ -8,10 +8,11 @@ from importlib.resources import files
 from swf_celery.db import schema
 
 _DEFINED = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+swf\.(\w+)\s*\(", re.I)
-#: The broker's function files (sql/functions/): they may name only each other's objects and
-#: the privilege checks every layer shares (privileges.sql, as every Python layer uses db).
+#: The broker's function files (sql/functions/): they may name only each other's objects,
+#: the privilege checks and the NOTIFY helpers every layer shares (privileges.sql,
+#: notifications.sql: as every Python layer uses db).
 BROKER_FILES = {"queues", "revokes"}
-SHARED_FILES = {"privileges"}
+SHARED_FILES = {"notifications", "privileges"}
 
 
 def _defined() -> dict[str, list[str]]:
@@ -47,3 +48,23 @@ def test_the_broker_sql_names_no_workflow_result_or_goal_object() -> None:
     for name, text in broker_sql.items():
         named = set(re.findall(r"\bswf\.(\w+)", text))
         assert not named & (engine_functions | engine_tables), (name, named & engine_functions)
+
+
+def test_every_notify_goes_through_the_notification_helpers() -> None:
+    # One way to NOTIFY (sql/functions/notifications.sql): a hint is skipped while the
+    # notification queue is too full, so no commit of the library fails for a slow listener.
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    texts = {f"sql/functions/{f.name}.sql": f.sql for f in schema.function_files()
+             if f.name != "notifications"}
+    for folder in ("swf_celery", "transport"):
+        for path in (root / folder).rglob("*"):
+            if path.suffix in (".sql", ".py"):
+                texts[str(path.relative_to(root))] = path.read_text(encoding="utf-8")
+    assert len(texts) > 50
+    call = re.compile(r"\bpg_notify\s*\(", re.I)
+    statement = re.compile(r"^\s*NOTIFY\s", re.I | re.M)
+    offenders = [name for name, text in texts.items()
+                 if call.search(text) or (name.endswith(".sql") and statement.search(text))]
+    assert offenders == []

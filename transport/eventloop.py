@@ -4,7 +4,8 @@ Celery gives a worker its asynchronous prefork pool only when the broker transpo
 worker's hub (``implements.asynchronous``). :class:`HubConsumer` does the transport's part:
 
 - the self-pipe of :class:`~swf_celery.transport.wakeup.Wakeup` (poked by acks, ``basic_qos``
-  and new consumers) and the LISTEN socket (NOTIFY from producers) are hub readers;
+  and new consumers) and its NOTIFY descriptor (readable when the LISTEN connection's own
+  reading thread has NOTIFYs from producers, or a report of missed ones) are hub readers;
 - a NOTIFY runs :meth:`HubConsumer.drain` at once;
 - a drain reads only the queues that may hold messages (*dirty* ones), one after the other,
   each read a job of the :class:`~swf_celery.transport.reader.Reader` thread: the hub
@@ -146,26 +147,12 @@ class HubConsumer:
         self._rotation = 0
         wakeup = transport.wakeup()
         self._add_reader(wakeup.pipe_fd)
-        loop.on_tick.add(self.on_tick)
+        if wakeup.notify_fd is not None:
+            self._add_reader(wakeup.notify_fd)
         worker_shutting_down.connect(self._on_shutting_down)
         self.soon()
 
     # -- hub callbacks ----------------------------------------------------------------------
-
-    def on_tick(self) -> None:
-        """Before each poll: make sure the current LISTEN socket is a reader (it appears on
-        the first LISTEN and changes when the connection is re-established, when NOTIFYs
-        may have been missed: every queue is read again)."""
-        wakeup = self.transport._wakeup
-        fd = wakeup.socket_fd() if wakeup is not None else None
-        if fd is not None and fd not in self._fds:
-            for old in list(self._fds):
-                if wakeup is not None and old != wakeup.pipe_fd:
-                    self._remove_reader(old)
-            self._add_reader(fd)
-            self._dirty.update(self._known)
-            self._armed.clear()
-            self.soon()  # read them (a pass under way runs another when it ends)
 
     def on_readable(self, fd: int) -> None:
         """A NOTIFY (drain now) or a poke (drain after the next poll) arrived."""
@@ -359,7 +346,7 @@ class HubConsumer:
             self._dirty.update(queues)
             return True
         # A queue NOTIFYed while its arm was under way (a send after the arm used the mark
-        # up), or made dirty by a new LISTEN connection, is not armed: the drain that marked
+        # up), or made dirty by missed NOTIFYs (a gap), is not armed: the drain that marked
         # it asked for another pass, which reads it and arms it again.
         self._armed.update(q for q in queues if q not in self._dirty)
         self._next_due = None if due is None else monotonic() + due
@@ -414,10 +401,14 @@ class HubConsumer:
         return queues
 
     def _take_notified(self) -> None:
-        """Mark the queues whose channels were NOTIFYed dirty (all, for a channel not known)."""
+        """Mark the queues whose channels were NOTIFYed dirty (all, for a channel not known,
+        and after NOTIFYs may have been missed: a reconnect, a full buffer, skipped ones)."""
         wakeup = self.transport._wakeup
         if wakeup is None:
             return
+        if wakeup.take_missed():
+            self._dirty.update(self._known)
+            self._armed.clear()
         for name in wakeup.take_notified():
             queue = self._channel_queue.get(name)
             if queue is None:
@@ -438,7 +429,6 @@ class HubConsumer:
         if ack_timer is not None:
             with contextlib.suppress(Exception):
                 ack_timer.cancel()
-        self.loop.on_tick.discard(self.on_tick)
         for fd in list(self._fds):
             self._remove_reader(fd)
         with contextlib.suppress(Exception):

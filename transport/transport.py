@@ -3,11 +3,12 @@
 Two consume loops share the read, arm and wake-up steps:
 
 - inside an event loop (Celery's worker hub, ``implements.asynchronous``):
-  :meth:`Transport.register_with_event_loop` registers the LISTEN socket and the self-pipe
-  as readers; a readable one, or a timer (polling fallback, next delayed message due), runs
+  :meth:`Transport.register_with_event_loop` registers the wake-up listener's NOTIFY
+  descriptor and the self-pipe as readers; a readable one, or a timer (polling fallback,
+  next delayed message due), runs
   :meth:`HubConsumer.drain <swf_celery.transport.eventloop.HubConsumer.drain>`, which
   delivers one batch per call and never blocks;
-- plain kombu consumers call :meth:`Transport.drain_events`, which sleeps in ``select()``.
+- plain kombu consumers call :meth:`Transport.drain_events`, which sleeps in ``poll()``.
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ class Transport(virtual.Transport):
     def wakeup(self) -> Wakeup:
         """The LISTEN connection and self-pipe (created on first use)."""
         if self._wakeup is None:
-            self._wakeup = Wakeup(self.dsn)
+            self._wakeup = Wakeup(self.dsn, listening=self.options.wakeups)
         return self._wakeup
 
     def listen(self, channel: str) -> None:

@@ -3,10 +3,16 @@
 A consumer with nothing to do sleeps in :meth:`Wakeup.wait` until a producer's NOTIFY for
 one of its queues arrives, an ack in another thread frees prefetch capacity (:meth:`poke`),
 or the timeout passes (the polling fallback, or the moment a delayed message becomes due).
-Connection loss surfaces as ``psycopg.OperationalError`` so kombu reconnects the transport.
+
+The LISTEN connection is the library's one LISTEN plumbing
+(:class:`swf_celery.db.listening.ListenConnection`): its own thread reads the socket into a
+buffer, whatever the consumer is doing, so a busy or blocked worker never holds
+PostgreSQL's notification queue. It reconnects by itself; when NOTIFYs may have been missed
+(a reconnect, a full buffer, NOTIFYs the database skipped because its queue was too full)
+:meth:`Wakeup.take_missed` says so and every queue is read again.
 
 Inside an event loop (Celery's worker hub) nobody calls :meth:`wait`: the transport registers
-:attr:`Wakeup.pipe_fd` and :meth:`Wakeup.socket_fd` as readers and calls :meth:`consume`
+:attr:`Wakeup.pipe_fd` and :attr:`Wakeup.notify_fd` as readers and calls :meth:`consume`
 when one of them is readable.
 """
 
@@ -16,45 +22,47 @@ import contextlib
 import os
 import select
 import threading
-from typing import Any
 
-import psycopg
-from psycopg import sql
+from swf_celery.db.listening import ListenConnection
+from swf_celery.errors import ArgumentError
 
-from swf_celery.db import open_connection
+#: NOTIFYs the listener keeps for the consumer; beyond, they are dropped and every queue
+#: is read again (a gap).
+BUFFER = 10_000
 
 
 class Wakeup:
     """LISTENs on queue channels of one database; waits for NOTIFY or a local poke."""
 
-    def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
-        self._conn: psycopg.Connection[Any] | None = None
+    def __init__(self, dsn: str, *, listening: bool = True) -> None:
+        # Connected before it returns (DatabaseUnavailable, a connection error for kombu,
+        # when the server is away); without ``listening`` (transport option wakeups=False)
+        # there is no LISTEN connection at all, only the self-pipe.
+        self._listener = (ListenConnection(dsn, name="swf-wakeup", buffer=BUFFER)
+                          if listening else None)
         self._channels: set[str] = set()
         self._lock = threading.Lock()
         #: NOTIFYs received so far (the benchmark reports how far wake-ups were coalesced).
         self.notifications = 0
         #: Channels NOTIFYed since the event loop last took them (:meth:`take_notified`).
         self.notified: set[str] = set()
+        self._missed = False
+        self._notify_fd = self._listener.fileno() if self._listener is not None else None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
 
     def listen(self, channel: str) -> None:
-        """Start listening on ``channel`` (a validated name, see ``names.listen_channel``)."""
+        """Start listening on ``channel`` (a validated name, see ``names.listen_channel``);
+        returns once the LISTEN is in place, or at once while the connection is down (its
+        return is then reported as missed NOTIFYs)."""
+        if self._listener is None:
+            raise ArgumentError("this transport does not listen (transport option wakeups)")
         with self._lock:
             if channel in self._channels:
                 return
-            conn = self._connection()
-            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             self._channels.add(channel)
-
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = open_connection(self._dsn, "listen")
-            for channel in self._channels:
-                self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-        return self._conn
+        self._listener.listen([channel])
 
     def poke(self) -> None:
         """Wake a :meth:`wait` in another thread (or the next one); never blocks."""
@@ -66,65 +74,70 @@ class Wakeup:
         """The self-pipe's read end (readable after :meth:`poke`)."""
         return self._wake_r
 
-    def socket_fd(self) -> int | None:
-        """The LISTEN connection's socket, or None while nothing is listened to."""
-        conn = self._conn if self._channels else None
-        if conn is None or conn.closed:
-            return None
-        return int(conn.pgconn.socket)
+    @property
+    def notify_fd(self) -> int | None:
+        """Readable while NOTIFYs (or a report of missed ones) wait to be consumed; None
+        without a LISTEN connection."""
+        return self._notify_fd
 
     def consume(self, fd: int | None = None) -> bool:
         """Take what is readable on ``fd`` (both when None) without blocking; True when a
-        NOTIFY or a poke was there. A lost LISTEN connection raises OperationalError."""
+        NOTIFY, a report of missed ones or a poke was there."""
         woken = False
         if fd is None or fd == self._wake_r:
             with contextlib.suppress(BlockingIOError, OSError):
                 while os.read(self._wake_r, 4096):
                     woken = True
-        conn = self._conn if self._channels else None
-        if conn is not None and (fd is None or fd == conn.pgconn.socket):
-            pgconn = conn.pgconn
-            pgconn.consume_input()  # raises OperationalError when the server went away
-            while (notify := pgconn.notifies()) is not None:
-                self.notifications += 1
-                self.notified.add(notify.relname.decode("utf-8", "replace"))
-                woken = True
+        if self._notify_fd is not None and (fd is None or fd == self._notify_fd):
+            woken = self._take(record=True) or woken
         return woken
+
+    def _take(self, *, record: bool) -> bool:
+        if self._listener is None:
+            return False
+        items = self._listener.take()
+        for item in items:
+            if item.gap is not None:
+                self._missed = True
+                continue
+            self.notifications += 1
+            if record:
+                self.notified.add(item.channel)
+        return bool(items)
 
     def take_notified(self) -> set[str]:
         """The channels NOTIFYed since the last call (read by :meth:`consume`)."""
         notified, self.notified = self.notified, set()
         return notified
 
+    def take_missed(self) -> bool:
+        """True once after NOTIFYs may have been missed: read every queue again."""
+        missed, self._missed = self._missed, False
+        return missed
+
     def wait(self, timeout: float) -> bool:
         """Sleep up to ``timeout`` seconds; True when woken by a NOTIFY or a poke."""
-        fds = [self._wake_r]
-        conn = self._conn if self._channels else None
-        if conn is not None:
-            fds.append(conn.pgconn.socket)
-        ready, _, _ = select.select(fds, [], [], max(0.0, timeout))
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        if self._notify_fd is not None:
+            poller.register(self._notify_fd, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll(int(max(0.0, timeout) * 1000))}
         woken = False
         if self._wake_r in ready:
             with contextlib.suppress(BlockingIOError):
                 while os.read(self._wake_r, 4096):
                     pass
             woken = True
-        if conn is not None and (conn.pgconn.socket in ready):
-            pgconn = conn.pgconn
-            pgconn.consume_input()  # raises OperationalError when the server went away
-            while pgconn.notifies() is not None:
-                self.notifications += 1
-                woken = True
+        if self._notify_fd is not None and self._notify_fd in ready:
+            woken = self._take(record=False) or woken
         return woken
 
     def close(self) -> None:
         """Close the LISTEN connection and the pipe."""
         with self._lock:
-            conn, self._conn = self._conn, None
             self._channels.clear()
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
+        if self._listener is not None:
+            self._listener.close()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -21,7 +21,10 @@
 -- under load never NOTIFY (a NOTIFY takes a global lock at commit). Producers hold a shared
 -- advisory lock on the queue from the trigger to commit; a consumer arms the mark under the
 -- exclusive lock (try-lock: it never waits) and then reads again, so a message is either seen
--- by that read or its producer sees the mark and wakes the consumer: no lost wake-up.
+-- by that read or its producer sees the mark and wakes the consumer: no lost wake-up. The
+-- NOTIFY is a hint (swf.notify_hint, notifications.sql): while PostgreSQL's notification
+-- queue is too full it is skipped, and the consumer finds the message by its polling fallback
+-- (or the gap its listener reports), never by a failed commit.
 --
 -- DDL (creating or dropping a durable queue's tables) runs under a short lock_timeout: a
 -- drop that cannot get its lock is skipped and retried on the next reap pass (or raises
@@ -96,7 +99,7 @@ BEGIN
     PERFORM pg_advisory_xact_lock_shared(swf._queue_lock_space(), v_id);
     UPDATE swf.queue_waiters SET waiting = false WHERE queue_id = v_id AND waiting;
     IF FOUND THEN
-        PERFORM pg_notify('swfq_' || substr(TG_TABLE_NAME, 3), '');
+        PERFORM swf.notify_hint('swfq_' || substr(TG_TABLE_NAME, 3));
     END IF;
     RETURN NULL;
 END $$;
@@ -126,7 +129,7 @@ BEGIN
     PERFORM pg_advisory_xact_lock_shared(swf._queue_lock_space(), q.id);
     UPDATE swf.queue_waiters SET waiting = false WHERE queue_id = q.id AND waiting;
     IF FOUND THEN
-        PERFORM pg_notify('swfq_' || q.pgmq_name, '');
+        PERFORM swf.notify_hint('swfq_' || q.pgmq_name);
     END IF;
     RETURN NULL;
 END $$;

@@ -14,7 +14,9 @@
 -- same transaction); local steps are left 'queued' for the process that started the run.
 -- Every transition NOTIFYs the reserved channel "swf:workflow_events" with {"run_id", "step",
 -- "status"} (user channels all map to "swf_…" or "swf#…", see
--- swf_celery/messaging/channels.py, so "workflow_events" is an ordinary user channel).
+-- swf_celery/messaging/channels.py, so "workflow_events" is an ordinary user channel): ids and
+-- states only, never inputs or outputs, and a hint (swf.notify_hint): skipped while the
+-- notification queue is too full, so no transition ever fails because a listener is slow.
 --
 -- Retry backoff is capped (swf.max_retry_delay_ms, one hour). A redelivered message of a
 -- run that is no longer active ends its attempt ('cancelled'). A waiting caller
@@ -25,8 +27,9 @@
 
 CREATE OR REPLACE FUNCTION swf._notify(p_run uuid, p_step text, p_status text) RETURNS void
 LANGUAGE sql AS $$
-    SELECT pg_notify('swf:workflow_events',
-                     json_build_object('run_id', p_run, 'step', p_step, 'status', p_status)::text);
+    SELECT swf.notify_hint('swf:workflow_events',
+                           json_build_object('run_id', p_run, 'step', p_step,
+                                             'status', p_status)::text);
 $$;
 
 CREATE OR REPLACE FUNCTION swf.max_retry_delay_ms() RETURNS bigint

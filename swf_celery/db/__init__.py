@@ -9,7 +9,10 @@
 - :func:`translate_errors` (:mod:`.errors`) maps the rest of psycopg's errors to the
   :class:`~swf_celery.errors.SwfError` tree, once; :func:`retry_unavailable` rides out a
   restart;
-- :func:`load_queries` (:mod:`.queries`) reads the named SQL blocks of a ``.sql`` file.
+- :func:`load_queries` (:mod:`.queries`) reads the named SQL blocks of a ``.sql`` file;
+- :class:`~.listening.ListenConnection` (:mod:`.listening`) is the one LISTEN plumbing
+  every listener of the library uses, and :func:`notification_health`
+  (:mod:`.notifications`) reports PostgreSQL's notification queue and who holds it.
 """
 
 from swf_celery.db.connections import (
@@ -24,6 +27,7 @@ from swf_celery.db.connections import (
     resolve,
 )
 from swf_celery.db.errors import ErrorMap, retry_unavailable, translate_errors
+from swf_celery.db.notifications import NotificationHealth, notification_health
 from swf_celery.db.queries import load_queries
 from swf_celery.db.urls import (
     APP_SETTING,
@@ -44,8 +48,9 @@ from swf_celery.db.urls import (
 
 __all__ = [
     "APP_SETTING", "DEFAULT_POOL_SIZE", "ENV_DATABASE_URL", "ROLES", "Database", "DatabaseHandle",
-    "DatabaseUrl", "ErrorMap", "LIBPQ_PARAMETERS", "LISTEN_PARAMETER", "application_name",
-    "behind_pooler", "broker_url", "database_url", "kombu_dsn", "kombu_url", "load_queries",
-    "named_dsn", "normalize_dsn", "open_connection", "read_only_url", "split_listen_url",
-    "with_listen_url", "redact", "resolve", "retry_unavailable", "translate_errors",
+    "DatabaseUrl", "ErrorMap", "LIBPQ_PARAMETERS", "LISTEN_PARAMETER", "NotificationHealth",
+    "application_name", "behind_pooler", "broker_url", "database_url", "kombu_dsn",
+    "kombu_url", "load_queries", "named_dsn", "normalize_dsn", "notification_health",
+    "open_connection", "read_only_url", "split_listen_url", "with_listen_url", "redact", "resolve",
+    "retry_unavailable", "translate_errors",
 ]

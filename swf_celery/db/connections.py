@@ -6,6 +6,9 @@ per process, and the one-statement helper every layer uses.
 :func:`~.urls.database_url`) into a :class:`Database`. DSNs share one pool per process; a
 forked child (a prefork worker) opens its own and never touches its parent's.
 
+Connections of the pool and of :func:`open_connection` log the database's notices of
+skipped NOTIFYs as warnings (:mod:`.notifications`).
+
 Every connection names its role in ``application_name`` (``swf-broker@host``,
 ``swf-results@host``, ``swf-listen@host``, ``swf-steps@host``, ``swf-client@host``) unless
 the URL sets one, so ``pg_stat_activity`` shows who is who. A role is a label, not a pool:
@@ -31,6 +34,7 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from swf_celery.db.errors import ErrorMap, translate_errors
+from swf_celery.db.notifications import log_skips
 from swf_celery.db.queries import load_queries
 from swf_celery.db.urls import database_url, normalize_dsn, redact, split_listen_url
 from swf_celery.errors import ConfigurationError
@@ -214,7 +218,8 @@ class Database:
                     kwargs["prepare_threshold"] = None
                 state.pool = ConnectionPool(
                     self._libpq_dsn, min_size=0, max_size=state.size, open=True, name="swf",
-                    max_idle=state.max_idle, check=_check_idle_connection, kwargs=kwargs)
+                    max_idle=state.max_idle, check=_check_idle_connection,
+                    configure=log_skips, kwargs=kwargs)
             return state.pool
 
     def close(self) -> None:
@@ -263,10 +268,13 @@ def behind_pooler(dsn: str) -> bool:
 def open_connection(dsn: str, role: str, *, autocommit: bool = True,
                     **kwargs: Any) -> psycopg.Connection[Any]:
     """A dedicated connection of ``role`` to ``dsn`` (see :func:`named_dsn`); through a
-    transaction pooler, psycopg prepares nothing. The caller closes it."""
+    transaction pooler, psycopg prepares nothing. It logs the database's notices of skipped
+    NOTIFYs (:func:`~.notifications.log_skips`). The caller closes it."""
     if role != "listen" and behind_pooler(dsn):
         kwargs.setdefault("prepare_threshold", None)
-    return psycopg.connect(named_dsn(dsn, role), autocommit=autocommit, **kwargs)
+    conn = psycopg.connect(named_dsn(dsn, role), autocommit=autocommit, **kwargs)
+    log_skips(conn)
+    return conn
 
 
 def _check_role(role: str) -> str:

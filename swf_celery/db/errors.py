@@ -14,6 +14,7 @@ from swf_celery.errors import (
     DatabaseError,
     DatabasePermissionError,
     DatabaseUnavailable,
+    NotificationQueueFull,
     SwfError,
     TransactionConflict,
 )
@@ -51,6 +52,15 @@ def _translate(exc: psycopg.Error) -> SwfError:
         # OperationalError subclasses, but the server is fine: a conflict to retry.
         return TransactionConflict(
             f"transaction conflict: {exc.diag.message_primary or exc}; retry the operation")
+    if isinstance(exc, pg_errors.ProgramLimitExceeded):
+        # An OperationalError subclass too, but a limit: retrying does not help.
+        message = exc.diag.message_primary or str(exc)
+        if "NOTIFY queue" in message or "notification queue" in message:
+            return NotificationQueueFull(
+                f"{message}: PostgreSQL's notification queue is full, so a session that "
+                "LISTENs has stopped reading (swf_celery.db.notification_health names the "
+                "likely ones)")
+        return DatabaseError(f"PostgreSQL limit: {message}")
     if isinstance(exc, pg_errors.ReadOnlySqlTransaction):
         # A session on a standby (or on a primary being demoted): the pools discard it and
         # a retry reconnects, to the new primary with target_session_attrs=read-write.

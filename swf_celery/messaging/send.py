@@ -3,10 +3,13 @@
 - :func:`send_with_notify` stores a JSON message in the channel's pgmq queue and, in the
   same transaction, NOTIFYs ``swf_<channel>`` with the payload
   ``{"swf_message_id": <id>}``. Listeners hear of a message exactly when it is committed;
-  the body has no size limit because it travels in the queue, not in the NOTIFY.
+  the body has no size limit because it travels in the queue, not in the NOTIFY. The
+  NOTIFY is a hint: while PostgreSQL's notification queue is half full or more (a listener
+  stopped reading) it is skipped and the message is still stored; listeners report a gap.
 - :func:`notify_only` NOTIFYs ``swf_<channel>`` with a payload and stores nothing. Postgres
   refuses payloads of 8000 bytes or more; we raise :class:`PayloadTooLarge` before
-  sending, so nothing is ever truncated.
+  sending, so nothing is ever truncated. While the notification queue is half full or more
+  it raises :class:`~swf_celery.errors.NotificationQueueFull` instead of sending.
 - History: :func:`get_message`, :func:`read_pending` and :func:`acknowledge` read and
   retire stored messages, e.g. after a listener reports a possible gap.
 
@@ -27,8 +30,21 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from swf_celery.db import Database, DatabaseHandle, load_queries, resolve, translate_errors
-from swf_celery.errors import ArgumentError, ChannelNameError, PayloadError, PayloadTooLarge
+from swf_celery.db import (
+    Database,
+    DatabaseHandle,
+    ErrorMap,
+    load_queries,
+    resolve,
+    translate_errors,
+)
+from swf_celery.errors import (
+    ArgumentError,
+    ChannelNameError,
+    NotificationQueueFull,
+    PayloadError,
+    PayloadTooLarge,
+)
 from swf_celery.messaging import channels
 
 QUERIES = load_queries(__package__)
@@ -39,6 +55,8 @@ NOTIFY_PAYLOAD_LIMIT = 8000
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 #: Key of the NOTIFY payload that announces a stored message.
 MESSAGE_ID_KEY = "swf_message_id"
+#: ``swf.notify_required`` refuses a NOTIFY while the notification queue is too full.
+_QUEUE_FULL: ErrorMap = {pg_errors.ProgramLimitExceeded: NotificationQueueFull}
 
 # Channels whose queue this process has already ensured, per database: the first send to a
 # channel pays for swf.ensure_channel, later ones go straight to the insert.
@@ -113,18 +131,21 @@ def notify_only(
     open psycopg connection, whose transaction the NOTIFY then joins (it is delivered at
     that COMMIT). Raises :class:`PayloadTooLarge` when the payload is 8000 bytes or more
     (Postgres' limit), :class:`PayloadError` for a NUL character or a payload in the
-    reserved stored-message form ``{"swf_message_id": …}``, and
-    :class:`ChannelNameError` for a bad channel.
+    reserved stored-message form ``{"swf_message_id": …}``, :class:`ChannelNameError` for a
+    bad channel, and :class:`~swf_celery.errors.NotificationQueueFull` while PostgreSQL's
+    notification queue is half full or more (a listener stopped reading; nothing is sent,
+    and on a caller's connection its transaction is aborted): unlike the library's own
+    NOTIFYs, which are hints and are then skipped, this one was asked for by name.
     """
     ch = channels.resolve(channel)
     channels.check_sendable(ch)
     text = encode_payload(payload)
     params = {"notify_channel": ch.notify_channel, "payload": text}
     if isinstance(repo, psycopg.Connection):
-        with translate_errors():
+        with translate_errors(_QUEUE_FULL):
             repo.execute(QUERIES["notify"], params)
         return
-    with resolve(repo).single_statement() as conn:
+    with resolve(repo).single_statement(errors=_QUEUE_FULL) as conn:
         conn.execute(QUERIES["notify"], params)
 
 

@@ -34,6 +34,7 @@ GRANT SELECT ON swf.schema_migrations, swf.schema_functions TO {role};  -- the s
 GRANT SELECT ON swf.queues, swf.queue_bindings, swf.channels TO {role};  -- routing, lookups
 GRANT SELECT ON swf.flows, swf.flow_steps, swf.runs, swf.step_states, swf.step_tasks
     TO {role};  -- watching runs
+GRANT USAGE, SELECT ON SEQUENCE swf.notify_skips TO {role};  -- NOTIFYs skipped, and reading that
 
 -- swf.queue_waiters and swf.roles are written only by the functions (wake-ups, grants);
 -- the operator reads them with every other table.

@@ -8,17 +8,21 @@ Celery's Redis backend does over pub/sub.
 - Each result has a channel of its own, :func:`result_channel` (``swfr_`` and 40 hex digits
   of the SHA-256 of the task id): storing a result NOTIFYs only that channel, with no
   payload (results can be any size), so only processes waiting for that result are woken.
-- A process LISTENs only while it waits: the reading thread LISTENs on the channels of
-  the ids waited for (in one round trip, pipelined with a read of those results, which
-  covers results stored before the LISTEN) and UNLISTENs, in the same round trip, the
-  channels of ids nobody here waits for any more. A process that called ``.get()`` once
-  and went idle is left listening at most on channels of finished results, which are not
-  notified again; so no LISTEN collects notifications that nobody reads, and PostgreSQL's
-  notification queue is never held up by an idle client.
-- A lost connection is re-opened (with back-off), LISTENs again and reads every id still
-  waited for, so a result stored while the listener was away is not missed.
-- Several threads may wait at once: one reads the socket, the others wait on a condition
-  that the reader signals after each batch.
+- The LISTEN connection is the library's one LISTEN plumbing
+  (:class:`swf_celery.db.listening.ListenConnection`), opened on the first wait: its own
+  thread reads the socket into a buffer whether or not anyone waits, so a process that
+  waited once and went idle never holds PostgreSQL's notification queue.
+- The set of channels follows the ids waited for: a wait LISTENs on the channels of new
+  ids (in one round trip, pipelined with a read of those results, which covers results
+  stored before the LISTEN) and UNLISTENs, in the same round trip, the channels of ids
+  nobody here waits for any more.
+- When notifications may have been missed (the connection was re-established, or the
+  database skipped NOTIFYs because its queue was too full) the listener reports a gap and
+  every id still waited for is read, so no result is missed.
+- A NOTIFY only names a channel: the result is read from ``swf.task_results``, so a forged
+  one costs a read and delivers nothing.
+- Several threads may wait at once: one takes the notifications, the others wait on a
+  condition that it signals after each batch.
 """
 
 from __future__ import annotations
@@ -26,16 +30,15 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
 from typing import Any
 
-import psycopg
 from celery import states
 from celery.backends.asynchronous import BaseResultConsumer
 from celery.utils.log import get_logger
-from psycopg import sql
 
 from swf_celery import db
+from swf_celery.db.listening import ListenConnection
+from swf_celery.errors import SwfError
 
 logger = get_logger(__name__)
 
@@ -47,16 +50,9 @@ STALE_LIMIT = 1000
 #: Longest single wait on the socket: a drain without timeout still returns now and then,
 #: so Celery's drain loop can check readiness and the caller's ``on_interval``.
 MAX_WAIT = 1.0
-#: Back-off between reconnect attempts while the server is unreachable.
-RECONNECT_INTERVAL = 0.25
 APPLICATION_NAME = db.application_name("listen")
 
 QUERIES = db.load_queries(__package__)
-
-# Connections inherited from a parent process: closing them would end the parent's
-# sessions (libpq sends Terminate on the shared socket), so a forked child keeps them
-# referenced and never touches them.
-_inherited: list[Any] = []
 
 
 def result_channel(task_id: str) -> str:
@@ -71,9 +67,9 @@ class ResultConsumer(BaseResultConsumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._subscribed: set[str] = set()
-        #: channel -> task id of every channel LISTENed on the current connection.
+        #: channel -> task id of every channel in the listener's LISTEN set.
         self._listening: dict[str, str] = {}
-        self._conn: psycopg.Connection[Any] | None = None
+        self._listener: ListenConnection | None = None
         self._pid = os.getpid()
         self._reset_sync()
 
@@ -121,7 +117,7 @@ class ResultConsumer(BaseResultConsumer):
         """Wait up to ``timeout`` for results; deliver those that arrived."""
         with self._cond:
             if self._reading:
-                # Another thread reads the socket; it wakes us after each batch.
+                # Another thread takes the notifications; it wakes us after each batch.
                 self._cond.wait(MAX_WAIT if timeout is None else min(timeout, MAX_WAIT))
                 return
             self._reading = True
@@ -133,36 +129,31 @@ class ResultConsumer(BaseResultConsumer):
                 self._cond.notify_all()
 
     def _drain(self, timeout: float) -> None:
-        conn = self._connection()
-        if conn is None:
-            time.sleep(min(timeout, RECONNECT_INTERVAL))
-            return
+        listener = self._connection()
         try:
-            if self._sync_listens(conn):
+            if self._sync_listens(listener):
                 return  # results stored before the LISTEN were delivered: no need to wait
-            # NOTIFYs that libpq parsed while reading a pipeline's results wait in its
-            # queue, where notifies() (which first waits for the socket) would not see them.
-            channels: set[str] = set()
-            pgconn = conn.pgconn
-            while (parsed := pgconn.notifies()) is not None:
-                channels.add(parsed.relname.decode())
-            if not channels:
-                for notify in conn.notifies(timeout=timeout, stop_after=1):
-                    channels.add(notify.channel)
-            if not channels:
+            items = listener.take(timeout)
+            if not items:
                 return
             # Whatever else has arrived by now joins this batch (one query for all).
-            for notify in conn.notifies(timeout=0):
-                channels.add(notify.channel)
-            listening = self._listening
-            wanted = {listening[c] for c in channels if c in listening} & self._subscribed
+            items += listener.take()
+            if any(item.gap is not None for item in items):
+                # Notifications may have been missed (a reconnect, skipped NOTIFYs): read
+                # every result still waited for.
+                wanted = set(self._subscribed)
+            else:
+                listening = self._listening
+                wanted = {listening[i.channel] for i in items
+                          if i.channel in listening} & self._subscribed
             if wanted:
-                self._deliver(conn, wanted)
-        except psycopg.Error as exc:
-            logger.warning("result listener lost its connection (%s); reconnecting", exc)
-            self._drop_connection()
+                rows = listener.execute(QUERIES["get_results"], {"task_ids": list(wanted)})
+                if rows is not None:  # None: the connection dropped; its gap reads them
+                    self._deliver_rows(rows)
+        except SwfError as exc:
+            logger.warning("result listener: reading results failed (%s)", exc)
 
-    def _sync_listens(self, conn: psycopg.Connection[Any]) -> bool:
+    def _sync_listens(self, listener: ListenConnection) -> bool:
         """LISTEN on the channels of ids waited for, UNLISTEN the others, and read the
         newly listened ids' results, in one round trip; True when one was delivered."""
         want = {result_channel(t): t for t in list(self._subscribed)}
@@ -171,62 +162,49 @@ class ResultConsumer(BaseResultConsumer):
         stale = [c for c in listening if c not in want]
         if not new and len(stale) < STALE_LIMIT:
             return False
-        statements = [sql.SQL("UNLISTEN {}").format(sql.Identifier(c)) for c in stale]
-        statements += [sql.SQL("LISTEN {}").format(sql.Identifier(c)) for c in new]
         new_ids = [want[c] for c in new]
-        with conn.pipeline():
-            for statement in statements:
-                conn.execute(statement)
-            cur = conn.execute(QUERIES["get_results"], {"task_ids": new_ids}) if new else None
         for c in stale:
             del listening[c]
         for c in new:
             listening[c] = want[c]
-        return bool(cur is not None and self._deliver_rows(cur.fetchall()))
+        rows = listener.listen(new, unlisten=stale,
+                               query=QUERIES["get_results"] if new else None,
+                               params={"task_ids": new_ids} if new else None)
+        # None: the connection is down; the reconnect LISTENs them and reports a gap, on
+        # which every id waited for is read.
+        return bool(rows and self._deliver_rows(rows))
 
-    def _connection(self) -> psycopg.Connection[Any] | None:
+    def _connection(self) -> ListenConnection:
         if os.getpid() != self._pid:
             self.on_after_fork()
-        if self._conn is not None and not self._conn.closed:
-            return self._conn
-        try:
+        listener = self._listener
+        if listener is None or listener.closed:
             self._listening = {}
-            self._conn = db.open_connection(self.backend.dsn, "listen")
-            # Every id still waited for is LISTENed and read by the next _sync_listens.
-            return self._conn
-        except psycopg.Error as exc:
-            logger.warning("result listener cannot connect (%s); retrying", exc)
-            self._drop_connection()
-            return None
-
-    def _deliver(self, conn: psycopg.Connection[Any], task_ids: set[str]) -> None:
-        rows = conn.execute(QUERIES["get_results"], {"task_ids": list(task_ids)}).fetchall()
-        self._deliver_rows(rows)
+            # Connects in its own thread, with back-off while the server is away: the
+            # ids waited for are LISTENed and read by the next _sync_listens, or on the
+            # gap its connection reports.
+            listener = self._listener = ListenConnection(
+                self.backend.dsn, name="swf-results-waiter", connect=False)
+        return listener
 
     def _deliver_rows(self, rows: list[Any]) -> int:
         for _task_id, payload in rows:
             self.on_state_change(self.backend.decode_result(payload), None)
         return len(rows)
 
-    def _drop_connection(self) -> None:
-        self._listening = {}
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001 - the connection is already broken
-                pass
-
     # -- lifecycle -------------------------------------------------------------------------
 
     def on_after_fork(self) -> None:
-        if self._conn is not None:
-            _inherited.append(self._conn)
-            self._conn = None
+        # The parent's listener reads as closed here and is never closed by this process
+        # (that would end the parent's session).
+        self._listener = None
         self._listening = {}
         self._pid = os.getpid()
         self._reset_sync()
         super().on_after_fork()
 
     def stop(self) -> None:
-        self._drop_connection()
+        listener, self._listener = self._listener, None
+        self._listening = {}
+        if listener is not None:
+            listener.close()

@@ -5,7 +5,8 @@
 -- Upsert a task's result and NOTIFY its own channel in one statement. A stored SUCCESS is
 -- never overwritten (a redelivered copy of a finished task must not turn it back to STARTED).
 -- The channel is 'swfr_' and 40 hex digits of the task id's SHA-256 (consumer.py
--- result_channel): only processes waiting for this result are woken; no payload.
+-- result_channel): only processes waiting for this result are woken; no payload. A hint
+-- (swf.notify_hint): skipped while the notification queue is too full (waiters re-read).
 WITH stored AS (
     INSERT INTO swf.task_results AS r (task_id, status, payload, name, worker, queue,
                                        retries, group_id, parent_id, date_done, expires_at)
@@ -24,7 +25,7 @@ WITH stored AS (
 )
 -- set_config: the synchronous_commit option for this transaction only, in this same
 -- statement (no extra round trip).
-SELECT pg_notify('swfr_' || left(encode(sha256(convert_to(task_id, 'UTF8')), 'hex'), 40), '')
+SELECT swf.notify_hint('swfr_' || left(encode(sha256(convert_to(task_id, 'UTF8')), 'hex'), 40))
 FROM stored, set_config('synchronous_commit', %(synchronous_commit)s, true);
 
 -- name: get_result

@@ -7,7 +7,10 @@ This module only serialises arguments and names the transitions.
 
 Events: every transition NOTIFYs :data:`EVENTS_NOTIFY_CHANNEL` (the reserved channel
 ``swf:workflow_events`` of :mod:`swf_celery.messaging`) with ``{"run_id", "step",
-"status"}`` (``step`` is ``null`` for run-level events).
+"status"}`` (``step`` is ``null`` for run-level events): ids and states, never inputs or
+outputs. A NOTIFY is a hint, skipped while PostgreSQL's notification queue is too full, and
+anyone who can connect may forge one: readers take an event (:func:`parse_event`) as a
+reason to re-read the run.
 """
 
 from __future__ import annotations
@@ -16,12 +19,12 @@ import hashlib
 import json
 import re
 import time
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg import sql
 
 from swf_celery.db import Database, ErrorMap, load_queries, retry_unavailable
 from swf_celery.errors import (
@@ -50,6 +53,10 @@ _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 #: What PostgreSQL refuses in a value (data exceptions, limits) means: cannot be stored.
 _UNSTORABLE: ErrorMap = {psycopg.DataError: RunInputError,
                          pg_errors.ProgramLimitExceeded: RunInputError}
+#: The form of an event's status (``completed``, ``in_progress``, ...).
+_STATUS = re.compile(r"[a-z_]{1,32}")
+#: Longest step name an event may carry.
+_STEP_LIMIT = 255
 
 
 def to_json(value: Any, what: str) -> str:
@@ -198,7 +205,30 @@ def expire_tasks(db: Database, run_id: str | None = None) -> int:
     return int(db.fetch_value(QUERIES["expire_tasks"], {"run_id": run_id}) or 0)
 
 
-def listen_statement() -> sql.Composed:
-    """The LISTEN statement for workflow events."""
-    return sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_NOTIFY_CHANNEL))
+def parse_event(payload: str) -> dict[str, Any] | None:
+    """A workflow event ``{"run_id", "step", "status"}`` from a NOTIFY payload, or None when
+    the payload is not one.
+
+    Any session that can connect may NOTIFY this channel, so an event is a hint to re-read
+    the run, never a fact: only its form is checked here (a run id, a step name or null, a
+    status word), so that a forged one cannot carry anything else to a page or a caller.
+    """
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(event, dict):
+        return None
+    run_id, step, status = event.get("run_id"), event.get("step"), event.get("status")
+    if not isinstance(run_id, str) or not isinstance(status, str) \
+            or not _STATUS.fullmatch(status):
+        return None
+    try:
+        if str(uuid.UUID(run_id)) != run_id:
+            return None
+    except ValueError:
+        return None
+    if step is not None and (not isinstance(step, str) or len(step) > _STEP_LIMIT):
+        return None
+    return {"run_id": run_id, "step": step, "status": status}
 

@@ -22,7 +22,6 @@ process finds the step functions without being given them again.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -32,6 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from swf_celery.db import Database
+from swf_celery.db.listening import ListenConnection
 from swf_celery.errors import DatabaseUnavailable, RunNotFound, SwfError, WorkflowTimeout
 from swf_celery.workflows import coordinator
 from swf_celery.workflows.definition import WorkflowDef
@@ -152,12 +152,12 @@ class LocalRunner:
 
 
 def drive(db: Database, run_id: str, runner: LocalRunner | None, deadline: float | None,
-           *, watch_steps: bool) -> dict[str, Any]:
+          *, watch_steps: bool) -> dict[str, Any]:
     """Wait for a run to end (woken by its events), pumping its local tasks; return its
     final state. :class:`WorkflowTimeout` once ``deadline`` (monotonic) passes."""
-    listener = db.connect(autocommit=True, role="listen")
+    listener = ListenConnection(db.dsn, [coordinator.EVENTS_NOTIFY_CHANNEL],
+                                name=f"swf-run-{run_id[:8]}-events")
     try:
-        listener.execute(coordinator.listen_statement())
         while True:
             state = coordinator.refresh_run(db, run_id)
             if state is None:
@@ -182,23 +182,22 @@ def drive(db: Database, run_id: str, runner: LocalRunner | None, deadline: float
         listener.close()
 
 
-def _await_event(listener: Any, run_id: str, wait: float, watch_steps: bool) -> None:
-    """Return when an event of this run arrives (any step event if ``watch_steps``)."""
+def _await_event(listener: ListenConnection, run_id: str, wait: float,
+                 watch_steps: bool) -> None:
+    """Return when an event of this run arrives (any step event if ``watch_steps``), or a
+    gap (events may have been missed: the caller re-reads the run)."""
     end = time.monotonic() + wait
     while True:
         left = end - time.monotonic()
         if left <= 0:
             return
-        hit = False
-        for note in listener.notifies(timeout=left, stop_after=1):
-            try:
-                event = json.loads(note.payload)
-            except ValueError:
-                continue
-            if event.get("run_id") == run_id and (watch_steps or event.get("step") is None):
-                hit = True
-        if hit:
-            return
+        for item in listener.take(left):
+            if item.gap is not None:
+                return
+            event = coordinator.parse_event(item.payload)
+            if event is not None and event["run_id"] == run_id \
+                    and (watch_steps or event["step"] is None):
+                return
 
 
 def drive_in_background(db: Database, wf: WorkflowDef, run_id: str,

@@ -161,6 +161,50 @@ def test_full_buffer_drops_and_reports_a_gap(db_url: str) -> None:
         assert _next(listener).payload == "5"
 
 
+def test_a_callback_that_blocks_never_stops_the_reading(db_url: str) -> None:
+    # The callback runs in a dispatch thread of its own: while it blocks, the reading thread
+    # keeps taking every notification off the connection (so PostgreSQL can trim its queue
+    # past this listener), and the buffer keeps the first ones, drops the rest and says so.
+    release = threading.Event()
+    seen: list[Notification] = []
+
+    def stuck(note: Notification) -> None:
+        seen.append(note)
+        release.wait(60)
+
+    total, buffer = 2000, 10
+    listener = swf_celery.listen("stuck", db_url, callback=stuck, buffer=buffer)
+    try:
+        # 8 MB of notifications: more than the socket buffers hold, so a listener that
+        # stopped reading would leave its server process blocked writing them to it.
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            for start in range(0, total, 200):
+                conn.execute("SELECT pg_notify('swf_stuck', i || ':' || repeat('x', 4000)) "
+                             "FROM generate_series(%s::int, %s::int) AS i",
+                             (start, start + 199))
+        wait_until(lambda: listener.received == total, 60, "every notification read")
+        assert len(seen) == 1 and (seen[0].payload or "").startswith("0:")
+        assert listener.dropped >= total - 2 - buffer and listener.possible_gap.is_set()
+
+        release.set()
+        swf_celery.notify_only("stuck", "after", db_url)
+        wait_until(lambda: seen[-1].payload == "after", WAIT, "the next notification")
+        # In order; every notification dropped is announced by a gap before the next one.
+        kept, previous, gap = 0, -1, False
+        for note in seen[:-1]:
+            if note.is_gap:
+                gap = True
+                continue
+            number = int((note.payload or "").split(":")[0])
+            assert number == previous + 1 or (number > previous and gap), (previous, number)
+            kept, previous, gap = kept + 1, number, False
+        assert gap or previous == total - 1  # the drops at the end: a gap before "after"
+        assert kept + listener.dropped == total
+    finally:
+        release.set()
+        swf_celery.unlisten(listener, db_url)
+
+
 def test_listen_to_unreachable_server_is_a_clear_error() -> None:
     with pytest.raises(DatabaseUnavailable, match="cannot reach PostgreSQL"):
         swf_celery.listen("orders", "postgresql://postgres@127.0.0.1:1/none")

@@ -242,7 +242,7 @@ def test_result_stored_while_listener_was_cut_off_is_not_missed(celery_app, back
         killed = conn.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
             "WHERE application_name = %s AND datname = current_database() AND pid = %s",
-            (APPLICATION_NAME, backend.result_consumer._conn.info.backend_pid)).fetchone()[0]
+            (APPLICATION_NAME, backend.result_consumer._listener.backend_pid)).fetchone()[0]
     assert killed == 1
     # Stored while nobody listens: its NOTIFY reaches no one. Only the consumer (not a
     # read by get()) may deliver it here: it must notice the lost connection, reconnect

@@ -155,3 +155,14 @@ def test_every_table_of_the_schema_is_granted_to_someone(db_url: str) -> None:
     tables = {row[0] for row in sql(db_url, "SELECT tablename FROM pg_tables "
                                             "WHERE schemaname = 'swf'")}
     assert tables - named == set(), "tables no block of grants.sql names (see its rule)"
+
+
+def test_every_part_counts_skipped_notifies_and_reads_the_count(
+        client_role_url: str, worker_role_url: str, operator_role_url: str) -> None:
+    # Sessions of every part send NOTIFYs (results, channel messages), and swf.notify_hint
+    # counts the ones it skips in their name; listeners of every part read the count.
+    for url in (client_role_url, worker_role_url, operator_role_url):
+        _not_superuser(url)
+        before = sql_value(url, "SELECT swf.notify_skipped()")
+        sql(url, "SELECT nextval('swf.notify_skips')")
+        assert sql_value(url, "SELECT swf.notify_skipped()") == before + 1

@@ -117,7 +117,7 @@ def test_a_notify_seen_before_its_arm_result_rearms_the_queue(connections: Any) 
             # takes the NOTIFY first, the arm's result second.
             assert select.select([consumer._reader.fd], [], [], 5)[0], "the arm ended"
             producer.Producer().publish("b", serializer="json", routing_key="arm-race")
-            listen_fd = conn.transport.wakeup().socket_fd()
+            listen_fd = conn.transport.wakeup().notify_fd
             assert select.select([listen_fd], [], [], 5)[0], "the NOTIFY of b arrived"
             consumer.on_readable(listen_fd)
             consumer._on_read_done()
