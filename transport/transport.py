@@ -253,6 +253,10 @@ class Transport(virtual.Transport):
         self.ensure_keeper()
         super()._deliver(message, queue)
 
+    def consumed(self) -> list[str]:
+        """Every queue the channels consume (the keeper marks them as in use)."""
+        return sorted({q for ch in list(self.channels) for q in list(ch._active_queues)})
+
     def consumed_expiring(self) -> list[str]:
         """Consumed queues declared with x-expires (kept alive by the keeper)."""
         return sorted({q for ch in list(self.channels) for q in list(ch._active_queues)

@@ -19,6 +19,8 @@ meanwhile (a stall longer than their expiry), writes acks the consuming thread h
 yet, and every ten seconds, on a tick that extended nothing, removes the expiring queues
 nobody consumed for that long (``swf.queue_reap``: DML for transient queues; a legacy pgmq
 table is dropped under a short ``lock_timeout`` and skipped while locked, e.g. by pg_dump).
+Every minute it marks the consumed durable queues as well, so that retention, which removes
+durable queues nobody used for weeks, never takes a queue a live worker consumes.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 QUERIES = load_queries("swf_celery.transport")
 REAP_EVERY = 10.0
+#: Seconds between marks of the consumed durable queues (``swf.queue_touch``).
+MARK_EVERY = 60.0
 TICK = 1.0
 
 
@@ -61,6 +65,7 @@ class VisibilityKeeper(threading.Thread):
         self._stopped = threading.Event()
         self._conn: psycopg.Connection[Any] | None = None
         self._last_reap = 0.0
+        self._last_mark: float | None = None
 
     def stop(self) -> None:
         """Stop extending (the thread exits within one interval)."""
@@ -115,8 +120,12 @@ class VisibilityKeeper(threading.Thread):
         # that does neither (basic_get, then a long pause) gets them written here.
         transport.flush_acks()
         expiring = transport.consumed_expiring()
-        if expiring:
-            alive = {r[0] for r in conn.execute(QUERIES["touch"], {"queues": expiring})}
+        touch = expiring
+        if self._last_mark is None or now - self._last_mark >= MARK_EVERY:
+            self._last_mark = now
+            touch = transport.consumed()
+        if touch:
+            alive = {r[0] for r in conn.execute(QUERIES["touch"], {"queues": touch})}
             gone = [q for q in expiring if q not in alive]
             if gone:
                 transient.redeclare(conn, transport, gone)

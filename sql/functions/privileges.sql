@@ -34,6 +34,14 @@ BEGIN
 END $$;
 REVOKE EXECUTE ON FUNCTION swf._caller_part() FROM PUBLIC;
 
+-- The calling role's part ('client', 'worker', 'operator'; NULL: none granted), for a process
+-- that chooses what to do by it (a worker's retention bootstep cleans up only as an operator).
+CREATE OR REPLACE FUNCTION swf.caller_part() RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+    SELECT swf._caller_part()
+$$;
+REVOKE EXECUTE ON FUNCTION swf.caller_part() FROM PUBLIC;
+
 -- Raise insufficient_privilege unless the caller plays one of p_parts; p_what says what it
 -- tried. Returns the caller's part. Like swf._caller_part, called inside the owner's
 -- functions only.

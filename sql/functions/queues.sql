@@ -71,6 +71,14 @@ LANGUAGE sql IMMUTABLE STRICT AS $$
     SELECT p_name LIKE '%.pidbox' OR p_name LIKE 'celeryev.%' OR p_name LIKE '%.dq2'
 $$;
 
+-- How stale swf.queues.last_active may get before a declaration or a consumer's mark writes
+-- it again: a second for an expiring queue (its x-expires counts from it), a minute for a
+-- durable one (retention removes a durable queue only after it was unused for hours).
+CREATE OR REPLACE FUNCTION swf._queue_mark_every(p_expires_ms bigint) RETURNS interval
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_expires_ms IS NULL THEN interval '1 minute' ELSE interval '1 second' END
+$$;
+
 -- Run DDL of a queue under a short lock_timeout, restoring the caller's setting after.
 CREATE OR REPLACE FUNCTION swf._ddl_lock_timeout() RETURNS text
 LANGUAGE sql IMMUTABLE AS $$ SELECT '200ms'::text $$;
@@ -187,8 +195,10 @@ BEGIN
            AND swf._require_part('declare a queue', 'client', 'worker') <> 'client' THEN
             RETURN swf._queue_take_over(q, v_storage, p_expires_ms);
         END IF;
-        IF p_expires_ms > 0 AND q.expires_ms IS NOT NULL
-           AND q.last_active < clock_timestamp() - interval '1 second' THEN
+        -- A declaration is activity (an expiring queue's x-expires counts from it; a durable
+        -- queue unused long enough is removed by retention).
+        IF p_expires_ms IS NOT NULL AND (p_expires_ms > 0 OR q.expires_ms IS NULL)
+           AND q.last_active < clock_timestamp() - swf._queue_mark_every(q.expires_ms) THEN
             UPDATE swf.queues SET last_active = clock_timestamp() WHERE id = q.id;
         END IF;
         RETURN q;
@@ -431,8 +441,8 @@ BEGIN
         END IF;
     END LOOP;
     UPDATE swf.queues s SET last_active = clock_timestamp()
-     WHERE s.name = ANY (p_queues) AND s.expires_ms IS NOT NULL
-       AND s.last_active < clock_timestamp() - interval '1 second';
+     WHERE s.name = ANY (p_queues)
+       AND s.last_active < clock_timestamp() - swf._queue_mark_every(s.expires_ms);
     IF v_busy THEN
         RETURN 0;
     END IF;
@@ -680,15 +690,17 @@ BEGIN
 END $$;
 REVOKE EXECUTE ON FUNCTION swf.queue_reap() FROM PUBLIC;
 
--- Mark consumed expiring queues as used now; returns those still there (a consumed queue
--- missing here expired meanwhile).
+-- Mark consumed queues as used now: expiring ones always (returned: a consumed expiring
+-- queue missing from the result expired meanwhile), durable ones at most once a minute.
 CREATE OR REPLACE FUNCTION swf.queue_touch(p_queues text[]) RETURNS SETOF text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 BEGIN
     PERFORM swf._require_part('keep queues alive', 'client', 'worker');
     RETURN QUERY
         UPDATE swf.queues SET last_active = clock_timestamp()
-         WHERE name = ANY (p_queues) AND expires_ms IS NOT NULL
+         WHERE name = ANY (p_queues)
+           AND (expires_ms IS NOT NULL
+                OR last_active < clock_timestamp() - swf._queue_mark_every(expires_ms))
         RETURNING name;
 END $$;
 REVOKE EXECUTE ON FUNCTION swf.queue_touch(text[]) FROM PUBLIC;

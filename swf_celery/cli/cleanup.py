@@ -9,16 +9,22 @@ from swf_celery.cli._common import database_option, database_url, emit, json_opt
 
 @click.command("cleanup")
 @click.option("--older-than", "older_than", default=None, metavar="AGE",
-              help="Delete finished runs, archives and dead letters older than AGE "
-                   "(e.g. 7d, 12h, 30m), and results stored without expiry older than AGE. "
-                   "Default: the retention settings (runs 30d, archives 7d, results by "
-                   "their expiry).")
+              help="One age for every store instead of its setting (e.g. 7d, 12h, 30m), "
+                   "and results stored without expiry older than AGE too. Default: the "
+                   "retention settings (runs, task graphs, unacknowledged channel messages "
+                   "and unused queues 30d, dynamic flows 90d, archives and dead letters 7d, "
+                   "results by their expiry).")
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
 @database_option
 @json_option
 def cleanup_command(older_than: str | None, dry_run: bool, database: str | None,
                     as_json: bool) -> None:
-    """Delete finished runs, old archives and dead letters, and expired results (batched)."""
+    """Delete what retention no longer keeps, in batches (needs an operator role).
+
+    Finished runs, task graphs, unused dynamic flows, archives, dead letters, old
+    unacknowledged channel messages, expired results and unused durable queues. Schedule it
+    from cron or a systemd timer as an operator (docs/retention.md).
+    """
     from swf_celery.ops.retention import RetentionPolicy, cleanup, parse_age
 
     ctx = click.get_current_context()

@@ -25,6 +25,7 @@ import os
 import select
 import socket
 import threading
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Union
 
@@ -241,6 +242,7 @@ class _PoolState:
         self.size = _pool_size_setting()
         self.max_idle = _max_idle_setting()
         self.roles: dict[str, Database] = {}
+        _pool_states.add(self)
 
 
 def application_name(role: str) -> str:
@@ -373,6 +375,20 @@ def _check_idle_connection(conn: psycopg.Connection[Any]) -> None:
 _databases: dict[str, Database] = {}
 _inherited_pools: list[Any] = []  # parents' pools in a forked child: referenced, unused
 _databases_lock = threading.Lock()
+_pool_states: weakref.WeakSet[_PoolState] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (a prefork worker) gets fresh locks: another thread of the parent (the
+    retention bootstep, a waiter) may have held one at the fork, and the child's copy would
+    then stay locked forever. The child does not use its parent's pools (``_shared_pool``)."""
+    global _databases_lock
+    _databases_lock = threading.Lock()
+    for state in list(_pool_states):
+        state.lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def resolve(repo: DatabaseHandle | None = None, *, role: str | None = None) -> Database:

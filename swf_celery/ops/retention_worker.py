@@ -4,10 +4,16 @@
 ``celery worker`` sends before it builds its blueprint; for an app whose database is
 PostgreSQL through swf-celery (``swf://`` broker or result backend, or
 ``swf_database_url``) it adds :class:`RetentionStep` to ``app.steps["worker"]``, Celery's
-documented way to extend a worker. The step's thread cleans up every
-``swf_retention_interval`` seconds (3600; the first pass a minute after start, or sooner with
-a shorter interval). Every worker runs it; the database lets one session clean up at a time
-and the others skip that round. ``swf_retention = False`` turns it off.
+documented way to extend a worker. ``swf_retention = False`` turns it off.
+
+Cleaning up is an operator's. The step's thread first asks the database which part the
+worker's role plays (``swf.caller_part``). An operator (a role granted ``--operator``, or the
+schema's owner) cleans up every ``swf_retention_interval`` seconds (3600; the first pass a
+minute after start, or sooner with a shorter interval); the database lets one session clean
+up at a time and the others skip that round. Any other role logs one warning at start that
+names the role, ``swf-celery cleanup`` (to schedule as an operator) and the setting that
+silences it; it asks again every interval and starts cleaning up if the role becomes an
+operator.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ class RetentionStep(bootsteps.StartStopStep):
     """Runs :func:`~swf_celery.ops.retention.cleanup` periodically in a daemon thread."""
 
     label = "swf retention"
+    # After the pool: its processes are forked before this thread touches the database (a
+    # fork while a thread imports a module or holds a lock leaves the child stuck on it).
+    requires = ("celery.worker.components:Pool",)
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
@@ -44,6 +53,8 @@ class RetentionStep(bootsteps.StartStopStep):
 
     def start(self, parent: Any) -> None:
         """Start the cleanup thread."""
+        import psycopg_pool  # noqa: F401 - imported here, not in the thread (see requires)
+
         from swf_celery.db import database_url
         from swf_celery.ops.retention import RetentionPolicy
 
@@ -64,25 +75,47 @@ class RetentionStep(bootsteps.StartStopStep):
             self._thread = None
 
     def _run(self, url: str, policy: RetentionPolicy, interval: float) -> None:
-        from swf_celery.ops.retention import cleanup
+        from swf_celery.ops.retention import cleanup, role_and_part
 
-        wait = min(FIRST_PASS_DELAY, interval)
+        warned = False
+        cleaning = False
+        wait = 0.0  # the role is checked at once: a warning belongs to the worker's start
         while not self._stop.wait(wait):
             wait = interval
             try:
+                if not cleaning:
+                    role, part = role_and_part(url)
+                    if part != "operator":
+                        if not warned:
+                            warned = True
+                            logger.warning("%s", not_an_operator(role, part))
+                        continue
+                    cleaning = True
+                    if warned:
+                        logger.warning("swf retention: role %r is an operator now; this worker "
+                                       "cleans up every %g s", role, interval)
+                    wait = min(FIRST_PASS_DELAY, interval)
+                    continue
                 report = cleanup(url, policy)
-            except DatabasePermissionError as exc:
-                # A least-privilege worker role (`swf-celery grant --worker`) may not delete
-                # finished runs: cleanup is an operator's (`swf-celery cleanup`).
-                logger.warning("swf retention: this worker's database role may not clean "
-                               "up (%s); stopped. Run `swf-celery cleanup` as an operator "
-                               "or set swf_retention = False", exc)
-                return
+            except DatabasePermissionError as exc:  # the role lost its part: ask next round
+                logger.warning("swf retention: cleanup refused: %s", exc)
+                cleaning = False
+                continue
             except SwfError as exc:  # the database may be restarting: next round
                 logger.warning("swf retention: cleanup failed: %s", exc)
                 continue
             if report.total:
                 logger.info("swf retention: deleted %s", report.deleted)
+
+
+def not_an_operator(role: str, part: str | None) -> str:
+    """The warning of a worker whose role may not clean up: who it is and what to do."""
+    plays = f"a {part}" if part else "granted no part"
+    return (f"swf retention: this worker does not clean up: its database role {role!r} is "
+            f"{plays}, and cleanup is an operator's. Run `swf-celery cleanup` as an operator "
+            f"role on a schedule (cron or a systemd timer: docs/retention.md), or make this "
+            f"role an operator (`swf-celery grant {role} --operator`). Set swf_retention = "
+            f"False to silence this warning.")
 
 
 def install(sender: Any = None, instance: Any = None, **kwargs: Any) -> None:

@@ -22,6 +22,11 @@ Behaviour
     - ``result_expires`` (and ``result_failure_expires``) set an expiry on each row;
       ``celery.backend_cleanup`` (:meth:`SwfBackend.cleanup`) deletes expired rows in
       batches.
+    - A chord whose header has not completed by its expiry (``result_chord_expires``, else
+      ``result_expires``; each returning part renews it) loses its parts but keeps a marker
+      (``swf.expire_chords``): the first header part that returns later fails the callback
+      with a :class:`~celery.exceptions.ChordError` naming the chord, the part and the
+      expiry, once. A part never re-creates a chord's row.
     - A stored exception naming a module that is not imported, or a name that is not an
       exception class, is rebuilt as a generic exception: nothing is imported or called.
     - Connection errors (a database restart) are retried for ``retry_timeout`` seconds.
@@ -73,6 +78,10 @@ _SYNCHRONOUS_COMMIT = ("off", "local", "remote_write", "remote_apply", "on")
 
 #: How long the done marker of a finished chord outlives it (late header copies).
 CHORD_DONE_SECONDS = 3600.0
+#: ``swf.chord_part_return``'s ``ready`` when the part changes nothing: the chord fired (or
+#: its expiry was reported); the chord expired with its header incomplete (this part fails
+#: it); no record of the chord is left.
+CHORD_DONE, CHORD_EXPIRED, CHORD_UNKNOWN = -1, -2, -3
 
 
 class SwfBackend(Backend, AsyncBackendMixin):
@@ -300,7 +309,7 @@ class SwfBackend(Backend, AsyncBackendMixin):
         token = uuid4().hex
         join_timeout = self.app.conf.result_chord_join_timeout or 5.0
         payload = self.encode([task_id, state, self.encode_result(result, state)])
-        ready, _total, claimed = self._execute("chord_part_return", {
+        ready, total, claimed = self._execute("chord_part_return", {
             "group_id": group_id, "task_id": task_id,
             "group_index": 2**31 - 1 if group_index is None else group_index,
             "state": state, "payload": self._bytes(payload), "token": token,
@@ -310,8 +319,15 @@ class SwfBackend(Backend, AsyncBackendMixin):
             "expires": self._chord_expires(),
             "synchronous_commit": self.synchronous_commit,
         }, fetch="one")
-        if ready == -1 or not claimed:
-            return
+        if ready == CHORD_EXPIRED:
+            return self._fail_expired_chord(request, total, claimed)
+        if ready == CHORD_UNKNOWN:
+            logger.warning("Chord %r: header part %r returned after the chord's record was "
+                           "deleted (it finished, or expired, long ago); ignored",
+                           group_id, task_id)
+            return None
+        if ready == CHORD_DONE or not claimed:
+            return None
         callback = maybe_signature(request.chord, app=self.app)
         try:
             try:
@@ -332,6 +348,22 @@ class SwfBackend(Backend, AsyncBackendMixin):
         finally:
             self._execute("finish_chord", {"group_id": group_id, "token": token,
                                            "done_seconds": CHORD_DONE_SECONDS})
+
+    def _fail_expired_chord(self, request: Any, returned: int, sized: bool) -> Any:
+        """Fail the callback of a chord that expired before its header completed: the first
+        part to return after the expiry reports it, once."""
+        callback = maybe_signature(request.chord, app=self.app)
+        expires = self._chord_expires()
+        exc = ChordError(
+            f"Chord {request.group!r} expired before its header completed "
+            f"({returned} part(s) had returned{'' if sized else ', size never set'}; "
+            f"expiry {expires:g} s, result_chord_expires or result_expires): header part "
+            f"{request.id!r} returned too late and callback {callback.id!r} does not run")
+        logger.error("%s", exc)
+        try:
+            raise exc  # Celery records the failure from the exception being handled
+        except ChordError:
+            return self.chord_error_from_stack(callback, exc)
 
     def _chord_header_values(self, group_id: str, join_timeout: float) -> list[Any]:
         row = self._execute("chord_header", {"group_id": group_id}, fetch="one")
@@ -360,7 +392,10 @@ class SwfBackend(Backend, AsyncBackendMixin):
         """Delete expired results, groups and chords (``celery.backend_cleanup``)."""
         for name in ("cleanup_results", "cleanup_groups", "cleanup_chords"):
             while True:
-                deleted = self._execute(name, {"batch": self.cleanup_batch})
+                if name == "cleanup_chords":  # a function: it returns its count
+                    deleted = self._execute(name, {"batch": self.cleanup_batch}, fetch="one")[0]
+                else:
+                    deleted = self._execute(name, {"batch": self.cleanup_batch})
                 if deleted < self.cleanup_batch:
                     break
 

@@ -116,8 +116,5 @@ WITH doomed AS (
 DELETE FROM swf.group_results g USING doomed d WHERE g.group_id = d.group_id;
 
 -- name: cleanup_chords
-WITH doomed AS (
-    SELECT group_id FROM swf.chords
-    WHERE expires_at < now() ORDER BY expires_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED
-)
-DELETE FROM swf.chords c USING doomed d WHERE c.group_id = d.group_id;
+-- Finished chords go; a chord still collecting its header keeps a marker (swf.expire_chords).
+SELECT swf.expire_chords(%(batch)s);

@@ -173,3 +173,30 @@ def test_worker_cleans_up_in_a_bootstep(db_url: str) -> None:
         wait_until(lambda: old not in runs(db_url), timeout=60, what="retention pass",
                    proc=proc)
     assert runs(db_url) == {recent}
+
+
+@pytest.mark.slow
+def test_a_least_privilege_worker_says_once_what_to_do_then_cleans_up_as_an_operator(
+        db_url: str, worker_role_url: str) -> None:
+    from urllib.parse import urlsplit
+
+    from swf_celery.ops import grants
+    from swf_celery.testing import read_log
+
+    role = urlsplit(worker_role_url).username
+    old = add_run(db_url, "completed", 40)
+    env: dict[str, Any] = {"SWF_TEST_BROKER": swf_url(worker_role_url),
+                           "SWF_TEST_RETENTION": "0.5"}
+    with worker_process("tests.ops.retention_app", env=env, pool="solo") as proc:
+        wait_until(lambda: "does not clean up" in read_log(proc), what="the warning", proc=proc)
+        assert old in runs(db_url)
+        # Made an operator while it runs: it notices at its next check and cleans up.
+        grants.grant(role, "operator", db_url)  # type: ignore[arg-type]
+        wait_until(lambda: old not in runs(db_url), what="cleanup as an operator", proc=proc)
+        log = read_log(proc)
+    assert log.count("does not clean up") == 1, log
+    warning = next(line for line in log.splitlines() if "does not clean up" in line)
+    assert f"role {role!r} is a worker" in warning
+    assert "swf-celery cleanup" in warning and f"swf-celery grant {role} --operator" in warning
+    assert "swf_retention = False" in warning
+    assert "is an operator now" in log

@@ -58,6 +58,8 @@ FUNCTIONS: dict[str, set[str]] = {
     "queue_unbind": {"worker", "operator"}, "queue_reap": {"worker", "operator"},
     "sweep_timeouts": {"worker", "operator"}, "retention_runs": {"operator"},
     "retention_archives": {"operator"}, "retention_results": {"operator"},
+    "retention_task_graphs": {"operator"}, "retention_flows": {"operator"},
+    "retention_queues": {"operator"}, "caller_part": ALL,
     "queue_drop": {"operator"}, "queue_purge": {"operator"}, "cancel_canvas": {"operator"},
     "queue_requeue_dead_letters": {"operator"}, "queue_purge_dead_letters": {"operator"},
     "pause_run": {"operator"}, "resume_run": {"operator"}, "cancel_run": {"operator"},
@@ -74,6 +76,8 @@ ARGS: dict[str, str] = {
     "queue_send": "'jobs', jsonb_build_object('body', 'e30=')",
     "_grant_channel": "%(channel)s, NULL", "retention_archives": "'acked', now(), 1, true",
     "retention_runs": "now(), 1, true", "retention_results": "now(), 1, true",
+    "retention_task_graphs": "now(), 1, true", "retention_flows": "now(), 1, true",
+    "retention_queues": "now(), 1, true",
     "pause_run": "%(run)s", "resume_run": "%(run)s", "cancel_run": "%(run)s, 'x', false",
     "retry_run": "%(run)s, true", "cancel_canvas": "'root'",
     "queue_requeue_dead_letters": "'jobs', NULL", "queue_purge_dead_letters": "'jobs', NULL",
@@ -247,3 +251,9 @@ def test_cleanup_is_an_operators(parts: dict[str, str]) -> None:
     with pytest.raises(DatabasePermissionError, match="needs operator"):
         cleanup(parts["worker"])
     assert cleanup(parts["operator"]).total >= 0
+
+
+def test_a_worker_runs_the_backends_chord_expiry(parts: dict[str, str]) -> None:
+    # celery.backend_cleanup runs in a worker: swf.expire_chords runs as its caller.
+    assert _allowed(parts["worker"], pgsql.SQL("SELECT swf.expire_chords(10)"))
+    assert not _allowed(parts["client"], pgsql.SQL("SELECT swf.expire_chords(10)"))
