@@ -1,4 +1,4 @@
--- 0017: the count of NOTIFYs skipped because PostgreSQL's notification queue was too full
+-- 0016: the count of NOTIFYs skipped because PostgreSQL's notification queue was too full
 -- (swf.notify_hint, sql/functions/notifications.sql). A sequence, not a row: counting never
 -- waits on a row lock, and a skip stays counted when its transaction rolls back. Listeners
 -- read it to report a gap; swf_celery.db.notification_health reports it.
