@@ -50,7 +50,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from swf_celery.db import DatabaseHandle, load_queries, resolve
+from swf_celery.db import DatabaseHandle, load_queries, open_connection, resolve, translate_errors
 from swf_celery.errors import ConfigurationError, DatabasePermissionError
 
 QUERIES = load_queries(__package__, "retention.sql")
@@ -147,13 +147,19 @@ class CleanupReport:
 
 def role_and_part(repo: DatabaseHandle | None = None) -> tuple[str, str | None]:
     """The role ``repo`` logs in as and its part (``client``, ``worker``, ``operator``; None
-    when it was granted none). Cleaning up needs ``operator``."""
-    db = resolve(repo)
-    role = str(db.fetch_value(QUERIES["session_role"]))
-    try:
-        part = db.fetch_value(QUERIES["caller_part"])
-    except DatabasePermissionError:  # granted no part: the function is not even executable
-        return role, None
+    when it was granted none). Cleaning up needs ``operator``.
+
+    It asks on a connection of its own, closed after, so that a worker asking at start
+    keeps no pooled connection open (the worker's connection budget, README)."""
+    with translate_errors(), open_connection(resolve(repo).dsn, "client") as conn:
+        row = conn.execute(QUERIES["session_role"]).fetchone()
+        role = str(row[0]) if row else ""
+        try:
+            with translate_errors():
+                found = conn.execute(QUERIES["caller_part"]).fetchone()
+        except DatabasePermissionError:  # granted no part: the function is not even executable
+            return role, None
+    part = found[0] if found else None
     return role, None if part is None else str(part)
 
 
