@@ -41,6 +41,9 @@ def _idle_waiter(db_url: str, queue: str, conn: Any) -> None:
     # closed so that 50 processes fit a server's default max_connections of 100.
     app.backend.db.close()
     listener = consumer._listener
+    # The NOTIFY of the result just collected may still be on its way (get() can return on
+    # its read before the NOTIFY is read): let it arrive before counting.
+    time.sleep(0.5)
     before = listener.received if listener is not None else 0
     conn.send(("waited", value, listened))
     conn.recv()  # idle until the results are stored

@@ -21,7 +21,7 @@ from psycopg import sql
 
 from swf_celery.ops import embedded_host, embedded_user
 from tests.conftest import PrivateServer
-from tests.helpers import free_port, run_cli
+from tests.helpers import free_port, run_cli, wait_until
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0,
@@ -167,15 +167,26 @@ def test_a_clusters_superuser_cannot_reach_another_cluster(
             assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
+def _sleepers(uid: int) -> list[int]:
+    """The ``sleep`` processes of ``uid`` (a process that exits meanwhile is not one)."""
+    found = []
+    for pid in embedded_user.processes(uid):
+        try:
+            command = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if command == "sleep":
+            found.append(pid)
+    return found
+
+
 def test_remove_ends_the_users_processes_and_deletes_it(tmp_path: Path) -> None:
     cluster = _start(tmp_path / ".swf")
     try:
         # What a superuser may leave running after its statement ends.
         _run_as_superuser(cluster, sql.SQL(
             "COPY (SELECT 1) TO PROGRAM 'nohup sleep 300 >/dev/null 2>&1 &'"))
-        leftover = [pid for pid in embedded_user.processes(cluster.user.pw_uid)
-                    if Path(f"/proc/{pid}/comm").read_text().strip() == "sleep"]
-        assert leftover
+        wait_until(lambda: _sleepers(cluster.user.pw_uid), 10, "the superuser's sleep")
     finally:
         removed = run_cli("db", "remove", env=cluster.server.env)
     assert removed.returncode == 0 and removed.stdout.strip() == "removed", removed.stderr
@@ -196,9 +207,7 @@ def test_a_new_cluster_ends_what_an_earlier_cluster_of_its_user_left(tmp_path: P
         assert embedded_user.processes(first.user.pw_uid)
         second = _start(env_home)
         assert second.user.pw_uid == first.user.pw_uid
-        sleeping = [pid for pid in embedded_user.processes(second.user.pw_uid)
-                    if Path(f"/proc/{pid}/comm").read_text().strip() == "sleep"]
-        assert sleeping == []
+        assert _sleepers(second.user.pw_uid) == []
     finally:
         run_cli("db", "remove", env=first.server.env)
 
