@@ -2,10 +2,13 @@
 :mod:`tests.cluster.hosts`) against one PostgreSQL, the same on Redis, a 2000-step DAG
 across 4 hosts, and where the time goes (``pg_stat_statements``, lock waits).
 
-Every host runs ``celery -A tests.cluster.app worker --pool=threads -c 16``; tasks sleep
-100 ms (I/O-bound). Needs root. ``python -m benchmarks.cluster_bench [--hosts 1,2,4]
-[--tasks-per-host 320] [--pgbouncer]``; the table goes into ``docs/benchmarks.md``
-(section ``bench_cluster``).
+Two shapes: ``live``, the users' (hosts consume while one client publishes, then collects
+each result with ``get()``), and ``bulk`` (a queue filled first, then every host told to
+consume it at once). Every host runs ``celery -A tests.cluster.app worker --pool=threads
+-c 16``; tasks sleep 100 ms (I/O-bound). Needs root. ``python -m benchmarks.cluster_bench
+[--hosts 1,2,4] [--shapes live,bulk] [--tasks-per-host 320] [--live-tasks-per-host 400]
+[--no-dag] [--pgbouncer] [--no-write]``; the tables go into ``docs/benchmarks.md`` (section
+``bench_cluster``).
 """
 
 from __future__ import annotations
@@ -116,6 +119,45 @@ def _run_tasks(broker: str, backend: str, tasks: int, watch: str | None,
             "sessions": peak[0], "lock_waits": peak[1], "hosts": len(hosts)}
 
 
+def _run_live(broker: str, backend: str, tasks: int, watch: str | None,
+              server_pid: int | None = None) -> dict[str, Any]:
+    """The users' shape: every host already consumes the app's queue; the client publishes
+    ``tasks`` timed naps one after another and then collects each result with ``get()``, in
+    order, while the hosts work. tasks/s: tasks / (first publish -> last result collected);
+    also the publish rate and the peak sessions and lock waits."""
+    client = Celery("cluster_live", broker=broker, backend=backend, set_as_current=False)
+    client.conf.task_default_queue = cluster_app.QUEUE
+    peak = [0, 0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while watch and not done.is_set():
+            sessions, locks = _sessions(watch)
+            peak[0], peak[1] = max(peak[0], sessions), max(peak[1], locks)
+            done.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        cpu0, pg0 = _cpu(), _server_cpu(server_pid)
+        first = time.time()
+        results = [client.send_task("tests.cluster.app.timed_nap", (NAP,))
+                   for _ in range(tasks)]
+        published = time.time()
+        outcomes = [r.get(timeout=600) for r in results]
+        last = time.time()
+        cpu1, pg1 = _cpu(), _server_cpu(server_pid)
+    finally:
+        done.set()
+        sampler.join()
+        client.close()
+    hosts = Counter(host for host, _, _ in outcomes)
+    return {"rate": tasks / (last - first), "publish": tasks / max(published - first, 1e-9),
+            "cpu": (cpu1[0] - cpu0[0]) / max(cpu1[1] - cpu0[1], 1.0),
+            "pg_cpu_per_task": (pg1 - pg0) / tasks * 1000,
+            "sessions": peak[0], "lock_waits": peak[1], "hosts": len(hosts)}
+
+
 def _dag() -> type:
     entries = []
     for layer in range(LAYERS):
@@ -159,7 +201,9 @@ def _stop_hosts(c: Cluster) -> None:
         c.stop_worker(i)
 
 
-def bench(host_counts: list[int], per_host: int, pgbouncer: bool = False) -> str:
+def bench(host_counts: list[int], per_host: int, pgbouncer: bool = False,
+          shapes: tuple[str, ...] = ("bulk", "live"), live_per_host: int = 400,
+          dag: bool = True) -> str:
     """Run everything; return the Markdown section."""
     most = max(host_counts)
     lines: list[str] = []
@@ -180,34 +224,49 @@ def bench(host_counts: list[int], per_host: int, pgbouncer: bool = False) -> str
         redis = f"redis://:{secret}@{BRIDGE_IP}:{REDIS_PORT}/0"
         rows: dict[int, dict[str, Any]] = {}
         statements: list[tuple[str, int, float, float]] = []
+        live_statements: list[tuple[str, int, float, float]] = []
+        swf_url = db.broker_url(url)
+        pid = c.server.proc.pid if c.server.proc else None
         for hosts in host_counts:
             _start_hosts(c, hosts, {"SWF_CLUSTER_URL": worker_url})
-            _run_tasks(db.broker_url(url), db.broker_url(url), 16 * hosts, None)  # warm-up
-            _reset_statements(url)
-            ours = _run_tasks(db.broker_url(url), db.broker_url(url), per_host * hosts, url,
-                              c.server.proc.pid if c.server.proc else None)
-            if hosts == most:
-                statements = _top_statements(url)
+            row: dict[str, Any] = {}
+            if "bulk" in shapes:
+                _run_tasks(swf_url, swf_url, 16 * hosts, None)  # warm-up
+                _reset_statements(url)
+                row["ours"] = _run_tasks(swf_url, swf_url, per_host * hosts, url, pid)
+                if hosts == most:
+                    statements = _top_statements(url)
+            if "live" in shapes:
+                _run_live(swf_url, swf_url, 16 * hosts, None)  # warm-up
+                _reset_statements(url)
+                row["ours_live"] = _run_live(swf_url, swf_url, live_per_host * hosts, url, pid)
+                if hosts == most:
+                    live_statements = _top_statements(url)
             _stop_hosts(c)
             _start_hosts(c, hosts, {"SWF_CLUSTER_REDIS": redis})
-            _run_tasks(redis, redis, 16 * hosts, None)
-            theirs = _run_tasks(redis, redis, per_host * hosts, None)
+            if "bulk" in shapes:
+                _run_tasks(redis, redis, 16 * hosts, None)
+                row["redis"] = _run_tasks(redis, redis, per_host * hosts, None)
+            if "live" in shapes:
+                _run_live(redis, redis, 16 * hosts, None)
+                row["redis_live"] = _run_live(redis, redis, live_per_host * hosts, None)
             _stop_hosts(c)
-            rows[hosts] = {"ours": ours, "redis": theirs}
-            print(f"{hosts} hosts: swf {ours['rate']:.0f}/s, redis {theirs['rate']:.0f}/s",
-                  flush=True)
-        _start_hosts(c, most, {"SWF_CLUSTER_URL": worker_url})
-        from swf_celery.workflows.executor import Executor
+            rows[hosts] = row
+            print(f"{hosts} hosts: " + ", ".join(f"{k} {v['rate']:.0f}/s"
+                                                 for k, v in row.items()), flush=True)
+        dag_wall, dag_hosts = 0.0, 0
+        if dag:
+            _start_hosts(c, most, {"SWF_CLUSTER_URL": worker_url})
+            from swf_celery.workflows.executor import Executor
 
-        layered = _dag()
-        Executor.execute(layered, {}, url, timeout=600_000)  # warm-up: plans, flows row
-        start = time.time()
-        Executor.execute(layered, {}, url, timeout=600_000)
-        dag_wall = time.time() - start
-        dag_hosts = _sessions(url)[0]
-        _stop_hosts(c)
+            layered = _dag()
+            Executor.execute(layered, {}, url, timeout=600_000)  # warm-up: plans, flows row
+            start = time.time()
+            Executor.execute(layered, {}, url, timeout=600_000)
+            dag_wall = time.time() - start
+            dag_hosts = _sessions(url)[0]
+            _stop_hosts(c)
         max_conn = c.server.max_connections
-    base = rows[min(host_counts)]
     flag = " --pgbouncer" if pgbouncer else ""
     title = "through PgBouncer (transaction pooling)" if pgbouncer else "direct"
     lines += [
@@ -218,41 +277,71 @@ def bench(host_counts: list[int], per_host: int, pgbouncer: bool = False) -> str
         "network namespaces on one bridge (10.213.0.0/24) of this machine, each running "
         f"`celery -A tests.cluster.app worker --pool=threads -c {CONCURRENCY}`; one "
         f"private PostgreSQL (`max_connections = {max_conn}`) and one private Redis on the "
-        f"bridge. {per_host} tasks of `time.sleep({NAP})` per host, published "
-        "to a queue no worker consumes, then every host is told to consume it at once "
-        "(`control.add_consumer`): tasks/s is tasks / (last end - first start). p50: "
-        "20 lone round trips on the idle cluster (publish -> `get()`, 100 ms sleep "
-        "included). Connections: the most worker-host sessions seen in "
-        "`pg_stat_activity` during the run (through PgBouncer: its server connections). "
-        "Analysis: [scale-out.md](scale-out.md).",
+        "bridge. Tasks are `time.sleep("
+        f"{NAP})`. Connections: the most worker-host sessions seen in `pg_stat_activity` "
+        "during the run (through PgBouncer: its server connections). Analysis: "
+        "[scale-out.md](scale-out.md).",
         "",
-        "| hosts | swf tasks/s | p50 (s) | connections | lock waits (peak) | machine CPU "
-        "busy | PG CPU ms/task | Redis tasks/s | Redis p50 (s) | Redis CPU busy | swf / Redis "
-        "| scaling vs 1 host (swf, Redis) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for hosts, row in rows.items():
-        o, r = row["ours"], row["redis"]
-        lines.append(
-            f"| {hosts} | {o['rate']:.0f} | {o['p50']:.2f} | {o['sessions']} | "
-            f"{o['lock_waits']} | {o['cpu']:.0%} | {o['pg_cpu_per_task']:.2f} | "
-            f"{r['rate']:.0f} | {r['p50']:.2f} | {r['cpu']:.0%} | "
-            f"{o['rate'] / r['rate']:.2f} | {o['rate'] / base['ours']['rate']:.2f}x, "
-            f"{r['rate'] / base['redis']['rate']:.2f}x |")
-    lines += [
-        "",
-        f"2000-step DAG ({LAYERS} layers x {WIDTH}, each step depending on 2 of the layer "
-        f"before) across {most} hosts: {dag_wall:.1f} s, {2000 / dag_wall:.0f} steps/s "
-        f"({dag_hosts} worker-host sessions at the end).",
-        "",
-        f"Top statements by total time at {most} hosts (`pg_stat_statements`):",
-        "",
-        "| statement | calls | total ms | mean ms |",
-        "|---|---|---|---|",
-    ]
-    lines += [f"| `{q.replace('|', '/')}` | {n} | {t:.0f} | {m:.3f} |"
-              for q, n, t, m in statements]
+    if "live" in shapes:
+        lines += [
+            f"**Publishing while consuming (the users' shape).** Every host consumes the "
+            f"app's queue from the start; one client publishes {live_per_host} tasks per host "
+            "one after another, then collects each result with `get()` in order. tasks/s: "
+            "tasks / (first publish -> last result collected); publish/s: the client's "
+            "publishing rate.",
+            "",
+            *_table(rows, "ours_live", "redis_live", live=True),
+            "",
+        ]
+    if "bulk" in shapes:
+        lines += [
+            f"**A queue filled first.** {per_host} tasks per host published to a queue no "
+            "worker consumes, then every host is told to consume it at once "
+            "(`control.add_consumer`): tasks/s is tasks / (last end - first start). p50: 20 "
+            "lone round trips on the idle cluster (publish -> `get()`, 100 ms sleep "
+            "included).",
+            "",
+            *_table(rows, "ours", "redis", live=False),
+            "",
+        ]
+    if dag:
+        lines += [
+            f"2000-step DAG ({LAYERS} layers x {WIDTH}, each step depending on 2 of the layer "
+            f"before) across {most} hosts: {dag_wall:.1f} s, {2000 / dag_wall:.0f} steps/s "
+            f"({dag_hosts} worker-host sessions at the end).",
+        ]
+    for label, found in (("publishing while consuming", live_statements),
+                         ("a queue filled first", statements)):
+        if found:
+            lines += ["", f"Top statements by total time at {most} hosts, {label} "
+                      "(`pg_stat_statements`):", "",
+                      "| statement | calls | total ms | mean ms |", "|---|---|---|---|"]
+            lines += [f"| `{q.replace('|', '/')}` | {n} | {t:.0f} | {m:.3f} |"
+                      for q, n, t, m in found]
     return "\n".join(lines) + "\n"
+
+
+def _table(rows: dict[int, dict[str, Any]], ours_key: str, redis_key: str, *,
+           live: bool) -> list[str]:
+    """One shape's Markdown table: swf beside Redis for each host count."""
+    base = rows[min(rows)]
+    middle = "publish/s" if live else "p50 (s)"
+    out = [f"| hosts | swf tasks/s | {middle} | connections | lock waits (peak) | machine CPU "
+           f"busy | PG CPU ms/task | Redis tasks/s | Redis {middle} | Redis CPU busy | swf / "
+           "Redis | scaling vs 1 host (swf, Redis) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for hosts, row in rows.items():
+        o, r = row[ours_key], row[redis_key]
+        mid_o = f"{o['publish']:.0f}" if live else f"{o['p50']:.2f}"
+        mid_r = f"{r['publish']:.0f}" if live else f"{r['p50']:.2f}"
+        out.append(
+            f"| {hosts} | {o['rate']:.0f} | {mid_o} | {o['sessions']} | "
+            f"{o['lock_waits']} | {o['cpu']:.0%} | {o['pg_cpu_per_task']:.2f} | "
+            f"{r['rate']:.0f} | {mid_r} | {r['cpu']:.0%} | "
+            f"{o['rate'] / r['rate']:.2f} | {o['rate'] / base[ours_key]['rate']:.2f}x, "
+            f"{r['rate'] / base[redis_key]['rate']:.2f}x |")
+    return out
 
 
 def write_section(name: str, text: str) -> None:
@@ -270,11 +359,16 @@ def main() -> None:
     parser.add_argument("--tasks-per-host", type=int, default=320)
     parser.add_argument("--pgbouncer", action="store_true")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--shapes", default="live,bulk",
+                        help="live (publishing while consuming), bulk (a queue filled first)")
+    parser.add_argument("--live-tasks-per-host", type=int, default=400)
+    parser.add_argument("--no-dag", action="store_true", help="skip the 2000-step DAG")
     args = parser.parse_args()
     reason = unavailable_reason()
     if reason:
         raise SystemExit(f"cluster-bench: {reason}")
-    text = bench([int(h) for h in args.hosts.split(",")], args.tasks_per_host, args.pgbouncer)
+    text = bench([int(h) for h in args.hosts.split(",")], args.tasks_per_host, args.pgbouncer,
+                 tuple(args.shapes.split(",")), args.live_tasks_per_host, not args.no_dag)
     print(text)
     if not args.no_write:
         write_section("bench_cluster_pgbouncer" if args.pgbouncer else "bench_cluster", text)
