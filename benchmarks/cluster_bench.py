@@ -74,6 +74,14 @@ def _server_cpu(server_pid: int | None) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _sample_peaks(watch: str | None, peak: list[int], done: threading.Event) -> None:
+    """Every 200 ms until ``done``: the most worker-host sessions and lock waits so far."""
+    while watch and not done.is_set():
+        sessions, locks = _sessions(watch)
+        peak[0], peak[1] = max(peak[0], sessions), max(peak[1], locks)
+        done.wait(0.2)
+
+
 def _run_tasks(broker: str, backend: str, tasks: int, watch: str | None,
                server_pid: int | None = None) -> dict[str, Any]:
     """``tasks`` timed naps, published first to a queue no worker consumes; then every
@@ -84,14 +92,7 @@ def _run_tasks(broker: str, backend: str, tasks: int, watch: str | None,
     client.conf.task_default_queue = cluster_app.QUEUE
     peak = [0, 0]
     done = threading.Event()
-
-    def sample() -> None:
-        while watch and not done.is_set():
-            sessions, locks = _sessions(watch)
-            peak[0], peak[1] = max(peak[0], sessions), max(peak[1], locks)
-            done.wait(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
+    sampler = threading.Thread(target=_sample_peaks, args=(watch, peak, done), daemon=True)
     try:
         results = [client.send_task("tests.cluster.app.timed_nap", (NAP,), queue=BULK)
                    for _ in range(tasks)]
@@ -129,14 +130,7 @@ def _run_live(broker: str, backend: str, tasks: int, watch: str | None,
     client.conf.task_default_queue = cluster_app.QUEUE
     peak = [0, 0]
     done = threading.Event()
-
-    def sample() -> None:
-        while watch and not done.is_set():
-            sessions, locks = _sessions(watch)
-            peak[0], peak[1] = max(peak[0], sessions), max(peak[1], locks)
-            done.wait(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
+    sampler = threading.Thread(target=_sample_peaks, args=(watch, peak, done), daemon=True)
     sampler.start()
     try:
         cpu0, pg0 = _cpu(), _server_cpu(server_pid)
