@@ -144,6 +144,17 @@ BEGIN
 END $$;
 REVOKE EXECUTE ON FUNCTION swf.retention_results(timestamptz, integer, boolean) FROM PUBLIC;
 
+-- The task graphs retention may delete (swf.retention_task_graphs): not updated since
+-- p_before, and the run they started last is neither in progress nor paused.
+CREATE OR REPLACE FUNCTION swf._expired_task_graphs(p_before timestamptz)
+RETURNS TABLE (id uuid)
+LANGUAGE sql STABLE AS $$
+    SELECT g.id FROM swf.task_graphs g
+     WHERE g.updated_at < p_before
+       AND NOT EXISTS (SELECT 1 FROM swf.runs r WHERE r.id = g.last_run_id
+                          AND r.status IN ('in_progress', 'paused'))
+$$;
+
 -- Task graphs (goals) not updated since p_before, unless the run they started last is still in
 -- progress or paused. Their dynamic flows then go with swf.retention_flows.
 CREATE OR REPLACE FUNCTION swf.retention_task_graphs(p_before timestamptz, p_limit integer,
@@ -155,24 +166,32 @@ DECLARE
 BEGIN
     PERFORM swf._require_part('clean up');
     IF p_dry THEN
-        RETURN (SELECT count(*) FROM swf.task_graphs g
-                 WHERE g.updated_at < p_before
-                   AND NOT EXISTS (SELECT 1 FROM swf.runs r WHERE r.id = g.last_run_id
-                                      AND r.status IN ('in_progress', 'paused')));
+        RETURN (SELECT count(*) FROM swf._expired_task_graphs(p_before));
     END IF;
     IF NOT swf._retention_lock() THEN
         RETURN -1;
     END IF;
     DELETE FROM swf.task_graphs WHERE id IN (
         SELECT g.id FROM swf.task_graphs g
-         WHERE g.updated_at < p_before
-           AND NOT EXISTS (SELECT 1 FROM swf.runs r WHERE r.id = g.last_run_id
-                              AND r.status IN ('in_progress', 'paused'))
+         WHERE g.id IN (SELECT id FROM swf._expired_task_graphs(p_before))
          LIMIT p_limit FOR UPDATE SKIP LOCKED);
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END $$;
 REVOKE EXECUTE ON FUNCTION swf.retention_task_graphs(timestamptz, integer, boolean) FROM PUBLIC;
+
+-- The dynamic flows retention may delete (swf.retention_flows): last used before p_before,
+-- given no step since, and named by no run and no task graph.
+CREATE OR REPLACE FUNCTION swf._unused_flows(p_before timestamptz)
+RETURNS TABLE (id uuid)
+LANGUAGE sql STABLE AS $$
+    SELECT f.id FROM swf.flows f
+     WHERE f.dynamic AND f.last_used_at < p_before
+       AND NOT EXISTS (SELECT 1 FROM swf.flow_steps s
+                        WHERE s.flow_id = f.id AND s.created_at >= p_before)
+       AND NOT EXISTS (SELECT 1 FROM swf.runs r WHERE r.flow_id = f.id)
+       AND NOT EXISTS (SELECT 1 FROM swf.task_graphs g WHERE g.workflow_id = f.slug)
+$$;
 
 -- Dynamic flows (FlowBuilder, goals) nothing refers to any more: no run of theirs is left (of
 -- any status: finished runs go with swf.retention_runs), no task graph names them, and they
@@ -188,23 +207,14 @@ DECLARE
 BEGIN
     PERFORM swf._require_part('clean up');
     IF p_dry THEN
-        RETURN (SELECT count(*) FROM swf.flows f
-                 WHERE f.dynamic AND f.last_used_at < p_before
-                   AND NOT EXISTS (SELECT 1 FROM swf.flow_steps s
-                                    WHERE s.flow_id = f.id AND s.created_at >= p_before)
-                   AND NOT EXISTS (SELECT 1 FROM swf.runs r WHERE r.flow_id = f.id)
-                   AND NOT EXISTS (SELECT 1 FROM swf.task_graphs g WHERE g.workflow_id = f.slug));
+        RETURN (SELECT count(*) FROM swf._unused_flows(p_before));
     END IF;
     IF NOT swf._retention_lock() THEN
         RETURN -1;
     END IF;
     DELETE FROM swf.flows WHERE id IN (  -- its steps go with it (ON DELETE CASCADE)
         SELECT f.id FROM swf.flows f
-         WHERE f.dynamic AND f.last_used_at < p_before
-           AND NOT EXISTS (SELECT 1 FROM swf.flow_steps s
-                            WHERE s.flow_id = f.id AND s.created_at >= p_before)
-           AND NOT EXISTS (SELECT 1 FROM swf.runs r WHERE r.flow_id = f.id)
-           AND NOT EXISTS (SELECT 1 FROM swf.task_graphs g WHERE g.workflow_id = f.slug)
+         WHERE f.id IN (SELECT id FROM swf._unused_flows(p_before))
          LIMIT p_limit FOR UPDATE SKIP LOCKED);
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
