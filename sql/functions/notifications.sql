@@ -25,6 +25,21 @@
 CREATE OR REPLACE FUNCTION swf.notify_queue_limit() RETURNS double precision
 LANGUAGE sql IMMUTABLE AS $$ SELECT 0.5::double precision $$;
 
+-- What a skipped or refused NOTIFY reports (the notice or error, and its hint).
+CREATE OR REPLACE FUNCTION swf._notify_full_message(p_channel text, p_outcome text,
+                                                    p_usage double precision)
+RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT format('swf: NOTIFY %s %s: the notification queue is %s%% full',
+                  p_channel, p_outcome, round((p_usage * 100)::numeric, 1))
+$$;
+
+CREATE OR REPLACE FUNCTION swf._notify_full_hint() RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT 'a session that LISTENs has stopped reading (idle in transaction, or stuck); '
+           'swf_celery.db.notification_health() names the likely ones'::text
+$$;
+
 -- NOTIFY p_channel with p_payload unless the queue is too full; true when sent.
 CREATE OR REPLACE FUNCTION swf.notify_hint(p_channel text, p_payload text DEFAULT '')
 RETURNS boolean
@@ -42,10 +57,8 @@ BEGIN
         NULL;  -- uncounted (a role granted by hand, a read-only transaction), still skipped
     END;
     RAISE NOTICE USING ERRCODE = '01SWF',
-        MESSAGE = format('swf: NOTIFY %s skipped: the notification queue is %s%% full',
-                         p_channel, round((v_usage * 100)::numeric, 1)),
-        HINT = 'a session that LISTENs has stopped reading (idle in transaction, or stuck); '
-               'swf_celery.db.notification_health() names the likely ones';
+        MESSAGE = swf._notify_full_message(p_channel, 'skipped', v_usage),
+        HINT = swf._notify_full_hint();
     RETURN false;
 END $$;
 
@@ -60,10 +73,8 @@ DECLARE
 BEGIN
     IF v_usage >= swf.notify_queue_limit() THEN
         RAISE EXCEPTION USING ERRCODE = '54000',
-            MESSAGE = format('swf: NOTIFY %s refused: the notification queue is %s%% full',
-                             p_channel, round((v_usage * 100)::numeric, 1)),
-            HINT = 'a session that LISTENs has stopped reading (idle in transaction, or '
-                   'stuck); swf_celery.db.notification_health() names the likely ones';
+            MESSAGE = swf._notify_full_message(p_channel, 'refused', v_usage),
+            HINT = swf._notify_full_hint();
     END IF;
     PERFORM pg_catalog.pg_notify(p_channel, p_payload);
 END $$;
