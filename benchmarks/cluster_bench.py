@@ -221,29 +221,27 @@ def bench(host_counts: list[int], per_host: int, pgbouncer: bool = False,
         live_statements: list[tuple[str, int, float, float]] = []
         swf_url = db.broker_url(url)
         pid = c.server.proc.pid if c.server.proc else None
+        # shape -> (its run, tasks per host, the keys of its swf and Redis rows)
+        runs = {"bulk": (_run_tasks, per_host, "ours", "redis"),
+                "live": (_run_live, live_per_host, "ours_live", "redis_live")}
         for hosts in host_counts:
-            _start_hosts(c, hosts, {"SWF_CLUSTER_URL": worker_url})
             row: dict[str, Any] = {}
-            if "bulk" in shapes:
-                _run_tasks(swf_url, swf_url, 16 * hosts, None)  # warm-up
+            _start_hosts(c, hosts, {"SWF_CLUSTER_URL": worker_url})
+            for shape in shapes:
+                run, count, ours_key, _ = runs[shape]
+                run(swf_url, swf_url, 16 * hosts, None)  # warm-up
                 _reset_statements(url)
-                row["ours"] = _run_tasks(swf_url, swf_url, per_host * hosts, url, pid)
-                if hosts == most:
-                    statements = _top_statements(url)
-            if "live" in shapes:
-                _run_live(swf_url, swf_url, 16 * hosts, None)  # warm-up
-                _reset_statements(url)
-                row["ours_live"] = _run_live(swf_url, swf_url, live_per_host * hosts, url, pid)
-                if hosts == most:
+                row[ours_key] = run(swf_url, swf_url, count * hosts, url, pid)
+                if hosts == most and shape == "live":
                     live_statements = _top_statements(url)
+                elif hosts == most:
+                    statements = _top_statements(url)
             _stop_hosts(c)
             _start_hosts(c, hosts, {"SWF_CLUSTER_REDIS": redis})
-            if "bulk" in shapes:
-                _run_tasks(redis, redis, 16 * hosts, None)
-                row["redis"] = _run_tasks(redis, redis, per_host * hosts, None)
-            if "live" in shapes:
-                _run_live(redis, redis, 16 * hosts, None)
-                row["redis_live"] = _run_live(redis, redis, live_per_host * hosts, None)
+            for shape in shapes:
+                run, count, _, redis_key = runs[shape]
+                run(redis, redis, 16 * hosts, None)  # warm-up
+                row[redis_key] = run(redis, redis, count * hosts, None)
             _stop_hosts(c)
             rows[hosts] = row
             print(f"{hosts} hosts: " + ", ".join(f"{k} {v['rate']:.0f}/s"
