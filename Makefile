@@ -53,10 +53,13 @@ demo: migrate
 # The suite against the default server, then (when SWF_SECOND_DATABASE_URL is set, as
 # .ci/run does for the machine's system PostgreSQL) the database-facing tests again. The
 # long fault cycles (marked `long`) run in `make test-long`; each run ends with its 15
-# slowest tests.
+# slowest tests. The suite mostly waits (on workers, servers, timeouts), so it runs in
+# TEST_JOBS pytest-xdist processes, a test file to a process (TEST_JOBS=0: one process).
 DURATIONS := --durations=15
+TEST_JOBS ?= 3
+PARALLEL = $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile)
 test: migrate lint type
-	$(BIN)/python -m pytest -m "not long" $(DURATIONS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not long" $(PARALLEL) $(DURATIONS) $(PYTEST_ARGS)
 	@if [ -n "$$SWF_SECOND_DATABASE_URL" ]; then $(MAKE) --no-print-directory test-second; fi
 
 test-long: migrate
@@ -70,9 +73,9 @@ SECOND_MARKERS ?= db and not slow and not long
 test-second: $(STAMP)
 	SWF_DATABASE_URL="$$SWF_SECOND_DATABASE_URL" $(BIN)/swf-celery migrate
 	SWF_DATABASE_URL="$$SWF_SECOND_DATABASE_URL" $(BIN)/python -m pytest -m "$(SECOND_MARKERS)" \
-	    --deselect tests/security $(DURATIONS) $(PYTEST_ARGS)
+	    --deselect tests/security $(PARALLEL) $(DURATIONS) $(PYTEST_ARGS)
 	SWF_DATABASE_URL="$$SWF_SECOND_DATABASE_URL" $(BIN)/python -m pytest -m db tests/security \
-	    $(DURATIONS) $(PYTEST_ARGS)
+	    $(PARALLEL) $(DURATIONS) $(PYTEST_ARGS)
 
 bench: migrate
 	$(BIN)/python -m benchmarks.run
