@@ -51,22 +51,41 @@ def server_pids() -> dict[str, list[int]]:
     return found
 
 
+def postmaster_pid(database_url: str) -> int | None:
+    """The pid of the local PostgreSQL server behind ``database_url`` (the parent of a
+    backend of it), so that other clusters on the machine are not counted; None when the
+    server is not on this machine."""
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        try:
+            return int(Path(f"/proc/{backend}/stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+
+
 class CpuMeter:
     """CPU seconds each role spent between construction and :meth:`stop`.
 
     Roles: ``client`` (this process), ``worker main`` (``worker_pid``), ``pool children``
-    (its children at the start), and each server of :data:`SERVERS`. Server processes
-    started meanwhile (a new PostgreSQL backend) count from 0.
+    (its children at the start), and each server of :data:`SERVERS` (PostgreSQL: only the
+    server of ``postmaster`` when given). Server processes started meanwhile (a new
+    PostgreSQL backend) count from 0.
     """
 
-    def __init__(self, worker_pid: int) -> None:
+    def __init__(self, worker_pid: int, postmaster: int | None = None) -> None:
         self._roles: dict[str, list[int]] = {"worker main": [worker_pid],
                                              "pool children": children(worker_pid)}
+        self._postmaster = postmaster
         self._start = {pid: process_cpu(pid) for pids in self._all().values() for pid in pids}
         self._client = time.process_time()
 
     def _all(self) -> dict[str, list[int]]:
-        return {**self._roles, **server_pids()}
+        servers = server_pids()
+        if self._postmaster is not None:  # only the server under test, not other clusters
+            servers["PostgreSQL"] = [self._postmaster, *children(self._postmaster)]
+        return {**self._roles, **servers}
 
     def stop(self) -> dict[str, float]:
         """CPU seconds per role since the start (the client first)."""

@@ -1,0 +1,500 @@
+"""Cost curves: how the broker's costs grow as queues, listeners and backlogs grow.
+
+Same no-op task, same result backend (Redis), worker ``--pool=prefork -c 2``; only the broker
+differs. Each shape changes one dimension and keeps the rest at its smallest:
+
+* **queues**: one worker consumes N queues (1, 10, 100, 1,000) that exist and are consumed;
+  the client sends tasks round-robin over them, then makes sequential round trips on random
+  ones. Per-task CPU (worker main process + the broker's server) and round-trip p50/p95.
+* **backlog**: a queue already holds B messages (0, 10,000, 100,000, 1,000,000). The cost of
+  one read (and ack) and of one publish into it, measured as the broker's own statement or
+  command from a client, then the rate at which a worker drains it.
+* **listeners**: N idle LISTEN sessions (0, 10, 100: idle workers' wake-up connections and
+  result waiters are such sessions) on the database while the round trips run; PostgreSQL
+  signals every listening backend of the database at each NOTIFY's commit.
+
+Each shape's server state is made fresh: a scratch database per shape for swf (migrated, then
+dropped), a scratch Redis db and RabbitMQ queues deleted after. ``BENCH_SCALE_MAX_BACKLOG``
+caps the backlog sizes (default 1,000,000); ``BENCH_SCALE_QUICK=1`` runs two points of each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+import swf_celery  # noqa: F401 - registers swf://
+from benchmarks.cpu import CpuMeter, postmaster_pid
+from benchmarks.stats import percentile
+from swf_celery import db
+from swf_celery.ops import migrate
+from swf_celery.transport.storage import QueueStorage
+from tests.helpers import worker_process
+
+REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379")
+RABBIT = os.environ.get("BENCH_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672//")
+BACKEND = f"{REDIS}/13"
+REDIS_BROKER = f"{REDIS}/11"
+
+#: ``BENCH_SCALE_QUICK=1`` runs the two smallest points of each shape (a check of the
+#: benchmark itself, not a measurement).
+QUICK = os.environ.get("BENCH_SCALE_QUICK") == "1"
+QUEUE_COUNTS = (1, 10) if QUICK else (1, 10, 100, 1000)
+BACKLOGS = tuple(b for b in ((0, 10_000) if QUICK else (0, 10_000, 100_000, 1_000_000))
+                 if b <= int(os.environ.get("BENCH_SCALE_MAX_BACKLOG", "1000000")))
+LISTENERS = (0, 10) if QUICK else (0, 10, 100)
+#: Tasks sent round-robin over the queues per point, and sequential round trips after.
+TASKS = 1000
+ROUND_TRIPS = 100
+#: Statements timed per backlog point, and seconds of draining measured.
+PROBES = 200
+DRAIN_SECONDS = 10.0
+BROKER_ROLES = ("worker main", "PostgreSQL", "redis-server", "RabbitMQ")
+
+
+# -- scratch state -------------------------------------------------------------------------
+
+
+@contextmanager
+def scratch_database(database_url: str, label: str) -> Iterator[str]:
+    """A freshly created and migrated database beside ``database_url``; dropped after."""
+    name = f"bench_scale_{label}_{os.getpid()}"
+    parts = urlsplit(database_url)
+    admin_url = urlunsplit(parts._replace(path="/postgres"))
+
+    def drop() -> None:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                          .format(sql.Identifier(name)))
+
+    drop()
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = urlunsplit(parts._replace(path="/" + name))
+    migrate.migrate(url)
+    try:
+        yield url
+    finally:
+        db.resolve(url).close()
+        drop()
+
+
+def _flush_redis_db(url: str) -> None:
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+
+
+def _delete_rabbit_queues(names: list[str]) -> None:
+    from kombu import Connection
+
+    with Connection(RABBIT) as conn:
+        channel = conn.channel()
+        for name in names:
+            try:
+                channel.queue_delete(name)
+            except Exception:  # noqa: BLE001 - a queue that is gone already
+                channel = conn.channel()
+
+
+# -- one worker, N queues ------------------------------------------------------------------
+
+
+def _client(broker: str) -> Any:
+    from celery import Celery
+
+    app = Celery("bench_scale_client", broker=broker, backend=BACKEND, set_as_current=False)
+    app.conf.update(result_expires=600, task_default_queue="scale-0")
+    return app
+
+
+def _cpu_ms(meter: CpuMeter, tasks: int) -> dict[str, float]:
+    return {role: seconds / tasks * 1000 for role, seconds in meter.stop().items()}
+
+
+def _round_trips(app: Any, queues: list[str], count: int) -> list[float]:
+    rng = random.Random(7)
+    out = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        app.send_task("bench.noop", queue=rng.choice(queues)).get(timeout=60)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+#: The PostgreSQL server whose processes count as "PostgreSQL" (set by run()).
+POSTMASTER: int | None = None
+
+
+def _queues_point(broker: str, count: int) -> dict[str, Any]:
+    queues = [f"scale-{i}" for i in range(count)]
+    env = {"BENCH_BROKER": broker, "BENCH_BACKEND": BACKEND, "BENCH_QUEUE": queues[0],
+           "BENCH_TRANSPORT_OPTIONS": "{}"}
+    app = _client(broker)
+    started = time.perf_counter()
+    try:
+        with worker_process("benchmarks.broker_app", queues=queues, env=env, concurrency=2,
+                            pool="prefork", ready_timeout=600) as worker:
+            ready = time.perf_counter() - started
+            for r in [app.send_task("bench.noop", queue=q) for q in queues[:20]]:
+                r.get(timeout=120)  # warm-up: connections, forks
+            idle = CpuMeter(worker.pid, POSTMASTER)
+            time.sleep(5.0)
+            idle_cpu = {role: s / 5.0 * 1000 for role, s in idle.stop().items()}
+            meter = CpuMeter(worker.pid, POSTMASTER)
+            start = time.perf_counter()
+            results = [app.send_task("bench.noop", queue=queues[i % count])
+                       for i in range(TASKS)]
+            for r in results:
+                r.get(timeout=300)
+            elapsed = time.perf_counter() - start
+            cpu = _cpu_ms(meter, TASKS)
+            latencies = _round_trips(app, queues, ROUND_TRIPS)
+    finally:
+        app.close()
+    return {"ready": ready, "throughput": TASKS / elapsed, "cpu": cpu, "idle": idle_cpu,
+            "p50": percentile(latencies, 50) * 1000, "p95": percentile(latencies, 95) * 1000}
+
+
+def queues_shape(database_url: str) -> dict[str, dict[int, dict[str, Any]]]:
+    """Each broker at each queue count (brokers alternate within each count)."""
+    out: dict[str, dict[int, dict[str, Any]]] = {"swf": {}, "Redis": {}, "RabbitMQ": {}}
+    for n, count in enumerate(QUEUE_COUNTS):
+        order = list(out) if n % 2 == 0 else list(reversed(out))
+        for name in order:
+            print(f"   queues={count}: {name}", flush=True)
+            try:
+                if name == "swf":
+                    with scratch_database(database_url, f"q{count}") as url:
+                        out[name][count] = _queues_point(db.broker_url(url), count)
+                elif name == "Redis":
+                    _flush_redis_db(REDIS_BROKER)
+                    out[name][count] = _queues_point(REDIS_BROKER, count)
+                    _flush_redis_db(REDIS_BROKER)
+                else:
+                    out[name][count] = _queues_point(RABBIT, count)
+                    _delete_rabbit_queues([f"scale-{i}" for i in range(count)])
+            except Exception as exc:  # noqa: BLE001 - a failed point is reported, not fatal
+                out[name][count] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+            print(f"      {out[name][count]}", flush=True)
+    return out
+
+
+# -- backlog -------------------------------------------------------------------------------
+
+
+def _publish_one(broker: str, queue: str) -> None:
+    app = _client(broker)
+    try:
+        app.send_task("bench.noop", queue=queue, ignore_result=True)
+    finally:
+        app.close()
+
+
+def _swf_backlog_point(url: str, backlog: int) -> dict[str, Any]:
+    queue = "scale-backlog"
+    broker = db.broker_url(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT swf.queue_ensure(%s)", [queue])
+        _publish_one(broker, queue)
+        row = conn.execute("SELECT pgmq_name, storage FROM swf.queues WHERE name = %s",
+                           [queue]).fetchone()
+        assert row is not None
+        storage = QueueStorage(queue, row[0], row[1])
+        table = storage.table()
+        t0 = time.perf_counter()
+        if backlog:
+            conn.execute(sql.SQL(
+                "INSERT INTO {t} (vt, message, headers) SELECT m.vt, m.message, m.headers "
+                "FROM {t} m, generate_series(1, %s) WHERE m.msg_id = "
+                "(SELECT min(msg_id) FROM {t})").format(t=table), [backlog - 1])
+            conn.execute(sql.SQL("VACUUM ANALYZE {t}").format(t=table))
+        fill = time.perf_counter() - t0
+        message = conn.execute(sql.SQL("SELECT message FROM {t} LIMIT 1").format(t=table)
+                               ).fetchone()[0]
+        reads, sends = [], []
+        read, send = storage.statement("read"), storage.statement("send")
+        acks: list[int] = []
+        receipts: list[int] = []
+        for _ in range(PROBES):
+            t = time.perf_counter()
+            rows = conn.execute(read, {"queue": queue, "acks": acks, "receipts": receipts,
+                                       "qty": 4, "vt": 60.0}).fetchall()
+            reads.append(time.perf_counter() - t)
+            got = [r for r in rows if r[1] is not None]
+            acks, receipts = [r[0] for r in got], [r[1] for r in got]
+            t = time.perf_counter()
+            conn.execute(send, {"queue": queue, "commit": "off",
+                                "message": json.dumps(message), "delay": 0})
+            sends.append(time.perf_counter() - t)
+        size_sql = sql.SQL("SELECT count(*) FROM {t} WHERE vt <= clock_timestamp()"
+                           ).format(t=table)
+        drain = (_drain_rate(broker, queue, lambda: conn.execute(size_sql).fetchone()[0])
+                 if backlog > 1 else float("nan"))
+    return {"fill": fill, "read_p50": percentile(reads, 50) * 1000,
+            "read_p95": percentile(reads, 95) * 1000, "send_p50": percentile(sends, 50) * 1000,
+            "send_p95": percentile(sends, 95) * 1000, "drain": drain}
+
+
+def _redis_backlog_point(backlog: int) -> dict[str, Any]:
+    import redis
+
+    queue = "scale-backlog"
+    _flush_redis_db(REDIS_BROKER)
+    client = redis.Redis.from_url(REDIS_BROKER)
+    _publish_one(REDIS_BROKER, queue)
+    message = client.lindex(queue, 0)
+    assert message is not None
+    t0 = time.perf_counter()
+    left = backlog - 1
+    while left > 0:
+        pipe = client.pipeline(transaction=False)
+        for _ in range(min(left, 10_000)):
+            pipe.lpush(queue, message)
+        pipe.execute()
+        left -= 10_000
+    fill = time.perf_counter() - t0
+    reads, sends = [], []
+    for _ in range(PROBES):  # the transport's read: BRPOP, then the unacked bookkeeping
+        t = time.perf_counter()
+        client.brpop([queue], timeout=1)
+        reads.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        client.lpush(queue, message)
+        sends.append(time.perf_counter() - t)
+    drain = (_drain_rate(REDIS_BROKER, queue, lambda: client.llen(queue))
+             if backlog > 1 else float("nan"))
+    _flush_redis_db(REDIS_BROKER)
+    return {"fill": fill, "read_p50": percentile(reads, 50) * 1000,
+            "read_p95": percentile(reads, 95) * 1000, "send_p50": percentile(sends, 50) * 1000,
+            "send_p95": percentile(sends, 95) * 1000, "drain": drain}
+
+
+def _drain_rate(broker: str, queue: str, size: Any) -> float:
+    """Tasks/s a ``prefork -c 2`` worker takes off ``queue`` (from its first delivery, over
+    DRAIN_SECONDS), read from the queue's size."""
+    env = {"BENCH_BROKER": broker, "BENCH_BACKEND": BACKEND, "BENCH_QUEUE": queue,
+           "BENCH_TRANSPORT_OPTIONS": "{}"}
+    before = size()
+    with worker_process("benchmarks.broker_app", queues=[queue], env=env, concurrency=2,
+                        pool="prefork", ready_timeout=120):
+        deadline = time.monotonic() + 60
+        while size() >= before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        start_size, t0 = size(), time.perf_counter()
+        time.sleep(DRAIN_SECONDS)
+        end_size, elapsed = size(), time.perf_counter() - t0
+    return (start_size - end_size) / elapsed
+
+
+def backlog_shape(database_url: str) -> dict[str, dict[int, dict[str, Any]]]:
+    out: dict[str, dict[int, dict[str, Any]]] = {"swf": {}, "Redis": {}}
+    for backlog in BACKLOGS:
+        for name in out:
+            print(f"   backlog={backlog}: {name}", flush=True)
+            try:
+                if name == "swf":
+                    with scratch_database(database_url, f"b{backlog}") as url:
+                        out[name][backlog] = _swf_backlog_point(url, max(backlog, 1))
+                else:
+                    out[name][backlog] = _redis_backlog_point(max(backlog, 1))
+            except Exception as exc:  # noqa: BLE001 - a failed point is reported, not fatal
+                out[name][backlog] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+            print(f"      {out[name][backlog]}", flush=True)
+    return out
+
+
+# -- idle listeners ------------------------------------------------------------------------
+
+
+def listeners_shape(database_url: str) -> dict[int, dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = {}
+    with scratch_database(database_url, "listen") as url:
+        for count in LISTENERS:
+            print(f"   listeners={count}", flush=True)
+            sessions = [psycopg.connect(url, autocommit=True) for _ in range(count)]
+            try:
+                for i, conn in enumerate(sessions):
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(f"idle_{i}")))
+                out[count] = _queues_point(db.broker_url(url), 1)
+            finally:
+                for conn in sessions:
+                    conn.close()
+            print(f"      {out[count]}", flush=True)
+    return out
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def _broker_cpu(point: dict[str, Any]) -> float:
+    return sum(point["cpu"].get(role, 0.0) for role in BROKER_ROLES)
+
+
+def _total_cpu(point: dict[str, Any]) -> float:
+    return sum(point["cpu"].values())
+
+
+def _cell(point: dict[str, Any], fmt: str, key: Any) -> str:
+    if "error" in point:
+        return "failed"
+    value = key(point) if callable(key) else point[key]
+    return format(value, fmt)
+
+
+def _growth(points: dict[int, dict[str, Any]], key: Any) -> str:
+    """The last point's value over the first's (points without the value are left out)."""
+    if any("error" in p for p in points.values()):
+        return "-"
+    values = [key(p) if callable(key) else p[key] for p in points.values()]
+    values = [v for v in values if v == v]
+    if len(values) < 2 or not values[0]:
+        return "-"
+    return f"{values[-1] / values[0]:.2f}x"
+
+
+def _queues_table(data: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+    lines = ["| broker | queues | worker ready (s) | throughput (tasks/s) | broker CPU/task (ms) "
+             "| all CPU/task (ms) | idle CPU (ms/s) | p50 (ms) | p95 (ms) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, points in data.items():
+        for count, p in points.items():
+            if "error" in p:
+                lines.append(f"| {name} | {count} | failed: {p['error']} | | | | | | |")
+                continue
+            idle = sum(p["idle"].get(role, 0.0) for role in BROKER_ROLES)
+            lines.append(f"| {name} | {count} | {p['ready']:.1f} | {p['throughput']:.0f} "
+                         f"| {_broker_cpu(p):.2f} | {_total_cpu(p):.2f} | {idle:.1f} "
+                         f"| {p['p50']:.2f} | {p['p95']:.2f} |")
+    lines += ["", "Growth from the first to the last point (the target: per-task cost at "
+              "1,000 queues within 1.5x of 1 queue):", "",
+              "| broker | broker CPU/task | p50 | p95 |", "|---|---:|---:|---:|"]
+    for name, points in data.items():
+        lines.append(f"| {name} | {_growth(points, _broker_cpu)} | {_growth(points, 'p50')} "
+                     f"| {_growth(points, 'p95')} |")
+    return lines
+
+
+def _backlog_table(data: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+    lines = ["| broker | backlog | fill (s) | read p50 (ms) | read p95 (ms) | publish p50 (ms) "
+             "| publish p95 (ms) | drain (tasks/s) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, points in data.items():
+        for backlog, p in points.items():
+            if "error" in p:
+                lines.append(f"| {name} | {backlog:,} | failed: {p['error']} | | | | | |")
+                continue
+            lines.append(f"| {name} | {backlog:,} | {p['fill']:.1f} | {p['read_p50']:.3f} "
+                         f"| {p['read_p95']:.3f} | {p['send_p50']:.3f} | {p['send_p95']:.3f} "
+                         f"| {p['drain']:.0f} |".replace("| nan |", "| - |"))
+    lines += ["", "Growth from the empty queue to the deepest:", "",
+              "| broker | read p50 | publish p50 | drain rate |", "|---|---:|---:|---:|"]
+    for name, points in data.items():
+        lines.append(f"| {name} | {_growth(points, 'read_p50')} | {_growth(points, 'send_p50')} "
+                     f"| {_growth(points, 'drain')} |")
+    return lines
+
+
+def _listeners_table(data: dict[int, dict[str, Any]]) -> list[str]:
+    lines = ["| idle LISTEN sessions | throughput (tasks/s) | broker CPU/task (ms) "
+             "| all CPU/task (ms) | p50 (ms) | p95 (ms) |", "|---:|---:|---:|---:|---:|---:|"]
+    for count, p in data.items():
+        lines.append(f"| {count} | {_cell(p, '.0f', 'throughput')} "
+                     f"| {_cell(p, '.2f', _broker_cpu)} | {_cell(p, '.2f', _total_cpu)} "
+                     f"| {_cell(p, '.2f', 'p50')} | {_cell(p, '.2f', 'p95')} |")
+    lines += ["", f"Growth 0 → {LISTENERS[-1]} listeners: broker CPU/task "
+              f"{_growth(data, _broker_cpu)}, p50 {_growth(data, 'p50')}, "
+              f"p95 {_growth(data, 'p95')}."]
+    return lines
+
+
+def _plot(queues: dict[str, dict[int, dict[str, Any]]],
+          backlog: dict[str, dict[int, dict[str, Any]]]) -> str | None:
+    """docs/img/scale-curves.png: the queue-count and backlog curves; None without
+    matplotlib (the bench extra installs it)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for name, points in queues.items():
+        ok = {k: v for k, v in points.items() if "error" not in v}
+        axes[0].plot(list(ok), [_broker_cpu(v) for v in ok.values()], marker="o", label=name)
+        axes[1].plot(list(ok), [v["p50"] for v in ok.values()], marker="o", label=f"{name} p50")
+    axes[0].set(xscale="log", xlabel="queues consumed", ylabel="broker CPU per task (ms)",
+                title="Per-task broker CPU vs queues")
+    axes[1].set(xscale="log", xlabel="queues consumed", ylabel="round trip p50 (ms)",
+                title="Round trip vs queues")
+    for name, points in backlog.items():
+        ok = {max(k, 1): v for k, v in points.items() if "error" not in v}
+        axes[2].plot(list(ok), [v["read_p50"] for v in ok.values()], marker="o",
+                     label=f"{name} read")
+        axes[2].plot(list(ok), [v["send_p50"] for v in ok.values()], marker="s",
+                     linestyle="--", label=f"{name} publish")
+    axes[2].set(xscale="log", xlabel="messages already queued", ylabel="ms (p50)",
+                title="Read and publish vs backlog")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "img", "scale-curves.png")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return "img/scale-curves.png"
+
+
+def run(database_url: str) -> str:
+    global POSTMASTER
+    POSTMASTER = postmaster_pid(database_url)
+    queues = queues_shape(database_url)
+    backlog = backlog_shape(database_url)
+    listeners = listeners_shape(database_url)
+    picture = _plot(queues, backlog)
+    load = os.getloadavg()[0]
+    loaded = (" (loaded by other work: absolute numbers are slow; compare within a shape)"
+              if load > 1.5 else "")
+    lines = [
+        "## Cost curves (`bench_scale`)",
+        "",
+        "Command: `python -m benchmarks.run bench_scale` (part of `make bench`). No-op task, "
+        "worker `--pool=prefork -c 2`, result backend Redis for every broker; each point on a "
+        "fresh database (swf) or a flushed Redis db. \"broker CPU\" is the worker's main "
+        "process plus the broker's server (PostgreSQL backends, redis-server, RabbitMQ); "
+        "\"all CPU\" adds the client and the pool children. "
+        f"Load average (1 min) at the end: {load:.1f} on {os.cpu_count()} cores{loaded}.",
+        "",
+        f"### Queues consumed by one worker ({TASKS} tasks round-robin, then {ROUND_TRIPS} "
+        "round trips on random queues; idle CPU over 5 s before)",
+        "",
+        *_queues_table(queues),
+        "",
+        f"### Backlog already queued (one queue; {PROBES} reads of 4 with their acks, and "
+        f"{PROBES} publishes, timed from a client; drain over {DRAIN_SECONDS:.0f} s)",
+        "",
+        *_backlog_table(backlog),
+        "",
+        "swf's read is the transport's own statement (`storage.sql` `read`: acks, then the "
+        "oldest visible rows `FOR UPDATE SKIP LOCKED` through the queue's index), its publish "
+        "the transport's `send` (asynchronous commit, as by default). Redis's are `BRPOP` and "
+        "`LPUSH`, O(1) at any depth.",
+        "",
+        "### Idle LISTEN sessions on the database (swf; 1 queue)",
+        "",
+        *_listeners_table(listeners),
+        "",
+    ]
+    if picture:
+        lines += [f"![cost curves]({picture})", ""]
+    return "\n".join(lines)
