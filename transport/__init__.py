@@ -28,7 +28,11 @@ Transport options (``broker_transport_options``)
   (0: no limit).
 * ``wakeups`` (True): idle consumers LISTEN and producers wake them (coalesced: only while a
   consumer waits). False: poll every ``polling_interval``.
-* ``polling_interval`` (1.0): seconds between polls when nothing woke the consumer.
+* ``polling_interval`` (1.0): seconds between polls when nothing woke the consumer (without
+  wake-ups, or while the LISTEN connection is down).
+* ``sweep_interval`` (30.0): with wake-ups, seconds between reads of every consumed queue in
+  the worker's event loop, a safety net; meanwhile NOTIFYs, the listener's reported gaps
+  and due messages say which queues to read.
 * ``eta_threshold`` (30): an ETA/countdown further away than this many seconds is stored as a
   pgmq delay (waits in PostgreSQL, runs once); nearer ones wait in worker memory, extended.
 * ``read_batch`` (100): most messages per read when the prefetch window is unlimited; reads

@@ -27,8 +27,12 @@ worker's hub (``implements.asynchronous``). :class:`HubConsumer` does the transp
 - what may wait a moment runs :data:`FOLLOW_UP` seconds later, after the hub's next poll:
   any other drain a poke asks for (acks, ``basic_qos``, a new consumer), so the acks of
   tasks accepted together are written in one statement;
-- a hub timer stands in for the sleep of the synchronous loop: the polling fallback, or the
-  moment the next delayed or hidden message becomes due;
+- a hub timer stands in for the sleep of the synchronous loop: the moment the next delayed
+  or hidden message becomes due, or a read of every consumed queue: each
+  ``sweep_interval`` (30 s) while the LISTEN connection is up (NOTIFYs, requeues included,
+  and the listener's reported gaps say which queues to read meanwhile, so an idle worker
+  on 1,000 queues makes no statement between sweeps), each ``polling_interval`` (1 s)
+  without wake-ups or while that connection is down;
 - Celery's ``worker_shutting_down`` signal (sent by the worker's SIGTERM, SIGINT and SIGQUIT
   handlers) pokes the self-pipe: the hub's poll, which the signal interrupts but Python
   resumes for the rest of its timeout (up to the polling fallback), returns at once, so the
@@ -130,6 +134,7 @@ class HubConsumer:
         #: Queues armed (``swf.queue_arm``) and not NOTIFYed since: not armed again.
         self._armed: set[str] = set()
         self._next_due: float | None = None  # monotonic time the last arm said a message is due
+        self._last_sweep = monotonic()  # the last read of every consumed queue
         self._ack_timer: Any = None
         #: The pass under way: the (channel, queue) still to look at, what it found.
         self._pass: list[tuple[Channel, str]] = []
@@ -205,11 +210,22 @@ class HubConsumer:
         self._timer = self.loop.call_later(FOLLOW_UP, self.drain)
         self._timer_due = due
 
+    def _listening(self) -> bool:
+        wakeup = self.transport._wakeup
+        return bool(self.transport.options.wakeups and wakeup is not None
+                    and wakeup.listening())
+
     def _on_timer(self) -> None:
-        """The polling fallback or a due message: read (and then arm) every consumed queue."""
-        self._dirty.update(self._known)
-        self._armed.clear()
-        self._next_due = None
+        """A due message, the sweep, or the polling fallback (without a LISTEN connection):
+        read (and then arm) every consumed queue; otherwise read the dirty ones."""
+        now = monotonic()
+        due = self._next_due is not None and now >= self._next_due - 0.002
+        sweep = now - self._last_sweep >= self.transport.options.sweep_interval
+        if due or sweep or not self._listening():
+            self._dirty.update(self._known)
+            self._armed.clear()
+            self._next_due = None
+            self._last_sweep = now
         self.drain()
 
     def _flush_acks(self) -> None:
@@ -370,6 +386,8 @@ class HubConsumer:
         if any(ch._pending_acks for ch in list(transport.channels)) and self._ack_timer is None:
             self._ack_timer = self.loop.call_later(ACK_DELAY, self._flush_acks)
         wait = transport.polling_interval or 1.0
+        if self._listening():
+            wait = max(0.0, self._last_sweep + transport.options.sweep_interval - monotonic())
         if self._next_due is not None:
             wait = max(0.0, min(wait, self._next_due - monotonic() + 0.002))
         self._timer = self.loop.call_later(wait, self._on_timer)

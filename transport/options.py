@@ -19,8 +19,12 @@ class Options:
     max_deliveries: int = 10
     #: Idle consumers LISTEN and are woken by producers (else: poll).
     wakeups: bool = True
-    #: Seconds between polls when nothing woke the consumer.
+    #: Seconds between polls when nothing woke the consumer (without wake-ups, or while the
+    #: LISTEN connection is down).
     polling_interval: float = 1.0
+    #: With wake-ups, seconds between reads of every consumed queue (a safety net: NOTIFYs,
+    #: the listener's reported gaps and due messages say which queues to read meanwhile).
+    sweep_interval: float = 30.0
     #: ETA further away than this (seconds) waits in PostgreSQL, not in worker memory.
     eta_threshold: float = 30.0
     #: Most messages read at once when the prefetch window is unlimited.

@@ -64,6 +64,11 @@ class Wakeup:
             self._channels.add(channel)
         self._listener.listen([channel])
 
+    def listening(self) -> bool:
+        """True while the LISTEN connection is up: NOTIFYs (or a report of missed ones)
+        reach :meth:`take_notified` / :meth:`take_missed`."""
+        return self._listener is not None and self._listener.connected.is_set()
+
     def poke(self) -> None:
         """Wake a :meth:`wait` in another thread (or the next one); never blocks."""
         with contextlib.suppress(BlockingIOError, OSError):

@@ -112,6 +112,20 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- Wake the consumers waiting on queue p_id as a new message does (see the header), for a
+-- message visible again (a requeue): a consumer of another worker idles armed, and no
+-- insert fires the trigger.
+CREATE OR REPLACE FUNCTION swf._queue_wake(p_id integer) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(swf._queue_lock_space(), p_id);
+    UPDATE swf.queue_waiters SET waiting = false WHERE queue_id = p_id AND waiting;
+    IF FOUND THEN
+        PERFORM swf.notify_hint('swfq_' || pgmq_name) FROM swf.queues WHERE id = p_id;
+    END IF;
+END $$;
+REVOKE EXECUTE ON FUNCTION swf._queue_wake(integer) FROM PUBLIC;
+
 -- Wake-up trigger of the shared table: as swf._queue_wakeup, per row's queue.
 CREATE OR REPLACE FUNCTION swf._transient_wakeup() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
@@ -563,6 +577,9 @@ BEGIN
                    '   AND (d.receipt IS NULL OR m.read_ct = d.receipt)', s.tbl, s.filter)
       USING p_ids, p_receipts;
     GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN  -- visible again: wake a waiting consumer, as a new message does
+        PERFORM swf._queue_wake(q.id);
+    END IF;
     RETURN n;
 END $$;
 
