@@ -2,8 +2,9 @@
 
 Same no-op task, same result backend (Redis), worker ``--pool=prefork -c 2``; only the broker
 differs. Per broker: throughput (2000 tasks sent, then joined) and latency (200 sequential
-``apply_async().get()``). Brokers run back to back, twice, alternating; the table shows the
-best round of each (the machine is shared, noise only slows things down). Then the enqueue
+``apply_async().get()``). Brokers run back to back, three rounds, alternating; the table shows
+each figure's median over the rounds with its range, and the machine's load at the start and
+the end (a run on a loaded machine is marked as such). Then the enqueue
 rate of ``swf.queue_send`` with 8 producer threads, wake-ups off and on, and with a NOTIFY on
 every insert for comparison.
 
@@ -219,9 +220,9 @@ def _fmt(value: float, spec: str) -> str:
 
 def run(database_url: str) -> str:
     brokers = _brokers(database_url)
-    best: dict[str, dict[str, Any]] = {}
     every: dict[str, list[dict[str, Any]]] = {}
     errors: dict[str, str] = {}
+    load_start = os.getloadavg()[0]
     for round_no in range(ROUNDS):
         order = list(brokers) if round_no % 2 == 0 else list(reversed(brokers))
         for name in order:
@@ -233,36 +234,51 @@ def run(database_url: str) -> str:
                 continue
             print(f"      {m}", flush=True)
             every.setdefault(name, []).append(m)
-            prev = best.get(name)
-            if prev is None:
-                best[name] = m
-            else:
-                best[name] = {"throughput": max(prev["throughput"], m["throughput"]),
-                              "send_rate": max(prev["send_rate"], m["send_rate"]),
-                              "run_rate": max(prev["run_rate"], m["run_rate"]),
-                              "p50": min(prev["p50"], m["p50"]), "p95": min(prev["p95"], m["p95"]),
-                              "cpu": max(prev, m, key=lambda r: r["throughput"])["cpu"]}
+    typical = {name: _typical(ms) for name, ms in every.items()}
     rates: dict[str, tuple[float, int | None]] = {}
     for mode in ("wakeups-off", "wakeups-on", "notify-every-insert"):
         print(f"   enqueue rate: {mode}", flush=True)
         rates[mode] = _enqueue_rate(database_url, mode)
     stops = _stop_times(database_url)
-    return _section(best, every, errors, rates) + "\n".join(_stop_section(stops)) + "\n"
+    loads = (load_start, os.getloadavg()[0])
+    return (_section(typical, every, errors, rates, loads) + "\n".join(_stop_section(stops))
+            + "\n")
 
 
-def _cpu_section(best: dict[str, dict[str, Any]]) -> list[str]:
-    """CPU per task by process in each broker's best throughput round, and the rate that CPU
+#: The figures of a round that the tables report.
+FIGURES = ("throughput", "send_rate", "run_rate", "p50", "p95")
+
+
+def _typical(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the rounds, its (min, max) under ``range``, and the CPU
+    table of the round whose throughput is the median."""
+    out: dict[str, Any] = {k: statistics.median(m[k] for m in rounds) for k in FIGURES}
+    out["range"] = {k: (min(m[k] for m in rounds), max(m[k] for m in rounds)) for k in FIGURES}
+    out["cpu"] = sorted(rounds, key=lambda m: m["throughput"])[len(rounds) // 2]["cpu"]
+    return out
+
+
+def _spread(m: dict[str, Any], key: str, spec: str) -> str:
+    """``median (min-max)`` of one figure."""
+    lo, hi = m["range"][key]
+    if lo == hi:
+        return _fmt(m[key], spec)
+    return f"{_fmt(m[key], spec)} ({_fmt(lo, spec)}–{_fmt(hi, spec)})"
+
+
+def _cpu_section(typical: dict[str, dict[str, Any]]) -> list[str]:
+    """CPU per task by process in each broker's median throughput round, and the rate that CPU
     allows on this machine's cores (tasks/s <= cores / CPU per task)."""
     roles: list[str] = []
-    for m in best.values():
+    for m in typical.values():
         roles += [r for r in m["cpu"] if r not in roles]
     cores = os.cpu_count() or 1
-    lines = ["", f"CPU per task (ms) in each broker's best throughput round, by process; "
+    lines = ["", f"CPU per task (ms) in each broker's median throughput round, by process; "
              f"\"bound\" is the rate that CPU allows on {cores} cores "
              "(cores / total CPU per task):", "",
              "| broker | " + " | ".join(roles) + " | total | bound (tasks/s) |",
              "|---|" + "---:|" * (len(roles) + 2)]
-    for name, m in best.items():
+    for name, m in typical.items():
         total = sum(m["cpu"].values())
         cells = " | ".join(f"{m['cpu'].get(r, 0.0):.2f}" for r in roles)
         bound = f"{cores / total * 1000:.0f}" if total else "-"
@@ -270,9 +286,11 @@ def _cpu_section(best: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _section(best: dict[str, dict[str, Any]], every: dict[str, list[dict[str, Any]]],
+def _section(typical: dict[str, dict[str, Any]], every: dict[str, list[dict[str, Any]]],
              errors: dict[str, str],
-             rates: dict[str, tuple[float, int | None]]) -> str:
+             rates: dict[str, tuple[float, int | None]], loads: tuple[float, float]) -> str:
+    cores = os.cpu_count() or 1
+    loaded = max(loads) > 0.75 * cores
     lines = [
         "## Broker (`bench_broker`)",
         "",
@@ -281,20 +299,22 @@ def _section(best: dict[str, dict[str, Any]], every: dict[str, list[dict[str, An
         f"{TASKS} tasks sent then joined (each result `get()` in turn), and the rate up to "
         "the start of the last task (\"run rate\": the broker and the worker, without the "
         f"client's collection of the results); latency: {ROUND_TRIPS} sequential "
-        f"`apply_async().get()`. {ROUNDS} rounds, brokers alternating; best round shown. "
-        f"Load average (1 min) at the end: {os.getloadavg()[0]:.1f} on "
-        f"{os.cpu_count()} cores shared with other jobs.",
+        f"`apply_async().get()`. {ROUNDS} rounds, brokers alternating; each figure is the "
+        "median of the rounds, with their range in brackets. Load average (1 min) at the "
+        f"start {loads[0]:.1f} and at the end {loads[1]:.1f} on {cores} cores"
+        + (": **a loaded machine** (other jobs shared the cores; absolute figures are low "
+           "and noisy, compare within a round)." if loaded else "."),
         "",
         "| broker | throughput (tasks/s) | run rate (tasks/s) | send rate (tasks/s) "
         "| p50 latency (ms) | p95 latency (ms) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, m in best.items():
-        lines.append(f"| {name} | {_fmt(m['throughput'], '.0f')} | {_fmt(m['run_rate'], '.0f')} "
-                     f"| {_fmt(m['send_rate'], '.0f')} "
-                     f"| {_fmt(m['p50'], '.2f')} | {_fmt(m['p95'], '.2f')} |")
+    for name, m in typical.items():
+        lines.append(f"| {name} | {_spread(m, 'throughput', '.0f')} "
+                     f"| {_spread(m, 'run_rate', '.0f')} | {_spread(m, 'send_rate', '.0f')} "
+                     f"| {_spread(m, 'p50', '.2f')} | {_spread(m, 'p95', '.2f')} |")
     for name, err in errors.items():
-        if name not in best:
+        if name not in typical:
             lines.append(f"| {name} | failed: {err} | | | | |")
     lines += ["", "Every round (the machine is shared with other work; rounds vary):", "",
               "| broker | throughput per round | run rate per round | p50 per round (ms) |",
@@ -304,7 +324,7 @@ def _section(best: dict[str, dict[str, Any]], every: dict[str, list[dict[str, An
         runs = " / ".join(format(m["run_rate"], ".0f") for m in ms)
         p50s = " / ".join(format(m["p50"], ".2f") for m in ms)
         lines.append(f"| {name} | {per_round} | {runs} | {p50s} |")
-    lines += _cpu_section(best)
+    lines += _cpu_section(typical)
     ours, theirs = every.get("swf (this project)", []), every.get("Redis", [])
     if ours and len(ours) == len(theirs):
         pairs = list(zip(ours, theirs, strict=True))
@@ -313,10 +333,10 @@ def _section(best: dict[str, dict[str, Any]], every: dict[str, list[dict[str, An
         lat = " / ".join(f"{a['p50'] / b['p50']:.2f}x" for a, b in pairs)
         lines += ["", f"Per round, swf vs Redis: throughput {thr}; run rate {run}; "
                   f"p50 latency {lat}."]
-    swf = best.get("swf (this project)", {})
-    redis = best.get("Redis", {})
-    pgmq = best.get("kombu pgmq (use_notify)", {})
-    lines += ["", "Targets (same run):", ""]
+    swf = typical.get("swf (this project)", {})
+    redis = typical.get("Redis", {})
+    pgmq = typical.get("kombu pgmq (use_notify)", {})
+    lines += ["", "Targets (same run, medians of the rounds):", ""]
     if swf and redis:
         ok = swf["throughput"] >= 1.3 * redis["throughput"]
         lines.append(f"- throughput >= 1.3x Redis: {swf['throughput']:.0f} vs "
