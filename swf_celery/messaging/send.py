@@ -38,6 +38,7 @@ from swf_celery.db import (
     resolve,
     translate_errors,
 )
+from swf_celery.db.transaction import current as current_transaction
 from swf_celery.errors import (
     ArgumentError,
     ChannelNameError,
@@ -100,6 +101,9 @@ def send_with_notify(
     def send(conn: psycopg.Connection[Any]) -> int:
         return int(conn.execute(query, params).fetchone()[0])  # type: ignore[index]
 
+    joined = current_transaction()
+    if joined is not None:  # inside swf.transaction(conn): that transaction's outbox
+        repo = joined
     if isinstance(repo, psycopg.Connection):
         # Not cached: the queue may be created inside this very transaction, which the
         # caller may still roll back.

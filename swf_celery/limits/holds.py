@@ -1,0 +1,69 @@
+"""Holding a flow key until a time: ``swf.hold_key(key, until=…)``, ``swf.release_key``.
+
+A held key's messages stay queued, unread, until the hold ends (a 429 with Retry-After, an
+outage of the API behind the key); other keys of the same queues go on. From inside a task::
+
+    except RateLimited as exc:
+        swf.hold_key(f"tenant:{tenant}", until=exc.retry_after)
+        raise self.retry(countdown=exc.retry_after)
+
+Workers (from inside tasks) and operators may hold and release keys; everyone reads them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from swf_celery.db import DatabaseHandle, load_queries, resolve
+from swf_celery.errors import ArgumentError
+
+QUERIES = load_queries(__package__)
+
+
+@dataclass(frozen=True)
+class HeldKey:
+    """A flow key held until a time."""
+
+    key: str
+    until: dt.datetime
+    reason: str | None
+    by: str | None
+
+
+def _until(until: dt.datetime | dt.timedelta | float | int) -> dt.datetime:
+    now = dt.datetime.now(dt.timezone.utc)
+    if isinstance(until, dt.datetime):
+        return until if until.tzinfo is not None else until.replace(tzinfo=dt.timezone.utc)
+    if isinstance(until, dt.timedelta):
+        return now + until
+    if isinstance(until, int | float) and not isinstance(until, bool):
+        return now + dt.timedelta(seconds=float(until))  # seconds from now (Retry-After)
+    raise ArgumentError(f"until must be a datetime, a timedelta or seconds from now, "
+                        f"not {type(until).__name__}")
+
+
+def hold_key(key: str, until: dt.datetime | dt.timedelta | float | int, *,
+             reason: str | None = None, repo: DatabaseHandle | None = None) -> dt.datetime:
+    """Hold ``key``'s messages until ``until`` (a datetime, a timedelta or seconds from now,
+    as a Retry-After header gives them); returns the end of the hold."""
+    if not isinstance(key, str) or not key:
+        raise ArgumentError(f"key must be a non-empty text, not {key!r}")
+    when = _until(until)
+    result: dt.datetime = resolve(repo).fetch_value(
+        QUERIES["hold_key"], {"key": key, "until": when, "reason": reason})
+    return result
+
+
+def release_key(key: str, repo: DatabaseHandle | None = None) -> bool:
+    """End ``key``'s hold now; False when it was not held."""
+    return bool(resolve(repo).fetch_value(QUERIES["release_key"], {"key": key}))
+
+
+def held_keys(repo: DatabaseHandle | None = None) -> list[HeldKey]:
+    """The keys held now, the soonest released first."""
+    db = resolve(repo)
+    with db.single_statement() as conn:
+        rows: list[Any] = conn.execute(QUERIES["held_keys"]).fetchall()
+    return [HeldKey(r[0], r[1], r[2], r[3]) for r in rows]
