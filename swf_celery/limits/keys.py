@@ -18,6 +18,7 @@ the read that delivers enforces them for the whole cluster (``swf.queue_read_lim
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from typing import Any
@@ -79,8 +80,7 @@ def flow_for(task: Any, name: str, args: Any, kwargs: Any, headers: Mapping[str,
     limits: dict[str, Any] = {}
     if task is not None:
         if key is None:
-            option = getattr(task, "swf_key", None)
-            key = option(*(args or ()), **(kwargs or {})) if callable(option) else option
+            key = _derived(task, "swf_key", args, kwargs)
         task_limits = {"rate": getattr(task, "rate_limit", None),
                        "concurrency": getattr(task, "swf_concurrency", None),
                        "burst": getattr(task, "swf_burst", None)}
@@ -114,10 +114,18 @@ def idempotency_key_for(task: Any, args: Any, kwargs: Any,
     that name (a text, or a function of the task's arguments)."""
     key = (headers or {}).get("idempotency_key")
     if key is None and task is not None:
-        option = getattr(task, "idempotency_key", None)
-        key = option(*(args or ()), **(kwargs or {})) if callable(option) else option
+        key = _derived(task, "idempotency_key", args, kwargs)
     if key is None:
         return None
     if not isinstance(key, str) or not key or len(key.encode()) > 512:
         raise ConfigurationError(f"idempotency key {key!r} must be a text of 1 to 512 bytes")
     return key
+
+
+def _derived(task: Any, option: str, args: Any, kwargs: Any) -> Any:
+    """Task option ``option``: a value, or a function of the task's arguments called with
+    them (the option as given: a function stored on the task class is not a method)."""
+    value = inspect.getattr_static(task, option, None)
+    if isinstance(value, staticmethod | classmethod):
+        value = value.__func__
+    return value(*(args or ()), **(kwargs or {})) if callable(value) else value
