@@ -39,12 +39,12 @@ from swf_celery.workflows import registration as _registration  # noqa: E402,F40
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from swf_celery.errors import WorkflowDefinitionError, WorkflowFailed, WorkflowTimeout
     from swf_celery.db.transaction import transaction
+    from swf_celery.errors import WorkflowDefinitionError, WorkflowFailed, WorkflowTimeout
     from swf_celery.goals.decomposers import LLMDecomposer, RuleDecomposer
+    from swf_celery.goals.orchestrator import GoalResult, Orchestrator, WorkflowComposer
     from swf_celery.limits.holds import HeldKey, held_keys, hold_key, release_key
     from swf_celery.limits.idempotency import Task
-    from swf_celery.goals.orchestrator import GoalResult, Orchestrator, WorkflowComposer
     from swf_celery.messaging.listen import Listener, Notification, alisten, listen, unlisten
     from swf_celery.messaging.send import (
         Message,

@@ -34,10 +34,10 @@ from psycopg import errors as pg_errors
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from swf_celery.db.transaction import current as joined_transaction
 from swf_celery.db.errors import ErrorMap, translate_errors
 from swf_celery.db.notifications import log_skips
 from swf_celery.db.queries import load_queries
+from swf_celery.db.transaction import current as joined_transaction
 from swf_celery.db.urls import database_url, normalize_dsn, redact, split_listen_url
 from swf_celery.errors import ConfigurationError
 

@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-from psycopg import pq
 from celery import Task as CeleryTask
 from celery.utils import uuid
+from psycopg import pq
 
 from swf_celery.db import Database, load_queries, resolve
 from swf_celery.db.transaction import current as current_transaction

@@ -51,7 +51,8 @@ def make_app(broker: str) -> Celery:
         record_run(tag, "done")
         return tag
 
-    @app.task(name="per_tenant", shared=False, swf_key=lambda tenant, tag, seconds=0.0: f"tenant:{tenant}")
+    @app.task(name="per_tenant", shared=False,
+              swf_key=lambda tenant, tag, seconds=0.0: f"tenant:{tenant}")
     def per_tenant(tenant: str, tag: str, seconds: float = 0.0) -> str:
         """At most 2 at once per tenant (swf_flow_limits), tenants taking turns."""
         record_run(tag, "start")
