@@ -104,7 +104,7 @@ TRUE
 coalesce((m.headers ->> 'priority')::integer, 0)
 
 -- name: pgmq_free
-NOT m.headers ? 'flow'
+(m.headers ? 'flow') IS NOT TRUE
 
 -- name: pgmq_columns
 

@@ -87,7 +87,7 @@ BEGIN
                    v_tbl || '_flow_vt_idx', v_tbl);
     EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON pgmq.%I '
                    '((coalesce((headers ->> ''priority'')::integer, 0)), msg_id) '
-                   'WHERE NOT headers ? ''flow''', v_tbl || '_free_idx', v_tbl);
+                   'WHERE (headers ? ''flow'') IS NOT TRUE', v_tbl || '_free_idx', v_tbl);
     PERFORM set_config('lock_timeout', v_old_timeout, true);
     UPDATE swf.queues SET limited = true WHERE id = q.id;
     RETURN true;

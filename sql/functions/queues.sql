@@ -942,7 +942,7 @@ BEGIN
         v_scanned := v_scanned + 1;
         EXIT WHEN v_scanned > swf._flow_scan_limit();
         IF v_cur = '' THEN
-            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s m WHERE NOT m.headers ? ''flow'' '
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s m WHERE (m.headers ? ''flow'') IS NOT TRUE '
                            '                 AND m.vt <= clock_timestamp())', v_tbl)
                INTO v_given;
             CONTINUE WHEN NOT v_given;
@@ -1005,7 +1005,7 @@ BEGIN
             RETURN QUERY EXECUTE format(
                 'WITH picked AS ('
                 '  SELECT m.msg_id FROM %1$s m '
-                '   WHERE NOT m.headers ? ''flow'' AND m.vt <= clock_timestamp() '
+                '   WHERE (m.headers ? ''flow'') IS NOT TRUE AND m.vt <= clock_timestamp() '
                 '   ORDER BY coalesce((m.headers ->> ''priority'')::integer, 0), m.msg_id '
                 '   LIMIT $2 FOR UPDATE SKIP LOCKED) '
                 'UPDATE %1$s m SET vt = clock_timestamp() + make_interval(secs => $3), '
@@ -1063,7 +1063,7 @@ DECLARE
     v_scanned integer := 0;
 BEGIN
     EXECUTE format('SELECT extract(epoch FROM min(m.vt) - clock_timestamp()) FROM %s m '
-                   ' WHERE NOT m.headers ? ''flow''', v_tbl) INTO v_min;
+                   ' WHERE (m.headers ? ''flow'') IS NOT TRUE', v_tbl) INTO v_min;
     IF v_min <= 0 THEN
         RETURN 0;
     END IF;
