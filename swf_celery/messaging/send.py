@@ -86,7 +86,8 @@ def send_with_notify(
     The message goes into the channel's pgmq queue (created on first use) and a NOTIFY
     carrying its id is sent in the same transaction. ``repo`` may also be an open psycopg
     connection: the message and its NOTIFY then join that connection's current
-    transaction and commit or roll back with the caller's own writes (an outbox).
+    transaction and commit or roll back with the caller's own writes (an outbox), as they
+    do inside ``with swf.transaction(conn):``.
     Raises :class:`ChannelNameError` for an invalid or reserved channel and
     :class:`PayloadError` when ``message`` is not JSON.
     """
