@@ -7,7 +7,6 @@ import json
 import pytest
 
 import swf_celery as swf
-
 from tests.helpers import run_cli
 
 pytestmark = pytest.mark.db
