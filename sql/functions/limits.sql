@@ -188,3 +188,32 @@ BEGIN
     RETURN n;
 END $$;
 REVOKE EXECUTE ON FUNCTION swf.idempotency_expire(integer) FROM PUBLIC;
+
+-- The flow keys of the limited queues now: per queue and key, messages queued and
+-- deliveries held, the limits its newest message carries, and the key's hold and tokens
+-- (the console, `swf-celery keys`). Scans the limited queues' keyed messages: for people,
+-- not for the hot path. Runs as its caller (who must be allowed to read the queues).
+CREATE OR REPLACE FUNCTION swf.flow_key_stats(p_limit integer DEFAULT 200)
+RETURNS TABLE (queue text, key text, queued bigint, held bigint, rate double precision,
+               concurrency integer, held_until timestamptz, held_reason text,
+               tokens double precision)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    q swf.queues;
+BEGIN
+    FOR q IN SELECT * FROM swf.queues WHERE limited AND storage = 'pgmq' ORDER BY name LOOP
+        RETURN QUERY EXECUTE format(
+            'SELECT $1, s.key, s.queued, s.held, (s.flow ->> ''rate'')::double precision, '
+            '       (s.flow ->> ''concurrency'')::integer, k.held_until, k.held_reason, k.tokens '
+            '  FROM (SELECT m.headers #>> ''{flow,key}'' AS key, '
+            '               count(*) FILTER (WHERE m.read_ct = 0 OR m.vt <= clock_timestamp()) '
+            '                   AS queued, '
+            '               count(*) FILTER (WHERE m.read_ct > 0 AND m.vt > clock_timestamp()) '
+            '                   AS held, '
+            '               (array_agg(m.headers -> ''flow'' ORDER BY m.msg_id DESC))[1] AS flow '
+            '          FROM pgmq.%I m WHERE m.headers ? ''flow'' GROUP BY 1) s '
+            '  LEFT JOIN swf.flow_keys k ON k.key = s.key '
+            ' ORDER BY s.queued + s.held DESC, s.key LIMIT $2', 'q_' || q.pgmq_name)
+          USING q.name, p_limit;
+    END LOOP;
+END $$;

@@ -67,3 +67,28 @@ def held_keys(repo: DatabaseHandle | None = None) -> list[HeldKey]:
     with db.single_statement() as conn:
         rows: list[Any] = conn.execute(QUERIES["held_keys"]).fetchall()
     return [HeldKey(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+@dataclass(frozen=True)
+class KeyStats:
+    """A flow key of a limited queue now: messages queued and deliveries held, the limits
+    its newest message carries, its hold and the tokens left in its bucket."""
+
+    queue: str
+    key: str
+    queued: int
+    held: int
+    rate: float | None
+    concurrency: int | None
+    held_until: dt.datetime | None
+    held_reason: str | None
+    tokens: float | None
+
+
+def key_stats(repo: DatabaseHandle | None = None, limit: int = 200) -> list[KeyStats]:
+    """The flow keys of every limited queue (busiest first, at most ``limit`` per queue);
+    the caller must be allowed to read the queues (a worker, an operator)."""
+    db = resolve(repo)
+    with db.single_statement() as conn:
+        rows: list[Any] = conn.execute(QUERIES["key_stats"], {"limit": limit}).fetchall()
+    return [KeyStats(*r) for r in rows]

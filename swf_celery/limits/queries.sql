@@ -18,10 +18,6 @@ SELECT key, held_until, held_reason, held_by FROM swf.flow_keys
  WHERE held_until > clock_timestamp()
  ORDER BY held_until, key;
 
--- name: flow_keys
--- Every key with state (a token bucket or a hold), with its queued and held deliveries per
--- limited queue (the console, the CLI).
-SELECT k.key, k.tokens, k.refilled_at, k.held_until, k.held_reason
-  FROM swf.flow_keys k
- ORDER BY k.key
- LIMIT %(limit)s;
+-- name: key_stats
+SELECT queue, key, queued, held, rate, concurrency, held_until, held_reason, tokens
+  FROM swf.flow_key_stats(%(limit)s);
