@@ -45,8 +45,10 @@ def _sql(url: str, query: str, params: Any = None) -> list[Any]:
 
 
 @contextlib.contextmanager
-def _workers(url: str, queue: str, n: int, concurrency: int) -> Iterator[list[Any]]:
-    env = {"SWF_BENCH_BROKER": broker_url(url), "SWF_BENCH_VT": str(VT)}
+def _workers(url: str, queue: str, n: int, concurrency: int,
+             poll: float = 0.2) -> Iterator[list[Any]]:
+    env = {"SWF_BENCH_BROKER": broker_url(url), "SWF_BENCH_VT": str(VT),
+           "SWF_BENCH_POLL": str(poll)}
     with contextlib.ExitStack() as stack:
         procs = [stack.enter_context(worker_process(APP, queues=[queue], env=env,
                                                     concurrency=concurrency,
@@ -194,6 +196,39 @@ def transactions(url: str) -> dict[str, float]:
             "rolled_back_ran": len(_done_at(url, "txr-"))}
 
 
+def _transactions(url: str) -> int:
+    return int(_sql(url, "SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                         "WHERE datname = current_database()")[0][0])
+
+
+def statements_per_task(url: str, n: int = 2000) -> dict[str, float]:
+    """Transactions (autocommit: statements) the consuming side runs per task, from
+    pg_stat_database: a worker (2 processes) already waiting, n tasks published, until the
+    queue is empty; publishes (one each) and this function's own polls subtracted."""
+    app = _app(url)
+    noop = app.tasks["bl.noop"]
+    out: dict[str, float] = {}
+    for label, queue, key in (("plain", "bl_stmt_plain", None),
+                              ("keyed", "bl_stmt_keyed", "api:free"),
+                              ("rate", "bl_stmt_rate", "api:fast")):
+        headers = {"swf_key": key} if key else {}
+        noop.apply_async(queue=queue, headers=headers)  # the queue, its mark, a first run
+        with _workers(url, queue, 1, 2, poll=30.0):
+            _wait(lambda q=queue: _sql(url, "SELECT swf.queue_size(%s)", [q])[0][0] == 0, 60)
+            time.sleep(3)
+            before = _transactions(url)
+            for _ in range(n):
+                noop.apply_async(queue=queue, headers=headers)
+            polls = 0
+            while _sql(url, "SELECT swf.queue_size(%s)", [queue])[0][0] > 0:
+                polls += 1
+                time.sleep(1)
+            time.sleep(3)  # acks written, statistics flushed
+            after = _transactions(url)
+        out[label] = (after - before - n - polls - 2) / n
+    return out
+
+
 def read_cost(url: str) -> dict[str, float]:
     """ms per read of one message (qty 1), plain vs limited, same table size and run."""
     from swf_celery.transport.storage import QueueStorage
@@ -234,6 +269,7 @@ def run(database_url: str) -> str:
     _sql(database_url, "DELETE FROM swf.idempotency_keys")
     _sql(database_url, "DELETE FROM swf.flow_keys")
     cost = read_cost(database_url)
+    stmts = statements_per_task(database_url)
     tx = transactions(database_url)
     idem = idempotent(database_url)
     conc = concurrency(database_url)
@@ -266,9 +302,12 @@ running at once (a killed task counted until its {VT:.0f} s visibility timeout);
 | cost: one read (qty 1) of a 5,000-message queue, median | plain \
 {cost['plain']:.2f} ms, limited {cost['limited']:.2f} ms |
 
-Statements per task are unchanged for a queue without limits: its publish is one INSERT and
-its read one statement (the read skips keyed messages with one more condition; the publish
-copies a missing `swf_flow` header as nothing). A limited queue's read is also one statement
-(`swf.queue_read_limited`), costing the difference above per read; a worker process re-reads
-which of its queues are limited once every 2 s.
+Statements per task on the consuming side (pg_stat_database transactions, all autocommit,
+2,000 no-op tasks, one worker of 2 processes, prefetch 1; publishes subtracted): queue without
+limits {stmts['plain']:.2f}, key without limits {stmts['keyed']:.2f}, key with a rate limit
+{stmts['rate']:.2f}. A queue without limits runs the same statements as before this change
+(one INSERT per publish, one read per batch with its acks folded in); its read only skips
+keyed messages with one more condition, and its publish reads one more header path. A
+limited queue's read is one statement too (`swf.queue_read_limited`), costing the difference
+above per read; a worker process re-reads which of its queues are limited once every 2 s.
 """

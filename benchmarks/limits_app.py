@@ -18,7 +18,8 @@ from swf_celery.db import normalize_dsn
 
 BROKER = os.environ.get("SWF_BENCH_BROKER", "swf://postgres@127.0.0.1:5432/postgres")
 #: Keys and their limits (tenant:big and api:free are keys without limits).
-LIMITS = {"api:limited": {"rate": "50/s"}, "tenant:capped": {"concurrency": 3}}
+LIMITS = {"api:limited": {"rate": "50/s"}, "tenant:capped": {"concurrency": 3},
+          "api:fast": {"rate": "100000/s"}}
 
 app = Celery("bench_limits", broker=BROKER, task_cls="swf_celery:Task")
 app.conf.update(
@@ -26,7 +27,8 @@ app.conf.update(
     broker_connection_retry_on_startup=True, worker_send_task_events=False,
     task_ignore_result=True, swf_flow_limits=LIMITS,
     broker_transport_options={"visibility_timeout": float(os.environ.get("SWF_BENCH_VT", "60")),
-                              "polling_interval": 0.2},
+                              "polling_interval": float(os.environ.get("SWF_BENCH_POLL",
+                                                                       "0.2"))},
 )
 _conn: psycopg.Connection | None = None
 
@@ -49,3 +51,8 @@ def hold(tag: str, seconds: float) -> None:
     _record(tag, "start")
     time.sleep(seconds)
     _record(tag, "done")
+
+
+@app.task(name="bl.noop")
+def noop() -> None:
+    """Nothing: the statements of a run are the broker's own."""

@@ -330,7 +330,9 @@ LANGUAGE sql STABLE AS $$
                          ELSE 0 END,
         'task_id', message #>> '{headers,id}',
         'root_id', message #>> '{headers,root_id}',
-        'flow', swf.flow_of(message)))
+        -- Only a message with the header swf_flow pays for reading it (limits.sql).
+        'flow', CASE WHEN message #> '{headers,swf_flow}' IS NOT NULL
+                     THEN swf.flow_of(message) END))
 $$;
 
 -- Enqueue a kombu message (the dict kombu's virtual Channel._put receives) on a queue named
