@@ -1048,9 +1048,10 @@ END $$;
 REVOKE EXECUTE ON FUNCTION swf.queue_read_limited(text, integer, double precision, bigint[],
                                                   integer[]) FROM PUBLIC;
 
--- Seconds until a limited queue may deliver (0: now; NULL: nothing queued it could deliver
--- on a clock; a key at its concurrency waits for an ack, found by the polling fallback): its
--- unkeyed messages, each key's hold, tokens and delayed messages.
+-- Seconds until a limited queue may deliver (0: now; NULL: nothing it could deliver on a
+-- clock; a key at its concurrency waits for an ack, found by the polling fallback): its
+-- unkeyed messages, and per key its earliest message (delayed, or held by a consumer until
+-- its visibility timeout ends), hold and tokens.
 CREATE OR REPLACE FUNCTION swf._queue_next_ready(q swf.queues) RETURNS double precision
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -1077,7 +1078,6 @@ BEGIN
         EXECUTE format('SELECT m.headers -> ''flow'', '
                        '       extract(epoch FROM m.vt - clock_timestamp()) FROM %s m '
                        ' WHERE m.headers ? ''flow'' AND (m.headers #>> ''{flow,key}'') = $1 '
-                       '   AND (m.read_ct = 0 OR m.vt <= clock_timestamp()) '
                        ' ORDER BY m.vt LIMIT 1', v_tbl)
            INTO v_flow, v_wait USING v_cur;
         CONTINUE WHEN v_flow IS NULL;
@@ -1102,5 +1102,5 @@ BEGIN
         v_min := least(coalesce(v_min, v_wait), v_wait);
         EXIT WHEN v_min <= 0;
     END LOOP;
-    RETURN greatest(v_min, 0);
+    RETURN CASE WHEN v_min IS NOT NULL THEN greatest(v_min, 0) END;  -- NULL: nothing queued
 END $$;
