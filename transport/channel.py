@@ -243,7 +243,7 @@ class Channel(virtual.Channel):
         try:
             if isinstance(headers, dict):
                 if isinstance(headers.get("swf_flow"), dict):
-                    self.connection.mark_limited(queue)
+                    self.connection.mark_limited(queue, joined)
                 once = idempotency(message)
                 if once is not None:
                     kind = "send_once"

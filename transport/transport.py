@@ -157,12 +157,21 @@ class Transport(virtual.Transport):
                     self._storages[name] = replace(cached, limited=name in marked)
         return self.storage(queue).limited
 
-    def mark_limited(self, queue: str) -> None:
-        """Mark ``queue`` as limited (before publishing its first message with a flow key)."""
+    def mark_limited(self, queue: str, joined: psycopg.Connection[Any] | None = None) -> None:
+        """Mark ``queue`` as limited (before publishing its first message with a flow key).
+
+        ``joined``: the caller's transaction (``swf.transaction``), which the mark joins (the
+        transaction may already hold the queue's table, which the mark's index needs); it is
+        cached only once committed elsewhere, as a rollback takes it back.
+        """
         storage = self.storage(queue)
-        if not storage.limited and not storage.transient:
-            self.pg_connection().execute(QUERIES["mark_limited"], {"queue": queue})
-            self._storages[queue] = replace(storage, limited=True)
+        if storage.limited or storage.transient:
+            return
+        if joined is not None:
+            joined.execute(QUERIES["mark_limited"], {"queue": queue})
+            return
+        self.pg_connection().execute(QUERIES["mark_limited"], {"queue": queue})
+        self._storages[queue] = replace(storage, limited=True)
 
     def pgmq_name(self, queue: str, expires_ms: int | None = None, *,
                   refresh: bool = False) -> str:

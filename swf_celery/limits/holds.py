@@ -8,6 +8,7 @@ outage of the API behind the key); other keys of the same queues go on. From ins
         raise self.retry(countdown=exc.retry_after)
 
 Workers (from inside tasks) and operators may hold and release keys; everyone reads them.
+Without ``repo``, the database is the current Celery app's (inside a task: the worker's).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from swf_celery.db import DatabaseHandle, load_queries, resolve
+from swf_celery.db import Database, DatabaseHandle, database_url, load_queries, resolve
 from swf_celery.errors import ArgumentError
 
 QUERIES = load_queries(__package__)
@@ -30,6 +31,18 @@ class HeldKey:
     until: dt.datetime
     reason: str | None
     by: str | None
+
+
+def _database(repo: DatabaseHandle | None) -> Database:
+    """``repo``, else the current Celery app's database (inside a task: the worker's), else
+    ``$SWF_DATABASE_URL`` or the embedded server."""
+    if repo is not None:
+        return resolve(repo)
+    from celery import _state
+
+    task = _state.get_current_task()
+    app = task.app if task is not None else _state.get_current_app()
+    return resolve(database_url(app=app).url)
 
 
 def _until(until: dt.datetime | dt.timedelta | float | int) -> dt.datetime:
@@ -51,19 +64,19 @@ def hold_key(key: str, until: dt.datetime | dt.timedelta | float | int, *,
     if not isinstance(key, str) or not key:
         raise ArgumentError(f"key must be a non-empty text, not {key!r}")
     when = _until(until)
-    result: dt.datetime = resolve(repo).fetch_value(
+    result: dt.datetime = _database(repo).fetch_value(
         QUERIES["hold_key"], {"key": key, "until": when, "reason": reason})
     return result
 
 
 def release_key(key: str, repo: DatabaseHandle | None = None) -> bool:
     """End ``key``'s hold now; False when it was not held."""
-    return bool(resolve(repo).fetch_value(QUERIES["release_key"], {"key": key}))
+    return bool(_database(repo).fetch_value(QUERIES["release_key"], {"key": key}))
 
 
 def held_keys(repo: DatabaseHandle | None = None) -> list[HeldKey]:
     """The keys held now, the soonest released first."""
-    db = resolve(repo)
+    db = _database(repo)
     with db.single_statement() as conn:
         rows: list[Any] = conn.execute(QUERIES["held_keys"]).fetchall()
     return [HeldKey(r[0], r[1], r[2], r[3]) for r in rows]
@@ -88,7 +101,7 @@ class KeyStats:
 def key_stats(repo: DatabaseHandle | None = None, limit: int = 200) -> list[KeyStats]:
     """The flow keys of every limited queue (busiest first, at most ``limit`` per queue);
     the caller must be allowed to read the queues (a worker, an operator)."""
-    db = resolve(repo)
+    db = _database(repo)
     with db.single_statement() as conn:
         rows: list[Any] = conn.execute(QUERIES["key_stats"], {"limit": limit}).fetchall()
     return [KeyStats(*r) for r in rows]

@@ -67,8 +67,7 @@ def make_app(broker: str) -> Celery:
             row = conn.execute("SELECT count(*) FROM task_runs WHERE phase = '429'").fetchone()
         if row is not None and row[0] == 0:
             record_run(tag, "429")
-            swf.hold_key("api:partner", until=2.0, reason="429 Retry-After: 2",
-                         repo=normalize_dsn(broker))
+            swf.hold_key("api:partner", until=2.0, reason="429 Retry-After: 2")
             raise self.retry(countdown=0)
         record_run(tag, "done")
         return tag
