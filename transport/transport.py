@@ -86,6 +86,7 @@ class Transport(virtual.Transport):
         self._keeper: VisibilityKeeper | None = None
         self._storages: dict[str, QueueStorage] = {}
         self._limited_checked = monotonic()
+        self._indexed: set[str] = set()
         self._statements: dict[tuple[str, str], sql.Composed] = {}
         #: Queues declared with x-expires; consuming them keeps them alive (see _touch).
         self.expiring: set[str] = set()
@@ -155,7 +156,13 @@ class Transport(virtual.Transport):
                 cached = self._storages.get(name)
                 if cached is not None and cached.limited != (name in marked):
                     self._storages[name] = replace(cached, limited=name in marked)
-        return self.storage(queue).limited
+        limited = self.storage(queue).limited
+        if limited and queue not in self._indexed:
+            # Once per consumer and queue: the indexes a mark made inside a transaction that
+            # had written to the queue could not create (swf.queue_mark_limited).
+            self._indexed.add(queue)
+            self.pg_connection().execute(QUERIES["mark_limited"], {"queue": queue})
+        return limited
 
     def mark_limited(self, queue: str, joined: psycopg.Connection[Any] | None = None) -> None:
         """Mark ``queue`` as limited (before publishing its first message with a flow key).

@@ -61,8 +61,11 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 -- Mark a durable queue as limited (its messages may carry flow keys): its consumers switch to
--- the limited read, and its table gets the indexes that read uses (created once, under a
--- short lock_timeout). Called by a publisher before its first message with a key.
+-- the limited read, and its table gets the indexes that read uses (under a short
+-- lock_timeout). Called by a publisher before its first message with a key, and by a
+-- consumer that finds a queue marked without its indexes: a mark made inside a transaction
+-- that already wrote to the queue cannot index it yet (its deferred wake-up trigger is
+-- pending), so it marks only; the limited read is correct without the indexes, only slower.
 CREATE OR REPLACE FUNCTION swf.queue_mark_limited(p_queue text) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
@@ -73,23 +76,29 @@ BEGIN
     IF q.storage <> 'pgmq' THEN
         RETURN false;  -- transient queues (replies, broadcasts) are never limited
     END IF;
-    IF q.limited THEN
+    v_tbl := 'q_' || q.pgmq_name;
+    IF q.limited AND to_regclass(format('pgmq.%I', v_tbl || '_free_idx')) IS NOT NULL THEN
         RETURN true;
     END IF;
-    v_tbl := 'q_' || q.pgmq_name;
     v_old_timeout := current_setting('lock_timeout');
-    PERFORM set_config('lock_timeout', swf._ddl_lock_timeout(), true);
-    EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON pgmq.%I '
-                   '((headers #>> ''{flow,key}''), msg_id) WHERE headers ? ''flow''',
-                   v_tbl || '_flow_idx', v_tbl);
-    EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON pgmq.%I '
-                   '((headers #>> ''{flow,key}''), vt) WHERE headers ? ''flow''',
-                   v_tbl || '_flow_vt_idx', v_tbl);
-    EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON pgmq.%I '
-                   '((coalesce((headers ->> ''priority'')::integer, 0)), msg_id) '
-                   'WHERE (headers ? ''flow'') IS NOT TRUE', v_tbl || '_free_idx', v_tbl);
+    BEGIN
+        PERFORM set_config('lock_timeout', swf._ddl_lock_timeout(), true);
+        EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON pgmq.%I '
+                       '((headers #>> ''{flow,key}''), msg_id) WHERE headers ? ''flow''',
+                       v_tbl || '_flow_idx', v_tbl);
+        EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON pgmq.%I '
+                       '((headers #>> ''{flow,key}''), vt) WHERE headers ? ''flow''',
+                       v_tbl || '_flow_vt_idx', v_tbl);
+        EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON pgmq.%I '
+                       '((coalesce((headers ->> ''priority'')::integer, 0)), msg_id) '
+                       'WHERE (headers ? ''flow'') IS NOT TRUE', v_tbl || '_free_idx', v_tbl);
+    EXCEPTION WHEN object_in_use OR lock_not_available THEN
+        RAISE NOTICE 'swf.queue_mark_limited: queue % is in use; its consumers index it', p_queue;
+    END;
     PERFORM set_config('lock_timeout', v_old_timeout, true);
-    UPDATE swf.queues SET limited = true WHERE id = q.id;
+    IF NOT q.limited THEN
+        UPDATE swf.queues SET limited = true WHERE id = q.id;
+    END IF;
     RETURN true;
 END $$;
 REVOKE EXECUTE ON FUNCTION swf.queue_mark_limited(text) FROM PUBLIC;

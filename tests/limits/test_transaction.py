@@ -170,3 +170,28 @@ def test_a_worker_runs_the_committed_tasks_only(client: Celery, db_url: str) -> 
 def _unused(*_: Any) -> None:
     steps.parse_options({}, where="x")
     definition.build("x", [])
+
+
+def test_a_first_keyed_publish_marks_its_queue_within_the_transaction(client: Celery,
+                                                                       db_url: str) -> None:
+    limited = "SELECT limited FROM swf.queues WHERE name = 'keyed'"
+    with psycopg.connect(pg_url(db_url)) as conn:
+        with swf.transaction(conn):
+            client.send_task("record", ["plain"], queue="keyed")  # holds the queue's table
+            client.send_task("record", ["k"], queue="keyed", headers={"swf_key": "tenant:1"})
+        conn.rollback()
+        assert sql_value(db_url, limited) is False
+        with swf.transaction(conn):
+            client.send_task("record", ["plain"], queue="keyed")
+            client.send_task("record", ["k"], queue="keyed", headers={"swf_key": "tenant:1"})
+        conn.commit()
+    assert sql_value(db_url, limited) is True and queue_size(db_url, "keyed") == 2
+    # Marked inside a transaction that had written to the queue: no indexes yet; its first
+    # consumer adds them, and delivers the message.
+    index = ("SELECT to_regclass('pgmq.q_' || pgmq_name || '_free_idx') IS NOT NULL "
+             "FROM swf.queues WHERE name = 'keyed'")
+    assert sql_value(db_url, index) is False
+    with start_worker(client, pool="threads", concurrency=1, perform_ping_check=False,
+                      loglevel="WARNING", shutdown_timeout=10, queues=["keyed"]):
+        wait_until(lambda: _count(db_url, "task_runs") == 2, timeout=30, what="both tasks")
+    assert sql_value(db_url, index) is True
