@@ -103,6 +103,18 @@ BEGIN
 END $$;
 REVOKE EXECUTE ON FUNCTION swf.queue_mark_limited(text) FROM PUBLIC;
 
+-- Wake the consumers idling armed on a limited queue (the protocol of swf._queue_wakeup):
+-- a key's slot came free (an ack) or its hold was released, which no insert announces.
+CREATE OR REPLACE FUNCTION swf._flow_wake(p_queue_id integer) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(swf._queue_lock_space(), p_queue_id);
+    UPDATE swf.queue_waiters SET waiting = false WHERE queue_id = p_queue_id AND waiting;
+    IF FOUND THEN
+        PERFORM swf.notify_hint('swfq_' || pgmq_name) FROM swf.queues WHERE id = p_queue_id;
+    END IF;
+END $$;
+
 -- Which of p_queues are limited (a consumer re-reads this every few seconds).
 CREATE OR REPLACE FUNCTION swf.queue_limited(p_queues text[]) RETURNS SETOF text
 LANGUAGE sql STABLE AS $$
@@ -141,7 +153,11 @@ BEGIN
     PERFORM swf._require_part('release a flow key', 'worker');
     UPDATE swf.flow_keys SET held_until = NULL, held_reason = NULL, held_by = NULL
      WHERE key = p_key AND held_until > clock_timestamp();
-    RETURN FOUND;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM swf._flow_wake(id) FROM swf.queues WHERE limited ORDER BY id;
+    RETURN true;
 END $$;
 REVOKE EXECUTE ON FUNCTION swf.release_key(text) FROM PUBLIC;
 

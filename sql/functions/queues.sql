@@ -931,6 +931,10 @@ BEGIN
             ' WHERE m.msg_id = d.msg_id AND m.read_ct = d.receipt '
             'RETURNING m.msg_id, NULL::integer, NULL::jsonb, NULL::integer', v_tbl)
           USING p_acks, p_receipts;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        IF v_n > 0 THEN  -- slots came free: a consumer idling on a full key may deliver now
+            PERFORM swf._flow_wake(q.id);
+        END IF;
     END IF;
     IF v_left = 0 THEN
         RETURN;
