@@ -26,6 +26,12 @@ TRANSPORT_ALIASES["swf"] = "swf_celery.transport:Transport"
 # (a bootstep added on Celery's celeryd_init signal; see swf_celery.ops.retention_worker).
 _retention_worker.connect()
 
+# Publishes get their flow keys and idempotency keys; workers on swf:// leave the rate limits
+# the broker enforces to the broker (swf_celery.limits).
+from swf_celery import limits as _limits  # noqa: E402
+
+_limits.connect()
+
 # Every Celery app gets the workflow step runner (and the timeout sweeper) when it is
 # finalised, so a worker whose app imports only swf_celery and its tasks runs steps.
 from swf_celery.workflows import registration as _registration  # noqa: E402,F401
@@ -33,9 +39,12 @@ from swf_celery.workflows import registration as _registration  # noqa: E402,F40
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from swf_celery.db.transaction import transaction
     from swf_celery.errors import WorkflowDefinitionError, WorkflowFailed, WorkflowTimeout
     from swf_celery.goals.decomposers import LLMDecomposer, RuleDecomposer
     from swf_celery.goals.orchestrator import GoalResult, Orchestrator, WorkflowComposer
+    from swf_celery.limits.holds import HeldKey, held_keys, hold_key, release_key
+    from swf_celery.limits.idempotency import Task
     from swf_celery.messaging.listen import Listener, Notification, alisten, listen, unlisten
     from swf_celery.messaging.send import (
         Message,
@@ -95,6 +104,13 @@ _LAZY = {
     "RunStatus": "swf_celery.workflows.lifecycle",
     "RunSummary": "swf_celery.workflows.lifecycle",
     "cancel_canvas": "swf_celery.ops.canvas",
+    # flow control, idempotent publish, the caller's transaction
+    "transaction": "swf_celery.db.transaction",
+    "hold_key": "swf_celery.limits.holds",
+    "release_key": "swf_celery.limits.holds",
+    "held_keys": "swf_celery.limits.holds",
+    "HeldKey": "swf_celery.limits.holds",
+    "Task": "swf_celery.limits.idempotency",
     # goals
     "Orchestrator": "swf_celery.goals.orchestrator",
     "WorkflowComposer": "swf_celery.goals.orchestrator",
@@ -135,6 +151,12 @@ __all__ = [
     "RunStatus",
     "RunSummary",
     "cancel_canvas",
+    "transaction",
+    "hold_key",
+    "release_key",
+    "held_keys",
+    "HeldKey",
+    "Task",
     "Orchestrator",
     "WorkflowComposer",
     "GoalResult",

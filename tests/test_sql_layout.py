@@ -11,7 +11,7 @@ _DEFINED = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+swf\.(\w+)\s*\("
 #: The broker's function files (sql/functions/): they may name only each other's objects,
 #: the privilege checks and the NOTIFY helpers every layer shares (privileges.sql,
 #: notifications.sql: as every Python layer uses db).
-BROKER_FILES = {"queues", "revokes"}
+BROKER_FILES = {"limits", "queues", "revokes"}
 SHARED_FILES = {"notifications", "privileges"}
 
 

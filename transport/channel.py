@@ -21,11 +21,13 @@ from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 
 from swf_celery.db import load_queries
+from swf_celery.db.transaction import current as current_transaction
 from swf_celery.errors import DatabaseUnavailable, MessageError, QueueNameError
 from swf_celery.transport import deliveries, revokes, transient
 from swf_celery.transport.deliveries import Delivery
 from swf_celery.transport.messages import (
     eta_delay,
+    idempotency,
     malformed,
     revoked_task_ids,
     storable_properties,
@@ -108,15 +110,19 @@ class Channel(virtual.Channel):
                 time.sleep(0.2 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    def _on_table(self, kind: str, queue: str, params: dict[str, Any]) -> Any:
+    def _on_table(self, kind: str, queue: str, params: dict[str, Any],
+                  joined: Any = None) -> Any:
         """Run statement ``kind`` of storage.sql on ``queue``'s messages.
 
         A durable queue dropped meanwhile is created again; a send to a transient queue that
         expired returns None: the message is dropped (the cached storage stays, so later
-        sends are dropped as well; a declaration asks the database again).
+        sends are dropped as well; a declaration asks the database again). ``joined``: the
+        caller's transaction (``swf.transaction``), where an error is the caller's to handle.
         """
-        conn = self._transport().pg_connection()
         params = {**params, "queue": queue}
+        if joined is not None:
+            return joined.execute(self.connection.statement(kind, queue), params)
+        conn = self._transport().pg_connection()
         try:
             return conn.execute(self.connection.statement(kind, queue), params)
         except pg_errors.UndefinedTable:
@@ -224,13 +230,27 @@ class Channel(virtual.Channel):
         return message
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        # Inside ``swf.transaction(conn)`` the message is a row of the caller's transaction
+        # (its own durability); the queue's bookkeeping stays on the broker's connection.
+        joined = current_transaction()
+        params: dict[str, Any] = {
+            "message": Jsonb(message),
+            "delay": eta_delay(message, self.options.eta_threshold),
+            "commit": None if joined is not None else
+            ("on" if self.options.durable_publish else "off")}
+        headers = message.get("headers")
+        kind = "send"
         try:
+            if isinstance(headers, dict):
+                if isinstance(headers.get("swf_flow"), dict):
+                    self.connection.mark_limited(queue, joined)
+                once = idempotency(message)
+                if once is not None:
+                    kind = "send_once"
+                    params.update(once)
             # Checks the name and creates a missing durable queue; a transient queue that
             # expired is not recreated (undefined_object): its message is dropped.
-            self._on_table("send", queue, {
-                "message": Jsonb(message),
-                "delay": eta_delay(message, self.options.eta_threshold),
-                "commit": "on" if self.options.durable_publish else "off"})
+            self._on_table(kind, queue, params, joined)
         except pg_errors.UndefinedObject:
             logger.debug("swf broker: queue %r expired; message dropped", queue)
 
@@ -320,7 +340,12 @@ class Channel(virtual.Channel):
         if not noack:
             acks, params["receipts"] = self._take_acks(queue)
             params["acks"] = acks
-        rows = self._on_table("pop" if noack else "read", queue, params).fetchall()
+        if not noack and self.connection.limited(queue):
+            params.setdefault("acks", [])
+            params.setdefault("receipts", [])
+            rows = self._execute("read_limited", {**params, "queue": queue}).fetchall()
+        else:
+            rows = self._on_table("pop" if noack else "read", queue, params).fetchall()
         # A read returns the acks it wrote as rows without a receipt.
         done = [r[0] for r in rows if r[1] is None]
         if done or acks:

@@ -5,6 +5,8 @@
 - :func:`revoked_task_ids` reads the task ids out of a pidbox ``revoke`` broadcast, so a
   revoke also deletes the task's queued message;
 - :func:`eta_delay` turns a message's ETA into the seconds PostgreSQL keeps it hidden;
+- :func:`idempotency` reads a message's idempotency key (header ``idempotency_key``), its
+  window and the task id that claims it;
 - :func:`storable_properties` leaves out the publish properties JSON cannot carry, which an
   AMQP transport leaves out too (it sends only the AMQP basic properties).
 """
@@ -20,6 +22,8 @@ from typing import Any
 _JSON_TYPES = ("application/json",)
 _BODY_ENCODINGS = (None, "", "utf-8", "UTF-8", "base64")
 _SCALARS = (str, int, bool, type(None))
+#: Seconds an idempotency key holds when the message names no window (a day).
+DEFAULT_IDEMPOTENCY_WINDOW = 86400.0
 
 
 def eta_delay(message: dict[str, Any], threshold: float) -> int:
@@ -119,3 +123,24 @@ def _json_value(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def idempotency(message: dict[str, Any]) -> dict[str, Any] | None:
+    """The parameters of a publish-once (``idempotency_key``, ``task_id``, ``window``) of a
+    message whose header ``idempotency_key`` is a non-empty text, else None.
+
+    The window is the header ``idempotency_window`` (seconds > 0), else a day. The id that
+    claims the key is the task id (Celery's header ``id``), else the correlation id.
+    """
+    headers = message.get("headers")
+    if not isinstance(headers, dict):
+        return None
+    key = headers.get("idempotency_key")
+    if not isinstance(key, str) or not key:
+        return None
+    window = headers.get("idempotency_window")
+    if not isinstance(window, int | float) or isinstance(window, bool) or window <= 0:
+        window = DEFAULT_IDEMPOTENCY_WINDOW
+    props = message.get("properties") or {}
+    task_id = headers.get("id") or props.get("correlation_id") or props.get("delivery_tag")
+    return {"idempotency_key": key, "task_id": str(task_id), "window": float(window)}

@@ -2,7 +2,7 @@
 -- (sql/functions/queues.sql) look up the pgmq table names in swf.queues.
 
 -- name: ensure
-SELECT pgmq_name, storage FROM swf.queue_ensure(%(queue)s, %(expires_ms)s);
+SELECT pgmq_name, storage, limited FROM swf.queue_ensure(%(queue)s, %(expires_ms)s);
 
 -- name: has_queue
 SELECT EXISTS (SELECT 1 FROM swf.queues WHERE name = %(queue)s);
@@ -54,3 +54,19 @@ SELECT set_config('synchronous_commit', 'off', false);
 -- name: touch
 -- Returns the queues still there: a consumed queue missing here expired meanwhile.
 SELECT swf.queue_touch(%(queues)s);
+
+-- == Flow control (sql/functions/limits.sql; the read: sql/functions/queues.sql).
+
+-- name: read_limited
+-- As storage.sql's read, for a queue whose messages carry flow keys.
+SELECT msg_id, read_ct, message, priority
+  FROM swf.queue_read_limited(%(queue)s, %(qty)s, %(vt)s, %(acks)s, %(receipts)s);
+
+-- name: mark_limited
+SELECT swf.queue_mark_limited(%(queue)s);
+
+-- name: limited
+SELECT swf.queue_limited(%(queues)s);
+
+-- name: claim
+SELECT swf.idempotency_claim(%(scope)s, %(key)s, %(id)s, %(window)s);

@@ -21,10 +21,10 @@ from swf_celery.transport.names import queue_table
 
 STATEMENTS = load_queries("swf_celery.transport", "storage.sql")
 #: The statements of storage.sql that run on a queue's messages.
-KINDS = ("read", "pop", "delete", "send")
+KINDS = ("read", "pop", "delete", "send", "send_once")
 #: The storages ``swf.queues.storage`` names.
 STORAGES = ("pgmq", "transient")
-_FRAGMENTS = ("key", "order", "priority", "columns", "values")
+_FRAGMENTS = ("key", "order", "priority", "columns", "values", "free")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class QueueStorage:
     queue: str
     pgmq_name: str
     kind: str
+    #: Its messages may carry flow keys: read by ``swf.queue_read_limited``.
+    limited: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in STORAGES:

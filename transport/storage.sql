@@ -7,6 +7,8 @@
 --   {key}         the condition selecting the queue's rows (a fragment below);
 --   {order}       the read order's priority, as each table's index has it;
 --   {priority}    that priority as an integer, returned with each message;
+--   {free}        the condition of messages without a flow key (a durable queue's keyed
+--                 messages are delivered only by swf.queue_read_limited, never here);
 --   {columns} {values}  the key columns a send fills in.
 -- Values are parameters; channel.py drops messages over max_deliveries after reading.
 
@@ -24,7 +26,7 @@ WITH acked AS (
     RETURNING m.msg_id),
 picked AS (
     SELECT m.msg_id FROM {table} m
-     WHERE {key} AND m.vt <= clock_timestamp()
+     WHERE {key} AND m.vt <= clock_timestamp() AND {free}
      ORDER BY {order}, m.msg_id
      LIMIT %(qty)s
        FOR UPDATE SKIP LOCKED),
@@ -43,7 +45,7 @@ SELECT msg_id, NULL, NULL, NULL FROM acked;
 -- name: pop
 WITH picked AS (
     SELECT m.msg_id FROM {table} m
-     WHERE {key} AND m.vt <= clock_timestamp()
+     WHERE {key} AND m.vt <= clock_timestamp() AND {free}
      ORDER BY {order}, m.msg_id
      LIMIT %(qty)s
        FOR UPDATE SKIP LOCKED)
@@ -60,15 +62,35 @@ DELETE FROM {table} m
 RETURNING m.msg_id;
 
 -- name: send
+-- %(commit)s: the publish's synchronous_commit; NULL inside a caller's transaction (see
+-- swf_celery.db.transaction), which keeps its own.
 -- A transient queue that expired meanwhile has no swf.queues row: the foreign key refuses
 -- the row and the transport drops the message (as Redis does for a fanout queue nobody
 -- consumes). No RETURNING: a client may publish, not read back.
-WITH durability AS (SELECT set_config('synchronous_commit', %(commit)s, true)),
+WITH durability AS (SELECT set_config('synchronous_commit',
+                                      coalesce(%(commit)s, current_setting('synchronous_commit')),
+                                      true)),
      msg AS (SELECT %(message)s::jsonb AS message),
      hdr AS (SELECT msg.message, swf.queue_headers(msg.message) AS headers FROM msg)
 INSERT INTO {table} ({columns}vt, message, headers)
 SELECT {values}clock_timestamp() + make_interval(secs => %(delay)s), hdr.message, hdr.headers
   FROM hdr, durability;
+
+-- name: send_once
+-- As send, for a message with an idempotency key: the key is claimed for the message's task
+-- id in the same statement, and the message is stored only when that id holds the key (the
+-- first publish within the window, or a claim this transaction made already).
+WITH durability AS (SELECT set_config('synchronous_commit',
+                                      coalesce(%(commit)s, current_setting('synchronous_commit')),
+                                      true)),
+     msg AS (SELECT %(message)s::jsonb AS message),
+     hdr AS (SELECT msg.message, swf.queue_headers(msg.message) AS headers FROM msg),
+     claim AS (SELECT swf.idempotency_claim('task', %(idempotency_key)s, %(task_id)s,
+                                            %(window)s) AS holder)
+INSERT INTO {table} ({columns}vt, message, headers)
+SELECT {values}clock_timestamp() + make_interval(secs => %(delay)s), hdr.message, hdr.headers
+  FROM hdr, durability, claim
+ WHERE claim.holder = %(task_id)s;
 
 -- Fragments of each storage.
 
@@ -80,6 +102,9 @@ TRUE
 
 -- name: pgmq_priority
 coalesce((m.headers ->> 'priority')::integer, 0)
+
+-- name: pgmq_free
+(m.headers ? 'flow') IS NOT TRUE
 
 -- name: pgmq_columns
 
@@ -93,6 +118,9 @@ m.priority
 
 -- name: transient_priority
 m.priority::integer
+
+-- name: transient_free
+TRUE
 
 -- name: transient_columns
 queue, priority, 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from dataclasses import replace
 from queue import Empty
 from time import monotonic
 from typing import Any
@@ -40,6 +41,8 @@ QUERIES = load_queries("swf_celery.transport")
 DEFAULT_PORT = 5432
 #: Queues whose names and statements are cached per transport (reply queues come and go).
 _CACHE_LIMIT = 1000
+#: Seconds between a consumer's re-reads of which consumed queues are limited.
+LIMITED_RECHECK = 2.0
 
 
 class Transport(virtual.Transport):
@@ -82,6 +85,8 @@ class Transport(virtual.Transport):
         self._wakeup: Wakeup | None = None
         self._keeper: VisibilityKeeper | None = None
         self._storages: dict[str, QueueStorage] = {}
+        self._limited_checked = monotonic()
+        self._indexed: set[str] = set()
         self._statements: dict[tuple[str, str], sql.Composed] = {}
         #: Queues declared with x-expires; consuming them keeps them alive (see _touch).
         self.expiring: set[str] = set()
@@ -122,15 +127,58 @@ class Transport(virtual.Transport):
         found = None if refresh else self._storages.get(queue)
         if found is None:
             check_queue_name(queue)
-            pgmq_name, kind = self.pg_connection().execute(  # type: ignore[misc]
+            pgmq_name, kind, limited = self.pg_connection().execute(  # type: ignore[misc]
                 QUERIES["ensure"], {"queue": queue, "expires_ms": expires_ms}).fetchone()
             if len(self._storages) >= _CACHE_LIMIT:
                 self._storages.clear()
                 self._statements.clear()
             if refresh:
                 self.forget_queue(queue)
-            found = self._storages[queue] = QueueStorage(queue, str(pgmq_name), str(kind))
+            found = self._storages[queue] = QueueStorage(queue, str(pgmq_name), str(kind),
+                                                         bool(limited))
         return found
+
+    def limited(self, queue: str) -> bool:
+        """Whether ``queue``'s messages may carry flow keys (read by the limited read).
+
+        A queue becomes limited when a publisher first sends it a message with a key
+        (``swf.queue_mark_limited``); consumers re-read the marks of the queues they consume
+        every :data:`LIMITED_RECHECK` seconds (one statement per process, not per read).
+        Until then the plain read skips keyed messages, so none is delivered unlimited.
+        """
+        now = monotonic()
+        if now - self._limited_checked > LIMITED_RECHECK:
+            self._limited_checked = now
+            queues = self.consumed() or [queue]
+            rows = self.pg_connection().execute(QUERIES["limited"], {"queues": queues})
+            marked = {str(r[0]) for r in rows}
+            for name in queues:
+                cached = self._storages.get(name)
+                if cached is not None and cached.limited != (name in marked):
+                    self._storages[name] = replace(cached, limited=name in marked)
+        limited = self.storage(queue).limited
+        if limited and queue not in self._indexed:
+            # Once per consumer and queue: the indexes a mark made inside a transaction that
+            # had written to the queue could not create (swf.queue_mark_limited).
+            self._indexed.add(queue)
+            self.pg_connection().execute(QUERIES["mark_limited"], {"queue": queue})
+        return limited
+
+    def mark_limited(self, queue: str, joined: psycopg.Connection[Any] | None = None) -> None:
+        """Mark ``queue`` as limited (before publishing its first message with a flow key).
+
+        ``joined``: the caller's transaction (``swf.transaction``), which the mark joins (the
+        transaction may already hold the queue's table, which the mark's index needs); it is
+        cached only once committed elsewhere, as a rollback takes it back.
+        """
+        storage = self.storage(queue)
+        if storage.limited or storage.transient:
+            return
+        if joined is not None:
+            joined.execute(QUERIES["mark_limited"], {"queue": queue})
+            return
+        self.pg_connection().execute(QUERIES["mark_limited"], {"queue": queue})
+        self._storages[queue] = replace(storage, limited=True)
 
     def pgmq_name(self, queue: str, expires_ms: int | None = None, *,
                   refresh: bool = False) -> str:

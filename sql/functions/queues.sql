@@ -112,9 +112,9 @@ BEGIN
     RETURN NULL;
 END $$;
 
--- Wake the consumers waiting on queue p_id as a new message does (see the header), for a
--- message visible again (a requeue): a consumer of another worker idles armed, and no
--- insert fires the trigger.
+-- Wake the consumers waiting on queue p_id as a new message does (see the header), where no
+-- insert fires the trigger: a message visible again (a requeue), a key's slot come free (an
+-- ack on a limited queue) or its hold released (sql/functions/limits.sql).
 CREATE OR REPLACE FUNCTION swf._queue_wake(p_id integer) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 BEGIN
@@ -343,7 +343,10 @@ LANGUAGE sql STABLE AS $$
                          THEN greatest(0, least(9, floor((message #>> '{properties,priority}')::numeric)))::integer
                          ELSE 0 END,
         'task_id', message #>> '{headers,id}',
-        'root_id', message #>> '{headers,root_id}'))
+        'root_id', message #>> '{headers,root_id}',
+        -- Only a message with the header swf_flow pays for reading it (limits.sql).
+        'flow', CASE WHEN message #> '{headers,swf_flow}' IS NOT NULL
+                     THEN swf.flow_of(message) END))
 $$;
 
 -- Enqueue a kombu message (the dict kombu's virtual Channel._put receives) on a queue named
@@ -384,6 +387,9 @@ BEGIN
                            jsonb_build_object('exchange', '', 'routing_key', queue_send.queue));
     END IF;
     v_headers := swf.queue_headers(v_msg);
+    IF v_headers ? 'flow' AND NOT q.limited AND q.storage = 'pgmq' THEN
+        PERFORM swf.queue_mark_limited(q.name);
+    END IF;
     IF q.storage = 'transient' THEN
         INSERT INTO swf.transient_messages (queue, priority, vt, message, headers)
         VALUES (q.name, (v_headers ->> 'priority')::smallint,
@@ -426,8 +432,12 @@ DECLARE
 BEGIN
     FOR q IN SELECT * FROM swf.queues WHERE name = ANY (p_queues) LOOP
         SELECT * INTO s FROM swf._queue_storage(q);
-        EXECUTE format('SELECT extract(epoch FROM min(m.vt) - clock_timestamp()) FROM %s m '
-                       'WHERE %s', s.tbl, s.filter) INTO v_next;
+        IF q.limited AND q.storage = 'pgmq' THEN
+            v_next := swf._queue_next_ready(q);
+        ELSE
+            EXECUTE format('SELECT extract(epoch FROM min(m.vt) - clock_timestamp()) FROM %s m '
+                           'WHERE %s', s.tbl, s.filter) INTO v_next;
+        END IF;
         IF v_next IS NOT NULL THEN
             v_min := greatest(0, least(coalesce(v_min, v_next), v_next));
         END IF;
@@ -865,3 +875,253 @@ BEGIN
     RETURN n;
 END $$;
 REVOKE EXECUTE ON FUNCTION swf.queue_purge_dead_letters(text, bigint[]) FROM PUBLIC;
+
+-- == Flow control: the read of a limited queue (see sql/functions/limits.sql) ==============
+--
+-- A queue marked limited (swf.queue_mark_limited: one of its messages carries a flow key) is
+-- read here instead of by the plain read of transport/storage.sql, which skips keyed messages
+-- (so a consumer that has not yet seen the mark never delivers one unlimited). The keys of
+-- the queue, and its messages without a key as one more participant ('' in the ring, before
+-- every key), take turns: the read walks the ring from where the last read stopped
+-- (swf.flow_turns), gives each participant that may deliver now its allowance (not held;
+-- tokens left; fewer deliveries held than its concurrency), then hands out p_qty deliveries
+-- one per participant per round. A key that may not deliver is not read at all: its
+-- messages stay queued, untouched, and swf._queue_next_ready tells an idle consumer when to
+-- look again. Keys another reader is serving right now (its advisory try-lock) are skipped,
+-- so concurrent readers never wait on each other, and a key's count of held deliveries is
+-- read under that lock, after the previous reader's commit.
+
+-- The next participant of a limited queue's ring after p_cur ('' : the unkeyed messages;
+-- NULL: before the start), wrapping to '' after the last key.
+CREATE OR REPLACE FUNCTION swf._flow_next_key(p_tbl text, p_cur text) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_key text;
+BEGIN
+    IF p_cur IS NULL THEN
+        RETURN '';
+    END IF;
+    EXECUTE format('SELECT min(m.headers #>> ''{flow,key}'') FROM %s m '
+                   ' WHERE m.headers ? ''flow'' AND (m.headers #>> ''{flow,key}'') > $1', p_tbl)
+       INTO v_key USING p_cur;
+    RETURN coalesce(v_key, '');
+END $$;
+
+CREATE OR REPLACE FUNCTION swf.queue_read_limited(p_queue text, p_qty integer,
+                                                  p_vt double precision,
+                                                  p_acks bigint[] DEFAULT '{}',
+                                                  p_receipts integer[] DEFAULT '{}')
+RETURNS TABLE (msg_id bigint, read_ct integer, message jsonb, priority integer)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+DECLARE
+    q swf.queues := swf._queue_get(p_queue);
+    v_tbl text;
+    v_start text;
+    v_cur text;
+    v_first text;
+    v_flow jsonb;
+    v_state swf.flow_keys;
+    v_allow integer;
+    v_held integer;
+    v_tokens double precision;
+    v_keys text[] := '{}';
+    v_allows integer[] := '{}';
+    v_rates double precision[] := '{}';
+    v_bursts double precision[] := '{}';
+    v_takes integer[];
+    v_left integer := greatest(p_qty, 0);
+    v_last integer;
+    v_given boolean;
+    v_scanned integer := 0;
+    v_n integer;
+    i integer;
+BEGIN
+    PERFORM swf._require_part('read a queue', 'worker');
+    IF q.id IS NULL OR q.storage <> 'pgmq' THEN
+        RETURN;
+    END IF;
+    v_tbl := format('pgmq.%I', 'q_' || q.pgmq_name);
+    -- The acks pending on this queue (as the plain read does: rows without a receipt).
+    IF cardinality(p_acks) > 0 THEN
+        RETURN QUERY EXECUTE format(
+            'DELETE FROM %s m USING unnest($1::bigint[], $2::integer[]) AS d(msg_id, receipt) '
+            ' WHERE m.msg_id = d.msg_id AND m.read_ct = d.receipt '
+            'RETURNING m.msg_id, NULL::integer, NULL::jsonb, NULL::integer', v_tbl)
+          USING p_acks, p_receipts;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        IF v_n > 0 THEN  -- slots came free: a consumer idling on a full key may deliver now
+            PERFORM swf._queue_wake(q.id);
+        END IF;
+    END IF;
+    IF v_left = 0 THEN
+        RETURN;
+    END IF;
+    SELECT t.last_key INTO v_start FROM swf.flow_turns t WHERE t.queue_id = q.id;
+    v_cur := v_start;
+    LOOP
+        v_cur := swf._flow_next_key(v_tbl, v_cur);
+        EXIT WHEN v_cur = v_first;  -- the whole ring seen
+        v_first := coalesce(v_first, v_cur);
+        v_scanned := v_scanned + 1;
+        EXIT WHEN v_scanned > swf._flow_scan_limit();
+        IF v_cur = '' THEN
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s m WHERE (m.headers ? ''flow'') IS NOT TRUE '
+                           '                 AND m.vt <= clock_timestamp())', v_tbl)
+               INTO v_given;
+            CONTINUE WHEN NOT v_given;
+            v_keys := v_keys || ''::text;
+            v_allows := v_allows || v_left;
+            v_rates := v_rates || NULL::double precision;
+            v_bursts := v_bursts || NULL::double precision;
+        ELSE
+            -- The key's oldest visible message carries the limits it is read under.
+            EXECUTE format('SELECT m.headers -> ''flow'' FROM %s m '
+                           ' WHERE m.headers ? ''flow'' AND (m.headers #>> ''{flow,key}'') = $1 '
+                           '   AND m.vt <= clock_timestamp() ORDER BY m.msg_id LIMIT 1', v_tbl)
+               INTO v_flow USING v_cur;
+            CONTINUE WHEN v_flow IS NULL;
+            CONTINUE WHEN NOT pg_try_advisory_xact_lock(swf._flow_lock_space(), hashtext(v_cur));
+            SELECT * INTO v_state FROM swf.flow_keys k WHERE k.key = v_cur;
+            CONTINUE WHEN v_state.held_until > clock_timestamp();
+            v_allow := v_left;
+            IF v_flow ? 'concurrency' THEN
+                EXECUTE format('SELECT count(*) FROM %s m WHERE m.headers ? ''flow'' '
+                               '   AND (m.headers #>> ''{flow,key}'') = $1 '
+                               '   AND m.vt > clock_timestamp() AND m.read_ct > 0', v_tbl)
+                   INTO v_held USING v_cur;
+                v_allow := least(v_allow, (v_flow ->> 'concurrency')::integer - v_held);
+            END IF;
+            IF v_flow ? 'rate' THEN
+                v_tokens := swf._flow_tokens(v_state, (v_flow ->> 'rate')::double precision,
+                                             swf._flow_burst(v_flow));
+                v_allow := least(v_allow, floor(v_tokens)::integer);
+            END IF;
+            CONTINUE WHEN v_allow < 1;
+            v_keys := v_keys || v_cur;
+            v_allows := v_allows || v_allow;
+            v_rates := v_rates || (v_flow ->> 'rate')::double precision;
+            v_bursts := v_bursts || CASE WHEN v_flow ? 'rate' THEN swf._flow_burst(v_flow) END;
+        END IF;
+        EXIT WHEN cardinality(v_keys) >= v_left;  -- one turn each is all this read gives
+    END LOOP;
+    IF cardinality(v_keys) = 0 THEN
+        RETURN;
+    END IF;
+    -- Turns: one delivery per participant per round, while deliveries are left.
+    v_takes := array_fill(0, ARRAY[cardinality(v_keys)]);
+    LOOP
+        v_given := false;
+        FOR i IN 1 .. cardinality(v_keys) LOOP
+            EXIT WHEN v_left = 0;
+            IF v_takes[i] < v_allows[i] THEN
+                v_takes[i] := v_takes[i] + 1;
+                v_left := v_left - 1;
+                v_last := i;
+                v_given := true;
+            END IF;
+        END LOOP;
+        EXIT WHEN v_left = 0 OR NOT v_given;
+    END LOOP;
+    FOR i IN 1 .. cardinality(v_keys) LOOP
+        CONTINUE WHEN v_takes[i] = 0;
+        IF v_keys[i] = '' THEN
+            RETURN QUERY EXECUTE format(
+                'WITH picked AS ('
+                '  SELECT m.msg_id FROM %1$s m '
+                '   WHERE (m.headers ? ''flow'') IS NOT TRUE AND m.vt <= clock_timestamp() '
+                '   ORDER BY coalesce((m.headers ->> ''priority'')::integer, 0), m.msg_id '
+                '   LIMIT $2 FOR UPDATE SKIP LOCKED) '
+                'UPDATE %1$s m SET vt = clock_timestamp() + make_interval(secs => $3), '
+                '       read_ct = m.read_ct + 1, last_read_at = clock_timestamp() '
+                '  FROM picked WHERE m.msg_id = picked.msg_id '
+                'RETURNING m.msg_id, m.read_ct, m.message, '
+                '          coalesce((m.headers ->> ''priority'')::integer, 0)', v_tbl)
+              USING v_keys[i], v_takes[i], p_vt;
+            CONTINUE;
+        END IF;
+        RETURN QUERY EXECUTE format(
+            'WITH picked AS ('
+            '  SELECT m.msg_id FROM %1$s m '
+            '   WHERE m.headers ? ''flow'' AND (m.headers #>> ''{flow,key}'') = $1 '
+            '     AND m.vt <= clock_timestamp() '
+            '   ORDER BY m.msg_id LIMIT $2 FOR UPDATE SKIP LOCKED) '
+            'UPDATE %1$s m SET vt = clock_timestamp() + make_interval(secs => $3), '
+            '       read_ct = m.read_ct + 1, last_read_at = clock_timestamp() '
+            '  FROM picked WHERE m.msg_id = picked.msg_id '
+            'RETURNING m.msg_id, m.read_ct, m.message, '
+            '          coalesce((m.headers ->> ''priority'')::integer, 0)', v_tbl)
+          USING v_keys[i], v_takes[i], p_vt;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        IF v_rates[i] IS NOT NULL AND v_n > 0 THEN
+            SELECT * INTO v_state FROM swf.flow_keys k WHERE k.key = v_keys[i];
+            INSERT INTO swf.flow_keys AS k (key, tokens, refilled_at)
+            VALUES (v_keys[i], swf._flow_tokens(v_state, v_rates[i], v_bursts[i]) - v_n,
+                    clock_timestamp())
+            ON CONFLICT (key) DO UPDATE SET tokens = EXCLUDED.tokens,
+                                            refilled_at = EXCLUDED.refilled_at;
+        END IF;
+    END LOOP;
+    IF v_last IS NOT NULL THEN
+        INSERT INTO swf.flow_turns AS t (queue_id, last_key) VALUES (q.id, v_keys[v_last])
+        ON CONFLICT (queue_id) DO UPDATE SET last_key = EXCLUDED.last_key;
+    END IF;
+END $$;
+REVOKE EXECUTE ON FUNCTION swf.queue_read_limited(text, integer, double precision, bigint[],
+                                                  integer[]) FROM PUBLIC;
+
+-- Seconds until a limited queue may deliver (0: now; NULL: nothing it could deliver on a
+-- clock; a key at its concurrency waits for an ack, found by the polling fallback): its
+-- unkeyed messages, and per key its earliest message (delayed, or held by a consumer until
+-- its visibility timeout ends), hold and tokens.
+CREATE OR REPLACE FUNCTION swf._queue_next_ready(q swf.queues) RETURNS double precision
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_tbl text := format('pgmq.%I', 'q_' || q.pgmq_name);
+    v_cur text;
+    v_first text;
+    v_flow jsonb;
+    v_state swf.flow_keys;
+    v_wait double precision;
+    v_min double precision;
+    v_held integer;
+    v_scanned integer := 0;
+BEGIN
+    EXECUTE format('SELECT extract(epoch FROM min(m.vt) - clock_timestamp()) FROM %s m '
+                   ' WHERE (m.headers ? ''flow'') IS NOT TRUE', v_tbl) INTO v_min;
+    IF v_min <= 0 THEN
+        RETURN 0;
+    END IF;
+    v_cur := '';
+    LOOP
+        v_cur := swf._flow_next_key(v_tbl, v_cur);
+        EXIT WHEN v_cur = '' OR v_scanned >= swf._flow_scan_limit();
+        v_scanned := v_scanned + 1;
+        EXECUTE format('SELECT m.headers -> ''flow'', '
+                       '       extract(epoch FROM m.vt - clock_timestamp()) FROM %s m '
+                       ' WHERE m.headers ? ''flow'' AND (m.headers #>> ''{flow,key}'') = $1 '
+                       ' ORDER BY m.vt LIMIT 1', v_tbl)
+           INTO v_flow, v_wait USING v_cur;
+        CONTINUE WHEN v_flow IS NULL;
+        v_wait := greatest(v_wait, 0);
+        SELECT * INTO v_state FROM swf.flow_keys k WHERE k.key = v_cur;
+        IF v_state.held_until > clock_timestamp() THEN
+            v_wait := greatest(v_wait, extract(epoch FROM v_state.held_until - clock_timestamp()));
+        END IF;
+        IF v_flow ? 'rate' THEN
+            v_wait := greatest(v_wait, (1 - swf._flow_tokens(v_state,
+                                              (v_flow ->> 'rate')::double precision,
+                                              swf._flow_burst(v_flow)))
+                                       / (v_flow ->> 'rate')::double precision);
+        END IF;
+        IF v_flow ? 'concurrency' THEN
+            EXECUTE format('SELECT count(*) FROM %s m WHERE m.headers ? ''flow'' '
+                           '   AND (m.headers #>> ''{flow,key}'') = $1 '
+                           '   AND m.vt > clock_timestamp() AND m.read_ct > 0', v_tbl)
+               INTO v_held USING v_cur;
+            CONTINUE WHEN v_held >= (v_flow ->> 'concurrency')::integer;
+        END IF;
+        v_min := least(coalesce(v_min, v_wait), v_wait);
+        EXIT WHEN v_min <= 0;
+    END LOOP;
+    RETURN CASE WHEN v_min IS NOT NULL THEN greatest(v_min, 0) END;  -- NULL: nothing queued
+END $$;

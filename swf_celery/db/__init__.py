@@ -9,6 +9,8 @@
 - :func:`translate_errors` (:mod:`.errors`) maps the rest of psycopg's errors to the
   :class:`~swf_celery.errors.SwfError` tree, once; :func:`retry_unavailable` rides out a
   restart;
+- :func:`.transaction.transaction` makes the library's writes part of a caller's
+  transaction (``with swf.transaction(conn):``);
 - :func:`load_queries` (:mod:`.queries`) reads the named SQL blocks of a ``.sql`` file;
 - :class:`~.listening.ListenConnection` (:mod:`.listening`) is the one LISTEN plumbing
   every listener of the library uses, and :func:`notification_health`

@@ -37,6 +37,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from swf_celery.db.errors import ErrorMap, translate_errors
 from swf_celery.db.notifications import log_skips
 from swf_celery.db.queries import load_queries
+from swf_celery.db.transaction import current as joined_transaction
 from swf_celery.db.urls import database_url, normalize_dsn, redact, split_listen_url
 from swf_celery.errors import ConfigurationError
 
@@ -105,11 +106,20 @@ class Database:
                    ) -> Iterator[psycopg.Connection[Any]]:
         """Borrow a connection; commit on success, roll back on error, errors translated.
 
+        Inside ``swf.transaction(conn)`` (:mod:`.transaction`) it is that connection, left
+        in its transaction (the caller commits).
+
         ``timeout``: most seconds to wait for a pooled connection (the pool's default, 30,
         when None); waiting out a database restart happens here. ``errors`` maps psycopg
         error classes (SQLSTATEs a stored function raises) to the caller's own errors,
         before the shared map of :func:`~.errors.translate_errors` applies.
         """
+        joined = joined_transaction()
+        if joined is not None:
+            # Inside ``swf.transaction(conn)``: the caller's transaction, committed by it.
+            with translate_errors(errors):
+                yield joined
+            return
         with translate_errors(errors):
             if self._engine is not None:
                 raw = self._engine.raw_connection()
@@ -148,7 +158,7 @@ class Database:
         goes back to the pool in the mode it came in.
         """
         with self.connection(timeout=timeout, errors=errors) as conn:
-            switch = (not conn.autocommit
+            switch = (not conn.autocommit and conn is not joined_transaction()
                       and conn.info.transaction_status == pq.TransactionStatus.IDLE)
             if switch:
                 conn.autocommit = True

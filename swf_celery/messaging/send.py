@@ -38,6 +38,7 @@ from swf_celery.db import (
     resolve,
     translate_errors,
 )
+from swf_celery.db.transaction import current as current_transaction
 from swf_celery.errors import (
     ArgumentError,
     ChannelNameError,
@@ -85,7 +86,8 @@ def send_with_notify(
     The message goes into the channel's pgmq queue (created on first use) and a NOTIFY
     carrying its id is sent in the same transaction. ``repo`` may also be an open psycopg
     connection: the message and its NOTIFY then join that connection's current
-    transaction and commit or roll back with the caller's own writes (an outbox).
+    transaction and commit or roll back with the caller's own writes (an outbox), as they
+    do inside ``with swf.transaction(conn):``.
     Raises :class:`ChannelNameError` for an invalid or reserved channel and
     :class:`PayloadError` when ``message`` is not JSON.
     """
@@ -100,6 +102,9 @@ def send_with_notify(
     def send(conn: psycopg.Connection[Any]) -> int:
         return int(conn.execute(query, params).fetchone()[0])  # type: ignore[index]
 
+    joined = current_transaction()
+    if joined is not None:  # inside swf.transaction(conn): that transaction's outbox
+        repo = joined
     if isinstance(repo, psycopg.Connection):
         # Not cached: the queue may be created inside this very transaction, which the
         # caller may still roll back.

@@ -35,8 +35,10 @@ GRANT SELECT ON swf.queues, swf.queue_bindings, swf.channels TO {role};  -- rout
 GRANT SELECT ON swf.flows, swf.flow_steps, swf.runs, swf.step_states, swf.step_tasks
     TO {role};  -- watching runs
 GRANT USAGE, SELECT ON SEQUENCE swf.notify_skips TO {role};  -- NOTIFYs skipped, and reading that
+GRANT SELECT ON swf.flow_keys TO {role};  -- flow keys and their holds (the console, the CLI)
 
--- swf.queue_waiters and swf.roles are written only by the functions (wake-ups, grants);
+-- swf.queue_waiters, swf.roles, swf.flow_turns and swf.idempotency_keys are written only by
+-- the functions (wake-ups, grants, the limited read, idempotent publish);
 -- the operator reads them with every other table.
 
 -- name: worker

@@ -21,8 +21,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
+
 from swf_celery.db import Database, DatabaseHandle, resolve
 from swf_celery.errors import ArgumentError, SwfError, WorkflowFailed, WorkflowTimeout
+from swf_celery.limits.idempotency import DEFAULT_WINDOW, claim, once
 from swf_celery.ops.canvas import revoke_tasks
 from swf_celery.workflows import coordinator, definition, flows
 from swf_celery.workflows.local_runner import (
@@ -53,29 +56,48 @@ class Executor:
                 timeout: int | None = DEFAULT_TIMEOUT_MS, *,
                 resource_queues: Mapping[str, str] | None = None,
                 max_local_workers: int | None = None, on_timeout: str = "cancel",
-                app: Any = None) -> RunResult:
+                app: Any = None, idempotency_key: str | None = None,
+                idempotency_window: float = DEFAULT_WINDOW) -> RunResult:
         """Run ``workflow`` on ``input`` and block until it ends.
 
         ``timeout`` (ms, ``None``: no limit) is the run's maximum execution time: past it
         the run is cancelled (``on_timeout="keep"``: left running) and
         :class:`~swf_celery.errors.WorkflowTimeout` is raised. Running steps are revoked
         through ``app`` (default: a Celery app on this database's broker).
+        ``idempotency_key``: a run started with the same key within ``idempotency_window``
+        seconds is not started again; its result is waited for and returned.
         """
         wf = definition.load(workflow, resource_queues=resource_queues)
-        return _run_blocking(resolve(repo), wf, input, timeout, max_local_workers, False,
-                             on_timeout, app)
+        db = resolve(repo)
+        if idempotency_key is not None:
+            run_id, new = _start_once(db, wf, input, idempotency_key, idempotency_window)
+            if not new:
+                return Executor.wait(run_id, db, timeout)
+            return _run_blocking(db, wf, input, timeout, max_local_workers, False, on_timeout,
+                                 app, run_id=run_id)
+        return _run_blocking(db, wf, input, timeout, max_local_workers, False, on_timeout, app)
 
     @staticmethod
     def start(workflow: Any, input: Any, repo: DatabaseHandle | None = None, *,
               resource_queues: Mapping[str, str] | None = None,
-              max_local_workers: int | None = None) -> str:
+              max_local_workers: int | None = None, idempotency_key: str | None = None,
+              idempotency_window: float = DEFAULT_WINDOW) -> str:
         """Start a run and return its id at once.
 
         Local steps of the run execute in this process, driven by a background thread
         that ends with the run; distributed steps need only the Celery workers.
+        ``idempotency_key``: a run started with the same key within ``idempotency_window``
+        seconds is not started again; its id is returned.
         """
         wf = definition.load(workflow, resource_queues=resource_queues)
-        return _run_background(resolve(repo), wf, input, max_local_workers, False)
+        db = resolve(repo)
+        if idempotency_key is not None:
+            run_id, new = _start_once(db, wf, input, idempotency_key, idempotency_window)
+            if new:
+                remember(wf)
+                drive_in_background(db, wf, run_id, max_local_workers)
+            return run_id
+        return _run_background(db, wf, input, max_local_workers, False)
 
     @staticmethod
     def execute_dynamic(workflow_id: str, input: Any, step_functions: Mapping[str, Any],
@@ -116,14 +138,32 @@ class Executor:
         return _result(run_id, drive(db, run_id, None, deadline, watch_steps=True))
 
 
+def _start_once(db: Database, wf: definition.WorkflowDef, run_input: Any, key: str,
+                window: float) -> tuple[str, bool]:
+    """Start a run unless ``key`` names one already: (run id, whether it is new). The run
+    and the key's claim commit together; a run started by a concurrent claim of the same key
+    is rolled back and the first run's id returned."""
+    if not isinstance(key, str) or not key:
+        raise ArgumentError(f"idempotency_key must be a non-empty text, not {key!r}")
+    holder = None
+    with once(db) as conn:
+        run_id = coordinator.start_run(db, wf, run_input)
+        holder = claim(conn, "run", key, run_id, window)
+        if holder != run_id:
+            raise psycopg.Rollback()
+    return holder, holder == run_id
+
+
 def _run_blocking(db: Database, wf: definition.WorkflowDef, run_input: Any,
                   timeout: int | None, max_local_workers: int | None,
-                  dynamic: bool, on_timeout: str = "cancel", app: Any = None) -> RunResult:
+                  dynamic: bool, on_timeout: str = "cancel", app: Any = None, *,
+                  run_id: str | None = None) -> RunResult:
     if on_timeout not in ON_TIMEOUT:
         raise ArgumentError(f"on_timeout must be one of {ON_TIMEOUT}, not {on_timeout!r}")
     deadline = None if timeout is None else time.monotonic() + timeout / 1000
     remember(wf)
-    run_id = coordinator.start_run(db, wf, run_input, dynamic=dynamic)
+    if run_id is None:
+        run_id = coordinator.start_run(db, wf, run_input, dynamic=dynamic)
     runner = LocalRunner(db, wf, run_id, max_local_workers) if wf.has_local_steps else None
     try:
         state = drive(db, run_id, runner, deadline, watch_steps=_watch_steps(wf))

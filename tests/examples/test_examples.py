@@ -131,3 +131,12 @@ def test_web_events_stream_a_run_to_the_browser(web_server: int) -> None:
     assert [kind for kind, _ in _sse(port, f"/runs/{run_id}/events")] == ["snapshot"]
     assert _request(port, "GET", "/runs/00000000-0000-0000-0000-000000000000")[0] == 404
     assert _request(port, "GET", f"/runs/{run_id}")[1]["status"] == "completed"
+
+
+def test_web_orders_enqueue_inside_the_request_transaction(db_url: str) -> None:
+    pytest.importorskip("starlette", reason="the web extra (starlette) is not installed")
+    output = _run("examples.web_orders.run", db_url)
+    assert "-> 402 {'error': 'payment refused'}" in output
+    assert "order 1 book  confirmed=True" in output and "order 3 pen   confirmed=True" in output
+    assert "lamp" not in output.split("-> 402")[1]  # the failed order left no row
+    assert _result(output) == "2 orders, 2 confirmed"

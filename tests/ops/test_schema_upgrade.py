@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from kombu import Connection
 
+from swf_celery.db import schema
 from swf_celery.errors import MigrationDrift, SchemaNotMigrated
 from swf_celery.ops import migrate
 from tests.helpers import broker_url, error_lines, run_cli, sql, sql_value
@@ -93,7 +94,8 @@ def test_a_version_12_database_upgrades_in_place_to_the_fresh_catalog(
 
     result = migrate.migrate(empty_db_url)
 
-    assert result.applied == [v for v in range(13, migrate.latest_version() + 1)]
+    # Every migration shipped after 12 (numbers are assigned per branch: gaps may exist).
+    assert result.applied == [m.version for m in schema.migrations() if m.version > 12]
     assert _catalog(empty_db_url) == _catalog(db_url)
     # Nothing lost: every row is still there, except dead letters, which moved to their store.
     for table, rows in before.items():

@@ -30,7 +30,8 @@ TABLES: dict[str, dict[str, set[str]]] = {
     "swf.flows": {"client": {S, I, U}, "worker": {S}},
     "swf.flow_steps": {"client": {S, I, D}, "worker": {S}},
     "swf.runs": READ, "swf.step_states": READ, "swf.step_tasks": READ,
-    "swf.queue_waiters": {}, "swf.roles": {},
+    "swf.queue_waiters": {}, "swf.roles": {}, "swf.flow_keys": READ, "swf.flow_turns": {},
+    "swf.idempotency_keys": {},
     "swf.revoked_tasks": {"worker": {S}},
     "swf.task_results": {"client": {S, D}, "worker": {S, I, U, D}},
     "swf.group_results": {"client": {S, I, D}, "worker": {S, I, U, D}},
@@ -65,6 +66,9 @@ FUNCTIONS: dict[str, set[str]] = {
     "pause_run": {"operator"}, "resume_run": {"operator"}, "cancel_run": {"operator"},
     "retry_run": {"operator"},
     "_grant_channel": ALL,  # only a channel's tables, only to roles granted a part
+    "queue_mark_limited": ALL, "idempotency_claim": ALL,
+    "queue_read_limited": {"worker", "operator"}, "hold_key": {"worker", "operator"},
+    "release_key": {"worker", "operator"}, "idempotency_expire": {"operator"},
 }
 #: Arguments that reach each function's check (default: NULL for every argument).
 ARGS: dict[str, str] = {
@@ -81,6 +85,9 @@ ARGS: dict[str, str] = {
     "pause_run": "%(run)s", "resume_run": "%(run)s", "cancel_run": "%(run)s, 'x', false",
     "retry_run": "%(run)s, true", "cancel_canvas": "'root'",
     "queue_requeue_dead_letters": "'jobs', NULL", "queue_purge_dead_letters": "'jobs', NULL",
+    "queue_mark_limited": "'jobs'", "idempotency_claim": "'task', 'k', 'id-1', 60",
+    "queue_read_limited": "'jobs', 1, 30, NULL, NULL", "hold_key": "'k', now(), NULL",
+    "release_key": "'k'", "idempotency_expire": "10",
 }
 
 
