@@ -32,7 +32,8 @@ worker's hub (``implements.asynchronous``). :class:`HubConsumer` does the transp
   ``sweep_interval`` (30 s) while the LISTEN connection is up (NOTIFYs, requeues included,
   and the listener's reported gaps say which queues to read meanwhile, so an idle worker
   on 1,000 queues makes no statement between sweeps), each ``polling_interval`` (1 s)
-  without wake-ups or while that connection is down;
+  without wake-ups, while that connection is down, or while a consumed queue is limited
+  (flow keys: a slot or a token comes back without a NOTIFY);
 - Celery's ``worker_shutting_down`` signal (sent by the worker's SIGTERM, SIGINT and SIGQUIT
   handlers) pokes the self-pipe: the hub's poll, which the signal interrupts but Python
   resumes for the rest of its timeout (up to the polling fallback), returns at once, so the
@@ -211,9 +212,14 @@ class HubConsumer:
         self._timer_due = due
 
     def _listening(self) -> bool:
+        """True when NOTIFYs say which queues to read: wake-ups on, the LISTEN connection
+        up, and no consumed queue limited (a key's slot freed by another worker's ack, or a
+        token come back, is found by the polling fallback)."""
         wakeup = self.transport._wakeup
-        return bool(self.transport.options.wakeups and wakeup is not None
-                    and wakeup.listening())
+        if not (self.transport.options.wakeups and wakeup is not None and wakeup.listening()):
+            return False
+        storages = self.transport._storages
+        return not any(s.limited for q in self._known if (s := storages.get(q)) is not None)
 
     def _on_timer(self) -> None:
         """A due message, the sweep, or the polling fallback (without a LISTEN connection):
