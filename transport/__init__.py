@@ -61,6 +61,8 @@ Guarantees
   ``celery inspect``/``control``/``events`` work. A revoke also deletes the task's queued or
   delayed message and is recorded (``swf.revoked_tasks``, committed synchronously), so it
   holds across worker restarts and server crashes (:mod:`~swf_celery.transport.revokes`).
+  A ``revoke_by_stamped_headers`` broadcast is recorded too (``swf.revoked_stamps``) and
+  applied by each worker before it hands over a stamped message and when it starts.
 * Runs in Celery's event loop (``implements.asynchronous``; asynchronous prefork pool);
   held messages are visible again at once when a worker stops.
 * Any queue name works, mapped to a safe pgmq name (``swf.queues``); names that cannot be

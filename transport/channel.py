@@ -29,6 +29,7 @@ from swf_celery.transport.messages import (
     eta_delay,
     idempotency,
     malformed,
+    revoked_stamps,
     revoked_task_ids,
     storable_properties,
 )
@@ -256,12 +257,19 @@ class Channel(virtual.Channel):
 
     def _put_fanout(self, exchange: str, message: dict[str, Any], routing_key: str,
                     **kwargs: Any) -> None:
-        revoked = revoked_task_ids(message) if exchange.endswith(".pidbox") else None
+        pidbox = exchange.endswith(".pidbox")
+        revoked = revoked_task_ids(message) if pidbox else None
+        stamps = revoked_stamps(message) if pidbox and not revoked else None
         if revoked:
             # A revoke also deletes the task's queued or delayed message, so it survives
             # worker restarts (and the task never occupies a worker).
             self._execute("fanout_revoke", {"exchange": exchange, "message": Jsonb(message),
                                             "task_ids": revoked})
+        elif stamps:
+            # Recorded with the broadcast: workers apply it before they hand over a stamped
+            # message read after it, and when they start (revokes.py).
+            self._execute("fanout_revoke_stamped", {
+                "exchange": exchange, "message": Jsonb(message), "headers": Jsonb(stamps)})
         else:
             self._execute("fanout", {"exchange": exchange, "message": Jsonb(message)})
 
@@ -396,12 +404,16 @@ class Channel(virtual.Channel):
         return list(dict.fromkeys(self._active_queues)) if self._consumers else []
 
     def _check_revoked(self, rows: list[Any]) -> None:
-        """Hand revoked task ids of redelivered messages to the worker (:mod:`.revokes`)."""
+        """Hand revoked task ids of redelivered messages, and the revokes by stamped header
+        recorded since the last look when a message is stamped, to the worker
+        (:mod:`.revokes`)."""
         ids = [m["headers"]["id"] for _, read_ct, m, _ in rows
                if read_ct > 1 and isinstance(m, dict) and isinstance(m.get("headers"), dict)
                and isinstance(m["headers"].get("id"), str)]
         if ids:
             revokes.check(self.connection.pg_connection(), ids)
+        if any(revokes.stamped(m) for _, _, m, _ in rows):
+            revokes.apply_stamps(self.connection.pg_connection())
 
     def flush_acks(self) -> None:
         """Write the acks collected since the last flush (one statement per queue); a stale

@@ -40,8 +40,9 @@ worker's hub (``implements.asynchronous``). :class:`HubConsumer` does the transp
   worker starts its shutdown when the signal arrives.
 
 Reads and arms never block the hub; the rare statements of a delivery (dead-lettering,
-revoked ids of redelivered messages) are short ones in the hub, so a SIGTERM, a control
-command or a finished task is handled at once.
+revoked ids of redelivered messages, revokes by stamped header for a batch holding stamped
+messages) are short ones in the hub, so a SIGTERM, a control command or a finished task is
+handled at once.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@
   dead-lettered with that reason), or None;
 - :func:`revoked_task_ids` reads the task ids out of a pidbox ``revoke`` broadcast, so a
   revoke also deletes the task's queued message;
+- :func:`revoked_stamps` reads the stamps out of a ``revoke_by_stamped_headers`` broadcast
+  to all workers, so that the revoke is recorded;
 - :func:`eta_delay` turns a message's ETA into the seconds PostgreSQL keeps it hidden;
 - :func:`idempotency` reads a message's idempotency key (header ``idempotency_key``), its
   window and the task id that claims it;
@@ -76,8 +78,8 @@ def malformed(message: Any) -> str | None:
     return None
 
 
-def revoked_task_ids(message: dict[str, Any]) -> list[str] | None:
-    """Task ids of a pidbox ``revoke`` broadcast, else None."""
+def _control_command(message: dict[str, Any], method: str) -> dict[str, Any] | None:
+    """The JSON body of a pidbox broadcast of ``method``, else None."""
     if message.get("content-type") not in _JSON_TYPES:
         return None
     try:
@@ -87,7 +89,15 @@ def revoked_task_ids(message: dict[str, Any]) -> list[str] | None:
         command = json.loads(body)
     except (ValueError, UnicodeDecodeError, binascii.Error):
         return None
-    if not isinstance(command, dict) or command.get("method") != "revoke":
+    if not isinstance(command, dict) or command.get("method") != method:
+        return None
+    return command
+
+
+def revoked_task_ids(message: dict[str, Any]) -> list[str] | None:
+    """Task ids of a pidbox ``revoke`` broadcast, else None."""
+    command = _control_command(message, "revoke")
+    if command is None:
         return None
     ids = (command.get("arguments") or {}).get("task_id")
     if isinstance(ids, str):
@@ -95,6 +105,24 @@ def revoked_task_ids(message: dict[str, Any]) -> list[str] | None:
     if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
         return ids
     return None
+
+
+def revoked_stamps(message: dict[str, Any]) -> dict[str, Any] | None:
+    """The stamps of a pidbox ``revoke_by_stamped_headers`` broadcast to every worker (stamp
+    name -> value or list of values, as Celery's worker reads them), else None.
+
+    Celery also takes the headers as a list of ``"name=value"`` strings; they are read the
+    same way. A broadcast to named workers (``destination``) is theirs alone: None.
+    """
+    command = _control_command(message, "revoke_by_stamped_headers")
+    if command is None or command.get("destination"):
+        return None
+    headers = (command.get("arguments") or {}).get("headers")
+    if isinstance(headers, list) and all(isinstance(h, str) and "=" in h for h in headers):
+        headers = {h.split("=")[0]: h.split("=")[1] for h in headers}
+    if not isinstance(headers, dict) or not headers:
+        return None
+    return headers
 
 
 def storable_properties(properties: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

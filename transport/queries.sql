@@ -13,6 +13,9 @@ SELECT swf.queue_fanout(%(exchange)s, %(message)s);
 -- name: fanout_revoke
 SELECT swf.queue_fanout(%(exchange)s, %(message)s), swf.task_revoke(%(task_ids)s);
 
+-- name: fanout_revoke_stamped
+SELECT swf.queue_fanout(%(exchange)s, %(message)s), swf.task_revoke_stamped(%(headers)s);
+
 -- name: ack
 -- Each id with its delivery's receipt (read_ct): a stale delivery is left alone.
 SELECT swf.queue_ack(%(queue)s, %(ids)s, %(archive)s, %(receipts)s);

@@ -8,3 +8,6 @@ SELECT task_id, extract(epoch FROM clock_timestamp() - revoked_at)::double preci
   FROM swf.revoked_tasks
  WHERE task_id = ANY (%(ids)s)
    AND revoked_at >= clock_timestamp() - make_interval(secs => %(expires)s);
+
+-- name: stamps
+SELECT id, headers, age_s FROM swf.task_stamp_revokes(%(after)s, %(expires)s, %(max_n)s);

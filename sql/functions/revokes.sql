@@ -58,3 +58,56 @@ BEGIN
          LIMIT max_n;
 END $$;
 REVOKE EXECUTE ON FUNCTION swf.task_revokes(double precision, integer) FROM PUBLIC;
+
+-- Revokes by stamped header (table: sql/migrations/0017_stamped_revokes.sql). Celery's
+-- revoke_by_stamped_headers broadcast names stamps, not tasks: every task whose stamps match,
+-- queued or sent later, is to be discarded. The transport records each broadcast here;
+-- a worker applies each record once to its memory (Celery's worker_state.revoked_stamps), at
+-- the start of consuming and before it hands over a stamped message (transport/revokes.py).
+
+-- Record a revoke by stamped header: headers maps each stamp name to the value or list of
+-- values revoked, as Celery's broadcast carries it. Returns the record's id. Committed with
+-- synchronous_commit on, as swf.task_revoke is. A client may record one for any stamps: the
+-- broadcast it comes with reaches every running worker whoever sent it (Celery's remote
+-- control), and a stamp is not tied to one publisher's tasks; the record makes it reach the
+-- workers that start later, and the messages read before the broadcast.
+CREATE OR REPLACE FUNCTION swf.task_revoke_stamped(headers jsonb) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    IF headers IS NULL OR jsonb_typeof(headers) <> 'object' OR headers = '{}' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('swf.task_revoke_stamped: headers must be an object of stamp '
+                             'name -> revoked values, not %s', coalesce(headers::text, 'NULL'));
+    END IF;
+    PERFORM swf._require_part('revoke tasks by stamped header', 'client', 'worker');
+    PERFORM set_config('synchronous_commit', 'on', true);
+    INSERT INTO swf.revoked_stamps (headers) VALUES (task_revoke_stamped.headers)
+    RETURNING id INTO v_id;
+    RETURN v_id;
+END $$;
+REVOKE EXECUTE ON FUNCTION swf.task_revoke_stamped(jsonb) FROM PUBLIC;
+
+-- The revokes by stamped header recorded after record after_id and younger than expires_s
+-- seconds, oldest first (the newest max_n of them), with their age in seconds; older rows
+-- are deleted on the way.
+CREATE OR REPLACE FUNCTION swf.task_stamp_revokes(after_id bigint, expires_s double precision,
+                                                  max_n integer)
+RETURNS TABLE (id bigint, headers jsonb, age_s double precision)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+BEGIN
+    PERFORM swf._require_part('load revokes', 'client', 'worker');
+    DELETE FROM swf.revoked_stamps r
+     WHERE r.revoked_at < clock_timestamp() - make_interval(secs => expires_s);
+    RETURN QUERY
+        SELECT n.id, n.headers, n.age_s FROM (
+            SELECT r.id, r.headers,
+                   extract(epoch FROM clock_timestamp() - r.revoked_at)::double precision AS age_s
+              FROM swf.revoked_stamps r
+             WHERE r.id > coalesce(after_id, 0)
+             ORDER BY r.id DESC
+             LIMIT max_n) n
+         ORDER BY n.id;
+END $$;
+REVOKE EXECUTE ON FUNCTION swf.task_stamp_revokes(bigint, double precision, integer) FROM PUBLIC;

@@ -33,6 +33,7 @@ TABLES: dict[str, dict[str, set[str]]] = {
     "swf.queue_waiters": {}, "swf.roles": {}, "swf.flow_keys": READ, "swf.flow_turns": {},
     "swf.idempotency_keys": {},
     "swf.revoked_tasks": {"worker": {S}},
+    "swf.revoked_stamps": {},  # through swf.task_revoke_stamped / swf.task_stamp_revokes
     "swf.task_results": {"client": {S, D}, "worker": {S, I, U, D}},
     "swf.group_results": {"client": {S, I, D}, "worker": {S, I, U, D}},
     "swf.chords": {"client": {S, I, U}, "worker": {S, I, U, D}},
@@ -53,6 +54,7 @@ TABLES: dict[str, dict[str, set[str]]] = {
 FUNCTIONS: dict[str, set[str]] = {
     "queue_ensure": ALL, "queue_size": ALL, "queue_arm": ALL, "queue_touch": ALL,
     "queue_bind": ALL, "task_revoke": ALL, "task_revokes": ALL, "ensure_channel": ALL,
+    "task_revoke_stamped": ALL, "task_stamp_revokes": ALL,
     "start_run": ALL, "expire_tasks": ALL, "run_tick": ALL, "running_tasks": ALL,
     "claim_local_tasks": ALL, "start_task": ALL, "complete_task": ALL, "fail_task": ALL,
     "abandon_task": ALL, "_grant_channels": ALL, "queue_send": ALL, "_queue_wake": ALL,
@@ -76,6 +78,8 @@ ARGS: dict[str, str] = {
     "queue_purge": "'jobs'", "queue_arm": "ARRAY['jobs']", "queue_touch": "ARRAY['jobs']",
     "queue_bind": "'ex', 'k', NULL, 'jobs'", "queue_unbind": "'ex', 'k', 'jobs'",
     "task_revoke": "ARRAY['t-1']", "task_revokes": "3600, 10",
+    "task_revoke_stamped": "jsonb_build_object('monitoring_id', 'm-1')",
+    "task_stamp_revokes": "0, 3600, 10",
     "ensure_channel": "'probe', 'swf_ch_probe'",
     "queue_send": "'jobs', jsonb_build_object('body', 'e30=')",
     "_grant_channel": "%(channel)s, NULL", "retention_archives": "'acked', now(), 1, true",

@@ -1,7 +1,8 @@
 """Celery app for the broker tests: tasks record each run in the test database.
 
 Environment: ``SWF_TEST_BROKER`` (swf:// URL of the test database), ``SWF_TEST_VT``
-(visibility timeout, seconds). Runs land in table ``task_runs`` so that a test can count
+(visibility timeout, seconds), ``SWF_TEST_REMOTE_CONTROL=0`` (a worker that takes no
+broadcasts). Runs land in table ``task_runs`` so that a test can count
 how often a task ran without any result backend.
 """
 
@@ -30,6 +31,7 @@ app.conf.update(
         "event_loop": os.environ.get("SWF_TEST_EVENT_LOOP", "true"),
     },
     worker_send_task_events=False,
+    worker_enable_remote_control=os.environ.get("SWF_TEST_REMOTE_CONTROL", "1") != "0",
 )
 
 

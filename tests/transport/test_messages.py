@@ -13,6 +13,7 @@ import pytest
 from swf_celery.transport.messages import (
     eta_delay,
     malformed,
+    revoked_stamps,
     revoked_task_ids,
     storable_properties,
 )
@@ -56,6 +57,21 @@ def test_revoke_broadcasts_give_their_task_ids() -> None:
     assert revoked_task_ids(_revoke("t1", method="ping")) is None
     assert revoked_task_ids(_revoke([1, 2])) is None
     assert revoked_task_ids(_message("not json")) is None
+
+
+def _stamp_revoke(headers: Any, destination: Any = None) -> dict:
+    return _message(json.dumps({"method": "revoke_by_stamped_headers", "destination": destination,
+                                "arguments": {"headers": headers, "terminate": False}}))
+
+
+def test_stamp_revoke_broadcasts_to_every_worker_give_their_stamps() -> None:
+    assert revoked_stamps(_stamp_revoke({"m": ["a", 1, None]})) == {"m": ["a", 1, None]}
+    assert revoked_stamps(_stamp_revoke({"m": "a"})) == {"m": "a"}
+    assert revoked_stamps(_stamp_revoke(["m=a", "n=b"])) == {"m": "a", "n": "b"}  # Celery's CLI
+    assert revoked_stamps(_stamp_revoke({"m": "a"}, destination=["w1@h"])) is None
+    assert revoked_stamps(_stamp_revoke({})) is None
+    assert revoked_stamps(_stamp_revoke("m=a")) is None
+    assert revoked_stamps(_revoke("t1")) is None
 
 
 def test_eta_delay_only_beyond_the_threshold() -> None:
