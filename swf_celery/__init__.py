@@ -61,6 +61,8 @@ if TYPE_CHECKING:
     )
     from swf_celery.workflows.steps import Step, step
 
+    from swf_celery import schedules
+
 # Public name -> the module that defines it, imported on first access (module __getattr__).
 _LAZY = {
     # messaging
@@ -143,7 +145,13 @@ __all__ = [
 ]
 
 
+#: Subpackages reached as attributes (``swf.schedules.add(...)``), imported on first access.
+_SUBPACKAGES = {"schedules"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return import_module(f"swf_celery.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'swf_celery' has no attribute {name!r}")
@@ -153,4 +161,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | _SUBPACKAGES)

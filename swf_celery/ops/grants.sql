@@ -35,6 +35,7 @@ GRANT SELECT ON swf.queues, swf.queue_bindings, swf.channels TO {role};  -- rout
 GRANT SELECT ON swf.flows, swf.flow_steps, swf.runs, swf.step_states, swf.step_tasks
     TO {role};  -- watching runs
 GRANT USAGE, SELECT ON SEQUENCE swf.notify_skips TO {role};  -- NOTIFYs skipped, and reading that
+GRANT SELECT ON swf.schedules, swf.schedule_ticks TO {role};  -- the beat schedule, its ticks
 
 -- swf.queue_waiters and swf.roles are written only by the functions (wake-ups, grants);
 -- the operator reads them with every other table.

@@ -41,6 +41,7 @@ TABLES: dict[str, dict[str, set[str]]] = {
     "swf.transient_messages": {"client": {I}, "worker": {S, I, U, D}},
     "swf.transient_archive": {"worker": {S, I}},
     "swf.dead_letters": {"worker": {S, I}},
+    "swf.schedules": READ, "swf.schedule_ticks": READ,
     "pgmq.meta": {"client": {S}, "worker": {S}},
     "queue": {"client": {I}, "worker": {S, I, U, D}},        # a broker queue's table
     "archive": {"client": {I}, "worker": {S, I, U, D}},      # and its archive
@@ -65,6 +66,9 @@ FUNCTIONS: dict[str, set[str]] = {
     "pause_run": {"operator"}, "resume_run": {"operator"}, "cancel_run": {"operator"},
     "retry_run": {"operator"},
     "_grant_channel": ALL,  # only a channel's tables, only to roles granted a part
+    "schedule_put": {"worker", "operator"}, "schedule_pause": {"worker", "operator"},
+    "schedule_delete": {"worker", "operator"}, "schedule_prune": {"worker", "operator"},
+    "schedule_due": {"worker", "operator"}, "schedule_fired": {"worker", "operator"},
 }
 #: Arguments that reach each function's check (default: NULL for every argument).
 ARGS: dict[str, str] = {
