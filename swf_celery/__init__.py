@@ -33,6 +33,7 @@ from swf_celery.workflows import registration as _registration  # noqa: E402,F40
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from swf_celery import schedules
     from swf_celery.errors import WorkflowDefinitionError, WorkflowFailed, WorkflowTimeout
     from swf_celery.goals.decomposers import LLMDecomposer, RuleDecomposer
     from swf_celery.goals.orchestrator import GoalResult, Orchestrator, WorkflowComposer
@@ -60,8 +61,6 @@ if TYPE_CHECKING:
         retry_failed_workflow,
     )
     from swf_celery.workflows.steps import Step, step
-
-    from swf_celery import schedules
 
 # Public name -> the module that defines it, imported on first access (module __getattr__).
 _LAZY = {
@@ -107,6 +106,7 @@ _LAZY = {
 
 __all__ = [
     "SwfError",
+    "schedules",
     "__version__",
     "send_with_notify",
     "notify_only",

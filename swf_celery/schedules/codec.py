@@ -89,7 +89,7 @@ def parse_cron(text: str, app: Any = None) -> crontab:
         raise ScheduleError(f"invalid cron text {text!r}: it needs 5 fields (minute hour "
                             f"day-of-month month day-of-week), not {len(fields)}")
     try:
-        return crontab(**dict(zip(_CRON_TEXT_ORDER, fields)), app=app)
+        return crontab(**dict(zip(_CRON_TEXT_ORDER, fields, strict=True)), app=app)
     except ValueError as exc:
         raise ScheduleError(f"invalid cron text {text!r}: {exc}") from None
 

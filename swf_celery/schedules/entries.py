@@ -59,7 +59,8 @@ class Entry:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Entry:
         """The entry of a ``swf.schedules`` row (with the ``entries`` query's last-tick columns)."""
-        return cls(**{name: row.get(name) for name in cls.__dataclass_fields__})
+        values: dict[str, Any] = {name: row.get(name) for name in cls.__dataclass_fields__}
+        return cls(**values)
 
 
 def definition(name: str, given: Mapping[str, Any], app: Any = None) -> dict[str, Any]:

@@ -5,9 +5,12 @@ fires, with its own tick time. An older one is *missed* (every beat was down) an
 entry's policy decides:
 
 - ``once`` (Celery's default): the missed ticks fold into one run now, recorded at the
-  latest of them (with how many it stands for), unless a late tick fires anyway;
+  latest of them with how many others it stands for;
 - ``all``: each missed tick fires, the latest ``max_missed`` of them; older ones are dropped;
 - ``skip``: missed ticks are dropped; the entry goes on at its next tick.
+
+Late ticks fire under every policy. The first tick fired counts the ticks dropped before it
+(``swf.schedule_ticks.missed``).
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import datetime as dt
 from dataclasses import dataclass
 
 from celery.schedules import BaseSchedule
+from celery.schedules import schedule as interval
 
 from swf_celery.schedules.codec import next_after
 
 #: The missed-tick policies (``swf.schedules.missed``).
 POLICIES = ("once", "all", "skip")
-#: Most ticks walked through after a gap; beyond, the entry resumes at its first tick after now.
+#: Most ticks walked through after a gap; beyond, the entry resumes at its first tick after
+#: now (an interval jumps on its grid first, so it never walks that far).
 WALK_LIMIT = 10_000
 
 
@@ -42,24 +47,33 @@ def plan(schedule: BaseSchedule, next_run_at: dt.datetime, now: dt.datetime, *,
                          f"not {policy!r}")
     due: list[dt.datetime] = []
     at = next_run_at
+    uncounted = 0
+    if type(schedule) is interval:  # jump over the ticks that cannot fire, on the grid
+        every = schedule.run_every
+        earliest = now - dt.timedelta(seconds=grace) - max_missed * every
+        if at < earliest:
+            uncounted = (earliest - at) // every
+            at += uncounted * every
     while at <= now and len(due) < WALK_LIMIT:
         due.append(at)
         at = next_after(schedule, at)
-    uncounted = 0
-    if at <= now:  # more ticks than we walk: resume after now, count them as one more
-        uncounted = 1
+    if at <= now:  # more ticks than we walk: resume at the first after now, one more missed
+        uncounted += 1
         at = next_after(schedule, now)
     cutoff = now - dt.timedelta(seconds=grace)
-    late = [t for t in due if t >= cutoff]
+    late = [Tick(t) for t in due if t >= cutoff]
     missed = [t for t in due if t < cutoff]
     dropped = len(missed) + uncounted
+    if policy == "once" and dropped:
+        # One run for them all, at the latest missed tick (or, when the walk stopped short,
+        # the last walked one): a tick time no other run of the entry has.
+        folded = missed[-1] if missed else None
+        if folded is not None:
+            return [Tick(folded, dropped - 1), *late], at
     if policy == "all" and missed:
         kept = missed[-max_missed:]
         dropped -= len(kept)
-        late = kept + late
-    elif policy == "once" and missed and not late:
-        return [Tick(missed[-1], dropped - 1)], at
-    fired = [Tick(t) for t in late]
-    if fired and dropped:
-        fired[0] = Tick(fired[0].at, dropped)
-    return fired, at
+        late = [Tick(t) for t in kept] + late
+    if late and dropped:
+        late[0] = Tick(late[0].at, dropped)
+    return late, at

@@ -100,12 +100,12 @@ class Scheduler(beat.Scheduler):
                     self._fire(conn, row)
             if len(rows) == BATCH:
                 return 0.0
-            row = conn.execute(QUERIES["next_due"]).fetchone()
-        except (psycopg.Error, DatabaseUnavailable, *self._broker_errors()) as exc:
+            next_due = conn.execute(QUERIES["next_due"]).fetchone()
+        except self._failures(psycopg.Error) as exc:
             logger.warning("beat: tick failed, trying again in %ss: %s", RETRY_WAIT, exc)
             self._drop_connections()
             return RETRY_WAIT
-        wait = row[0] if row else None
+        wait = next_due[0] if next_due else None
         if wait is None:
             return float(self.max_interval)
         if wait <= 0:  # another beat holds it: should that beat die, take it over soon
@@ -167,25 +167,29 @@ class Scheduler(beat.Scheduler):
         try:
             with conn.transaction():  # a savepoint: one entry's failure spares the others
                 for tick in fired:
-                    records.append(self._start(conn, row, schedule, tick))
+                    records.append(self._start(conn, row, tick, records))
                     if tick.missed:
                         logger.warning("beat: entry %r: %d missed ticks (policy %s)", name,
                                        tick.missed, row["missed"])
                 store_fired(conn, row["id"], records, self.beat_id, next_run_at)
-        except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable,
-                *self._broker_errors()):
+        except self._failures(psycopg.OperationalError, psycopg.InterfaceError,
+                              broker_channel=False):
             raise
         except Exception as exc:  # noqa: BLE001 - any error of one entry's task or workflow
             logger.error("beat: entry %r could not fire its tick at %s: %s", name,
                          fired[0].at if fired else row["next_run_at"], exc, exc_info=True)
             store_fired(conn, row["id"], [], self.beat_id, next_run_at)
 
-    def _start(self, conn: psycopg.Connection[Any], row: dict[str, Any], schedule: Any,
-               tick: missed.Tick) -> dict[str, Any]:
+    def _start(self, conn: psycopg.Connection[Any], row: dict[str, Any], tick: missed.Tick,
+               earlier: list[dict[str, Any]]) -> dict[str, Any]:
+        """Start tick ``tick`` of entry ``row`` (``earlier``: the ticks this transaction
+        started before it); its record for ``swf.schedule_fired``."""
         record: dict[str, Any] = {"tick_at": tick.at.isoformat(), "missed": tick.missed}
         if row["workflow"] is not None:
-            if row["skip_if_running"] and conn.execute(
-                    QUERIES["run_active"], {"id": row["id"]}).fetchone()[0]:  # type: ignore[index]
+            # A run this transaction started is not yet in a recorded tick: check both.
+            if row["skip_if_running"] and (
+                    any(r["outcome"] == "started" for r in earlier) or conn.execute(
+                        QUERIES["run_active"], {"id": row["id"]}).fetchone()[0]):  # type: ignore[index]
                 logger.info("beat: entry %r: previous run still in progress, tick skipped",
                             row["name"])
                 return {**record, "outcome": "skipped"}
@@ -197,13 +201,16 @@ class Scheduler(beat.Scheduler):
             logger.info("beat: entry %r started run %s", row["name"], run_id)
             return {**record, "outcome": "started", "run_id": run_id}
         task_id = uuid()
-        entry = beat.ScheduleEntry(
-            name=row["name"], task=row["task"], args=row["args"], kwargs=row["kwargs"],
-            # retry=False: kombu's retry would publish again on a new connection, outside
-            # this transaction; a failed publish fails the tick, which is tried again.
-            options={**row["options"], "task_id": task_id, "retry": False},
-            schedule=schedule, app=self.app)
-        self.apply_async(entry, producer=self.producer, advance=False)
+        # As Celery's Scheduler.apply_async, without its wrapping of errors (a lost broker
+        # must fail the tick, not the entry). retry=False: kombu's retry would publish again
+        # on a new connection, outside this transaction; the tick is tried again instead.
+        options = {**row["options"], "task_id": task_id, "retry": False,
+                   "producer": self.producer}
+        task = self.app.tasks.get(row["task"])
+        if task is not None:
+            task.apply_async(row["args"], row["kwargs"], **options)
+        else:
+            self.app.send_task(row["task"], row["args"], row["kwargs"], **options)
         logger.info("beat: entry %r sent %s[%s]", row["name"], row["task"], task_id)
         return {**record, "outcome": "sent", "task_id": task_id}
 
@@ -221,11 +228,18 @@ class Scheduler(beat.Scheduler):
             self._own = self.database.connect(role="broker")
         return self._own
 
-    def _broker_errors(self) -> tuple[type[BaseException], ...]:
+    def _failures(self, *database: type[BaseException], broker_channel: bool = True
+                  ) -> tuple[type[BaseException], ...]:
+        """``database``'s errors, a lost database and the broker's connection (and with
+        ``broker_channel``, channel) errors: what fails a whole tick, tried again, rather
+        than one entry."""
+        found: tuple[type[BaseException], ...] = (*database, DatabaseUnavailable)
         connection = self.__dict__.get("connection")
-        if connection is None:
-            return ()
-        return tuple(connection.connection_errors) + tuple(connection.channel_errors)
+        if connection is not None:
+            found += tuple(connection.connection_errors)
+            if broker_channel:
+                found += tuple(connection.channel_errors)
+        return found
 
     def _drop_connections(self) -> None:
         """Forget the producer and connections; the next tick opens new ones."""

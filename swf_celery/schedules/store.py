@@ -14,13 +14,13 @@ from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from swf_celery.db import DatabaseHandle, load_queries, resolve
+from swf_celery.db import DatabaseHandle, ErrorMap, load_queries, resolve
 from swf_celery.errors import ScheduleError, ScheduleNotFound
 from swf_celery.schedules import codec, entries
 from swf_celery.schedules.entries import Entry
 
 QUERIES = load_queries("swf_celery.schedules")
-_ERRORS = {pg_errors.InvalidParameterValue: ScheduleError}
+_ERRORS: ErrorMap = {pg_errors.InvalidParameterValue: ScheduleError}
 #: What an update may change (the name is the entry's key).
 _CHANGEABLE = entries.KEYS - {"relative"}
 
