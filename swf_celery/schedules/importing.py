@@ -2,7 +2,8 @@
 
 Each imported entry keeps its name, task, arguments, routing and schedule, and resumes after
 its last run there (then the missed-tick policy, ``once`` by default, decides what a gap
-means); it is stored with source ``import``. Entries that cannot be stored (arguments that
+means); it is stored with source ``import``. Celery's own default entry
+(``celery.backend_cleanup``) is left to beat, which adds it as Celery's scheduler does. Entries that cannot be stored (arguments that
 are not JSON, a clocked one-off) are reported and skipped, not half-imported.
 """
 
@@ -23,6 +24,9 @@ from swf_celery.errors import ScheduleError
 from swf_celery.schedules import store
 
 _PERIODS = {"days", "hours", "minutes", "seconds", "microseconds"}
+#: Entries Celery's scheduler adds by itself (our beat adds them as Celery's does): not
+#: imported.
+CELERY_DEFAULTS = frozenset({"celery.backend_cleanup"})
 
 
 @dataclass
@@ -47,6 +51,8 @@ def from_shelve(path: str, *, repo: DatabaseHandle | None = None, app: Any = Non
         db.close()
     report = ImportReport()
     for name, entry in sorted(found.items()):
+        if name in CELERY_DEFAULTS:
+            continue
         given = {"task": entry.task, "schedule": entry.schedule, "args": list(entry.args or ()),
                  "kwargs": dict(entry.kwargs or {}), "options": dict(entry.options or {})}
         _store(report, name, given, entry.last_run_at, repo, app, dry_run)
