@@ -3,8 +3,9 @@
 Each imported entry keeps its name, task, arguments, routing and schedule, and resumes after
 its last run there (then the missed-tick policy, ``once`` by default, decides what a gap
 means); it is stored with source ``import``. Celery's own default entry
-(``celery.backend_cleanup``) is left to beat, which adds it as Celery's scheduler does. Entries that cannot be stored (arguments that
-are not JSON, a clocked one-off) are reported and skipped, not half-imported.
+(``celery.backend_cleanup``) is left to beat, which adds it as Celery's scheduler does.
+Entries that cannot be stored (arguments that are not JSON, a clocked one-off) are reported
+and skipped, not half-imported.
 """
 
 from __future__ import annotations

@@ -130,7 +130,8 @@ def test_ticks_missed_while_every_beat_was_down_follow_each_entry_policy(
         old = [t for t in found if t[0] < first_fired - 2 * SECOND]
         assert len(old) == count, (policy, found)
         assert found[0][4] > 0, (policy, found)  # the first fired counts those missed
-        wait_until(lambda p=policy, n=len(found): len(runs(beat_db, p)) >= n,
+        wanted = len(found)
+        wait_until(lambda p=policy, n=wanted: len(runs(beat_db, p)) >= n,  # type: ignore[misc]
                    what=f"{policy}'s runs")
 
 
