@@ -115,12 +115,15 @@ END $$;
 REVOKE EXECUTE ON FUNCTION swf.schedule_prune(text[]) FROM PUBLIC;
 
 -- The due entries (not paused, next run reached) that no other beat holds, locked for the
--- caller's transaction, earliest first. The caller fires them and calls swf.schedule_fired
+-- caller's transaction, earliest first (a transaction idle for 10 s is ended by the server). The caller fires them and calls swf.schedule_fired
 -- for each before it commits.
 CREATE OR REPLACE FUNCTION swf.schedule_due(p_limit integer) RETURNS SETOF swf.schedules
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 BEGIN
     PERFORM swf._require_part('run beat', 'worker');
+    -- A beat alive but stuck inside its tick (SIGSTOP, a hung publish) holds its entries
+    -- until its session ends: PostgreSQL ends it after this long idle in the transaction.
+    PERFORM set_config('idle_in_transaction_session_timeout', '10s', true);
     RETURN QUERY
         SELECT * FROM swf.schedules
          WHERE NOT paused AND next_run_at <= clock_timestamp()
@@ -139,6 +142,11 @@ CREATE OR REPLACE FUNCTION swf.schedule_fired(p_id bigint, p_ticks jsonb, p_beat
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 BEGIN
     PERFORM swf._require_part('run beat', 'worker');
+    -- The tick's transaction commits synchronously whatever the session's setting (the
+    -- broker's connection runs with it off; its publishes set it off for the transaction,
+    -- so this comes after them): a worker may run the task as soon as it is committed, and
+    -- a server crash must not then forget the tick and let a beat send it again.
+    PERFORM set_config('synchronous_commit', 'on', true);
     INSERT INTO swf.schedule_ticks (schedule_id, tick_at, outcome, task_id, run_id, missed, beat)
     SELECT p_id, (t ->> 'tick_at')::timestamptz, t ->> 'outcome', t ->> 'task_id',
            (t ->> 'run_id')::uuid, coalesce((t ->> 'missed')::integer, 0), p_beat

@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -66,6 +68,27 @@ def test_a_beat_killed_inside_its_tick_is_taken_over_with_no_tick_lost_or_double
     assert stalled_task not in [t[2] for t in found]
     assert stalled_task not in runs(beat_db, "every")
     assert not any(t[5].endswith(f":{pid_text}") for t in found[before:])
+
+
+@pytest.mark.long
+def test_a_hung_beat_holds_its_entries_only_until_its_transaction_times_out(
+        beat_db: str, beat_worker: Any, beats: Callable[..., Any], tmp_path: Path) -> None:
+    flag = tmp_path / "stall"
+    env = {"SWF_TEST_EVERY": "1", "SWF_TEST_STALL": str(flag)}
+    beats(beat_db, **env), beats(beat_db, **env)
+    wait_ticks(beat_db, "every", 2)
+    flag.touch()
+    marker = Path(f"{flag}.pid")
+    wait_until(lambda: marker.exists() and marker.read_text(), what="a beat to stall")
+    hung = time.monotonic()
+    before = len(ticks(beat_db, "every"))
+    # Alive but stuck inside its tick's transaction: PostgreSQL ends its session after the
+    # idle-in-transaction timeout, and the other beat carries on.
+    wait_ticks(beat_db, "every", before + 1, timeout=30)
+    assert 8 < time.monotonic() - hung < 20
+    wait_ticks(beat_db, "every", before + 4)
+    found = _check_once_each(beat_db, "every", "every")
+    assert marker.read_text().split()[1] not in [t[2] for t in found]
 
 
 @pytest.mark.long
@@ -157,3 +180,36 @@ def test_a_workflow_runs_on_a_schedule_and_a_running_one_blocks_the_next(
     # Each run started only after the previous one had finished.
     assert all(later[1] >= earlier[2] for earlier, later in zip(spans, spans[1:],
                                                                  strict=False))
+
+
+@pytest.mark.long
+def test_the_schedule_of_celerys_own_beat_is_imported_and_runs_here(
+        beat_db: str, beats: Callable[..., Any], tmp_path: Path) -> None:
+    from tests.helpers import ROOT, run_cli, worker_process
+    from tests.schedules.conftest import APP
+
+    path = tmp_path / "celerybeat-schedule"
+    log = tmp_path / "old-beat.log"
+    env = {**os.environ, "SWF_DATABASE_URL": beat_db, "SWF_TEST_EVERY": "1",
+           "PYTHONPATH": str(ROOT)}
+    with open(log, "wb") as out:
+        old = subprocess.Popen([sys.executable, "-m", "celery", "-A", APP, "beat", "-S",
+                                "celery.beat:PersistentScheduler", "-s", str(path),
+                                "--loglevel=INFO"], stdout=out, stderr=subprocess.STDOUT,
+                               env=env, cwd=str(ROOT))
+    try:
+        wait_until(lambda: log.read_text().count("Sending due task every") >= 2,
+                   what="Celery's own beat to send the entry twice")
+    finally:
+        old.terminate()
+        old.wait(15)
+    imported = run_cli("schedules", "import", "--shelve", str(path), database=beat_db)
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.strip() == "imported 1: every"
+    entry = schedules.get("every", beat_db)
+    assert (entry.source, entry.task, entry.args) == ("import", "beat_app.record", ["every"])
+    sql(beat_db, "SELECT swf.queue_purge('celery')")  # what the old beat sent
+    with worker_process(APP, env={"SWF_DATABASE_URL": beat_db}):
+        beats(beat_db)  # its beat_schedule is empty: the imported entry is kept
+        wait_ticks(beat_db, "every", 3)
+        _check_once_each(beat_db, "every", "every")
