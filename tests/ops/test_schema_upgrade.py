@@ -93,7 +93,7 @@ def test_a_version_12_database_upgrades_in_place_to_the_fresh_catalog(
 
     result = migrate.migrate(empty_db_url)
 
-    assert result.applied == [v for v in range(13, migrate.latest_version() + 1)]
+    assert result.applied == [m.version for m in migrate.available() if m.version > 12]
     assert _catalog(empty_db_url) == _catalog(db_url)
     # Nothing lost: every row is still there, except dead letters, which moved to their store.
     for table, rows in before.items():
