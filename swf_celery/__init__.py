@@ -39,6 +39,7 @@ from swf_celery.workflows import registration as _registration  # noqa: E402,F40
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from swf_celery import schedules
     from swf_celery.db.transaction import transaction
     from swf_celery.errors import WorkflowDefinitionError, WorkflowFailed, WorkflowTimeout
     from swf_celery.goals.decomposers import LLMDecomposer, RuleDecomposer
@@ -121,6 +122,7 @@ _LAZY = {
 
 __all__ = [
     "SwfError",
+    "schedules",
     "__version__",
     "send_with_notify",
     "notify_only",
@@ -165,7 +167,13 @@ __all__ = [
 ]
 
 
+#: Subpackages reached as attributes (``swf.schedules.add(...)``), imported on first access.
+_SUBPACKAGES = {"schedules"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return import_module(f"swf_celery.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'swf_celery' has no attribute {name!r}")
@@ -175,4 +183,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | _SUBPACKAGES)

@@ -174,3 +174,11 @@ class DecomposerError(GoalError):
 
 class RunInputError(SwfError, ValueError):
     """Raised when a run's input (or a step's output) is not JSON-serialisable."""
+
+
+class ScheduleError(SwfError, ValueError):
+    """Raised when a beat schedule entry is invalid (bad cron text, no task, unknown option)."""
+
+
+class ScheduleNotFound(SwfError, LookupError):
+    """Raised when a beat schedule entry of that name does not exist."""

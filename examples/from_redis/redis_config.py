@@ -11,3 +11,11 @@ task_acks_late = True
 task_serializer = "json"
 result_serializer = "json"
 accept_content = ["json"]
+
+# celery beat on RedBeat (pip install celery-redbeat): the schedule and its lock in Redis.
+beat_scheduler = "redbeat.RedBeatScheduler"
+redbeat_redis_url = REDIS_URL
+beat_schedule = {
+    "receipts-every-10-minutes": {"task": "examples.from_redis.tasks.send_receipt",
+                                  "schedule": 600.0, "args": [0]},
+}

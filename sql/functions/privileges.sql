@@ -8,7 +8,8 @@
 --   client    publish, read its results, start and watch runs (local steps included),
 --             send, listen and acknowledge messages, revoke the tasks it published;
 --   worker    take and report its deliveries and the distributed steps it runs, store
---             results, expire and reap queues, sweep overdue steps;
+--             results, expire and reap queues, sweep overdue steps; run beat and change
+--             the beat schedule (sql/functions/schedules.sql);
 --   operator  everything: cancel, pause, resume, retry, purge, revoke any task, delete
 --             queues, requeue dead letters, clean up. The owner of schema swf (the role
 --             that runs `swf-celery migrate`) and superusers are operators.

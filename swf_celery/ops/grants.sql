@@ -36,6 +36,7 @@ GRANT SELECT ON swf.flows, swf.flow_steps, swf.runs, swf.step_states, swf.step_t
     TO {role};  -- watching runs
 GRANT USAGE, SELECT ON SEQUENCE swf.notify_skips TO {role};  -- NOTIFYs skipped, and reading that
 GRANT SELECT ON swf.flow_keys TO {role};  -- flow keys and their holds (the console, the CLI)
+GRANT SELECT ON swf.schedules, swf.schedule_ticks TO {role};  -- the beat schedule, its ticks
 
 -- swf.queue_waiters, swf.roles, swf.flow_turns and swf.idempotency_keys are written only by
 -- the functions (wake-ups, grants, the limited read, idempotent publish);

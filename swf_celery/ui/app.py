@@ -12,6 +12,7 @@ Routes (all under the mount point):
 ``GET /flows``, ``/flows/{slug}``      stored flows (``POST …/delete``)
 ``GET /goals``, ``/goals/{id}``        goal task graphs (``POST …/approve``)
 ``GET /keys``                          flow keys: limits, held keys (``POST …/release``)
+``GET /schedules``                     the beat schedule (``POST …/{name}/pause|resume``)
 ``GET /metrics``                       Prometheus text format
 ``GET /static/…``                      the stylesheet and script (no CDN)
 =====================================  ==============================================
@@ -33,7 +34,16 @@ from starlette.staticfiles import StaticFiles
 
 from swf_celery.db import Database, DatabaseHandle, read_only_url, resolve
 from swf_celery.errors import ConfigurationError
-from swf_celery.ui import catalog, controls, keys, metrics, queue_pages, run, runs
+from swf_celery.ui import (
+    catalog,
+    controls,
+    keys,
+    metrics,
+    queue_pages,
+    run,
+    runs,
+    schedule_pages,
+)
 from swf_celery.ui.events import EventHub
 from swf_celery.ui.layout import Context
 from swf_celery.ui.security import TOKEN_ENV, Csrf, Guard, allowed_host_names
@@ -124,6 +134,9 @@ def create_app(repo: DatabaseHandle | None = None, *,
         Route("/goals/{graph_id}", catalog.goal_page),
         Route("/keys", keys.keys_page),
         Route("/keys/{key:path}/release", keys.key_release, methods=["POST"]),
+        Route("/schedules", schedule_pages.schedules_page),
+        Route("/schedules/{name:path}/{action}", schedule_pages.schedule_action,
+              methods=["POST"]),
         Route("/metrics", metrics.metrics_endpoint),
         Mount("/static", app=StaticFiles(packages=[("swf_celery.ui", "static")]),
               name="static"),

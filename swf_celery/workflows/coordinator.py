@@ -70,10 +70,7 @@ def to_json(value: Any, what: str) -> str:
 def start_run(db: Database, workflow: WorkflowDef, run_input: Any, *,
               dynamic: bool = False, retry_of: str | None = None) -> str:
     """Record a run of ``workflow`` and dispatch its root steps; return the run id."""
-    steps_text = json.dumps(workflow.to_json(), sort_keys=True)
-    params = {"slug": workflow.slug, "steps": steps_text,
-              "input": to_json(run_input, "the run input"), "dynamic": dynamic,
-              "hash": hashlib.sha256(steps_text.encode()).hexdigest(), "retry_of": retry_of}
+    params = _start_params(workflow, run_input, dynamic=dynamic, retry_of=retry_of)
     try:
         return str(db.fetch_value(QUERIES["start_run"], params, errors={
             pg_errors.NoDataFound: FlowNotFound,
@@ -81,6 +78,21 @@ def start_run(db: Database, workflow: WorkflowDef, run_input: Any, *,
     except WorkflowDefinitionError as exc:  # the slug is taken by the other kind of flow
         raise WorkflowDefinitionError(
             f"{exc}: give the workflow another __workflow_slug__") from None
+
+
+def start_run_on(conn: psycopg.Connection[Any], workflow: WorkflowDef, run_input: Any) -> str:
+    """:func:`start_run` on ``conn``, inside the caller's transaction (a beat's tick: the
+    run and the tick's record commit together); errors are psycopg's."""
+    row = conn.execute(QUERIES["start_run"], _start_params(workflow, run_input)).fetchone()
+    return str(row[0]) if row else ""
+
+
+def _start_params(workflow: WorkflowDef, run_input: Any, *, dynamic: bool = False,
+                  retry_of: str | None = None) -> dict[str, Any]:
+    steps_text = json.dumps(workflow.to_json(), sort_keys=True)
+    return {"slug": workflow.slug, "steps": steps_text,
+            "input": to_json(run_input, "the run input"), "dynamic": dynamic,
+            "hash": hashlib.sha256(steps_text.encode()).hexdigest(), "retry_of": retry_of}
 
 
 def start_task(db: Database, task_id: str) -> dict[str, Any] | None:

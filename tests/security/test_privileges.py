@@ -43,6 +43,7 @@ TABLES: dict[str, dict[str, set[str]]] = {
     "swf.transient_messages": {"client": {I}, "worker": {S, I, U, D}},
     "swf.transient_archive": {"worker": {S, I}},
     "swf.dead_letters": {"worker": {S, I}},
+    "swf.schedules": READ, "swf.schedule_ticks": READ,
     "pgmq.meta": {"client": {S}, "worker": {S}},
     "queue": {"client": {I}, "worker": {S, I, U, D}},        # a broker queue's table
     "archive": {"client": {I}, "worker": {S, I, U, D}},      # and its archive
@@ -71,6 +72,9 @@ FUNCTIONS: dict[str, set[str]] = {
     "queue_mark_limited": ALL, "idempotency_claim": ALL,
     "queue_read_limited": {"worker", "operator"}, "hold_key": {"worker", "operator"},
     "release_key": {"worker", "operator"}, "idempotency_expire": {"operator"},
+    "schedule_put": {"worker", "operator"}, "schedule_pause": {"worker", "operator"},
+    "schedule_delete": {"worker", "operator"}, "schedule_prune": {"worker", "operator"},
+    "schedule_due": {"worker", "operator"}, "schedule_fired": {"worker", "operator"},
 }
 #: Arguments that reach each function's check (default: NULL for every argument).
 ARGS: dict[str, str] = {
