@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         send_with_notify,
     )
     from swf_celery.ops.canvas import cancel_canvas
+    from swf_celery.ops.doctor import doctor
     from swf_celery.workflows.definition import WorkflowDef
     from swf_celery.workflows.executor import Executor, RunResult
     from swf_celery.workflows.flows import FlowBuilder
@@ -95,6 +96,8 @@ _LAZY = {
     "RunStatus": "swf_celery.workflows.lifecycle",
     "RunSummary": "swf_celery.workflows.lifecycle",
     "cancel_canvas": "swf_celery.ops.canvas",
+    # operations
+    "doctor": "swf_celery.ops.doctor",
     # goals
     "Orchestrator": "swf_celery.goals.orchestrator",
     "WorkflowComposer": "swf_celery.goals.orchestrator",
@@ -135,6 +138,7 @@ __all__ = [
     "RunStatus",
     "RunSummary",
     "cancel_canvas",
+    "doctor",
     "Orchestrator",
     "WorkflowComposer",
     "GoalResult",

@@ -3,7 +3,8 @@
 One module per command group: :mod:`.database` (``db``), :mod:`.schema` (``migrate``,
 ``version``), :mod:`.messaging` (``send``, ``listen``), :mod:`.runs` (``runs``, ``pause``,
 ``resume``, ``cancel``, ``retry``), :mod:`.broker` (``drain-redis``, ``cancel-canvas``) and
-:mod:`.grant` (``grant``), :mod:`.cleanup` (``cleanup``) and :mod:`.ui` (``ui``).
+:mod:`.grant` (``grant``), :mod:`.cleanup` (``cleanup``), :mod:`.doctor` (``doctor``) and
+:mod:`.ui` (``ui``).
 Errors print one line (``error: …``) and exit with status 1. ``--json`` gives
 machine-readable output where a command prints data.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import click
 
-from swf_celery.cli import broker, messaging, runs, schema, ui
+from swf_celery.cli import broker, doctor, messaging, runs, schema, ui
 from swf_celery.cli._common import SwfGroup
 from swf_celery.cli.cleanup import cleanup_command
 from swf_celery.cli.database import database
@@ -28,7 +29,7 @@ for _command in (database, schema.migrate_command, schema.version_command,
                  broker.drain_redis_command, messaging.send_command, messaging.listen_command,
                  runs.runs, runs.pause_command, runs.resume_command, runs.cancel_command,
                  runs.retry_command, broker.cancel_canvas_command, grant_command,
-                 cleanup_command, ui.ui_command):
+                 cleanup_command, doctor.doctor_command, ui.ui_command):
     main.add_command(_command)
 
 #: ``celery -A app swf …`` (entry point group ``celery.commands``): the same commands.
