@@ -11,6 +11,7 @@ Routes (all under the mount point):
 ``POST /queues/{name}/dead-letters/…`` ``requeue`` or ``purge`` (``ids``, or all)
 ``GET /flows``, ``/flows/{slug}``      stored flows (``POST …/delete``)
 ``GET /goals``, ``/goals/{id}``        goal task graphs (``POST …/approve``)
+``GET /health``                        the doctor's report (``swf-celery doctor``)
 ``GET /metrics``                       Prometheus text format
 ``GET /static/…``                      the stylesheet and script (no CDN)
 =====================================  ==============================================
@@ -32,7 +33,7 @@ from starlette.staticfiles import StaticFiles
 
 from swf_celery.db import Database, DatabaseHandle, read_only_url, resolve
 from swf_celery.errors import ConfigurationError
-from swf_celery.ui import catalog, controls, metrics, queue_pages, run, runs
+from swf_celery.ui import catalog, controls, health, metrics, queue_pages, run, runs
 from swf_celery.ui.events import EventHub
 from swf_celery.ui.layout import Context
 from swf_celery.ui.security import TOKEN_ENV, Csrf, Guard, allowed_host_names
@@ -121,6 +122,7 @@ def create_app(repo: DatabaseHandle | None = None, *,
         Route("/goals", catalog.goals_page),
         Route("/goals/{graph_id}/approve", catalog.goal_approve, methods=["POST"]),
         Route("/goals/{graph_id}", catalog.goal_page),
+        Route("/health", health.health_page),
         Route("/metrics", metrics.metrics_endpoint),
         Mount("/static", app=StaticFiles(packages=[("swf_celery.ui", "static")]),
               name="static"),
