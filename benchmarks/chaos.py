@@ -180,6 +180,7 @@ class Chaos:
         self.workers: list[Worker] = []
         self.tally = Tally()
         self.faults: Counter[str] = Counter()
+        self.lifecycle: Counter[str] = Counter()  # pauses, resumes, cancels that took
         self.stop_faults = threading.Event()
         self.stop_driver = threading.Event()
         self.notify_max = 0.0
@@ -292,10 +293,10 @@ class Chaos:
         expected = "completed"
         if roll > 0.9:
             expected = "cancelled"
-            threading.Timer(self.rng.uniform(0.2, 2), self._lifecycle,
+            threading.Timer(self.rng.uniform(0.1, 1), self._lifecycle,
                             ("cancel", run_id)).start()
         elif roll > 0.75:
-            threading.Timer(self.rng.uniform(0.2, 2), self._lifecycle, ("pause", run_id)).start()
+            threading.Timer(self.rng.uniform(0.1, 1), self._lifecycle, ("pause", run_id)).start()
         with self.tally.lock:
             self.tally.runs[run_id] = expected
             self.tally.kinds["run"] += 1
@@ -311,13 +312,18 @@ class Chaos:
                     swf.cancel_workflow_run(run_id, self.server.url, reason="chaos")
                 elif action == "pause":
                     swf.pause_workflow_run(run_id, self.server.url)
+                    self.lifecycle["paused"] += 1
                     time.sleep(self.rng.uniform(1, 4))
                     action = "resume"
                     continue
                 else:
                     swf.resume_workflow_run(run_id, self.server.url)
+                self.lifecycle[action + ("d" if action.endswith("e") else "led")] += 1
                 return
             except RunStateError:
+                if action == "cancel":
+                    with self.tally.lock:  # it finished first: it ends completed after all
+                        self.tally.runs[run_id] = "completed"
                 return  # the run ended first: nothing to pause, resume or cancel
             except Exception as exc:  # noqa: BLE001 - retried: the run must not stay paused
                 last = exc
@@ -527,6 +533,7 @@ class Chaos:
             "runs": {"started": len(self.tally.runs), **dict(ends),
                      "stranded": len(stranded), "failed_unexpectedly": len(unexpected_failed)},
             "messages": {"sent": len(self.tally.messages), "lost": len(lost_messages)},
+            "lifecycle": dict(self.lifecycle),
             "faults": dict(self.faults), "notify_queue_max": self.notify_max,
             "tables_bytes": {"start": total[0], "end": total[1]},
             "dead_rows_after_vacuum": dead_after,
@@ -599,7 +606,10 @@ def render(report: dict[str, Any]) -> str:
         f"| channel messages sent / lost | {report['messages']['sent']} / "
         f"{report['messages']['lost']} |",
         f"| publishes refused during faults | {sum(report['refused'].values())} |",
-        f"| pg_notification_queue_usage() max | {report['notify_queue_max']:.4f} |",
+        f"| pauses / resumes / cancels done while runs ran | "
+        f"{report['lifecycle'].get('paused', 0)} / {report['lifecycle'].get('resumed', 0)} / "
+        f"{report['lifecycle'].get('cancelled', 0)} |",
+        f"| pg_notification_queue_usage() max | {report['notify_queue_max']:.6f} |",
         f"| swf + pgmq tables, bytes at start / end | {report['tables_bytes']['start']} / "
         f"{report['tables_bytes']['end']} |",
         f"| tables with dead rows a VACUUM left (>1000) | "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -86,6 +87,7 @@ def fan(inputs: dict[str, Any]) -> list[int]:
 
 @app.task(name="chaos.square")
 def square(inputs: dict[str, Any]) -> int:
+    time.sleep(0.2)  # a run lasts long enough to be paused or cancelled while it runs
     return int(inputs["item"]) ** 2
 
 
