@@ -194,3 +194,11 @@ def test_a_healthy_database_exits_zero(db_url: str) -> None:
                for line in result.stdout.splitlines())
     assert result.returncode in ((1, 2) if busy else (0,)), result.stdout + result.stderr
     assert sql_value(db_url, "SELECT count(*) FROM swf.runs") == 0
+
+
+def test_a_held_message_counts_as_abandoned_once_its_extensions_stop() -> None:
+    """A live worker extends what it holds every third of the visibility timeout."""
+    limits = Limits(visibility_timeout=60)
+    assert not limits.not_extended(59)   # just delivered or extended
+    assert not limits.not_extended(39)   # an extension is due about now
+    assert limits.not_extended(30)       # 30 s without one: its worker is gone
