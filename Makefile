@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-long test-second lock bench celery-suite cluster-bench pgbouncer migrate db lint type check-tree clean-db chromium help
+.PHONY: demo test test-long test-second lock bench celery-suite cluster-bench chaos pgbouncer migrate db lint type check-tree clean-db chromium help
 
 help:
 	@echo "make demo   - install, start Postgres, migrate, run the example workflow"
@@ -19,6 +19,7 @@ help:
 	@echo "make celery-suite - Celery's integration tests on swf:// and on Redis"
 	@echo "make celery-suite ONLY=swf - the swf side alone (CI)"
 	@echo "make cluster-bench - 1, 2, 4 worker hosts in network namespaces (root; docs/benchmarks.md)"
+	@echo "make chaos  - a mixed workload under seeded faults; fails on loss (docs/reliability.md)"
 
 # The exact versions the suite passed with (requirements.lock, hashes checked), then the
 # project itself in place, built by the locked setuptools: nothing comes from whatever the
@@ -94,6 +95,16 @@ celery-suite: migrate
 CLUSTER_ARGS ?=
 cluster-bench: $(STAMP)
 	$(BIN)/python -m benchmarks.cluster_bench $(CLUSTER_ARGS)
+
+# A mixed workload on a private PostgreSQL and its own workers under seeded faults (worker
+# kills, database restarts and crashes, frozen hosts, idle transactions, stalled listeners);
+# prints what was lost and exits 1 on any loss or stranded run. CHAOS_ARGS=--write-docs puts
+# the report in docs/reliability.md. `make test-long` runs it for three minutes.
+CHAOS_MINUTES ?= 3
+CHAOS_SEED ?= 1
+CHAOS_ARGS ?=
+chaos: $(STAMP)
+	$(BIN)/python -m benchmarks.chaos --minutes $(CHAOS_MINUTES) --seed $(CHAOS_SEED) $(CHAOS_ARGS)
 
 # transport/ and sql/ are installed inside swf_celery (pyproject's package-dir): the
 # import-linter and mypy read the package as installed, from a tree of hard links.

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
         send_with_notify,
     )
     from swf_celery.ops.canvas import cancel_canvas
+    from swf_celery.ops.doctor import doctor
     from swf_celery.workflows.definition import WorkflowDef
     from swf_celery.workflows.executor import Executor, RunResult
     from swf_celery.workflows.flows import FlowBuilder
@@ -112,6 +113,8 @@ _LAZY = {
     "held_keys": "swf_celery.limits.holds",
     "HeldKey": "swf_celery.limits.holds",
     "Task": "swf_celery.limits.idempotency",
+    # operations
+    "doctor": "swf_celery.ops.doctor",
     # goals
     "Orchestrator": "swf_celery.goals.orchestrator",
     "WorkflowComposer": "swf_celery.goals.orchestrator",
@@ -159,6 +162,7 @@ __all__ = [
     "held_keys",
     "HeldKey",
     "Task",
+    "doctor",
     "Orchestrator",
     "WorkflowComposer",
     "GoalResult",

@@ -13,6 +13,7 @@ Routes (all under the mount point):
 ``GET /goals``, ``/goals/{id}``        goal task graphs (``POST …/approve``)
 ``GET /keys``                          flow keys: limits, held keys (``POST …/release``)
 ``GET /schedules``                     the beat schedule (``POST …/{name}/pause|resume``)
+``GET /health``                        the doctor's report (``swf-celery doctor``)
 ``GET /metrics``                       Prometheus text format
 ``GET /static/…``                      the stylesheet and script (no CDN)
 =====================================  ==============================================
@@ -37,6 +38,7 @@ from swf_celery.errors import ConfigurationError
 from swf_celery.ui import (
     catalog,
     controls,
+    health,
     keys,
     metrics,
     queue_pages,
@@ -137,6 +139,7 @@ def create_app(repo: DatabaseHandle | None = None, *,
         Route("/schedules", schedule_pages.schedules_page),
         Route("/schedules/{name:path}/{action}", schedule_pages.schedule_action,
               methods=["POST"]),
+        Route("/health", health.health_page),
         Route("/metrics", metrics.metrics_endpoint),
         Mount("/static", app=StaticFiles(packages=[("swf_celery.ui", "static")]),
               name="static"),

@@ -21,7 +21,8 @@ from starlette.responses import HTMLResponse
 from swf_celery.ui.security import CSRF_COOKIE, CSRF_FIELD, Csrf
 
 NAV = (("runs", "Runs", "/"), ("queues", "Queues", "/queues"), ("flows", "Flows", "/flows"),
-       ("goals", "Goals", "/goals"), ("keys", "Keys", "/keys"), ("schedules", "Schedules", "/schedules"),
+       ("goals", "Goals", "/goals"), ("keys", "Keys", "/keys"),
+       ("schedules", "Schedules", "/schedules"), ("health", "Health", "/health"),
        ("metrics", "Metrics", "/metrics"))
 
 

@@ -12,7 +12,7 @@ from starlette.responses import Response
 import swf_celery as swf
 from swf_celery.db import Database, load_queries
 from swf_celery.errors import RunNotFound
-from swf_celery.ui import dag_svg
+from swf_celery.ui import dag_svg, health
 from swf_celery.ui.layout import (
     Context,
     badge,
@@ -121,7 +121,7 @@ def _detail_html(ctx: Context, d: dict[str, Any]) -> str:
 
 
 def render(ctx: Context, status: Any, rows: list[tuple[Any, ...]],
-           detail: dict[str, Any] | None, selected: str | None) -> str:
+           detail: dict[str, Any] | None, selected: str | None, doctor: str = "") -> str:
     """The run page's HTML."""
     rid = status.run_id
     deps = {s.name: s.depends_on for s in status.steps}
@@ -162,6 +162,7 @@ def render(ctx: Context, status: Any, rows: list[tuple[Any, ...]],
     return (summary
             + f'<section id="controls" class="live controls">{controls(ctx, status.status, rid)}'
               "</section>"
+            + doctor
             + f'<section id="graph" class="live"><h2>graph</h2><div class="dag-wrap">{svg}</div>'
               "</section>"
             + '<section id="steps" class="live"><h2>steps</h2>'
@@ -192,9 +193,12 @@ async def run_page(request: Request) -> Response:
         detail = await run_in_threadpool(step_detail, console.db, status.run_id, selected)
         if detail is None:
             return ctx.error(404, f"run {status.run_id} has no step {selected!r}")
+    # An active run's page says why it is not moving (swf-celery doctor's explanation).
+    doctor = ("" if status.status in TERMINAL else
+              await run_in_threadpool(health.run_explanation, console.db, status.run_id))
     live = {"events": ctx.url(f"/runs/{path_part(status.run_id)}/events"), "refresh": "run",
             "run": status.run_id, "steps": str(status.total_steps)}
     if status.status in TERMINAL:
         live["finished"] = "1"
     return ctx.page(f"{status.workflow_slug} {status.run_id[:8]}", "runs",
-                    render(ctx, status, rows, detail, selected), live=live)
+                    render(ctx, status, rows, detail, selected, doctor), live=live)
