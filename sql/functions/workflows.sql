@@ -12,11 +12,12 @@
 --
 -- Distributed steps are dispatched with swf.queue_send() (the broker's SQL, same database,
 -- same transaction); local steps are left 'queued' for the process that started the run.
--- Every transition NOTIFYs the reserved channel "swf:workflow_events" with {"run_id", "step",
--- "status"} (user channels all map to "swf_…" or "swf#…", see
--- swf_celery/messaging/channels.py, so "workflow_events" is an ordinary user channel): ids and
--- states only, never inputs or outputs, and a hint (swf.notify_hint): skipped while the
--- notification queue is too full, so no transition ever fails because a listener is slow.
+-- Every transition stores an event {"run_id", "step", "status"} on the channel
+-- "workflow_events" (the engine's: users listen to it and read its history, only the engine
+-- sends) and NOTIFYs "swf_workflow_events" with its message id and the event (swf._notify):
+-- ids and states only, never inputs or outputs. The NOTIFY is a hint (swf.notify_hint):
+-- skipped while the notification queue is too full, so no transition ever fails because a
+-- listener is slow; the stored event stays.
 --
 -- Retry backoff is capped (swf.max_retry_delay_ms, one hour). A redelivered message of a
 -- run that is no longer active ends its attempt ('cancelled'). A waiting caller
@@ -25,11 +26,22 @@
 -- (swf.sweep_timeouts, which also revokes it) ends it, so a retried attempt never overlaps
 -- an execution that is still running.
 
+-- One run event: a message of the channel "workflow_events" (its pgmq queue, created by
+-- migration 0020) and a NOTIFY of its id with the event, in one statement. Listeners read it
+-- as a stored message (swf_celery.listen("workflow_events"): kind "message", message_id),
+-- readers of history with get_message / read_pending; retention drops it with the channel's
+-- other messages.
 CREATE OR REPLACE FUNCTION swf._notify(p_run uuid, p_step text, p_status text) RETURNS void
 LANGUAGE sql AS $$
-    SELECT swf.notify_hint('swf:workflow_events',
-                           json_build_object('run_id', p_run, 'step', p_step,
-                                             'status', p_status)::text);
+    WITH event AS (
+        INSERT INTO pgmq.q_swf_ch_workflow_events (vt, message)
+        VALUES (clock_timestamp(),
+                jsonb_build_object('run_id', p_run, 'step', p_step, 'status', p_status))
+        RETURNING msg_id)
+    SELECT swf.notify_hint('swf_workflow_events',
+                           json_build_object('swf_message_id', msg_id, 'run_id', p_run,
+                                             'step', p_step, 'status', p_status)::text)
+      FROM event;
 $$;
 
 CREATE OR REPLACE FUNCTION swf.max_retry_delay_ms() RETURNS bigint

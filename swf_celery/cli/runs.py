@@ -128,7 +128,7 @@ def runs_watch(run_id: str, database: str | None) -> None:
                                     completed=status.completed_steps)
             while status.status in ("in_progress", "paused"):
                 note = listener.get(timeout=5.0)
-                if note is not None and note.kind == "notify":
+                if note is not None and note.payload is not None:
                     event = note.json()
                     if not isinstance(event, dict) or event.get("run_id") != status.run_id:
                         continue

@@ -5,12 +5,12 @@ completing and failing a step task each happen in ONE transaction there, includi
 dispatch of the steps that became ready (``swf.queue_send`` into the broker's queues).
 This module only serialises arguments and names the transitions.
 
-Events: every transition NOTIFYs :data:`EVENTS_NOTIFY_CHANNEL` (the reserved channel
-``swf:workflow_events`` of :mod:`swf_celery.messaging`) with ``{"run_id", "step",
-"status"}`` (``step`` is ``null`` for run-level events): ids and states, never inputs or
-outputs. A NOTIFY is a hint, skipped while PostgreSQL's notification queue is too full, and
-anyone who can connect may forge one: readers take an event (:func:`parse_event`) as a
-reason to re-read the run.
+Events: every transition stores ``{"run_id", "step", "status"}`` (``step`` is ``null`` for
+run-level events) as a message of the channel ``workflow_events`` of
+:mod:`swf_celery.messaging` and NOTIFYs :data:`EVENTS_NOTIFY_CHANNEL` with its id and the
+event: ids and states, never inputs or outputs. A NOTIFY is a hint, skipped while
+PostgreSQL's notification queue is too full, and anyone who can connect may forge one:
+readers take an event (:func:`parse_event`) as a reason to re-read the run.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from swf_celery.messaging import channels
 if TYPE_CHECKING:
     from swf_celery.workflows.definition import WorkflowDef
 
-#: PostgreSQL channel of workflow events (NOTIFY channel of ``swf:workflow_events``).
+#: PostgreSQL channel of workflow events (NOTIFY channel of ``workflow_events``).
 EVENTS_NOTIFY_CHANNEL = channels.resolve(channels.WORKFLOW_EVENTS).notify_channel
 #: Run statuses after which nothing changes any more.
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
