@@ -152,6 +152,9 @@ DECLARE
     v_revoke text[];
 BEGIN
     PERFORM swf._require_part('retry a run');
+    IF swf._expire_lease(p_run) THEN  -- nobody drives it: failed now, so it can be retried
+        SELECT * INTO v_old FROM swf.runs WHERE id = p_run;
+    END IF;
     SELECT id INTO v_new FROM swf.runs WHERE retry_of = p_run ORDER BY inserted_at LIMIT 1;
     IF FOUND THEN
         RETURN jsonb_build_object('run_id', v_new, 'revoke', '[]'::jsonb);
@@ -168,6 +171,7 @@ BEGIN
     INSERT INTO swf.step_states (run_id, step_name, step_index, depends_on, dependents,
                                  remaining_deps, status, execution, task_name, queue,
                                  max_attempts, retry_delay_ms, timeout_ms, resources, map_over,
+                                 function_ref,
                                  task_count, remaining_tasks, output, started_at, completed_at)
     SELECT v_new, s.step_name, s.step_index, s.depends_on, s.dependents,
            (SELECT count(*) FROM swf.step_states d
@@ -175,7 +179,7 @@ BEGIN
                AND NOT (p_reuse AND d.status = 'completed')),
            CASE WHEN p_reuse AND s.status = 'completed' THEN 'completed' ELSE 'created' END,
            s.execution, s.task_name, s.queue, s.max_attempts, s.retry_delay_ms, s.timeout_ms,
-           s.resources, s.map_over,
+           s.resources, s.map_over, s.function_ref,
            CASE WHEN p_reuse AND s.status = 'completed' THEN s.task_count END,
            CASE WHEN p_reuse AND s.status = 'completed' THEN 0 END,
            CASE WHEN p_reuse AND s.status = 'completed' THEN s.output END,

@@ -289,7 +289,7 @@ END $$;
 -- Start a run: record it and its steps (a snapshot, so later edits of the flow do not
 -- change it) and dispatch the root steps. p_steps is a JSON array of step objects
 -- {name, depends_on, dependents, execution, task_name, queue, max_attempts,
---  retry_delay_ms, timeout_ms, resources, map_over} in definition order.
+--  retry_delay_ms, timeout_ms, resources, map_over, function_ref} in definition order.
 CREATE OR REPLACE FUNCTION swf.start_run(p_slug text, p_steps jsonb, p_input jsonb,
                               p_dynamic boolean DEFAULT false, p_hash text DEFAULT NULL,
                               p_retry_of uuid DEFAULT NULL)
@@ -316,7 +316,7 @@ BEGIN
             INSERT INTO swf.flow_steps (flow_id, step_name, step_index, depends_on, options)
             SELECT v_flow.id, s ->> 'name', idx::integer - 1,
                    ARRAY(SELECT jsonb_array_elements_text(s -> 'depends_on')),
-                   s - 'name' - 'depends_on' - 'dependents'
+                   s - 'name' - 'depends_on' - 'dependents' - 'function_ref'
               FROM jsonb_array_elements(p_steps) WITH ORDINALITY AS e(s, idx);
             UPDATE swf.flows SET definition_hash = p_hash WHERE id = v_flow.id;
         END IF;
@@ -337,14 +337,15 @@ BEGIN
     RETURNING id INTO v_run;
     INSERT INTO swf.step_states (run_id, step_name, step_index, depends_on, dependents,
                                  remaining_deps, execution, task_name, queue, max_attempts,
-                                 retry_delay_ms, timeout_ms, resources, map_over)
+                                 retry_delay_ms, timeout_ms, resources, map_over, function_ref)
     SELECT v_run, s ->> 'name', idx::integer - 1,
            ARRAY(SELECT jsonb_array_elements_text(s -> 'depends_on')),
            ARRAY(SELECT jsonb_array_elements_text(s -> 'dependents')),
            jsonb_array_length(s -> 'depends_on'),
            s ->> 'execution', s ->> 'task_name', s ->> 'queue',
            (s ->> 'max_attempts')::integer, (s ->> 'retry_delay_ms')::integer,
-           (s ->> 'timeout_ms')::integer, coalesce(s -> 'resources', '{}'), s ->> 'map_over'
+           (s ->> 'timeout_ms')::integer, coalesce(s -> 'resources', '{}'), s ->> 'map_over',
+           s -> 'function_ref'
       FROM jsonb_array_elements(p_steps) WITH ORDINALITY AS e(s, idx);
     PERFORM swf._notify(v_run, NULL, 'in_progress');
     FOR v_step IN SELECT step_name FROM swf.step_states
@@ -558,6 +559,82 @@ RETURNS TABLE (task_id uuid, task jsonb) LANGUAGE sql SECURITY DEFINER SET searc
 $$;
 REVOKE EXECUTE ON FUNCTION swf.claim_local_tasks(uuid, integer) FROM PUBLIC;
 
+-- Leases of local runs. The process that drives a run's local steps holds its lease
+-- (runs.lease_owner until runs.lease_until) and renews it as it drives (swf.drive_run); a run
+-- whose lease ran out while local work is left fails with the reason (swf._expire_lease,
+-- called by the workers' sweep, by any waiter's swf.run_tick and before a retry), ready for
+-- retry. Another process takes a run over with swf.drive_run(..., p_take): the attempts the
+-- previous driver had started fail (and are retried), so no local step runs twice at once.
+CREATE OR REPLACE FUNCTION swf._expire_lease(p_run uuid) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_run swf.runs;
+BEGIN
+    SELECT * INTO v_run FROM swf.runs
+     WHERE id = p_run AND status = 'in_progress' AND lease_until < now();
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    SELECT * INTO v_run FROM swf.runs WHERE id = p_run FOR UPDATE;
+    IF v_run.status <> 'in_progress' OR NOT v_run.lease_until < now()
+       OR NOT EXISTS (SELECT 1 FROM swf.step_states
+                       WHERE run_id = p_run AND execution = 'local'
+                         AND status IN ('created', 'ready', 'started')) THEN
+        RETURN false;
+    END IF;
+    UPDATE swf.step_tasks SET status = 'failed', completed_at = now(), deadline = NULL,
+                              error = 'its driver stopped'
+     WHERE run_id = p_run AND execution = 'local' AND status = 'started';
+    PERFORM swf._fail_run(p_run, NULL, format(
+        'nobody drives its local steps: the lease of %s ran out at %s (the process stopped '
+        'or lost the database); retry the run, or take it over with Executor.resume',
+        v_run.lease_owner, v_run.lease_until));
+    RETURN true;
+END $$;
+
+-- The driver of a run's local steps takes or renews its lease (p_lease_ms), then ticks the
+-- run (swf.run_tick). A lease another live driver holds is not taken unless p_take; then
+-- {"held_by": owner, "until": time} is returned instead of the run's state.
+CREATE OR REPLACE FUNCTION swf.drive_run(p_run uuid, p_owner text, p_lease_ms integer,
+                                         p_take boolean DEFAULT false)
+RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+DECLARE
+    v_run  swf.runs;
+    v_task uuid;
+BEGIN
+    PERFORM swf._require_part('drive a run''s local steps', 'client', 'worker');
+    SELECT * INTO v_run FROM swf.runs WHERE id = p_run;
+    IF FOUND AND v_run.status IN ('in_progress', 'paused') THEN
+        IF v_run.lease_owner IS DISTINCT FROM p_owner THEN
+            SELECT * INTO v_run FROM swf.runs WHERE id = p_run FOR UPDATE;
+            IF v_run.lease_owner IS NOT NULL AND v_run.lease_owner <> p_owner
+               AND v_run.lease_until >= now() AND NOT p_take THEN
+                RETURN jsonb_build_object('held_by', v_run.lease_owner,
+                                          'until', v_run.lease_until);
+            END IF;
+            UPDATE swf.runs
+               SET lease_owner = p_owner,
+                   lease_until = now() + make_interval(secs => p_lease_ms / 1000.0)
+             WHERE id = p_run;
+            IF v_run.lease_owner IS NOT NULL THEN
+                FOR v_task IN SELECT task_id FROM swf.step_tasks
+                               WHERE run_id = p_run AND execution = 'local'
+                                 AND status = 'started' ORDER BY task_id
+                LOOP
+                    PERFORM swf.fail_task(v_task, format('its driver %s was replaced by %s',
+                                                         v_run.lease_owner, p_owner));
+                END LOOP;
+            END IF;
+        ELSIF v_run.lease_until < now() + make_interval(secs => p_lease_ms / 2000.0) THEN
+            UPDATE swf.runs
+               SET lease_until = now() + make_interval(secs => p_lease_ms / 1000.0)
+             WHERE id = p_run AND lease_owner = p_owner;
+        END IF;
+    END IF;
+    RETURN swf.run_tick(p_run);
+END $$;
+REVOKE EXECUTE ON FUNCTION swf.drive_run(uuid, text, integer, boolean) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION swf.run_tick(p_run uuid) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
@@ -565,6 +642,7 @@ DECLARE
     v_next timestamptz;
 BEGIN
     PERFORM swf.expire_tasks(p_run);
+    PERFORM swf._expire_lease(p_run);
     SELECT * INTO v_run FROM swf.runs WHERE id = p_run;
     IF NOT FOUND THEN
         RETURN NULL;
@@ -600,6 +678,13 @@ BEGIN
     IF NOT pg_try_advisory_xact_lock(hashtext('swf-celery:sweep'), 0) THEN
         RETURN NULL;
     END IF;
+    FOR v_task IN SELECT id FROM swf.runs
+                   WHERE status = 'in_progress' AND lease_until < now() ORDER BY id
+    LOOP
+        IF swf._expire_lease(v_task.id) THEN
+            v_failed := v_failed || v_task.id;
+        END IF;
+    END LOOP;
     FOR v_task IN
         SELECT t.task_id, t.run_id, t.execution, s.timeout_ms FROM swf.step_tasks t
           JOIN swf.step_states s ON s.run_id = t.run_id AND s.step_name = t.step_name

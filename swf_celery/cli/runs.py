@@ -189,10 +189,29 @@ def cancel_command(run_id: str, database: str | None, as_json: bool, reason: str
 
 
 @click.option("--reset-all", is_flag=True, help="Run every step again.")
-@_control("retry", "Retry a failed or cancelled run; print the new run id.")
+@_control("retry", "Retry a failed or cancelled run; print the new run id. A run with local "
+          "steps runs them here, imported from where they live, and the command waits and "
+          "prints the new run's outcome (exit 1 unless it completed).")
 def retry_command(run_id: str, database: str | None, as_json: bool, reset_all: bool) -> None:
-    from swf_celery.workflows.lifecycle import retry_failed_workflow
+    from swf_celery.errors import WorkflowFailed
+    from swf_celery.workflows.executor import Executor
+    from swf_celery.workflows.lifecycle import get_run_status, retry_failed_workflow
 
-    new_id = retry_failed_workflow(run_id, database_url(database), reset_all=reset_all)
-    emit({"run_id": new_id, "retry_of": run_id, "status": "in_progress"}, as_json,
-          lambda: click.echo(new_id))
+    url = database_url(database)
+    new_id = retry_failed_workflow(run_id, url, reset_all=reset_all)
+    if not any(s.execution == "local" for s in get_run_status(new_id, url).steps):
+        emit({"run_id": new_id, "retry_of": run_id, "status": "in_progress"}, as_json,
+             lambda: click.echo(new_id))
+        return
+    if not as_json:
+        click.echo(f"{new_id}: running its local steps here until it ends", err=True)
+    try:
+        Executor.wait(new_id, url, timeout=None)
+    except WorkflowFailed:
+        pass
+    status = get_run_status(new_id, url)
+    line = f"run {new_id} {status.status}" + (f": {status.error}" if status.error else "")
+    emit({"run_id": new_id, "retry_of": run_id, "status": status.status,
+          "error": status.error, "output": status.output}, as_json, lambda: click.echo(line))
+    if status.status != "completed":
+        raise SystemExit(1)

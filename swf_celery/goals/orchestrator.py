@@ -20,6 +20,12 @@ Step functions are looked up for each leaf by, in order: its qualified id, the t
 ``step`` key, its own (unqualified) id, then ``"*"`` (a default for every task). A step
 receives the usual mapping ``{"run": run_input, <dependency>: <output>, ...}``; the run
 input is ``{"goal", "graph_id", "tasks": {id: description}, "input": <caller's input>}``.
+A step function that is not a Celery task (a local step) also finds its own task in
+``inputs["task"]`` (``{"id", "description"}``), so one ``"*"`` function tells tasks apart.
+
+``timeout`` behaves as in :meth:`~swf_celery.workflows.executor.Executor.execute`: past
+it the run is cancelled (the graph marked ``failed``) and
+:class:`~swf_celery.errors.WorkflowTimeout` raised; ``on_timeout="keep"`` leaves it running.
 """
 
 from __future__ import annotations
@@ -37,11 +43,19 @@ from swf_celery.errors import (
     StepFunctionError,
     SwfError,
     WorkflowFailed,
+    WorkflowTimeout,
 )
 from swf_celery.goals.decomposers import PLANNER_OPTIONS, PlannerPolicy, run_decomposer
 from swf_celery.workflows import dag
-from swf_celery.workflows.executor import DEFAULT_TIMEOUT_MS, Executor
+from swf_celery.workflows.executor import (
+    DEFAULT_TIMEOUT_MS,
+    Executor,
+    cancel_on_timeout,
+    check_on_timeout,
+)
 from swf_celery.workflows.flows import FlowBuilder
+from swf_celery.workflows.imports import TaskBound
+from swf_celery.workflows.steps import is_task
 
 QUERIES = load_queries(__package__)
 DEFAULT_MAX_DEPTH = 5
@@ -139,17 +153,20 @@ class Orchestrator:
                      require_approval: bool = False, max_depth: int = DEFAULT_MAX_DEPTH,
                      resource_queues: Mapping[str, str] | None = None,
                      allowed_options: Collection[str] | None = None,
-                     allowed_queues: Collection[str] | None = None) -> GoalResult:
+                     allowed_queues: Collection[str] | None = None,
+                     on_timeout: str = "cancel", app: Any = None) -> GoalResult:
         """Decompose (unless ``goal`` is a graph or a graph id), build a flow, run it.
 
         ``goal`` is goal text, a graph returned by :meth:`decompose_goal`, or the id of
         one; the last two run without asking the decomposer again. Blocks until the run
-        ends (``timeout`` in ms); a failed run raises
-        :class:`~swf_celery.errors.WorkflowFailed`. ``allowed_options`` and
+        ends (``timeout`` in ms: past it the run is cancelled, unless
+        ``on_timeout="keep"``, and :class:`~swf_celery.errors.WorkflowTimeout` is raised); a
+        failed run raises :class:`~swf_celery.errors.WorkflowFailed`. ``allowed_options`` and
         ``allowed_queues`` as for :meth:`decompose_goal`; a stored graph is checked
         against them again before anything is built or run.
         """
         db = resolve(repo)
+        check_on_timeout(on_timeout)
         policy = PlannerPolicy.of(allowed_options, allowed_queues)
         graph = _load_or_decompose(goal, decomposer, db, max_depth, policy)
         policy.check(graph["tasks"])
@@ -169,6 +186,12 @@ class Orchestrator:
                                               "run_id": run_id})
         try:
             result = Executor.wait(run_id, db, timeout)
+        except WorkflowTimeout:
+            if on_timeout == "keep":
+                raise
+            error = cancel_on_timeout(db, run_id, timeout, app)
+            _mark_finished(db, graph["id"], run_id, "failed")
+            raise error from None
         except WorkflowFailed:
             _mark_finished(db, graph["id"], run_id, "failed")
             raise
@@ -217,7 +240,10 @@ def _bind_functions(flat: list[dict[str, Any]],
         short = qid.rsplit(dag.QUALIFIER, 1)[-1]
         for key in (qid, task.get("step"), short, "*"):
             if key is not None and key in step_functions:
-                bound[qid] = step_functions[key]
+                function = step_functions[key]
+                # A local step is told its task (a Celery task runs on a worker as it is).
+                bound[qid] = function if is_task(getattr(function, "__wrapped__", function)) \
+                    else TaskBound(function, qid, str(task.get("description", "")))
                 break
         else:
             missing.append(qid)

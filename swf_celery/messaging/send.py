@@ -225,8 +225,8 @@ def read_pending(
 
 
 def acknowledge(
-    channel: str, message_ids: int | str | Iterable[int | str], repo: DatabaseHandle | None = None, *,
-    archive: bool = True,
+    channel: str, message_ids: int | str | Iterable[int | str],
+    repo: DatabaseHandle | None = None, *, archive: bool = True,
 ) -> list[int]:
     """Retire messages of ``channel`` so they are no longer pending; return the ids retired.
 

@@ -148,6 +148,23 @@ def cancel_run(db: Database, run_id: str, reason: str) -> list[str]:
                                        RunStateError}) or [])
 
 
+def step_result(returned: Any) -> tuple[bool, Any]:
+    """What a step's return value means: ``(True, output)`` or ``(False, error text)``.
+
+    The reference's tuples are understood: ``("ok", value)`` stores ``value``, and
+    ``("error", reason)`` fails the attempt with ``reason`` (retried as a raise is). Only
+    a 2-tuple whose first item is exactly ``"ok"`` or ``"error"`` is read so; anything else,
+    lists included, is the output as it is. Raising stays the Python way to fail.
+    """
+    if isinstance(returned, tuple) and len(returned) == 2 and isinstance(returned[0], str):
+        tag, value = returned
+        if tag == "ok":
+            return True, value
+        if tag == "error":
+            return False, value if isinstance(value, str) else repr(value)
+    return True, returned
+
+
 def describe(exc: BaseException) -> str:
     """An exception as the error text of a failed attempt."""
     return f"{type(exc).__name__}: {exc}"
@@ -191,6 +208,16 @@ def claim_local_tasks(db: Database, run_id: str,
     with db.connection() as conn:
         rows = conn.execute(QUERIES["claim_local_tasks"], {"run_id": run_id, "limit": limit})
         return [(tid, task) for tid, task in rows if task is not None]
+
+
+def drive_run(db: Database, run_id: str, owner: str, lease_ms: int,
+              take: bool = False) -> dict[str, Any] | None:
+    """Take or renew the lease of a run's driver, then :func:`refresh_run`; a lease another
+    driver holds (unless ``take``) returns ``{"held_by", "until"}`` instead."""
+    state: dict[str, Any] | None = db.fetch_value(
+        QUERIES["drive_run"], {"run_id": run_id, "owner": owner, "lease_ms": lease_ms,
+                               "take": take})
+    return state
 
 
 def refresh_run(db: Database, run_id: str) -> dict[str, Any] | None:

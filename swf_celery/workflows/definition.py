@@ -15,7 +15,9 @@ A workflow is any of
 
 Step contract: the function receives ONE mapping ``{"run": <run input>, "<dependency>":
 <its output>, ...}`` (a map step also gets ``"item"`` and ``"index"``) and returns a
-JSON-serialisable output; raising fails the attempt. The run's result is
+JSON-serialisable output; raising fails the attempt. The reference's tuples are understood
+too: ``("ok", value)`` outputs ``value`` and ``("error", reason)`` fails the attempt
+(:func:`~swf_celery.workflows.coordinator.step_result`). The run's result is
 ``{<leaf step>: <its output>}``.
 
 Loading validates everything (see :mod:`swf_celery.workflows.dag`) before the database is
@@ -31,7 +33,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from swf_celery.errors import StepFunctionError, WorkflowDefinitionError
-from swf_celery.workflows import dag
+from swf_celery.workflows import dag, imports
 from swf_celery.workflows.names import STEP_TASK_NAME
 from swf_celery.workflows.steps import (
     OPTION_NAMES,
@@ -77,6 +79,8 @@ class StepDef:
             "retry_delay_ms": int(round(self.retry_delay * 1000)),
             "timeout_ms": None if self.timeout is None else int(math.ceil(self.timeout * 1000)),
             "resources": dict(self.resources), "map_over": self.map_over,
+            "function_ref": (imports.reference(self.function)
+                             if self.execution == "local" else None),
         }
 
 

@@ -59,8 +59,10 @@ class FlowBuilder:
 
     @staticmethod
     def add_step(workflow_id: str, step_name: str, depends_on: Sequence[str] = (),
-                 repo: DatabaseHandle | None = None, **options: Any) -> None:
-        """Append a step; refuses a duplicate name, an unknown dependency or a cycle.
+                 repo: DatabaseHandle | None = None, **options: Any) -> dict[str, Any]:
+        """Append a step and return it as :meth:`get_flow` lists it (``name``,
+        ``depends_on`` and its options); refuses a duplicate name, an unknown dependency or
+        a cycle.
 
         ``options`` are those of :func:`swf_celery.step`: ``queue``, ``execution``,
         ``max_attempts``, ``retry_delay``, ``timeout``, ``resources``, ``map_over``.
@@ -94,6 +96,7 @@ class FlowBuilder:
             stored["resources"] = dict(opts.resources)
             conn.execute(QUERIES["add_step"], {"flow_id": flow_id, "step": step_name,
                                           "depends_on": deps, "options": json.dumps(stored)})
+        return {"name": step_name, "depends_on": deps, **json.loads(json.dumps(stored))}
 
     @staticmethod
     def list_flows(repo: DatabaseHandle | None = None) -> list[dict[str, Any]]:

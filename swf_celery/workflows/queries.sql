@@ -21,6 +21,16 @@ SELECT task_id::text, task FROM swf.claim_local_tasks(%(run_id)s::uuid, %(limit)
 -- name: run_tick
 SELECT swf.run_tick(%(run_id)s::uuid);
 
+-- name: drive_run
+SELECT swf.drive_run(%(run_id)s::uuid, %(owner)s, %(lease_ms)s, %(take)s);
+
+-- name: run_functions
+-- The recorded import references of a run's local steps, and its input (goal tasks'
+-- descriptions).
+SELECT r.input, (SELECT jsonb_object_agg(s.step_name, s.function_ref ORDER BY s.step_index)
+                   FROM swf.step_states s WHERE s.run_id = r.id AND s.execution = 'local')
+  FROM swf.runs r WHERE r.id = %(run_id)s::uuid;
+
 -- name: expire_tasks
 SELECT swf.expire_tasks(%(run_id)s::uuid);
 

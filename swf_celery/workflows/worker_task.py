@@ -79,7 +79,8 @@ def run_step(task: Any, ref: dict[str, Any]) -> None:
     except Exception as exc:  # the step's own failure: reported, the attempt retried or failed
         _report(task, db, claim, coordinator.fail_task, coordinator.describe(exc))
         return
-    _report(task, db, claim, coordinator.complete_task, output)
+    ok, value = coordinator.step_result(output)
+    _report(task, db, claim, coordinator.complete_task if ok else coordinator.fail_task, value)
 
 
 def _report(task: Any, db: Database, claim: dict[str, Any], call: Any,

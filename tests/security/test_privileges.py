@@ -54,7 +54,7 @@ FUNCTIONS: dict[str, set[str]] = {
     "queue_bind": ALL, "task_revoke": ALL, "task_revokes": ALL, "ensure_channel": ALL,
     "start_run": ALL, "expire_tasks": ALL, "run_tick": ALL, "running_tasks": ALL,
     "claim_local_tasks": ALL, "start_task": ALL, "complete_task": ALL, "fail_task": ALL,
-    "abandon_task": ALL, "_grant_channels": ALL, "queue_send": ALL,
+    "abandon_task": ALL, "_grant_channels": ALL, "queue_send": ALL, "drive_run": ALL,
     "queue_unbind": {"worker", "operator"}, "queue_reap": {"worker", "operator"},
     "sweep_timeouts": {"worker", "operator"}, "retention_runs": {"operator"},
     "retention_archives": {"operator"}, "retention_results": {"operator"},
