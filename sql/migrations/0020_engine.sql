@@ -40,3 +40,45 @@ CREATE INDEX runs_lease ON swf.runs (lease_until)
 -- {"path": "module:qualname"} of a local step's function ({"path": null, "why": ...} when it
 -- cannot be imported by name, e.g. a lambda), and how it is bound ("bind": "goal_task").
 ALTER TABLE swf.step_states ADD COLUMN function_ref jsonb;
+
+-- Conditional steps: a step may be skipped (its predicate said so, a dependency was skipped,
+-- or it used up its attempts with on_exhausted 'skip'); its output is NULL. A step may wait
+-- for a signal or a time ('waiting') before its tasks exist.
+ALTER TABLE swf.step_states DROP CONSTRAINT step_states_status_check,
+    ADD CONSTRAINT step_states_status_check
+        CHECK (status IN ('created', 'ready', 'waiting', 'started', 'completed', 'skipped',
+                          'failed', 'cancelled'));
+ALTER TABLE swf.step_tasks DROP CONSTRAINT step_tasks_status_check,
+    ADD CONSTRAINT step_tasks_status_check
+        CHECK (status IN ('queued', 'paused', 'started', 'completed', 'skipped', 'failed',
+                          'cancelled'));
+ALTER TABLE swf.step_states
+    -- {"run_if" | "skip_if": {"path": ...}}: the predicate, evaluated where the step runs
+    ADD COLUMN condition    jsonb,
+    ADD COLUMN run_on_skip  boolean NOT NULL DEFAULT false,
+    ADD COLUMN on_exhausted text NOT NULL DEFAULT 'fail'
+        CHECK (on_exhausted IN ('fail', 'skip')),
+    -- signals and durable sleep: the signal awaited, the time to wait for (absolute, or
+    -- seconds after the dependencies finished) and when the step may start
+    ADD COLUMN wait_for     text,
+    ADD COLUMN wait_until   timestamptz,
+    ADD COLUMN wait_seconds double precision,
+    ADD COLUMN due_at       timestamptz;
+CREATE INDEX step_states_due ON swf.step_states (due_at) WHERE status = 'waiting';
+
+-- Signals sent to a run, kept until a step that waits for them starts (one per name).
+CREATE TABLE swf.run_signals (
+    run_id   uuid NOT NULL REFERENCES swf.runs (id) ON DELETE CASCADE,
+    name     text NOT NULL,
+    payload  jsonb,
+    sent_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, name)
+);
+
+-- Replay: a new run reusing the outputs of every step not downstream of a chosen step.
+ALTER TABLE swf.runs ADD COLUMN replay_of uuid REFERENCES swf.runs (id) ON DELETE SET NULL;
+CREATE INDEX runs_replay_of ON swf.runs (replay_of) WHERE replay_of IS NOT NULL;
+
+-- Statistics read finished runs of a flow over a window.
+CREATE INDEX runs_slug_finished ON swf.runs (flow_slug, finished_at)
+    WHERE finished_at IS NOT NULL;

@@ -30,8 +30,10 @@ from swf_celery.db import Database, ErrorMap, load_queries, retry_unavailable
 from swf_celery.errors import (
     FlowNotFound,
     RunInputError,
+    RunNotFound,
     RunStateError,
     TransactionConflict,
+    UnknownSignal,
     WorkflowDefinitionError,
 )
 from swf_celery.messaging import channels
@@ -116,6 +118,21 @@ def fail_task(db: Database, task_id: str, error: str) -> str:
     """Report a failed attempt; ``"retrying"``, ``"failed"`` or ``"ignored"``."""
     return str(db.fetch_value(QUERIES["fail_task"],
                               {"task_id": task_id, "error": _text(error)}))
+
+
+def skip_task(db: Database, task_id: str, reason: str) -> str:
+    """Report that a started attempt's step is skipped (its predicate said so)."""
+    return str(db.fetch_value(QUERIES["skip_task"], {"task_id": task_id,
+                                                     "reason": _text(reason)}))
+
+
+def signal_run(db: Database, run_id: str, name: str, payload: Any) -> int:
+    """Send signal ``name`` to a run (``swf.signal_run``); the waiting steps it started."""
+    return int(db.fetch_value(QUERIES["signal_run"], {
+        "run_id": run_id, "name": name, "payload": to_json(payload, "the signal payload")},
+        errors={pg_errors.NoDataFound: RunNotFound,
+                pg_errors.InvalidParameterValue: UnknownSignal,
+                pg_errors.ObjectNotInPrerequisiteState: RunStateError}) or 0)
 
 
 def abandon_task(db: Database, task_id: str, reason: str) -> str:

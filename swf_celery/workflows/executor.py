@@ -34,7 +34,6 @@ from swf_celery.workflows.local_runner import (
     LocalRunner,
     drive,
     drive_in_background,
-    local_functions,
     remember,
     run_functions,
 )
@@ -160,7 +159,7 @@ def _run_blocking(db: Database, wf: definition.WorkflowDef, run_input: Any,
     deadline = None if timeout is None else time.monotonic() + timeout / 1000
     remember(wf)
     run_id = coordinator.start_run(db, wf, run_input, dynamic=dynamic)
-    runner = (LocalRunner(db, local_functions(wf), run_id, max_local_workers, lease=lease)
+    runner = (LocalRunner(db, wf, run_id, max_local_workers, lease=lease)
               if wf.has_local_steps else None)
     try:
         state = drive(db, run_id, runner, deadline, watch_steps=_watch_steps(wf))
@@ -200,7 +199,7 @@ def _run_background(db: Database, wf: definition.WorkflowDef, run_input: Any,
                     lease: float = DEFAULT_LEASE_S) -> str:
     remember(wf)
     run_id = coordinator.start_run(db, wf, run_input, dynamic=dynamic)
-    drive_in_background(db, local_functions(wf), run_id, max_local_workers, lease=lease)
+    drive_in_background(db, wf, run_id, max_local_workers, lease=lease)
     return run_id
 
 

@@ -16,6 +16,7 @@ recorded when they first run.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -94,6 +95,8 @@ class FlowBuilder:
             dag.validate(existing + [(step_name, deps)])
             stored = {key: getattr(opts, key) for key in STORED_OPTIONS}
             stored["resources"] = dict(opts.resources)
+            if isinstance(opts.wait_until, dt.datetime):
+                stored["wait_until"] = opts.wait_until.isoformat()
             conn.execute(QUERIES["add_step"], {"flow_id": flow_id, "step": step_name,
                                           "depends_on": deps, "options": json.dumps(stored)})
         return {"name": step_name, "depends_on": deps, **json.loads(json.dumps(stored))}

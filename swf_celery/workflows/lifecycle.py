@@ -41,7 +41,7 @@ from psycopg import sql
 from swf_celery.db import Database, DatabaseHandle, ErrorMap, load_queries, resolve
 from swf_celery.errors import ArgumentError, RunNotFound, RunStateError, StepFunctionError
 from swf_celery.ops.canvas import revoke_tasks
-from swf_celery.workflows import definition, flows
+from swf_celery.workflows import coordinator, definition, flows
 from swf_celery.workflows.local_runner import (
     drive_in_background,
     known_workflow,
@@ -123,6 +123,9 @@ class RunStatus(RunProgress):
     """
 
     retried_by: str | None
+    #: The run this one replays (:func:`replay`), and the replays of this one.
+    replay_of: str | None
+    replays: list[str]
     #: Whether some attempt runs past its timeout (the workers' sweep fails it next).
     overdue: bool
     input: Any
@@ -252,6 +255,49 @@ def cancel_workflow_run(run_id: str, repo: DatabaseHandle | None = None, *,
         revoke_tasks(db, list(running), app=app, terminate=terminate)
 
 
+def signal(run_id: str, name: str, payload: Any = None,
+           repo: DatabaseHandle | None = None) -> int:
+    """Send the signal ``name`` (with a JSON ``payload``) to a run; return how many waiting
+    steps it started.
+
+    A step declared with ``wait_for=name`` starts only once the signal was sent, and finds
+    ``payload`` in ``inputs[name]``. A signal sent before the step is reached is kept (one
+    per name: a later one replaces it). :class:`RunNotFound` for an unknown run,
+    :class:`~swf_celery.errors.UnknownSignal` when no step of the run waits for ``name``,
+    :class:`RunStateError` when the run has finished.
+    """
+    if not isinstance(name, str) or not name:
+        raise ArgumentError(f"a signal name must be non-empty text, not {name!r}")
+    return coordinator.signal_run(resolve(repo), _run_uuid(run_id), name, payload)
+
+
+def replay(run_id: str, from_step: str, input: Any = None,
+           repo: DatabaseHandle | None = None, *, workflow: Any = None,
+           step_functions: Mapping[str, Any] | None = None) -> str:
+    """Start a new run replaying a finished one from ``from_step``; return its id.
+
+    The new run reuses the outputs of every step not downstream of ``from_step`` (the
+    completed items of map steps included) and runs ``from_step`` and every step after it
+    again, on ``input`` when given (``None``: the old run's input). Its ``replay_of`` names
+    the old run (shown by ``get_run_status``, the CLI and the console). Local steps run in
+    this process, found as for :func:`retry_failed_workflow`.
+    """
+    db = resolve(repo)
+    rid = _run_uuid(run_id)
+    row = db.fetch_one(QUERIES["run_local_steps"], {"run_id": rid})
+    if row is None:
+        raise RunNotFound(f"run {rid} does not exist")
+    slug, local_steps = row[0], list(row[1])
+    functions = _local_functions(db, rid, slug, local_steps, workflow, step_functions)
+    new_id = str(db.fetch_value(QUERIES["replay_run"], {
+        "run_id": rid, "step": from_step, "new_input": input is not None,
+        "input": coordinator.to_json(input, "the run input")},
+        errors={**_RUN_ERRORS, pg_errors.InvalidParameterValue: ArgumentError}))
+    if functions:
+        drive_in_background(db, functions, new_id, None)
+    return new_id
+
+
 def retry_failed_workflow(run_id: str, repo: DatabaseHandle | None = None, *,
                           skip_completed: bool = True, reset_all: bool = False,
                           workflow: Any = None, step_functions: Mapping[str, Any] | None = None,
@@ -294,24 +340,32 @@ def retry_failed_workflow(run_id: str, repo: DatabaseHandle | None = None, *,
 
 def _local_functions(db: Database, run_id: str, slug: str, local_steps: list[str],
                      workflow: Any, step_functions: Mapping[str, Any] | None
-                     ) -> dict[str, Any]:
-    """``{step: function}`` for the local steps of a retry (empty when there are none)."""
+                     ) -> definition.WorkflowDef | dict[str, Any]:
+    """The workflow (or ``{step: function}``) running the local steps of a retry; empty
+    when there are none."""
     if not local_steps and workflow is None and step_functions is None:
         return {}
     if workflow is not None:
-        functions = local_functions(definition.load(workflow))
-    elif step_functions is not None:
-        functions = local_functions(flows.load_dynamic(slug, step_functions, db))
-    else:
-        known = known_workflow(slug)
-        try:
-            functions = local_functions(known) if known is not None \
-                else run_functions(db, run_id)
-        except StepFunctionError as exc:
-            raise StepFunctionError(
-                f"{exc}: pass workflow=<the workflow class> (or step_functions={{step: "
-                "function} for a dynamic or goal flow)") from None
+        return _checked(run_id, local_steps, definition.load(workflow))
+    if step_functions is not None:
+        return _checked(run_id, local_steps, flows.load_dynamic(slug, step_functions, db))
+    known = known_workflow(slug)
+    if known is not None:
+        return _checked(run_id, local_steps, known)
+    try:
+        functions = run_functions(db, run_id)
+    except StepFunctionError as exc:
+        raise StepFunctionError(
+            f"{exc}: pass workflow=<the workflow class> (or step_functions={{step: "
+            "function} for a dynamic or goal flow)") from None
+    return _checked(run_id, local_steps, functions)
+
+
+def _checked(run_id: str, local_steps: list[str],
+             given: definition.WorkflowDef | dict[str, Any]
+             ) -> definition.WorkflowDef | dict[str, Any]:
+    functions = local_functions(given) if isinstance(given, definition.WorkflowDef) else given
     missing = [name for name in local_steps if functions.get(name) is None]
     if missing:
         raise StepFunctionError(f"run {run_id}: no function given for local step(s) {missing}")
-    return functions
+    return given

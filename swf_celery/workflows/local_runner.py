@@ -47,7 +47,7 @@ from swf_celery.errors import (
     SwfError,
     WorkflowTimeout,
 )
-from swf_celery.workflows import coordinator, imports
+from swf_celery.workflows import conditions, coordinator, imports
 from swf_celery.workflows.definition import WorkflowDef
 
 log = logging.getLogger("swf_celery.workflows.local_runner")
@@ -82,6 +82,12 @@ def local_functions(workflow: WorkflowDef) -> dict[str, Any]:
     return {s.name: s.function for s in workflow.steps if s.execution == "local"}
 
 
+def local_conditions(workflow: WorkflowDef) -> dict[str, Any]:
+    """``{step name: (kind, predicate)}`` of a workflow's conditional local steps."""
+    return {s.name: s.condition for s in workflow.steps
+            if s.execution == "local" and s.condition is not None}
+
+
 def run_functions(db: Database, run_id: str) -> dict[str, Any]:
     """The functions of a run's local steps, imported from the paths it recorded;
     :class:`StepFunctionError` naming each step that cannot be imported, and why."""
@@ -113,8 +119,11 @@ class LocalRunner:
                  take_over: bool = False) -> None:
         self.db = db
         self.run_id = run_id
-        self._functions = (local_functions(functions) if isinstance(functions, WorkflowDef)
-                           else dict(functions))
+        self._conditions: dict[str, Any] = {}
+        if isinstance(functions, WorkflowDef):
+            self._conditions = local_conditions(functions)
+            functions = local_functions(functions)
+        self._functions = dict(functions)
         #: Who holds the run's lease while this runner drives it.
         self.owner = driver_name()
         self.lease = lease
@@ -174,6 +183,10 @@ class LocalRunner:
                              f"no local function for step {task['step']!r}")
                 return
             try:
+                skip = conditions.skip_reason(task, self._conditions.get(task["step"]))
+                if skip is not None:
+                    self._report(coordinator.skip_task, task_id, skip)
+                    return
                 output = function(task["input"])
             except Exception as exc:  # the step's own failure: retried or fails the run
                 self._report(coordinator.fail_task, task_id, coordinator.describe(exc))
@@ -273,9 +286,9 @@ def drive_in_background(db: Database, functions: WorkflowDef | dict[str, Any], r
                         max_local_workers: int | None, *,
                         lease: float = DEFAULT_LEASE_S) -> None:
     """Run the local steps of ``run_id`` from a daemon thread until the run ends."""
-    runner = LocalRunner(db, functions, run_id, max_local_workers, lease=lease)
-    if not runner._functions:
+    if not (local_functions(functions) if isinstance(functions, WorkflowDef) else functions):
         return
+    runner = LocalRunner(db, functions, run_id, max_local_workers, lease=lease)
 
     def keep_driving() -> None:
         # A background driver has no caller to raise to: it rides out a short database
