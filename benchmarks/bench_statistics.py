@@ -27,7 +27,8 @@ WITH r AS (
            CASE WHEN i %% 20 = 0 THEN 'failed' ELSE 'completed' END, 4, 0,
            now() - make_interval(secs => 86400.0 * i / %(runs)s),
            now() - make_interval(secs => 86400.0 * i / %(runs)s),
-           now() - make_interval(secs => 86400.0 * i / %(runs)s) + make_interval(secs => 2 + (i %% 7))
+           now() - make_interval(secs => 86400.0 * i / %(runs)s)
+               + make_interval(secs => 2 + (i %% 7))
       FROM generate_series(1, %(runs)s) AS i
     RETURNING id, inserted_at, status)
 INSERT INTO swf.step_states (run_id, step_name, step_index, depends_on, dependents,
