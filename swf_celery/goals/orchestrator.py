@@ -40,8 +40,10 @@ from swf_celery.db import Database, DatabaseHandle, load_queries, resolve
 from swf_celery.errors import (
     FlowNotFound,
     GoalError,
+    RunStateError,
     StepFunctionError,
     SwfError,
+    UnknownSignal,
     WorkflowFailed,
     WorkflowTimeout,
 )
@@ -55,10 +57,14 @@ from swf_celery.workflows.executor import (
 )
 from swf_celery.workflows.flows import FlowBuilder
 from swf_celery.workflows.imports import TaskBound
+from swf_celery.workflows.lifecycle import signal
 from swf_celery.workflows.steps import is_task
 
 QUERIES = load_queries(__package__)
 DEFAULT_MAX_DEPTH = 5
+#: The signal a run waiting for its graph's approval waits for (``require_approval="wait"``).
+APPROVAL_SIGNAL = "approved"
+_GATED = "-approval"
 
 
 @dataclass(frozen=True)
@@ -140,17 +146,26 @@ class Orchestrator:
 
     @staticmethod
     def approve_task_graph(graph_id: str, repo: DatabaseHandle | None = None) -> dict[str, Any]:
-        """Record approval of a previewed graph (``execute_goal(require_approval=True)``)."""
-        Orchestrator.get_task_graph(graph_id, repo)
+        """Record approval of a previewed graph (``execute_goal(require_approval=True)``);
+        a run of it waiting for approval (``require_approval="wait"``) gets the signal
+        :data:`APPROVAL_SIGNAL` and starts."""
+        graph = Orchestrator.get_task_graph(graph_id, repo)
         with resolve(repo).connection() as conn:
             conn.execute(QUERIES["approve_graph"], {"id": graph_id})
+        run_id = graph["last_run_id"]
+        if run_id is not None and str(graph["workflow_id"] or "").endswith(_GATED):
+            try:
+                signal(str(run_id), APPROVAL_SIGNAL, {"graph_id": graph_id}, repo)
+            except (UnknownSignal, RunStateError):  # that run ended, or started already
+                pass
         return Orchestrator.get_task_graph(graph_id, repo)
 
     @staticmethod
     def execute_goal(goal: str | Mapping[str, Any], decomposer: Callable[[str], Any] | None,
                      step_functions: Mapping[str, Any], repo: DatabaseHandle | None = None, *,
                      input: Any = None, timeout: int | None = DEFAULT_TIMEOUT_MS,
-                     require_approval: bool = False, max_depth: int = DEFAULT_MAX_DEPTH,
+                     require_approval: bool | str = False,
+                     max_depth: int = DEFAULT_MAX_DEPTH,
                      resource_queues: Mapping[str, str] | None = None,
                      allowed_options: Collection[str] | None = None,
                      allowed_queues: Collection[str] | None = None,
@@ -163,18 +178,26 @@ class Orchestrator:
         ``on_timeout="keep"``, and :class:`~swf_celery.errors.WorkflowTimeout` is raised); a
         failed run raises :class:`~swf_celery.errors.WorkflowFailed`. ``allowed_options`` and
         ``allowed_queues`` as for :meth:`decompose_goal`; a stored graph is checked
-        against them again before anything is built or run.
+        against them again before anything is built or run. ``require_approval=True``
+        refuses a graph nobody approved; ``"wait"`` starts the run at once with its first
+        tasks waiting (durably, holding nothing) for the signal :data:`APPROVAL_SIGNAL`,
+        which :meth:`approve_task_graph` sends.
         """
         db = resolve(repo)
         check_on_timeout(on_timeout)
         policy = PlannerPolicy.of(allowed_options, allowed_queues)
         graph = _load_or_decompose(goal, decomposer, db, max_depth, policy)
         policy.check(graph["tasks"])
-        if require_approval and graph["approved_at"] is None:
+        if require_approval not in (False, True, "wait"):
+            raise GoalError(f"require_approval must be True, False or 'wait', not "
+                            f"{require_approval!r}")
+        gated = require_approval == "wait" and graph["approved_at"] is None
+        if require_approval is True and graph["approved_at"] is None:
             raise GoalError(f"task graph {graph['id']} is not approved: call "
-                            "Orchestrator.approve_task_graph first")
+                            "Orchestrator.approve_task_graph first (or pass "
+                            "require_approval='wait' to start a run that waits for it)")
         functions = _bind_functions(graph["flat_tasks"], step_functions)
-        workflow_id = _ensure_flow(graph, db)
+        workflow_id = _ensure_flow(graph, db, gated)
         run_input = {"goal": graph["goal"], "graph_id": graph["id"],
                      "tasks": {t["id"]: t.get("description", "")
                                for t in graph["flat_tasks"]},
@@ -184,6 +207,9 @@ class Orchestrator:
         with db.connection() as conn:
             conn.execute(QUERIES["mark_running"], {"id": graph["id"], "workflow_id": workflow_id,
                                               "run_id": run_id})
+        if gated and Orchestrator.get_task_graph(graph["id"], db)["approved_at"] is not None:
+            # approved between the start and the line above: its signal found no run yet
+            Orchestrator.approve_task_graph(graph["id"], db)
         try:
             result = Executor.wait(run_id, db, timeout)
         except WorkflowTimeout:
@@ -254,8 +280,9 @@ def _bind_functions(flat: list[dict[str, Any]],
     return bound
 
 
-def _ensure_flow(graph: dict[str, Any], db: Database) -> str:
-    workflow_id = graph["workflow_id"] or f"goal-{graph['id']}"
+def _ensure_flow(graph: dict[str, Any], db: Database, gated: bool = False) -> str:
+    # A gated flow (its root tasks wait for the approval signal) is a flow of its own.
+    workflow_id = f"goal-{graph['id']}" + (_GATED if gated else "")
     try:
         FlowBuilder.get_flow(workflow_id, db)
         return workflow_id
@@ -264,6 +291,8 @@ def _ensure_flow(graph: dict[str, Any], db: Database) -> str:
     FlowBuilder.create_flow(workflow_id, db)
     for task in graph["flat_tasks"]:
         options = {k: task[k] for k in PLANNER_OPTIONS if task.get(k) is not None}
+        if gated and not task["depends_on"]:
+            options["wait_for"] = APPROVAL_SIGNAL
         FlowBuilder.add_step(workflow_id, task["id"], task["depends_on"], db, **options)
     return workflow_id
 

@@ -187,3 +187,27 @@ def test_wait_until_takes_an_aware_datetime_only() -> None:
     with pytest.raises(WorkflowDefinitionError, match="timezone-aware"):
         swf.step(wait_until=dt.datetime(2030, 1, 1))
     swf.step(wait_until=dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc))
+
+
+def test_a_goal_run_waits_for_its_approval_signal(db_url: str) -> None:
+    import threading
+
+    def tasks(goal: str) -> list[dict[str, Any]]:
+        return [{"id": "plan", "description": "Plan", "depends_on": []},
+                {"id": "do", "description": "Do it", "depends_on": ["plan"]}]
+
+    graph = swf.Orchestrator.decompose_goal("ship", tasks, db_url)
+    outcome: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=swf.Orchestrator.execute_goal(
+        graph["id"], None, {"*": conditional_app.stamp}, db_url, require_approval="wait",
+        timeout=60_000)))
+    runner.start()
+
+    def waiting() -> bool:
+        run_id = swf.Orchestrator.get_task_graph(graph["id"], db_url)["last_run_id"]
+        return run_id is not None and _steps(str(run_id), db_url)["plan"] == "waiting"
+
+    wait_until(waiting, 30, "the goal's first task to wait for approval")
+    swf.Orchestrator.approve_task_graph(graph["id"], db_url)
+    runner.join(30)
+    assert set(outcome["result"].output) == {"do"}

@@ -9,8 +9,10 @@ events) and the SQL statements it executed (``pg_stat_statements`` with
 ``track = 'all'``, when the server preloads it): a count that does not depend on the
 machine's load, where the time does.
 
-``python -m benchmarks.completion_cost [rounds]`` prints both; ``bench_workflow`` shows
-them in its section.
+``python -m benchmarks.bench_completion [rounds]`` prints both as JSON; ``make bench``
+writes them to docs/benchmarks.md. Each round measures the engine's events as they are
+(stored on ``workflow_events`` and NOTIFYd) and as they were before (a bare NOTIFY on
+``swf:workflow_events``), alternately, in the same database.
 """
 
 from __future__ import annotations
@@ -129,6 +131,40 @@ def summary(url: str, rounds: int = 5) -> dict[str, Any]:
                      "statements": rs[-1]["statements"]}
     out["ratio"] = out["stored"]["ms"] / out["notify_only"]["ms"]
     return out
+
+
+def run(database_url: str) -> str:
+    """The Markdown section of ``make bench``."""
+    from swf_celery.db import normalize_dsn
+
+    out = summary(normalize_dsn(database_url), int(os.environ.get("BENCH_COMPLETION_ROUNDS",
+                                                                  "5")))
+    load = ", ".join(f"{x:.1f}" for x in out["load"])
+    stored, bare = out["stored"], out["notify_only"]
+    statements = ("not counted (pg_stat_statements is not loaded)"
+                  if stored["statements"] is None else
+                  f"{stored['statements']:.2f} with stored events, "
+                  f"{bare['statements']:.2f} with a bare NOTIFY")
+    return "\n".join([
+        "## Step completion: the cost of run events on `workflow_events`",
+        "",
+        f"A {LAYERS} x {WIDTH} layered DAG of distributed steps, completed by this process "
+        "playing the worker (`swf.start_task`, then `swf.complete_task` timed), "
+        f"{out['rounds']} alternating rounds after a warm-up; load average {load} (other "
+        "processes shared the 2 cores).",
+        "",
+        "| events | ms per completion (median) | rounds |",
+        "|---|---:|---|",
+        f"| stored on `workflow_events` + NOTIFY of the id (now) | {stored['ms']:.3f} | "
+        f"{', '.join(str(x) for x in stored['all_ms'])} |",
+        f"| bare NOTIFY on `swf:workflow_events` (before) | {bare['ms']:.3f} | "
+        f"{', '.join(str(x) for x in bare['all_ms'])} |",
+        "",
+        f"Ratio: **{out['ratio']:.3f}** (budget: 1.10). SQL statements per completion "
+        f"(`pg_stat_statements`, `track = all`, independent of load): {statements}: the "
+        "event's INSERT is part of the statement that NOTIFYs.",
+        "",
+    ])
 
 
 if __name__ == "__main__":
