@@ -36,8 +36,8 @@ GRANT SELECT ON swf.flows, swf.flow_steps, swf.runs, swf.step_states, swf.step_t
     TO {role};  -- watching runs
 GRANT USAGE, SELECT ON SEQUENCE swf.notify_skips TO {role};  -- NOTIFYs skipped, and reading that
 
--- swf.queue_waiters and swf.roles are written only by the functions (wake-ups, grants);
--- the operator reads them with every other table.
+-- swf.queue_waiters, swf.roles and swf.run_signals are written only by the functions
+-- (wake-ups, grants, signals); the operator reads them with every other table.
 
 -- name: worker
 -- Consume and publish (the broker's tables: read, hide, delete, dead-letter), store results
