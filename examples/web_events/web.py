@@ -101,6 +101,8 @@ def create_app(database_url: str | None = None, *, speed: float = 1.0) -> Starle
                     event = note.json()
                     if not isinstance(event, dict) or event.get("run_id") != run_id:
                         continue
+                    # the NOTIFY also names the stored message (swf_message_id): not shown
+                    event = {k: event.get(k) for k in ("run_id", "step", "status")}
                     yield _sse("workflow", event)
                     if event.get("step") is None and event.get("status") in FINISHED:
                         final = await run_in_threadpool(swf.get_run_status, run_id, db)
