@@ -830,7 +830,9 @@ BEGIN
         (SELECT min(deadline + swf.caller_expiry_grace(execution)) FROM swf.step_tasks
           WHERE run_id = p_run AND status = 'started'),
         (SELECT min(available_at) FROM swf.step_tasks
-          WHERE run_id = p_run AND status = 'queued' AND execution = 'local'))
+          WHERE run_id = p_run AND status = 'queued' AND execution = 'local'),
+        -- a waiter sees a lapsed lease fail the run when it lapses
+        CASE WHEN v_run.status = 'in_progress' THEN v_run.lease_until END)
       INTO v_next;
     RETURN jsonb_build_object(
         'status', v_run.status, 'output', v_run.output, 'error', v_run.error,
