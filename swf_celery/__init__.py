@@ -41,7 +41,12 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from swf_celery import schedules
     from swf_celery.db.transaction import transaction
-    from swf_celery.errors import WorkflowDefinitionError, WorkflowFailed, WorkflowTimeout
+    from swf_celery.errors import (
+        UnknownSignal,
+        WorkflowDefinitionError,
+        WorkflowFailed,
+        WorkflowTimeout,
+    )
     from swf_celery.goals.decomposers import LLMDecomposer, RuleDecomposer
     from swf_celery.goals.orchestrator import GoalResult, Orchestrator, WorkflowComposer
     from swf_celery.limits.holds import HeldKey, held_keys, hold_key, release_key
@@ -67,9 +72,12 @@ if TYPE_CHECKING:
         get_run_status,
         list_workflow_runs,
         pause_workflow_run,
+        replay,
         resume_workflow_run,
         retry_failed_workflow,
+        signal,
     )
+    from swf_celery.workflows.statistics import FlowStatistics, workflow_statistics
     from swf_celery.workflows.steps import Step, step
 
 # Public name -> the module that defines it, imported on first access (module __getattr__).
@@ -96,6 +104,7 @@ _LAZY = {
     "WorkflowFailed": "swf_celery.errors",
     "WorkflowTimeout": "swf_celery.errors",
     "WorkflowDefinitionError": "swf_celery.errors",
+    "UnknownSignal": "swf_celery.errors",
     # run lifecycle
     "get_run_status": "swf_celery.workflows.lifecycle",
     "list_workflow_runs": "swf_celery.workflows.lifecycle",
@@ -103,6 +112,10 @@ _LAZY = {
     "resume_workflow_run": "swf_celery.workflows.lifecycle",
     "cancel_workflow_run": "swf_celery.workflows.lifecycle",
     "retry_failed_workflow": "swf_celery.workflows.lifecycle",
+    "signal": "swf_celery.workflows.lifecycle",
+    "replay": "swf_celery.workflows.lifecycle",
+    "workflow_statistics": "swf_celery.workflows.statistics",
+    "FlowStatistics": "swf_celery.workflows.statistics",
     "RunStatus": "swf_celery.workflows.lifecycle",
     "RunSummary": "swf_celery.workflows.lifecycle",
     "cancel_canvas": "swf_celery.ops.canvas",
@@ -147,12 +160,17 @@ __all__ = [
     "WorkflowFailed",
     "WorkflowTimeout",
     "WorkflowDefinitionError",
+    "UnknownSignal",
     "get_run_status",
     "list_workflow_runs",
     "pause_workflow_run",
     "resume_workflow_run",
     "cancel_workflow_run",
     "retry_failed_workflow",
+    "signal",
+    "replay",
+    "workflow_statistics",
+    "FlowStatistics",
     "RunStatus",
     "RunSummary",
     "cancel_canvas",

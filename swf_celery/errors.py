@@ -125,6 +125,10 @@ class RunStateError(SwfError):
     """Raised when a lifecycle operation does not fit the run's state (cancel a finished run)."""
 
 
+class UnknownSignal(SwfError, LookupError):
+    """Raised when a signal names something no step of the run waits for."""
+
+
 class WorkflowFailed(SwfError):
     """Raised by a blocking execute when the run failed; carries run id, step and cause."""
 

@@ -3,7 +3,7 @@
 ``python -m examples.demo.app`` uses ``$SWF_DATABASE_URL`` or starts the embedded server,
 migrates it, starts ``celery -A examples.demo.app worker`` on the ``swf://`` broker and
 result backend, runs a six-step workflow (one step fanning out to four parallel ones that
-join again), draws its progress live from the engine's ``swf:workflow_events``, prints the
+join again), draws its progress live from the engine's ``workflow_events``, prints the
 result and stops the worker with a warm shutdown. This module is also the Celery app the
 worker loads, so what the demo shows is exactly what ``celery -A app worker`` runs.
 """
@@ -122,13 +122,13 @@ def run_demo(url: str, documents: int = 6) -> swf.RunResult:
     console = Console(highlight=False)
     started = time.monotonic()
     # Listen before starting, so not one event of the run can be missed.
-    with swf.listen("swf:workflow_events", url) as events:
+    with swf.listen("workflow_events", url) as events:
         run_id = swf.Executor.start(DocumentPipeline, {"documents": documents}, url)
         status = swf.get_run_status(run_id, url)
         with Live(_view(status, started), console=console, refresh_per_second=10) as live:
             while status.status in ("in_progress", "paused"):
                 note = events.get(timeout=0.5)  # the timeout only ticks the clock
-                if note is not None and note.kind == "notify" and \
+                if note is not None and note.payload is not None and \
                         note.json().get("run_id") != run_id:
                     continue
                 status = swf.get_run_status(run_id, url)

@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
         return 0
     Orchestrator.approve_task_graph(graph["id"], url)
 
-    events = listen("swf:workflow_events", url)
+    events = listen("workflow_events", url)
     outcome: dict[str, Any] = {}
 
     def execute() -> None:

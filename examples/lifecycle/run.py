@@ -46,7 +46,7 @@ def wait_for(events: Listener, run_id: str, step: str | None, status: str) -> No
         note = events.get(timeout=max(0.0, deadline - time.monotonic()))
         if note is None:
             raise TimeoutError(f"run {run_id}: {step or 'run'} never became {status}")
-        event = note.json() if note.kind == "notify" else {}
+        event = note.json() if note.payload is not None else {}
         done = (event.get("run_id") == run_id and event.get("step") == step
                 and event.get("status") == status)
 
@@ -68,7 +68,7 @@ def main() -> int:
     gate.touch()
     print(f"starting: celery -A {APP} worker -Q {QUEUE}")
     with worker_process(APP, queues=[QUEUE], concurrency=2), \
-            swf.listen("swf:workflow_events", DB) as events, \
+            swf.listen("workflow_events", DB) as events, \
             swf.listen(RUNNING_CHANNEL, DB) as running:
         print("1. pause and resume")
         run = swf.Executor.start(ReportFlow, {"gate": str(gate), "tag": "first"}, DB)

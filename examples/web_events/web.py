@@ -9,7 +9,7 @@
 - ``GET /runs/{run_id}``: the run's status (``get_run_status(...).to_dict()``);
 - ``GET /runs/{run_id}/events``: ``text/event-stream``. First a ``snapshot`` event (the
   whole status), then one ``workflow`` event per engine event of this run
-  (``{"run_id", "step", "status"}``, from ``swf_celery.listen("swf:workflow_events")``), and a
+  (``{"run_id", "step", "status"}``, from ``swf_celery.listen("workflow_events")``), and a
   last ``snapshot`` when the run ends. After a reconnect of the database listener a fresh
   ``snapshot`` covers anything that may have been missed.
 
@@ -71,7 +71,7 @@ def create_app(database_url: str | None = None, *, speed: float = 1.0) -> Starle
     async def run_events(request: Request) -> Response:
         run_id = request.path_params["run_id"]
         # LISTEN first, then read the status: every event after the snapshot is delivered.
-        listener = await swf.alisten("swf:workflow_events", db)
+        listener = await swf.alisten("workflow_events", db)
         try:
             status = await run_in_threadpool(swf.get_run_status, run_id, db)
         except RunNotFound as exc:
@@ -96,11 +96,13 @@ def create_app(database_url: str | None = None, *, speed: float = 1.0) -> Starle
                         fresh = await run_in_threadpool(swf.get_run_status, run_id, db)
                         yield _sse("snapshot", fresh.to_dict())
                         continue
-                    if note.kind != "notify":
+                    if note.payload is None:
                         continue
                     event = note.json()
                     if not isinstance(event, dict) or event.get("run_id") != run_id:
                         continue
+                    # the NOTIFY also names the stored message (swf_message_id): not shown
+                    event = {k: event.get(k) for k in ("run_id", "step", "status")}
                     yield _sse("workflow", event)
                     if event.get("step") is None and event.get("status") in FINISHED:
                         final = await run_in_threadpool(swf.get_run_status, run_id, db)

@@ -131,7 +131,7 @@ BEGIN
         PERFORM swf.queue_remove_tasks(v_queued);
     END IF;
     UPDATE swf.step_states SET status = 'cancelled', completed_at = now()
-     WHERE run_id = p_run AND status IN ('created', 'ready', 'started');
+     WHERE run_id = p_run AND status IN ('created', 'ready', 'waiting', 'started');
     PERFORM swf._notify(p_run, NULL, 'cancelled');
     RETURN coalesce(v_running, '{}');
 END $$;
@@ -152,6 +152,9 @@ DECLARE
     v_revoke text[];
 BEGIN
     PERFORM swf._require_part('retry a run');
+    IF swf._expire_lease(p_run) THEN  -- nobody drives it: failed now, so it can be retried
+        SELECT * INTO v_old FROM swf.runs WHERE id = p_run;
+    END IF;
     SELECT id INTO v_new FROM swf.runs WHERE retry_of = p_run ORDER BY inserted_at LIMIT 1;
     IF FOUND THEN
         RETURN jsonb_build_object('run_id', v_new, 'revoke', '[]'::jsonb);
@@ -168,20 +171,28 @@ BEGIN
     INSERT INTO swf.step_states (run_id, step_name, step_index, depends_on, dependents,
                                  remaining_deps, status, execution, task_name, queue,
                                  max_attempts, retry_delay_ms, timeout_ms, resources, map_over,
+                                 function_ref, condition, run_on_skip, on_exhausted, wait_for,
+                                 wait_until, wait_seconds, error,
                                  task_count, remaining_tasks, output, started_at, completed_at)
     SELECT v_new, s.step_name, s.step_index, s.depends_on, s.dependents,
            (SELECT count(*) FROM swf.step_states d
              WHERE d.run_id = p_run AND d.step_name = ANY (s.depends_on)
-               AND NOT (p_reuse AND d.status = 'completed')),
-           CASE WHEN p_reuse AND s.status = 'completed' THEN 'completed' ELSE 'created' END,
+               AND NOT (p_reuse AND d.status IN ('completed', 'skipped'))),
+           CASE WHEN p_reuse AND s.status IN ('completed', 'skipped') THEN s.status
+                ELSE 'created' END,
            s.execution, s.task_name, s.queue, s.max_attempts, s.retry_delay_ms, s.timeout_ms,
-           s.resources, s.map_over,
+           s.resources, s.map_over, s.function_ref, s.condition, s.run_on_skip, s.on_exhausted,
+           s.wait_for, s.wait_until, s.wait_seconds,
+           CASE WHEN p_reuse AND s.status = 'skipped' THEN s.error END,
            CASE WHEN p_reuse AND s.status = 'completed' THEN s.task_count END,
-           CASE WHEN p_reuse AND s.status = 'completed' THEN 0 END,
+           CASE WHEN p_reuse AND s.status IN ('completed', 'skipped') THEN 0 END,
            CASE WHEN p_reuse AND s.status = 'completed' THEN s.output END,
            CASE WHEN p_reuse AND s.status = 'completed' THEN s.started_at END,
-           CASE WHEN p_reuse AND s.status = 'completed' THEN s.completed_at END
+           CASE WHEN p_reuse AND s.status IN ('completed', 'skipped') THEN s.completed_at END
       FROM swf.step_states s WHERE s.run_id = p_run;
+    -- Signals sent to the old run are kept for the new one.
+    INSERT INTO swf.run_signals (run_id, name, payload, sent_at)
+    SELECT v_new, name, payload, sent_at FROM swf.run_signals WHERE run_id = p_run;
     IF p_reuse THEN
         INSERT INTO swf.step_tasks (run_id, step_name, task_index, task_id, execution, attempt,
                                     status, item, output, queued_at, available_at, started_at,
@@ -203,7 +214,7 @@ BEGIN
           INTO v_revoke FROM gone;
     END IF;
     SELECT count(*) INTO v_reused FROM swf.step_states
-     WHERE run_id = v_new AND status = 'completed';
+     WHERE run_id = v_new AND status IN ('completed', 'skipped');
     UPDATE swf.runs SET remaining_steps = total_steps - v_reused WHERE id = v_new;
     PERFORM swf._notify(v_new, NULL, 'in_progress');
     FOR v_step IN SELECT step_name FROM swf.step_states
@@ -227,6 +238,9 @@ LANGUAGE sql STABLE AS $$
         'retry_of', r.retry_of,
         'retried_by', (SELECT n.id FROM swf.runs n WHERE n.retry_of = r.id
                         ORDER BY n.inserted_at LIMIT 1),
+        'replay_of', r.replay_of,
+        'replays', coalesce((SELECT jsonb_agg(n.id ORDER BY n.inserted_at) FROM swf.runs n
+                              WHERE n.replay_of = r.id), '[]'::jsonb),
         'total_steps', r.total_steps, 'completed_steps', r.total_steps - r.remaining_steps,
         'inserted_at', r.inserted_at, 'updated_at', r.updated_at, 'finished_at', r.finished_at,
         'overdue', EXISTS (SELECT 1 FROM swf.step_tasks t
@@ -260,3 +274,95 @@ LANGUAGE sql STABLE AS $$
               FROM swf.step_states s WHERE s.run_id = r.id), '[]'::jsonb))
       FROM swf.runs r WHERE r.id = p_run;
 $$;
+
+-- Replay a finished run from one of its steps: a new run (replay_of) that reuses the outputs
+-- of every step not downstream of p_from (map items included) and runs p_from and everything
+-- after it again, on the old input or on p_input (p_new_input). 22023 for an unknown step,
+-- 55000 for a run not finished. Returns the new run id.
+CREATE OR REPLACE FUNCTION swf.replay_run(p_run uuid, p_from text, p_input jsonb,
+                                          p_new_input boolean) RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+DECLARE
+    v_old    swf.runs;
+    v_new    uuid;
+    v_again  text[];
+    v_reused integer;
+    v_step   text;
+BEGIN
+    PERFORM swf._require_part('replay a run', 'client');
+    v_old := swf._lock_run(p_run);
+    IF v_old.status NOT IN ('completed', 'failed', 'cancelled') THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('run %s is %s: only a finished run can be replayed', p_run,
+                             v_old.status);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM swf.step_states WHERE run_id = p_run AND step_name = p_from)
+    THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('run %s has no step %L (steps: %s)', p_run, p_from,
+                             (SELECT string_agg(step_name, ', ' ORDER BY step_index)
+                                FROM swf.step_states WHERE run_id = p_run));
+    END IF;
+    WITH RECURSIVE downstream(step_name) AS (
+        SELECT p_from
+        UNION
+        SELECT unnest(s.dependents) FROM swf.step_states s
+          JOIN downstream d ON s.run_id = p_run AND s.step_name = d.step_name)
+    SELECT array_agg(step_name) INTO v_again FROM downstream;
+    INSERT INTO swf.runs (flow_id, flow_slug, input, replay_of, total_steps, remaining_steps)
+    VALUES (v_old.flow_id, v_old.flow_slug,
+            CASE WHEN p_new_input THEN p_input ELSE v_old.input END, p_run,
+            v_old.total_steps, v_old.total_steps)
+    RETURNING id INTO v_new;
+    INSERT INTO swf.step_states (run_id, step_name, step_index, depends_on, dependents,
+                                 remaining_deps, status, execution, task_name, queue,
+                                 max_attempts, retry_delay_ms, timeout_ms, resources, map_over,
+                                 function_ref, condition, run_on_skip, on_exhausted, wait_for,
+                                 wait_until, wait_seconds, error,
+                                 task_count, remaining_tasks, output, started_at, completed_at)
+    SELECT v_new, s.step_name, s.step_index, s.depends_on, s.dependents,
+           (SELECT count(*) FROM swf.step_states d
+             WHERE d.run_id = p_run AND d.step_name = ANY (s.depends_on)
+               AND NOT (d.status IN ('completed', 'skipped')
+                        AND d.step_name <> ALL (v_again))),
+           CASE WHEN s.status IN ('completed', 'skipped') AND s.step_name <> ALL (v_again)
+                THEN s.status ELSE 'created' END,
+           s.execution, s.task_name, s.queue, s.max_attempts, s.retry_delay_ms, s.timeout_ms,
+           s.resources, s.map_over, s.function_ref, s.condition, s.run_on_skip, s.on_exhausted,
+           s.wait_for, s.wait_until, s.wait_seconds,
+           CASE WHEN s.status = 'skipped' AND s.step_name <> ALL (v_again) THEN s.error END,
+           CASE WHEN s.status = 'completed' AND s.step_name <> ALL (v_again) THEN s.task_count END,
+           CASE WHEN s.status IN ('completed', 'skipped') AND s.step_name <> ALL (v_again)
+                THEN 0 END,
+           CASE WHEN s.status = 'completed' AND s.step_name <> ALL (v_again) THEN s.output END,
+           CASE WHEN s.status = 'completed' AND s.step_name <> ALL (v_again) THEN s.started_at END,
+           CASE WHEN s.status IN ('completed', 'skipped') AND s.step_name <> ALL (v_again)
+                THEN s.completed_at END
+      FROM swf.step_states s WHERE s.run_id = p_run;
+    -- Completed attempts (map items too) of the reused steps, and of the map steps run again:
+    -- a map step replayed keeps none of its items (its inputs may differ).
+    INSERT INTO swf.step_tasks (run_id, step_name, task_index, task_id, execution, attempt,
+                                status, item, output, queued_at, available_at, started_at,
+                                completed_at)
+    SELECT v_new, t.step_name, t.task_index, gen_random_uuid(), t.execution, t.attempt,
+           'completed', t.item, t.output, t.queued_at, t.available_at, t.started_at,
+           t.completed_at
+      FROM swf.step_tasks t JOIN swf.step_states s
+        ON s.run_id = v_new AND s.step_name = t.step_name AND s.status = 'completed'
+     WHERE t.run_id = p_run AND t.status = 'completed';
+    INSERT INTO swf.run_signals (run_id, name, payload, sent_at)
+    SELECT v_new, name, payload, sent_at FROM swf.run_signals WHERE run_id = p_run;
+    SELECT count(*) INTO v_reused FROM swf.step_states
+     WHERE run_id = v_new AND status IN ('completed', 'skipped');
+    UPDATE swf.runs SET remaining_steps = total_steps - v_reused WHERE id = v_new;
+    PERFORM swf._notify(v_new, NULL, 'in_progress');
+    FOR v_step IN SELECT step_name FROM swf.step_states
+                   WHERE run_id = v_new AND status = 'created' AND remaining_deps = 0
+                   ORDER BY step_index
+    LOOP
+        PERFORM swf._start_step(v_new, v_step);
+    END LOOP;
+    PERFORM swf._finish_run(v_new);
+    RETURN v_new;
+END $$;
+REVOKE EXECUTE ON FUNCTION swf.replay_run(uuid, text, jsonb, boolean) FROM PUBLIC;

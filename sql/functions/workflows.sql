@@ -12,11 +12,12 @@
 --
 -- Distributed steps are dispatched with swf.queue_send() (the broker's SQL, same database,
 -- same transaction); local steps are left 'queued' for the process that started the run.
--- Every transition NOTIFYs the reserved channel "swf:workflow_events" with {"run_id", "step",
--- "status"} (user channels all map to "swf_…" or "swf#…", see
--- swf_celery/messaging/channels.py, so "workflow_events" is an ordinary user channel): ids and
--- states only, never inputs or outputs, and a hint (swf.notify_hint): skipped while the
--- notification queue is too full, so no transition ever fails because a listener is slow.
+-- Every transition stores an event {"run_id", "step", "status"} on the channel
+-- "workflow_events" (the engine's: users listen to it and read its history, only the engine
+-- sends) and NOTIFYs "swf_workflow_events" with its message id and the event (swf._notify):
+-- ids and states only, never inputs or outputs. The NOTIFY is a hint (swf.notify_hint):
+-- skipped while the notification queue is too full, so no transition ever fails because a
+-- listener is slow; the stored event stays.
 --
 -- Retry backoff is capped (swf.max_retry_delay_ms, one hour). A redelivered message of a
 -- run that is no longer active ends its attempt ('cancelled'). A waiting caller
@@ -25,11 +26,22 @@
 -- (swf.sweep_timeouts, which also revokes it) ends it, so a retried attempt never overlaps
 -- an execution that is still running.
 
+-- One run event: a message of the channel "workflow_events" (its pgmq queue, created by
+-- migration 0020) and a NOTIFY of its id with the event, in one statement. Listeners read it
+-- as a stored message (swf_celery.listen("workflow_events"): kind "message", message_id),
+-- readers of history with get_message / read_pending; retention drops it with the channel's
+-- other messages.
 CREATE OR REPLACE FUNCTION swf._notify(p_run uuid, p_step text, p_status text) RETURNS void
 LANGUAGE sql AS $$
-    SELECT swf.notify_hint('swf:workflow_events',
-                           json_build_object('run_id', p_run, 'step', p_step,
-                                             'status', p_status)::text);
+    WITH event AS (
+        INSERT INTO pgmq.q_swf_ch_workflow_events (vt, message)
+        VALUES (clock_timestamp(),
+                jsonb_build_object('run_id', p_run, 'step', p_step, 'status', p_status))
+        RETURNING msg_id)
+    SELECT swf.notify_hint('swf_workflow_events',
+                           json_build_object('swf_message_id', msg_id, 'run_id', p_run,
+                                             'step', p_step, 'status', p_status)::text)
+      FROM event;
 $$;
 
 CREATE OR REPLACE FUNCTION swf.max_retry_delay_ms() RETURNS bigint
@@ -105,10 +117,11 @@ DECLARE
     v_items jsonb;
     v_count integer := 1;
     v_left  integer;
+    v_due   timestamptz;
 BEGIN
     SELECT * INTO v_run FROM swf.runs WHERE id = p_run;
     SELECT * INTO v_state FROM swf.step_states WHERE run_id = p_run AND step_name = p_step;
-    IF v_state.status NOT IN ('created', 'ready') THEN
+    IF v_state.status NOT IN ('created', 'ready', 'waiting') THEN
         RETURN;
     END IF;
     IF v_run.status = 'paused' THEN
@@ -118,6 +131,29 @@ BEGIN
     END IF;
     IF v_run.status <> 'in_progress' THEN
         RETURN;
+    END IF;
+    -- Signals and durable sleep: a step that waits for a signal not sent yet stays
+    -- 'waiting' with no task (swf.signal_run starts it); one that waits for a time gets its
+    -- tasks now, due then (a delayed message, or a local task not claimable before).
+    IF v_state.wait_for IS NOT NULL OR v_state.wait_until IS NOT NULL
+       OR v_state.wait_seconds IS NOT NULL THEN
+        v_due := coalesce(v_state.due_at, v_state.wait_until,
+                          now() + make_interval(secs => v_state.wait_seconds));
+        IF v_state.wait_for IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM swf.run_signals WHERE run_id = p_run AND name = v_state.wait_for)
+        THEN
+            IF v_state.status <> 'waiting' THEN
+                UPDATE swf.step_states SET status = 'waiting', due_at = v_due
+                 WHERE run_id = p_run AND step_name = p_step;
+                PERFORM swf._notify(p_run, p_step, 'waiting');
+            END IF;
+            RETURN;
+        END IF;
+        IF v_due > now() THEN
+            UPDATE swf.step_states SET due_at = v_due WHERE run_id = p_run AND step_name = p_step;
+        ELSE
+            v_due := NULL;
+        END IF;
     END IF;
     IF v_state.map_over IS NOT NULL THEN
         IF v_state.map_over = 'run' THEN
@@ -140,17 +176,19 @@ BEGIN
         END IF;
         v_count := jsonb_array_length(v_items);
     END IF;
-    PERFORM swf._notify(p_run, p_step, 'started');
-    INSERT INTO swf.step_tasks (run_id, step_name, task_index, task_id, execution, item)
+    PERFORM swf._notify(p_run, p_step, CASE WHEN v_due IS NULL THEN 'started' ELSE 'waiting' END);
+    INSERT INTO swf.step_tasks (run_id, step_name, task_index, task_id, execution, item,
+                                available_at)
     SELECT p_run, p_step, i, gen_random_uuid(), v_state.execution,
-           CASE WHEN v_items IS NULL THEN NULL ELSE v_items -> i END
+           CASE WHEN v_items IS NULL THEN NULL ELSE v_items -> i END, coalesce(v_due, now())
       FROM generate_series(0, v_count - 1) AS i
         ON CONFLICT (run_id, step_name, task_index) DO NOTHING;
     SELECT count(*) INTO v_left FROM swf.step_tasks
      WHERE run_id = p_run AND step_name = p_step AND status <> 'completed';
+    -- A step sleeping until v_due reads 'waiting' until its task starts (swf.start_task).
     UPDATE swf.step_states
-       SET status = 'started', started_at = now(), task_count = v_count,
-           remaining_tasks = v_left
+       SET status = CASE WHEN v_due IS NULL OR v_left = 0 THEN 'started' ELSE 'waiting' END,
+           started_at = now(), task_count = v_count, remaining_tasks = v_left
      WHERE run_id = p_run AND step_name = p_step;
     IF v_left = 0 THEN
         PERFORM swf._complete_step(p_run, p_step,
@@ -161,7 +199,9 @@ BEGIN
         RETURN;
     END IF;
     IF v_state.execution = 'distributed' THEN
-        PERFORM swf._dispatch(p_run, p_step, NULL, 0);
+        PERFORM swf._dispatch(p_run, p_step, NULL,
+            CASE WHEN v_due IS NULL THEN 0
+                 ELSE ceil(extract(epoch FROM v_due - now()))::integer END);
     END IF;
 END $$;
 
@@ -205,6 +245,76 @@ BEGIN
                            FROM swf.step_states
                           WHERE run_id = p_run AND dependents = '{}')
          WHERE id = p_run;
+        PERFORM swf._notify(p_run, NULL, 'completed');
+    END IF;
+END $$;
+
+-- A step is skipped (its predicate said so, a dependency was skipped, or it used up its
+-- attempts with on_exhausted 'skip'): its output is NULL and it counts as done. Its queued
+-- tasks are cancelled. Each dependent is told: one that runs on partial inputs
+-- (run_on_skip) starts once its other dependencies are done; the others are skipped too.
+CREATE OR REPLACE FUNCTION swf._skip_step(p_run uuid, p_step text, p_reason text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_run        swf.runs;
+    v_dependents text[];
+    v_next       record;
+    v_ids        text[];
+BEGIN
+    UPDATE swf.step_states
+       SET status = 'skipped', output = NULL, error = p_reason, completed_at = now(),
+           remaining_tasks = 0
+     WHERE run_id = p_run AND step_name = p_step
+       AND status IN ('created', 'ready', 'waiting', 'started')
+    RETURNING dependents INTO v_dependents;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    WITH gone AS (
+        UPDATE swf.step_tasks SET status = 'cancelled', deadline = NULL, completed_at = now()
+         WHERE run_id = p_run AND step_name = p_step AND status IN ('queued', 'paused')
+        RETURNING task_id, execution)
+    SELECT array_agg(task_id::text) FILTER (WHERE execution = 'distributed') INTO v_ids
+      FROM gone;
+    IF v_ids IS NOT NULL THEN
+        PERFORM swf.queue_remove_tasks(v_ids);
+    END IF;
+    PERFORM swf._notify(p_run, p_step, 'skipped');
+    UPDATE swf.runs SET remaining_steps = remaining_steps - 1, updated_at = now()
+     WHERE id = p_run RETURNING * INTO v_run;
+    IF v_run.status NOT IN ('in_progress', 'paused') THEN
+        RETURN;
+    END IF;
+    UPDATE swf.step_states SET remaining_deps = remaining_deps - 1
+     WHERE run_id = p_run AND step_name = ANY (v_dependents);
+    FOR v_next IN
+        SELECT step_name, run_on_skip, remaining_deps FROM swf.step_states
+         WHERE run_id = p_run AND step_name = ANY (v_dependents)
+           AND status IN ('created', 'ready', 'waiting')
+         ORDER BY step_index
+    LOOP
+        IF NOT v_next.run_on_skip THEN
+            PERFORM swf._skip_step(p_run, v_next.step_name,
+                                   format('its dependency %s was skipped', p_step));
+        ELSIF v_next.remaining_deps = 0 THEN
+            PERFORM swf._start_step(p_run, v_next.step_name);
+        END IF;
+    END LOOP;
+    PERFORM swf._finish_run(p_run);
+END $$;
+
+-- Complete the run when no step is left (after a skip; _complete_step does it inline).
+CREATE OR REPLACE FUNCTION swf._finish_run(p_run uuid) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE swf.runs
+       SET status = 'completed', finished_at = now(), updated_at = now(),
+           output = (SELECT coalesce(jsonb_object_agg(step_name, output ORDER BY step_index),
+                                     '{}'::jsonb)
+                       FROM swf.step_states
+                      WHERE run_id = p_run AND dependents = '{}')
+     WHERE id = p_run AND remaining_steps = 0 AND status = 'in_progress';
+    IF FOUND THEN
         PERFORM swf._notify(p_run, NULL, 'completed');
     END IF;
 END $$;
@@ -277,7 +387,8 @@ END $$;
 -- Start a run: record it and its steps (a snapshot, so later edits of the flow do not
 -- change it) and dispatch the root steps. p_steps is a JSON array of step objects
 -- {name, depends_on, dependents, execution, task_name, queue, max_attempts,
---  retry_delay_ms, timeout_ms, resources, map_over} in definition order.
+--  retry_delay_ms, timeout_ms, resources, map_over, function_ref, condition, run_on_skip,
+--  on_exhausted, wait_for, wait_until, wait_seconds} in definition order.
 CREATE OR REPLACE FUNCTION swf.start_run(p_slug text, p_steps jsonb, p_input jsonb,
                               p_dynamic boolean DEFAULT false, p_hash text DEFAULT NULL,
                               p_retry_of uuid DEFAULT NULL)
@@ -304,7 +415,7 @@ BEGIN
             INSERT INTO swf.flow_steps (flow_id, step_name, step_index, depends_on, options)
             SELECT v_flow.id, s ->> 'name', idx::integer - 1,
                    ARRAY(SELECT jsonb_array_elements_text(s -> 'depends_on')),
-                   s - 'name' - 'depends_on' - 'dependents'
+                   s - 'name' - 'depends_on' - 'dependents' - 'function_ref' - 'condition'
               FROM jsonb_array_elements(p_steps) WITH ORDINALITY AS e(s, idx);
             UPDATE swf.flows SET definition_hash = p_hash WHERE id = v_flow.id;
         END IF;
@@ -325,14 +436,19 @@ BEGIN
     RETURNING id INTO v_run;
     INSERT INTO swf.step_states (run_id, step_name, step_index, depends_on, dependents,
                                  remaining_deps, execution, task_name, queue, max_attempts,
-                                 retry_delay_ms, timeout_ms, resources, map_over)
+                                 retry_delay_ms, timeout_ms, resources, map_over, function_ref,
+                                 condition, run_on_skip, on_exhausted, wait_for, wait_until,
+                                 wait_seconds)
     SELECT v_run, s ->> 'name', idx::integer - 1,
            ARRAY(SELECT jsonb_array_elements_text(s -> 'depends_on')),
            ARRAY(SELECT jsonb_array_elements_text(s -> 'dependents')),
            jsonb_array_length(s -> 'depends_on'),
            s ->> 'execution', s ->> 'task_name', s ->> 'queue',
            (s ->> 'max_attempts')::integer, (s ->> 'retry_delay_ms')::integer,
-           (s ->> 'timeout_ms')::integer, coalesce(s -> 'resources', '{}'), s ->> 'map_over'
+           (s ->> 'timeout_ms')::integer, coalesce(s -> 'resources', '{}'), s ->> 'map_over',
+           s -> 'function_ref', s -> 'condition', coalesce((s ->> 'run_on_skip')::boolean, false),
+           coalesce(s ->> 'on_exhausted', 'fail'), s ->> 'wait_for',
+           (s ->> 'wait_until')::timestamptz, (s ->> 'wait_seconds')::double precision
       FROM jsonb_array_elements(p_steps) WITH ORDINALITY AS e(s, idx);
     PERFORM swf._notify(v_run, NULL, 'in_progress');
     FOR v_step IN SELECT step_name FROM swf.step_states
@@ -373,6 +489,11 @@ BEGIN
        SET status = 'started', started_at = now(),
            deadline = now() + make_interval(secs => v_state.timeout_ms / 1000.0)
      WHERE task_id = p_task;
+    IF v_state.status = 'waiting' THEN  -- its sleep is over
+        UPDATE swf.step_states SET status = 'started'
+         WHERE run_id = v_task.run_id AND step_name = v_task.step_name;
+        PERFORM swf._notify(v_task.run_id, v_task.step_name, 'started');
+    END IF;
     SELECT jsonb_build_object('run', v_run.input)
            || coalesce(jsonb_object_agg(step_name, output), '{}'::jsonb)
       INTO v_input
@@ -381,10 +502,15 @@ BEGIN
     IF v_state.map_over IS NOT NULL THEN
         v_input := v_input || jsonb_build_object('item', v_task.item, 'index', v_task.task_index);
     END IF;
+    IF v_state.wait_for IS NOT NULL THEN
+        v_input := v_input || jsonb_build_object(v_state.wait_for,
+            (SELECT payload FROM swf.run_signals
+              WHERE run_id = v_task.run_id AND name = v_state.wait_for));
+    END IF;
     RETURN jsonb_build_object(
         'run_id', v_task.run_id, 'step', v_task.step_name, 'index', v_task.task_index,
         'attempt', v_task.attempt, 'task_name', v_state.task_name,
-        'timeout_ms', v_state.timeout_ms, 'input', v_input);
+        'timeout_ms', v_state.timeout_ms, 'input', v_input, 'condition', v_state.condition);
 END $$;
 REVOKE EXECUTE ON FUNCTION swf.start_task(uuid) FROM PUBLIC;
 
@@ -469,6 +595,11 @@ BEGIN
     IF v_run.status NOT IN ('in_progress', 'paused') THEN
         RETURN 'failed';
     END IF;
+    IF v_state.on_exhausted = 'skip' THEN
+        PERFORM swf._skip_step(v_task.run_id, v_task.step_name,
+            format('skipped after %s attempt(s): %s', v_task.attempt, p_error));
+        RETURN 'skipped';
+    END IF;
     UPDATE swf.step_states SET status = 'failed', error = p_error, completed_at = now()
      WHERE run_id = v_task.run_id AND step_name = v_task.step_name;
     PERFORM swf._notify(v_task.run_id, v_task.step_name, 'failed');
@@ -478,6 +609,67 @@ BEGIN
     RETURN 'failed';
 END $$;
 REVOKE EXECUTE ON FUNCTION swf.fail_task(uuid, text) FROM PUBLIC;
+
+-- A started attempt's step is skipped: its predicate (run_if / skip_if, evaluated where the
+-- step runs) said so. 'skipped', or 'ignored' for a stale report.
+CREATE OR REPLACE FUNCTION swf.skip_task(p_task uuid, p_reason text) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+DECLARE
+    v_task swf.step_tasks := swf._lock_task(p_task);
+BEGIN
+    IF v_task.task_id IS NULL OR v_task.status <> 'started' THEN
+        RETURN 'ignored';
+    END IF;
+    UPDATE swf.step_tasks SET status = 'skipped', completed_at = now(), deadline = NULL,
+                              error = p_reason
+     WHERE task_id = p_task;
+    PERFORM swf._skip_step(v_task.run_id, v_task.step_name, p_reason);
+    RETURN 'skipped';
+END $$;
+REVOKE EXECUTE ON FUNCTION swf.skip_task(uuid, text) FROM PUBLIC;
+
+-- A signal to a run: kept (one per name; a later one replaces it) until the steps that wait
+-- for it start; those waiting now start at once. P0002 for an unknown run, 22023 when no
+-- step of the run waits for p_name, 55000 when the run has finished. Returns how many
+-- waiting steps it started.
+CREATE OR REPLACE FUNCTION swf.signal_run(p_run uuid, p_name text, p_payload jsonb)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+DECLARE
+    v_run   swf.runs;
+    v_step  text;
+    v_count integer := 0;
+BEGIN
+    PERFORM swf._require_part('signal a run', 'client');
+    v_run := swf._lock_run(p_run);
+    IF NOT EXISTS (SELECT 1 FROM swf.step_states WHERE run_id = p_run AND wait_for = p_name) THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('run %s has no step waiting for the signal %L (waited for: %s)',
+                             p_run, p_name,
+                             coalesce((SELECT string_agg(DISTINCT quote_literal(wait_for), ', ')
+                                         FROM swf.step_states
+                                        WHERE run_id = p_run AND wait_for IS NOT NULL),
+                                      'none'));
+    END IF;
+    IF v_run.status NOT IN ('in_progress', 'paused') THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = format('run %s is %s: it takes no more signals', p_run, v_run.status);
+    END IF;
+    INSERT INTO swf.run_signals (run_id, name, payload) VALUES (p_run, p_name, p_payload)
+        ON CONFLICT (run_id, name) DO UPDATE SET payload = EXCLUDED.payload, sent_at = now();
+    FOR v_step IN SELECT step_name FROM swf.step_states
+                   WHERE run_id = p_run AND wait_for = p_name AND status = 'waiting'
+                     AND NOT EXISTS (SELECT 1 FROM swf.step_tasks t
+                                      WHERE t.run_id = p_run
+                                        AND t.step_name = step_states.step_name)
+                   ORDER BY step_index
+    LOOP
+        PERFORM swf._start_step(p_run, v_step);
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END $$;
+REVOKE EXECUTE ON FUNCTION swf.signal_run(uuid, text, jsonb) FROM PUBLIC;
 
 -- The distributed attempts of a run that are running now (to revoke when the run failed).
 CREATE OR REPLACE FUNCTION swf.running_tasks(p_run uuid) RETURNS text[]
@@ -546,6 +738,82 @@ RETURNS TABLE (task_id uuid, task jsonb) LANGUAGE sql SECURITY DEFINER SET searc
 $$;
 REVOKE EXECUTE ON FUNCTION swf.claim_local_tasks(uuid, integer) FROM PUBLIC;
 
+-- Leases of local runs. The process that drives a run's local steps holds its lease
+-- (runs.lease_owner until runs.lease_until) and renews it as it drives (swf.drive_run); a run
+-- whose lease ran out while local work is left fails with the reason (swf._expire_lease,
+-- called by the workers' sweep, by any waiter's swf.run_tick and before a retry), ready for
+-- retry. Another process takes a run over with swf.drive_run(..., p_take): the attempts the
+-- previous driver had started fail (and are retried), so no local step runs twice at once.
+CREATE OR REPLACE FUNCTION swf._expire_lease(p_run uuid) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_run swf.runs;
+BEGIN
+    SELECT * INTO v_run FROM swf.runs
+     WHERE id = p_run AND status = 'in_progress' AND lease_until < now();
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    SELECT * INTO v_run FROM swf.runs WHERE id = p_run FOR UPDATE;
+    IF v_run.status <> 'in_progress' OR NOT v_run.lease_until < now()
+       OR NOT EXISTS (SELECT 1 FROM swf.step_states
+                       WHERE run_id = p_run AND execution = 'local'
+                         AND status IN ('created', 'ready', 'started')) THEN
+        RETURN false;
+    END IF;
+    UPDATE swf.step_tasks SET status = 'failed', completed_at = now(), deadline = NULL,
+                              error = 'its driver stopped'
+     WHERE run_id = p_run AND execution = 'local' AND status = 'started';
+    PERFORM swf._fail_run(p_run, NULL, format(
+        'nobody drives its local steps: the lease of %s ran out at %s (the process stopped '
+        'or lost the database); retry the run, or take it over with Executor.resume',
+        v_run.lease_owner, v_run.lease_until));
+    RETURN true;
+END $$;
+
+-- The driver of a run's local steps takes or renews its lease (p_lease_ms), then ticks the
+-- run (swf.run_tick). A lease another live driver holds is not taken unless p_take; then
+-- {"held_by": owner, "until": time} is returned instead of the run's state.
+CREATE OR REPLACE FUNCTION swf.drive_run(p_run uuid, p_owner text, p_lease_ms integer,
+                                         p_take boolean DEFAULT false)
+RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+DECLARE
+    v_run  swf.runs;
+    v_task uuid;
+BEGIN
+    PERFORM swf._require_part('drive a run''s local steps', 'client', 'worker');
+    SELECT * INTO v_run FROM swf.runs WHERE id = p_run;
+    IF FOUND AND v_run.status IN ('in_progress', 'paused') THEN
+        IF v_run.lease_owner IS DISTINCT FROM p_owner THEN
+            SELECT * INTO v_run FROM swf.runs WHERE id = p_run FOR UPDATE;
+            IF v_run.lease_owner IS NOT NULL AND v_run.lease_owner <> p_owner
+               AND v_run.lease_until >= now() AND NOT p_take THEN
+                RETURN jsonb_build_object('held_by', v_run.lease_owner,
+                                          'until', v_run.lease_until);
+            END IF;
+            UPDATE swf.runs
+               SET lease_owner = p_owner,
+                   lease_until = now() + make_interval(secs => p_lease_ms / 1000.0)
+             WHERE id = p_run;
+            IF v_run.lease_owner IS NOT NULL THEN
+                FOR v_task IN SELECT task_id FROM swf.step_tasks
+                               WHERE run_id = p_run AND execution = 'local'
+                                 AND status = 'started' ORDER BY task_id
+                LOOP
+                    PERFORM swf.fail_task(v_task, format('its driver %s was replaced by %s',
+                                                         v_run.lease_owner, p_owner));
+                END LOOP;
+            END IF;
+        ELSIF v_run.lease_until < now() + make_interval(secs => p_lease_ms / 2000.0) THEN
+            UPDATE swf.runs
+               SET lease_until = now() + make_interval(secs => p_lease_ms / 1000.0)
+             WHERE id = p_run AND lease_owner = p_owner;
+        END IF;
+    END IF;
+    RETURN swf.run_tick(p_run);
+END $$;
+REVOKE EXECUTE ON FUNCTION swf.drive_run(uuid, text, integer, boolean) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION swf.run_tick(p_run uuid) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
@@ -553,6 +821,7 @@ DECLARE
     v_next timestamptz;
 BEGIN
     PERFORM swf.expire_tasks(p_run);
+    PERFORM swf._expire_lease(p_run);
     SELECT * INTO v_run FROM swf.runs WHERE id = p_run;
     IF NOT FOUND THEN
         RETURN NULL;
@@ -561,7 +830,9 @@ BEGIN
         (SELECT min(deadline + swf.caller_expiry_grace(execution)) FROM swf.step_tasks
           WHERE run_id = p_run AND status = 'started'),
         (SELECT min(available_at) FROM swf.step_tasks
-          WHERE run_id = p_run AND status = 'queued' AND execution = 'local'))
+          WHERE run_id = p_run AND status = 'queued' AND execution = 'local'),
+        -- a waiter sees a lapsed lease fail the run when it lapses
+        CASE WHEN v_run.status = 'in_progress' THEN v_run.lease_until END)
       INTO v_next;
     RETURN jsonb_build_object(
         'status', v_run.status, 'output', v_run.output, 'error', v_run.error,
@@ -588,6 +859,13 @@ BEGIN
     IF NOT pg_try_advisory_xact_lock(hashtext('swf-celery:sweep'), 0) THEN
         RETURN NULL;
     END IF;
+    FOR v_task IN SELECT id FROM swf.runs
+                   WHERE status = 'in_progress' AND lease_until < now() ORDER BY id
+    LOOP
+        IF swf._expire_lease(v_task.id) THEN
+            v_failed := v_failed || v_task.id;
+        END IF;
+    END LOOP;
     FOR v_task IN
         SELECT t.task_id, t.run_id, t.execution, s.timeout_ms FROM swf.step_tasks t
           JOIN swf.step_states s ON s.run_id = t.run_id AND s.step_name = t.step_name

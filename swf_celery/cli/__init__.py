@@ -29,7 +29,8 @@ def main() -> None:
 for _command in (database, schema.migrate_command, schema.version_command,
                  broker.drain_redis_command, messaging.send_command, messaging.listen_command,
                  runs.runs, runs.pause_command, runs.resume_command, runs.cancel_command,
-                 runs.retry_command, broker.cancel_canvas_command, grant_command,
+                 runs.retry_command, runs.replay_command, runs.signal_command,
+                 broker.cancel_canvas_command, grant_command,
                  cleanup_command, doctor.doctor_command, ui.ui_command, keys.keys,
                  schedules.schedules):
     main.add_command(_command)

@@ -38,7 +38,7 @@ def listen_command(channel: str, database: str | None, as_json: bool,
                    count: int | None) -> None:
     """Print each notification on CHANNEL as it arrives (Ctrl-C to stop).
 
-    `swf:workflow_events` shows the workflow engine's run events. After a reconnect a
+    `workflow_events` shows the workflow engine's run events. After a reconnect a
     "gap" line says that notifications may have been missed.
     """
     from swf_celery.messaging.listen import listen
@@ -53,7 +53,9 @@ def listen_command(channel: str, database: str | None, as_json: bool,
             if as_json:
                 click.echo(json.dumps(note.as_dict(), separators=(",", ":")))
             elif note.kind == "message":
-                click.echo(f"{note.channel}  message {note.message_id}")
+                # a workflow event also carries the event itself
+                shown = f"  {note.payload}" if note.payload is not None else ""
+                click.echo(f"{note.channel}  message {note.message_id}{shown}")
             elif note.kind == "gap":
                 click.echo(f"{note.channel}  gap: reconnected, notifications may have been "
                            "missed")

@@ -20,6 +20,12 @@ Step functions are looked up for each leaf by, in order: its qualified id, the t
 ``step`` key, its own (unqualified) id, then ``"*"`` (a default for every task). A step
 receives the usual mapping ``{"run": run_input, <dependency>: <output>, ...}``; the run
 input is ``{"goal", "graph_id", "tasks": {id: description}, "input": <caller's input>}``.
+A step function that is not a Celery task (a local step) also finds its own task in
+``inputs["task"]`` (``{"id", "description"}``), so one ``"*"`` function tells tasks apart.
+
+``timeout`` behaves as in :meth:`~swf_celery.workflows.executor.Executor.execute`: past
+it the run is cancelled (the graph marked ``failed``) and
+:class:`~swf_celery.errors.WorkflowTimeout` raised; ``on_timeout="keep"`` leaves it running.
 """
 
 from __future__ import annotations
@@ -34,17 +40,31 @@ from swf_celery.db import Database, DatabaseHandle, load_queries, resolve
 from swf_celery.errors import (
     FlowNotFound,
     GoalError,
+    RunStateError,
     StepFunctionError,
     SwfError,
+    UnknownSignal,
     WorkflowFailed,
+    WorkflowTimeout,
 )
 from swf_celery.goals.decomposers import PLANNER_OPTIONS, PlannerPolicy, run_decomposer
 from swf_celery.workflows import dag
-from swf_celery.workflows.executor import DEFAULT_TIMEOUT_MS, Executor
+from swf_celery.workflows.executor import (
+    DEFAULT_TIMEOUT_MS,
+    Executor,
+    cancel_on_timeout,
+    check_on_timeout,
+)
 from swf_celery.workflows.flows import FlowBuilder
+from swf_celery.workflows.imports import TaskBound
+from swf_celery.workflows.lifecycle import signal
+from swf_celery.workflows.steps import is_task
 
 QUERIES = load_queries(__package__)
 DEFAULT_MAX_DEPTH = 5
+#: The signal a run waiting for its graph's approval waits for (``require_approval="wait"``).
+APPROVAL_SIGNAL = "approved"
+_GATED = "-approval"
 
 
 @dataclass(frozen=True)
@@ -126,38 +146,58 @@ class Orchestrator:
 
     @staticmethod
     def approve_task_graph(graph_id: str, repo: DatabaseHandle | None = None) -> dict[str, Any]:
-        """Record approval of a previewed graph (``execute_goal(require_approval=True)``)."""
-        Orchestrator.get_task_graph(graph_id, repo)
+        """Record approval of a previewed graph (``execute_goal(require_approval=True)``);
+        a run of it waiting for approval (``require_approval="wait"``) gets the signal
+        :data:`APPROVAL_SIGNAL` and starts."""
+        graph = Orchestrator.get_task_graph(graph_id, repo)
         with resolve(repo).connection() as conn:
             conn.execute(QUERIES["approve_graph"], {"id": graph_id})
+        run_id = graph["last_run_id"]
+        if run_id is not None and str(graph["workflow_id"] or "").endswith(_GATED):
+            try:
+                signal(str(run_id), APPROVAL_SIGNAL, {"graph_id": graph_id}, repo)
+            except (UnknownSignal, RunStateError):  # that run ended, or started already
+                pass
         return Orchestrator.get_task_graph(graph_id, repo)
 
     @staticmethod
     def execute_goal(goal: str | Mapping[str, Any], decomposer: Callable[[str], Any] | None,
                      step_functions: Mapping[str, Any], repo: DatabaseHandle | None = None, *,
                      input: Any = None, timeout: int | None = DEFAULT_TIMEOUT_MS,
-                     require_approval: bool = False, max_depth: int = DEFAULT_MAX_DEPTH,
+                     require_approval: bool | str = False,
+                     max_depth: int = DEFAULT_MAX_DEPTH,
                      resource_queues: Mapping[str, str] | None = None,
                      allowed_options: Collection[str] | None = None,
-                     allowed_queues: Collection[str] | None = None) -> GoalResult:
+                     allowed_queues: Collection[str] | None = None,
+                     on_timeout: str = "cancel", app: Any = None) -> GoalResult:
         """Decompose (unless ``goal`` is a graph or a graph id), build a flow, run it.
 
         ``goal`` is goal text, a graph returned by :meth:`decompose_goal`, or the id of
         one; the last two run without asking the decomposer again. Blocks until the run
-        ends (``timeout`` in ms); a failed run raises
-        :class:`~swf_celery.errors.WorkflowFailed`. ``allowed_options`` and
+        ends (``timeout`` in ms: past it the run is cancelled, unless
+        ``on_timeout="keep"``, and :class:`~swf_celery.errors.WorkflowTimeout` is raised); a
+        failed run raises :class:`~swf_celery.errors.WorkflowFailed`. ``allowed_options`` and
         ``allowed_queues`` as for :meth:`decompose_goal`; a stored graph is checked
-        against them again before anything is built or run.
+        against them again before anything is built or run. ``require_approval=True``
+        refuses a graph nobody approved; ``"wait"`` starts the run at once with its first
+        tasks waiting (durably, holding nothing) for the signal :data:`APPROVAL_SIGNAL`,
+        which :meth:`approve_task_graph` sends.
         """
         db = resolve(repo)
+        check_on_timeout(on_timeout)
         policy = PlannerPolicy.of(allowed_options, allowed_queues)
         graph = _load_or_decompose(goal, decomposer, db, max_depth, policy)
         policy.check(graph["tasks"])
-        if require_approval and graph["approved_at"] is None:
+        if require_approval not in (False, True, "wait"):
+            raise GoalError(f"require_approval must be True, False or 'wait', not "
+                            f"{require_approval!r}")
+        gated = require_approval == "wait" and graph["approved_at"] is None
+        if require_approval is True and graph["approved_at"] is None:
             raise GoalError(f"task graph {graph['id']} is not approved: call "
-                            "Orchestrator.approve_task_graph first")
+                            "Orchestrator.approve_task_graph first (or pass "
+                            "require_approval='wait' to start a run that waits for it)")
         functions = _bind_functions(graph["flat_tasks"], step_functions)
-        workflow_id = _ensure_flow(graph, db)
+        workflow_id = _ensure_flow(graph, db, gated)
         run_input = {"goal": graph["goal"], "graph_id": graph["id"],
                      "tasks": {t["id"]: t.get("description", "")
                                for t in graph["flat_tasks"]},
@@ -167,8 +207,17 @@ class Orchestrator:
         with db.connection() as conn:
             conn.execute(QUERIES["mark_running"], {"id": graph["id"], "workflow_id": workflow_id,
                                               "run_id": run_id})
+        if gated and Orchestrator.get_task_graph(graph["id"], db)["approved_at"] is not None:
+            # approved between the start and the line above: its signal found no run yet
+            Orchestrator.approve_task_graph(graph["id"], db)
         try:
             result = Executor.wait(run_id, db, timeout)
+        except WorkflowTimeout:
+            if on_timeout == "keep":
+                raise
+            error = cancel_on_timeout(db, run_id, timeout, app)
+            _mark_finished(db, graph["id"], run_id, "failed")
+            raise error from None
         except WorkflowFailed:
             _mark_finished(db, graph["id"], run_id, "failed")
             raise
@@ -217,7 +266,10 @@ def _bind_functions(flat: list[dict[str, Any]],
         short = qid.rsplit(dag.QUALIFIER, 1)[-1]
         for key in (qid, task.get("step"), short, "*"):
             if key is not None and key in step_functions:
-                bound[qid] = step_functions[key]
+                function = step_functions[key]
+                # A local step is told its task (a Celery task runs on a worker as it is).
+                bound[qid] = function if is_task(getattr(function, "__wrapped__", function)) \
+                    else TaskBound(function, qid, str(task.get("description", "")))
                 break
         else:
             missing.append(qid)
@@ -228,8 +280,9 @@ def _bind_functions(flat: list[dict[str, Any]],
     return bound
 
 
-def _ensure_flow(graph: dict[str, Any], db: Database) -> str:
-    workflow_id = graph["workflow_id"] or f"goal-{graph['id']}"
+def _ensure_flow(graph: dict[str, Any], db: Database, gated: bool = False) -> str:
+    # A gated flow (its root tasks wait for the approval signal) is a flow of its own.
+    workflow_id = f"goal-{graph['id']}" + (_GATED if gated else "")
     try:
         FlowBuilder.get_flow(workflow_id, db)
         return workflow_id
@@ -238,6 +291,8 @@ def _ensure_flow(graph: dict[str, Any], db: Database) -> str:
     FlowBuilder.create_flow(workflow_id, db)
     for task in graph["flat_tasks"]:
         options = {k: task[k] for k in PLANNER_OPTIONS if task.get(k) is not None}
+        if gated and not task["depends_on"]:
+            options["wait_for"] = APPROVAL_SIGNAL
         FlowBuilder.add_step(workflow_id, task["id"], task["depends_on"], db, **options)
     return workflow_id
 

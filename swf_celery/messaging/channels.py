@@ -3,8 +3,10 @@
 A channel name is any text PostgreSQL can carry as an identifier: 1 to 63 UTF-8 bytes,
 no NUL character (capitals, ``:``, ``.``, ``-``, spaces and non-ASCII are fine, and case
 matters: ``Orders`` and ``orders`` are two channels). Names starting with ``swf:`` are
-reserved for the library; :data:`WORKFLOW_EVENTS` (``swf:workflow_events``) carries the
-workflow engine's run events and may be listened to, not sent to.
+reserved for the library. :data:`WORKFLOW_EVENTS` (``workflow_events``, the reference's
+channel) carries the workflow engine's run events, stored like any channel's messages;
+applications may send their own messages on it too, as the reference's examples do.
+``swf:workflow_events``, the engine's channel before, is a listen-only alias of it.
 
 The Postgres NOTIFY channel of a channel ``C`` (quoted, so exact):
 
@@ -12,8 +14,6 @@ The Postgres NOTIFY channel of a channel ``C`` (quoted, so exact):
   ``orders``; quote mixed-case names: ``LISTEN "swf_Orders"``);
 - otherwise ``swf#`` + the first bytes of ``C`` + ``#`` + 10 hex digits of SHA-256(``C``),
   63 bytes at most. No short name maps there: those all start with ``swf_``.
-- the reserved :data:`WORKFLOW_EVENTS` NOTIFies ``swf:workflow_events`` itself, which no
-  user channel maps to.
 
 The pgmq queue holding a channel's messages (pgmq allows 47 characters of
 ``[a-z0-9_]``):
@@ -58,9 +58,11 @@ _LONG_KEEP = PGMQ_QUEUE_LENGTH - len(QUEUE_PREFIX) - 1 - _HASH_HEX  # 29
 #: Names starting with this are the library's own.
 RESERVED_PREFIX = "swf:"
 #: The channel on which the workflow engine announces run and step state changes.
-WORKFLOW_EVENTS = "swf:workflow_events"
-#: Channels that only the library itself sends to (listening is fine).
-RESERVED = frozenset({WORKFLOW_EVENTS})
+WORKFLOW_EVENTS = "workflow_events"
+#: Its former name, still accepted for listening and reading.
+LEGACY_WORKFLOW_EVENTS = "swf:workflow_events"
+#: Names that may be listened to, not sent to.
+RESERVED = frozenset({LEGACY_WORKFLOW_EVENTS})
 
 _SIMPLE = re.compile(r"[a-z_][a-z0-9_]*")
 _RULE = (f"use 1 to {MAX_CHANNEL_BYTES} bytes of UTF-8 text without NUL characters "
@@ -106,6 +108,8 @@ def _show(name: str) -> str:
 def resolve(name: object) -> ChannelNames:
     """Validate ``name`` and return its :class:`ChannelNames` (NOTIFY channel and pgmq queue)."""
     name = validate(name)
+    if name == LEGACY_WORKFLOW_EVENTS:
+        name = WORKFLOW_EVENTS
     return ChannelNames(name, notify_channel(name), queue_name(name))
 
 
@@ -115,8 +119,8 @@ def _digest(name: str) -> str:
 
 def notify_channel(name: str) -> str:
     """The Postgres NOTIFY channel of a valid channel name (see the module docstring)."""
-    if name in RESERVED:
-        return name
+    if name == LEGACY_WORKFLOW_EVENTS:
+        name = WORKFLOW_EVENTS
     if len((NOTIFY_PREFIX + name).encode("utf-8")) <= IDENTIFIER_BYTES:
         return NOTIFY_PREFIX + name
     room = IDENTIFIER_BYTES - len(LONG_NOTIFY_PREFIX) - 1 - _HASH_HEX
@@ -132,9 +136,10 @@ def queue_name(name: str) -> str:
     return f"{QUEUE_PREFIX}{head}_{_digest(name)}"
 
 
-def check_sendable(channel: ChannelNames) -> None:
-    """Refuse sending to a reserved channel (listening to it is fine)."""
-    if channel.name in RESERVED:
+def check_sendable(name: str) -> None:
+    """Refuse sending to a reserved channel name (listening to it is fine)."""
+    if name in RESERVED:
         raise ChannelNameError(
-            f"channel {channel.name!r} is reserved for the workflow engine's run events: "
-            "listen to it, but send on a channel of your own")
+            f"channel {name!r} is reserved: it is the listen-only former name of "
+            f"{WORKFLOW_EVENTS!r}, the engine's events channel (send there, or on a "
+            "channel of your own)")

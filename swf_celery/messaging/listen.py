@@ -39,7 +39,7 @@ from swf_celery.db import DatabaseHandle, application_name, resolve
 from swf_celery.db.listening import ListenConnection, Received
 from swf_celery.errors import ArgumentError
 from swf_celery.messaging import channels
-from swf_celery.messaging.send import message_id_of
+from swf_celery.messaging.send import MESSAGE_ID_KEY, message_id_of
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,11 @@ APPLICATION_NAME = application_name("listen")
 class Notification:
     """One delivery on a channel.
 
-    ``kind`` is ``"message"`` for :func:`~swf_celery.send_with_notify` (``message_id`` set,
-    fetch the body with :func:`~swf_celery.get_message`), ``"notify"`` for a bare NOTIFY
-    such as :func:`~swf_celery.notify_only` or a workflow event (``payload`` set), and
+    ``kind`` is ``"message"`` for a stored message (:func:`~swf_celery.send_with_notify`, and
+    the workflow engine's events on ``workflow_events``): ``message_id`` set, fetch the body
+    with :func:`~swf_celery.get_message` (a workflow event's ``payload`` also carries the
+    event: ``n.json()``); ``"notify"`` for a bare NOTIFY such as
+    :func:`~swf_celery.notify_only` (``payload`` set); and
     ``"gap"`` when notifications may have been missed (a reconnect, a full buffer, NOTIFYs
     the database skipped): re-read history.
     """
@@ -74,7 +76,8 @@ class Notification:
         return self.kind == "gap"
 
     def json(self) -> Any:
-        """The payload parsed as JSON (e.g. a workflow event ``{"run_id", "step", "status"}``)."""
+        """The payload parsed as JSON (e.g. a workflow event ``{"swf_message_id", "run_id",
+        "step", "status"}``)."""
         if self.payload is None:
             raise ArgumentError(f"a {self.kind!r} notification has no payload")
         return json.loads(self.payload)
@@ -192,7 +195,10 @@ class Listener:
             return Notification(self.channel, "gap", received_at=item.received_at)
         message_id = message_id_of(item.payload)
         if message_id is not None:
+            # A workflow event carries the event beside its id: kept as the payload.
+            bare = item.payload == f'{{"{MESSAGE_ID_KEY}":{message_id}}}'
             return Notification(self.channel, "message", message_id=message_id,
+                                payload=None if bare else item.payload,
                                 sender_pid=item.sender_pid, received_at=item.received_at)
         return Notification(self.channel, "notify", payload=item.payload,
                             sender_pid=item.sender_pid, received_at=item.received_at)
@@ -210,7 +216,7 @@ def listen(
     the listener's dispatch thread for each :class:`Notification`, never in the thread that
     reads the connection. ``buffer`` bounds undelivered notifications (overflow drops and
     reports a gap); ``max_backoff`` caps the delay
-    between reconnect attempts. ``listen("swf:workflow_events", repo)`` delivers the workflow
+    between reconnect attempts. ``listen("workflow_events", repo)`` delivers the workflow
     engine's run events. Raises :class:`~swf_celery.errors.ChannelNameError` for a bad
     name and :class:`~swf_celery.errors.DatabaseUnavailable` if the server is unreachable.
     """

@@ -83,6 +83,9 @@ def send_with_notify(
 ) -> int:
     """Store ``message`` (anything JSON-serialisable) on ``channel``; return its id.
 
+    The id is an ``int`` (pgmq's message id), where the reference returns it as a string:
+    ``str(id)`` is that form, and :func:`get_message` and :func:`acknowledge` take either.
+
     The message goes into the channel's pgmq queue (created on first use) and a NOTIFY
     carrying its id is sent in the same transaction. ``repo`` may also be an open psycopg
     connection: the message and its NOTIFY then join that connection's current
@@ -92,7 +95,7 @@ def send_with_notify(
     :class:`PayloadError` when ``message`` is not JSON.
     """
     ch = channels.resolve(channel)
-    channels.check_sendable(ch)
+    channels.check_sendable(channel)
     body = _to_json(message, what="message")
     if "\\u0000" in body and _JSON_NUL.search(body):
         raise PayloadError("message contains a NUL character, which PostgreSQL jsonb cannot hold")
@@ -143,7 +146,7 @@ def notify_only(
     NOTIFYs, which are hints and are then skipped, this one was asked for by name.
     """
     ch = channels.resolve(channel)
-    channels.check_sendable(ch)
+    channels.check_sendable(channel)
     text = encode_payload(payload)
     params = {"notify_channel": ch.notify_channel, "payload": text}
     if isinstance(repo, psycopg.Connection):
@@ -173,26 +176,30 @@ def encode_payload(payload: Any) -> str:
     if MESSAGE_ID_KEY in text and message_id_of(text) is not None:
         raise PayloadError(
             f"payload {text[:60]!r} has the form listeners read as a stored message "
-            f'({{"{MESSAGE_ID_KEY}": …}}); use send_with_notify() or another key')
+            f'({{"{MESSAGE_ID_KEY}": …, …}}); use send_with_notify() or another key')
     return text
 
 
 def message_id_of(payload: str) -> int | None:
-    """The message id if ``payload`` announces a stored message, else None."""
+    """The message id if ``payload`` announces a stored message, else None.
+
+    The announcement is ``{"swf_message_id": <id>}``, possibly with more keys: the workflow
+    engine's events carry the event itself beside its id.
+    """
     if not payload.startswith("{") or MESSAGE_ID_KEY not in payload:
         return None
     try:
         data = json.loads(payload)
     except ValueError:
         return None
-    if isinstance(data, dict) and set(data) == {MESSAGE_ID_KEY}:
+    if isinstance(data, dict) and MESSAGE_ID_KEY in data:
         value = data[MESSAGE_ID_KEY]
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return None
 
 
-def get_message(channel: str, message_id: int,
+def get_message(channel: str, message_id: int | str,
                 repo: DatabaseHandle | None = None) -> Message | None:
     """The stored message ``message_id`` of ``channel`` (pending or archived), or None."""
     ch = channels.resolve(channel)
@@ -223,8 +230,8 @@ def read_pending(
 
 
 def acknowledge(
-    channel: str, message_ids: int | Iterable[int], repo: DatabaseHandle | None = None, *,
-    archive: bool = True,
+    channel: str, message_ids: int | str | Iterable[int | str],
+    repo: DatabaseHandle | None = None, *, archive: bool = True,
 ) -> list[int]:
     """Retire messages of ``channel`` so they are no longer pending; return the ids retired.
 
@@ -233,7 +240,8 @@ def acknowledge(
     pending are skipped (acknowledging twice is harmless).
     """
     ch = channels.resolve(channel)
-    ids = [int(message_ids)] if isinstance(message_ids, int) else [int(i) for i in message_ids]
+    ids = ([int(message_ids)] if isinstance(message_ids, (int, str))
+           else [int(i) for i in message_ids])
     if not ids:
         return []
 

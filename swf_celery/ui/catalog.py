@@ -47,6 +47,8 @@ async def flow_page(request: Request) -> Response:
         flow = await run_in_threadpool(swf.FlowBuilder.get_flow, slug, console.db)
     except SwfError as exc:
         return ctx.error(404, str(exc))
+    stats = await run_in_threadpool(
+        lambda: swf.workflow_statistics(console.db, workflow_slug=slug, window=86400))
     deps = {s["name"]: s["depends_on"] for s in flow["steps"]}
     svg = dag_svg.render(deps) if deps else '<p class="empty">no steps</p>'
     rows = [[esc(s["name"]), esc(", ".join(s["depends_on"])), f"<code>{esc(_options(s))}</code>"]
@@ -60,8 +62,29 @@ async def flow_page(request: Request) -> Response:
             f'{when(flow["created_at"])} \u00b7 <a href="{esc(ctx.url("/"))}'
             f'{qs(workflow=slug)}">runs</a></p><div class="controls">{delete}</div>'
             f'<div class="dag-wrap">{svg}</div>'
-            + table(["step", "depends on", "options"], rows))
+            + table(["step", "depends on", "options"], rows) + _statistics(stats))
     return ctx.page(f"Flow {slug}", "flows", body)
+
+
+def _statistics(found: list[Any]) -> str:
+    """The flow's execution statistics over the last 24 hours (swf.workflow_statistics)."""
+    def ms(value: float | None) -> str:
+        return "" if value is None else f"{value:,.0f}"
+
+    def rate(value: float | None) -> str:
+        return "" if value is None else f"{100 * value:.1f}%"
+
+    if not found:
+        return '<h2>Last 24 hours</h2><p class="empty">no runs started in the last 24 hours</p>'
+    flow = found[0]
+    head = (f'<h2>Last 24 hours</h2><p class="meta">{flow.runs} runs · success '
+            f'{rate(flow.success_rate)} · p50 {ms(flow.p50_ms)} ms · p95 '
+            f'{ms(flow.p95_ms)} ms · max {ms(flow.max_ms)} ms</p>')
+    rows = [[esc(s.name), str(s.runs), rate(s.success_rate), str(s.skipped), str(s.attempts),
+             ms(s.p50_ms), ms(s.p95_ms), ms(s.max_ms), ms(s.queue_wait_p50_ms),
+             ms(s.queue_wait_p95_ms)] for s in flow.steps]
+    return head + table(["step", "runs", "success", "skipped", "attempts", "p50 ms",
+                         "p95 ms", "max ms", "wait p50 ms", "wait p95 ms"], rows)
 
 
 async def flow_delete(request: Request) -> Response:

@@ -130,7 +130,9 @@ def render(ctx: Context, status: Any, rows: list[tuple[Any, ...]],
                          selected=selected)
     lineage = " ".join(x for x in (
         run_link(ctx, status.retry_of, f"retry of {(status.retry_of or '')[:8]}"),
-        run_link(ctx, status.retried_by, f"retried by {(status.retried_by or '')[:8]}")) if x)
+        run_link(ctx, status.retried_by, f"retried by {(status.retried_by or '')[:8]}"),
+        run_link(ctx, status.replay_of, f"replay of {(status.replay_of or '')[:8]}"),
+        *(run_link(ctx, r, f"replayed by {r[:8]}") for r in status.replays)) if x)
     error = ""
     if status.error:
         where = f" at {esc(status.failed_step)}" if status.failed_step else ""

@@ -5,12 +5,12 @@ completing and failing a step task each happen in ONE transaction there, includi
 dispatch of the steps that became ready (``swf.queue_send`` into the broker's queues).
 This module only serialises arguments and names the transitions.
 
-Events: every transition NOTIFYs :data:`EVENTS_NOTIFY_CHANNEL` (the reserved channel
-``swf:workflow_events`` of :mod:`swf_celery.messaging`) with ``{"run_id", "step",
-"status"}`` (``step`` is ``null`` for run-level events): ids and states, never inputs or
-outputs. A NOTIFY is a hint, skipped while PostgreSQL's notification queue is too full, and
-anyone who can connect may forge one: readers take an event (:func:`parse_event`) as a
-reason to re-read the run.
+Events: every transition stores ``{"run_id", "step", "status"}`` (``step`` is ``null`` for
+run-level events) as a message of the channel ``workflow_events`` of
+:mod:`swf_celery.messaging` and NOTIFYs :data:`EVENTS_NOTIFY_CHANNEL` with its id and the
+event: ids and states, never inputs or outputs. A NOTIFY is a hint, skipped while
+PostgreSQL's notification queue is too full, and anyone who can connect may forge one:
+readers take an event (:func:`parse_event`) as a reason to re-read the run.
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ from swf_celery.db import Database, ErrorMap, load_queries, retry_unavailable
 from swf_celery.errors import (
     FlowNotFound,
     RunInputError,
+    RunNotFound,
     RunStateError,
     TransactionConflict,
+    UnknownSignal,
     WorkflowDefinitionError,
 )
 from swf_celery.messaging import channels
@@ -39,7 +41,7 @@ from swf_celery.messaging import channels
 if TYPE_CHECKING:
     from swf_celery.workflows.definition import WorkflowDef
 
-#: PostgreSQL channel of workflow events (NOTIFY channel of ``swf:workflow_events``).
+#: PostgreSQL channel of workflow events (NOTIFY channel of ``workflow_events``).
 EVENTS_NOTIFY_CHANNEL = channels.resolve(channels.WORKFLOW_EVENTS).notify_channel
 #: Run statuses after which nothing changes any more.
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
@@ -130,6 +132,21 @@ def fail_task(db: Database, task_id: str, error: str) -> str:
                               {"task_id": task_id, "error": _text(error)}))
 
 
+def skip_task(db: Database, task_id: str, reason: str) -> str:
+    """Report that a started attempt's step is skipped (its predicate said so)."""
+    return str(db.fetch_value(QUERIES["skip_task"], {"task_id": task_id,
+                                                     "reason": _text(reason)}))
+
+
+def signal_run(db: Database, run_id: str, name: str, payload: Any) -> int:
+    """Send signal ``name`` to a run (``swf.signal_run``); the waiting steps it started."""
+    return int(db.fetch_value(QUERIES["signal_run"], {
+        "run_id": run_id, "name": name, "payload": to_json(payload, "the signal payload")},
+        errors={pg_errors.NoDataFound: RunNotFound,
+                pg_errors.InvalidParameterValue: UnknownSignal,
+                pg_errors.ObjectNotInPrerequisiteState: RunStateError}) or 0)
+
+
 def abandon_task(db: Database, task_id: str, reason: str) -> str:
     """A revoked task ends its attempt: failed (and retried) in an active run, else
     cancelled; ``"ignored"`` when it was over already."""
@@ -158,6 +175,23 @@ def cancel_run(db: Database, run_id: str, reason: str) -> list[str]:
                                {"run_id": run_id, "reason": reason, "force": False},
                                errors={pg_errors.ObjectNotInPrerequisiteState:
                                        RunStateError}) or [])
+
+
+def step_result(returned: Any) -> tuple[bool, Any]:
+    """What a step's return value means: ``(True, output)`` or ``(False, error text)``.
+
+    The reference's tuples are understood: ``("ok", value)`` stores ``value``, and
+    ``("error", reason)`` fails the attempt with ``reason`` (retried as a raise is). Only
+    a 2-tuple whose first item is exactly ``"ok"`` or ``"error"`` is read so; anything else,
+    lists included, is the output as it is. Raising stays the Python way to fail.
+    """
+    if isinstance(returned, tuple) and len(returned) == 2 and isinstance(returned[0], str):
+        tag, value = returned
+        if tag == "ok":
+            return True, value
+        if tag == "error":
+            return False, value if isinstance(value, str) else repr(value)
+    return True, returned
 
 
 def describe(exc: BaseException) -> str:
@@ -203,6 +237,16 @@ def claim_local_tasks(db: Database, run_id: str,
     with db.connection() as conn:
         rows = conn.execute(QUERIES["claim_local_tasks"], {"run_id": run_id, "limit": limit})
         return [(tid, task) for tid, task in rows if task is not None]
+
+
+def drive_run(db: Database, run_id: str, owner: str, lease_ms: int,
+              take: bool = False) -> dict[str, Any] | None:
+    """Take or renew the lease of a run's driver, then :func:`refresh_run`; a lease another
+    driver holds (unless ``take``) returns ``{"held_by", "until"}`` instead."""
+    state: dict[str, Any] | None = db.fetch_value(
+        QUERIES["drive_run"], {"run_id": run_id, "owner": owner, "lease_ms": lease_ms,
+                               "take": take})
+    return state
 
 
 def refresh_run(db: Database, run_id: str) -> dict[str, Any] | None:

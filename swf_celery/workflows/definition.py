@@ -15,7 +15,9 @@ A workflow is any of
 
 Step contract: the function receives ONE mapping ``{"run": <run input>, "<dependency>":
 <its output>, ...}`` (a map step also gets ``"item"`` and ``"index"``) and returns a
-JSON-serialisable output; raising fails the attempt. The run's result is
+JSON-serialisable output; raising fails the attempt. The reference's tuples are understood
+too: ``("ok", value)`` outputs ``value`` and ``("error", reason)`` fails the attempt
+(:func:`~swf_celery.workflows.coordinator.step_result`). The run's result is
 ``{<leaf step>: <its output>}``.
 
 Loading validates everything (see :mod:`swf_celery.workflows.dag`) before the database is
@@ -24,6 +26,7 @@ touched; step options are checked by :mod:`swf_celery.workflows.steps`.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import types
 from collections.abc import Callable, Mapping, Sequence
@@ -31,13 +34,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from swf_celery.errors import StepFunctionError, WorkflowDefinitionError
-from swf_celery.workflows import dag
+from swf_celery.workflows import dag, imports
 from swf_celery.workflows.names import STEP_TASK_NAME
 from swf_celery.workflows.steps import (
     OPTION_NAMES,
     Step,
     StepOptions,
     callable_name,
+    condition_of,
     is_task,
     parse_options,
     step_options,
@@ -66,6 +70,12 @@ class StepDef:
     timeout: float | None
     resources: Mapping[str, Any]
     map_over: str | None
+    #: ``("run_if" | "skip_if", predicate)`` or ``None``.
+    condition: tuple[str, Callable[[Any], Any]] | None = None
+    run_on_skip: bool = False
+    on_exhausted: str = "fail"
+    wait_for: str | None = None
+    wait_until: dt.datetime | float | None = None
 
     def to_json(self, dependents: Sequence[str]) -> dict[str, Any]:
         """The step as the coordinator's ``swf.start_run`` expects it."""
@@ -77,6 +87,15 @@ class StepDef:
             "retry_delay_ms": int(round(self.retry_delay * 1000)),
             "timeout_ms": None if self.timeout is None else int(math.ceil(self.timeout * 1000)),
             "resources": dict(self.resources), "map_over": self.map_over,
+            "function_ref": (imports.reference(self.function)
+                             if self.execution == "local" else None),
+            "condition": (None if self.condition is None
+                          else {self.condition[0]: imports.reference(self.condition[1])}),
+            "run_on_skip": self.run_on_skip, "on_exhausted": self.on_exhausted,
+            "wait_for": self.wait_for,
+            "wait_until": (self.wait_until.isoformat()
+                           if isinstance(self.wait_until, dt.datetime) else None),
+            "wait_seconds": (self.wait_until if isinstance(self.wait_until, float) else None),
         }
 
 
@@ -207,9 +226,20 @@ def _resolve(slug: str, name: str, fn: Any, opts: StepOptions,
             or _task_queue(target)
     if opts.map_over and opts.map_over != "run" and opts.map_over not in opts.depends_on:
         raise WorkflowDefinitionError(f"{where}: map_over {opts.map_over!r} is not a dependency")
+    condition = condition_of(opts)
+    if condition is not None and execution == "distributed":
+        # The worker finds the predicate by its import path, or as @step gave it to the task.
+        ref = imports.reference(condition[1])
+        marked = step_options(fn) or step_options(target)
+        if ref["path"] is None and (marked is None or condition_of(marked) != condition):
+            raise WorkflowDefinitionError(
+                f"{where}: the {condition[0]} of a distributed step runs on the worker, which "
+                f"cannot import it ({ref['why']}): define it at module level, or give it "
+                "with @swf_celery.step on the task")
     return StepDef(name, opts.depends_on, target, execution, task_name, queue,
                    opts.max_attempts, opts.retry_delay, opts.timeout, dict(opts.resources),
-                   opts.map_over)
+                   opts.map_over, condition, opts.run_on_skip, opts.on_exhausted,
+                   opts.wait_for, opts.wait_until)
 
 
 def _resource_queue(where: str, resources: Mapping[str, Any], app: Any,

@@ -12,6 +12,10 @@ revoked with ``terminate=True``) and :class:`~swf_celery.errors.WorkflowTimeout`
 
 The resource -> queue map used to route steps that name resources but no queue is
 ``resource_queues=`` here, merged over the Celery setting ``swf_resource_queues``.
+
+Local steps run in the process that drives the run, which holds the run's lease (``lease``
+seconds, renewed while it drives): if it dies, the run fails once the lease runs out, with
+that reason, unless another process takes it over first with :meth:`Executor.resume`.
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ from swf_celery.limits.idempotency import DEFAULT_WINDOW, claim, once
 from swf_celery.ops.canvas import revoke_tasks
 from swf_celery.workflows import coordinator, definition, flows
 from swf_celery.workflows.local_runner import (
+    DEFAULT_LEASE_S,
     LocalRunner,
     drive,
     drive_in_background,
     remember,
+    run_functions,
 )
 
 DEFAULT_TIMEOUT_MS = 300_000
@@ -56,7 +62,8 @@ class Executor:
                 timeout: int | None = DEFAULT_TIMEOUT_MS, *,
                 resource_queues: Mapping[str, str] | None = None,
                 max_local_workers: int | None = None, on_timeout: str = "cancel",
-                app: Any = None, idempotency_key: str | None = None,
+                app: Any = None, lease: float = DEFAULT_LEASE_S,
+                idempotency_key: str | None = None,
                 idempotency_window: float = DEFAULT_WINDOW) -> RunResult:
         """Run ``workflow`` on ``input`` and block until it ends.
 
@@ -74,13 +81,15 @@ class Executor:
             if not new:
                 return Executor.wait(run_id, db, timeout)
             return _run_blocking(db, wf, input, timeout, max_local_workers, False, on_timeout,
-                                 app, run_id=run_id)
-        return _run_blocking(db, wf, input, timeout, max_local_workers, False, on_timeout, app)
+                                 app, lease, run_id=run_id)
+        return _run_blocking(db, wf, input, timeout, max_local_workers, False, on_timeout, app,
+                             lease)
 
     @staticmethod
     def start(workflow: Any, input: Any, repo: DatabaseHandle | None = None, *,
               resource_queues: Mapping[str, str] | None = None,
-              max_local_workers: int | None = None, idempotency_key: str | None = None,
+              max_local_workers: int | None = None, lease: float = DEFAULT_LEASE_S,
+              idempotency_key: str | None = None,
               idempotency_window: float = DEFAULT_WINDOW) -> str:
         """Start a run and return its id at once.
 
@@ -95,9 +104,9 @@ class Executor:
             run_id, new = _start_once(db, wf, input, idempotency_key, idempotency_window)
             if new:
                 remember(wf)
-                drive_in_background(db, wf, run_id, max_local_workers)
+                drive_in_background(db, wf, run_id, max_local_workers, lease=lease)
             return run_id
-        return _run_background(db, wf, input, max_local_workers, False)
+        return _run_background(db, wf, input, max_local_workers, False, lease)
 
     @staticmethod
     def execute_dynamic(workflow_id: str, input: Any, step_functions: Mapping[str, Any],
@@ -105,7 +114,7 @@ class Executor:
                         timeout: int | None = DEFAULT_TIMEOUT_MS, *,
                         resource_queues: Mapping[str, str] | None = None,
                         max_local_workers: int | None = None, on_timeout: str = "cancel",
-                        app: Any = None) -> RunResult:
+                        app: Any = None, lease: float = DEFAULT_LEASE_S) -> RunResult:
         """Run a stored flow; ``step_functions`` maps its step names to tasks/callables.
 
         ``timeout`` and ``on_timeout`` as for :meth:`execute`.
@@ -113,18 +122,47 @@ class Executor:
         db = resolve(repo)
         wf = flows.load_dynamic(workflow_id, step_functions, db,
                                 resource_queues=resource_queues)
-        return _run_blocking(db, wf, input, timeout, max_local_workers, True, on_timeout, app)
+        return _run_blocking(db, wf, input, timeout, max_local_workers, True, on_timeout, app,
+                             lease)
 
     @staticmethod
     def start_dynamic(workflow_id: str, input: Any, step_functions: Mapping[str, Any],
                       repo: DatabaseHandle | None = None, *,
                       resource_queues: Mapping[str, str] | None = None,
-                      max_local_workers: int | None = None) -> str:
+                      max_local_workers: int | None = None,
+                      lease: float = DEFAULT_LEASE_S) -> str:
         """Start a run of a stored flow and return its id at once."""
         db = resolve(repo)
         wf = flows.load_dynamic(workflow_id, step_functions, db,
                                 resource_queues=resource_queues)
-        return _run_background(db, wf, input, max_local_workers, True)
+        return _run_background(db, wf, input, max_local_workers, True, lease)
+
+    @staticmethod
+    def resume(run_id: str, repo: DatabaseHandle | None = None,
+               timeout: int | None = DEFAULT_TIMEOUT_MS, *,
+               step_functions: Mapping[str, Any] | None = None, take_over: bool = False,
+               max_local_workers: int | None = None,
+               lease: float = DEFAULT_LEASE_S) -> RunResult:
+        """Drive a run whose driver stopped: run its local steps here until it ends.
+
+        The functions are those its steps recorded (imported by path) unless
+        ``step_functions`` maps step names to them. A run whose lease another driver still
+        holds raises :class:`~swf_celery.errors.RunStateError` naming it, unless
+        ``take_over=True``: then that driver's running local attempts fail (and are retried
+        here). Blocks like :meth:`wait` (``timeout`` in ms: past it the run keeps going,
+        driven by nobody, and :class:`~swf_celery.errors.WorkflowTimeout` is raised).
+        """
+        db = resolve(repo)
+        rid = str(run_id)
+        functions = dict(step_functions) if step_functions is not None \
+            else run_functions(db, rid)
+        deadline = None if timeout is None else time.monotonic() + timeout / 1000
+        runner = LocalRunner(db, functions, rid, max_local_workers, lease=lease,
+                             take_over=take_over)
+        try:
+            return _result(rid, drive(db, rid, runner, deadline, watch_steps=True))
+        finally:
+            runner.close()
 
     @staticmethod
     def wait(run_id: str, repo: DatabaseHandle | None = None,
@@ -156,44 +194,54 @@ def _start_once(db: Database, wf: definition.WorkflowDef, run_input: Any, key: s
 
 def _run_blocking(db: Database, wf: definition.WorkflowDef, run_input: Any,
                   timeout: int | None, max_local_workers: int | None,
-                  dynamic: bool, on_timeout: str = "cancel", app: Any = None, *,
-                  run_id: str | None = None) -> RunResult:
-    if on_timeout not in ON_TIMEOUT:
-        raise ArgumentError(f"on_timeout must be one of {ON_TIMEOUT}, not {on_timeout!r}")
+                  dynamic: bool, on_timeout: str = "cancel", app: Any = None,
+                  lease: float = DEFAULT_LEASE_S, *, run_id: str | None = None) -> RunResult:
+    check_on_timeout(on_timeout)
     deadline = None if timeout is None else time.monotonic() + timeout / 1000
     remember(wf)
     if run_id is None:
         run_id = coordinator.start_run(db, wf, run_input, dynamic=dynamic)
-    runner = LocalRunner(db, wf, run_id, max_local_workers) if wf.has_local_steps else None
+    runner = (LocalRunner(db, wf, run_id, max_local_workers, lease=lease)
+              if wf.has_local_steps else None)
     try:
         state = drive(db, run_id, runner, deadline, watch_steps=_watch_steps(wf))
     except WorkflowTimeout:
         if on_timeout == "keep":
             raise
-        _cancel_on_timeout(db, run_id, timeout, app)
-        raise WorkflowTimeout(f"run {run_id} exceeded its maximum execution time of "
-                              f"{timeout} ms and was cancelled (on_timeout='keep' leaves "
-                              "it running)", run_id=run_id) from None
+        raise cancel_on_timeout(db, run_id, timeout, app) from None
     finally:
         if runner is not None:
             runner.close()
     return _result(run_id, state)
 
 
-def _cancel_on_timeout(db: Database, run_id: str, timeout: int | None, app: Any) -> None:
+def check_on_timeout(on_timeout: str) -> None:
+    """Refuse an ``on_timeout`` that is not one of :data:`ON_TIMEOUT`."""
+    if on_timeout not in ON_TIMEOUT:
+        raise ArgumentError(f"on_timeout must be one of {ON_TIMEOUT}, not {on_timeout!r}")
+
+
+def cancel_on_timeout(db: Database, run_id: str, timeout: int | None,
+                      app: Any) -> WorkflowTimeout:
+    """Cancel a run that exceeded ``timeout`` ms (running steps revoked with ``terminate``)
+    and return the :class:`WorkflowTimeout` to raise."""
     try:
         running = coordinator.cancel_run(db, run_id, f"timed out after {timeout} ms")
     except SwfError:  # it ended meanwhile (RunStateError): nothing to cancel
-        return
+        running = []
     if running:
         revoke_tasks(db, running, app=app, terminate=True)
+    return WorkflowTimeout(f"run {run_id} exceeded its maximum execution time of "
+                           f"{timeout} ms and was cancelled (on_timeout='keep' leaves "
+                           "it running)", run_id=run_id)
 
 
 def _run_background(db: Database, wf: definition.WorkflowDef, run_input: Any,
-                    max_local_workers: int | None, dynamic: bool) -> str:
+                    max_local_workers: int | None, dynamic: bool,
+                    lease: float = DEFAULT_LEASE_S) -> str:
     remember(wf)
     run_id = coordinator.start_run(db, wf, run_input, dynamic=dynamic)
-    drive_in_background(db, wf, run_id, max_local_workers)
+    drive_in_background(db, wf, run_id, max_local_workers, lease=lease)
     return run_id
 
 

@@ -16,6 +16,7 @@ recorded when they first run.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -59,8 +60,10 @@ class FlowBuilder:
 
     @staticmethod
     def add_step(workflow_id: str, step_name: str, depends_on: Sequence[str] = (),
-                 repo: DatabaseHandle | None = None, **options: Any) -> None:
-        """Append a step; refuses a duplicate name, an unknown dependency or a cycle.
+                 repo: DatabaseHandle | None = None, **options: Any) -> dict[str, Any]:
+        """Append a step and return it as :meth:`get_flow` lists it (``name``,
+        ``depends_on`` and its options); refuses a duplicate name, an unknown dependency or
+        a cycle.
 
         ``options`` are those of :func:`swf_celery.step`: ``queue``, ``execution``,
         ``max_attempts``, ``retry_delay``, ``timeout``, ``resources``, ``map_over``.
@@ -92,8 +95,11 @@ class FlowBuilder:
             dag.validate(existing + [(step_name, deps)])
             stored = {key: getattr(opts, key) for key in STORED_OPTIONS}
             stored["resources"] = dict(opts.resources)
+            if isinstance(opts.wait_until, dt.datetime):
+                stored["wait_until"] = opts.wait_until.isoformat()
             conn.execute(QUERIES["add_step"], {"flow_id": flow_id, "step": step_name,
                                           "depends_on": deps, "options": json.dumps(stored)})
+        return {"name": step_name, "depends_on": deps, **json.loads(json.dumps(stored))}
 
     @staticmethod
     def list_flows(repo: DatabaseHandle | None = None) -> list[dict[str, Any]]:

@@ -18,15 +18,19 @@ their one outcome each:
   they are cancelled and revoked with ``terminate=True`` instead.
 
 Statuses: ``in_progress``, ``paused``, ``completed``, ``failed``, ``cancelled``. The seed
-knows only in_progress/completed/failed: its ``"started"`` filter matches ``in_progress``
-and ``paused`` here, and its ``"failed"`` filter matches ``failed`` and ``cancelled`` (the
-seed marks a cancelled run failed); ``"cancelled"`` alone narrows to cancelled runs.
+knows only in_progress/completed/failed, and every run reads as one of those three where
+its forms are used: ``status.state`` (and ``state`` of a :class:`RunSummary`) is
+``paused -> in_progress`` and ``cancelled -> failed`` (the seed marks a cancelled run
+failed), and ``state, details = get_run_status(run_id, repo)`` unpacks as the seed's
+``{:ok, status, details}``. Its ``"started"`` filter matches ``in_progress`` and ``paused``
+here, and its ``"failed"`` filter matches ``failed`` and ``cancelled``; ``"cancelled"``
+alone narrows to cancelled runs.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -37,10 +41,18 @@ from psycopg import sql
 from swf_celery.db import Database, DatabaseHandle, ErrorMap, load_queries, resolve
 from swf_celery.errors import ArgumentError, RunNotFound, RunStateError, StepFunctionError
 from swf_celery.ops.canvas import revoke_tasks
-from swf_celery.workflows import definition, flows
-from swf_celery.workflows.local_runner import drive_in_background, known_workflow
+from swf_celery.workflows import coordinator, definition, flows
+from swf_celery.workflows.local_runner import (
+    drive_in_background,
+    known_workflow,
+    local_functions,
+    run_functions,
+)
 
 STATUSES = ("in_progress", "paused", "completed", "failed", "cancelled")
+#: Each status as the seed's three (``completed | failed | in_progress``) read it.
+REFERENCE_STATES = {"in_progress": "in_progress", "paused": "in_progress",
+                    "completed": "completed", "failed": "failed", "cancelled": "failed"}
 #: The seed's filter values, as written in its code, mapped to our statuses.
 SEED_STATUSES = {"started": ("in_progress", "paused"), "failed": ("failed", "cancelled")}
 ORDER_COLUMNS = {"inserted_at": "inserted_at", "updated_at": "updated_at",
@@ -90,6 +102,18 @@ class RunProgress:
     failed_step: str | None
     retry_of: str | None
 
+    @property
+    def state(self) -> str:
+        """The status as one of the seed's three: ``completed``, ``failed``, ``in_progress``
+        (a paused run is in progress, a cancelled one failed)."""
+        return REFERENCE_STATES[self.status]
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """The seed's progress details: ``total_steps``, ``completed_steps``, ``percentage``."""
+        return {"total_steps": self.total_steps, "completed_steps": self.completed_steps,
+                "percentage": self.percentage}
+
 
 @dataclass(frozen=True)
 class RunStatus(RunProgress):
@@ -99,6 +123,9 @@ class RunStatus(RunProgress):
     """
 
     retried_by: str | None
+    #: The run this one replays (:func:`replay`), and the replays of this one.
+    replay_of: str | None
+    replays: list[str]
     #: Whether some attempt runs past its timeout (the workers' sweep fails it next).
     overdue: bool
     input: Any
@@ -109,8 +136,13 @@ class RunStatus(RunProgress):
     steps: list[StepStatus] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (timestamps as ISO-8601 text)."""
-        return asdict(self)
+        """A JSON-ready dict (timestamps as ISO-8601 text), with ``state``."""
+        return {**asdict(self), "state": self.state}
+
+    def __iter__(self) -> Iterator[Any]:
+        """``state, details = get_run_status(run_id, repo)``: the seed's
+        ``{:ok, status, details}`` form (:attr:`state`, :attr:`details`)."""
+        return iter((self.state, self.details))
 
 
 @dataclass(frozen=True)
@@ -223,6 +255,49 @@ def cancel_workflow_run(run_id: str, repo: DatabaseHandle | None = None, *,
         revoke_tasks(db, list(running), app=app, terminate=terminate)
 
 
+def signal(run_id: str, name: str, payload: Any = None,
+           repo: DatabaseHandle | None = None) -> int:
+    """Send the signal ``name`` (with a JSON ``payload``) to a run; return how many waiting
+    steps it started.
+
+    A step declared with ``wait_for=name`` starts only once the signal was sent, and finds
+    ``payload`` in ``inputs[name]``. A signal sent before the step is reached is kept (one
+    per name: a later one replaces it). :class:`RunNotFound` for an unknown run,
+    :class:`~swf_celery.errors.UnknownSignal` when no step of the run waits for ``name``,
+    :class:`RunStateError` when the run has finished.
+    """
+    if not isinstance(name, str) or not name:
+        raise ArgumentError(f"a signal name must be non-empty text, not {name!r}")
+    return coordinator.signal_run(resolve(repo), _run_uuid(run_id), name, payload)
+
+
+def replay(run_id: str, from_step: str, input: Any = None,
+           repo: DatabaseHandle | None = None, *, workflow: Any = None,
+           step_functions: Mapping[str, Any] | None = None) -> str:
+    """Start a new run replaying a finished one from ``from_step``; return its id.
+
+    The new run reuses the outputs of every step not downstream of ``from_step`` (the
+    completed items of map steps included) and runs ``from_step`` and every step after it
+    again, on ``input`` when given (``None``: the old run's input). Its ``replay_of`` names
+    the old run (shown by ``get_run_status``, the CLI and the console). Local steps run in
+    this process, found as for :func:`retry_failed_workflow`.
+    """
+    db = resolve(repo)
+    rid = _run_uuid(run_id)
+    row = db.fetch_one(QUERIES["run_local_steps"], {"run_id": rid})
+    if row is None:
+        raise RunNotFound(f"run {rid} does not exist")
+    slug, local_steps = row[0], list(row[1])
+    functions = _local_functions(db, rid, slug, local_steps, workflow, step_functions)
+    new_id = str(db.fetch_value(QUERIES["replay_run"], {
+        "run_id": rid, "step": from_step, "new_input": input is not None,
+        "input": coordinator.to_json(input, "the run input")},
+        errors={**_RUN_ERRORS, pg_errors.InvalidParameterValue: ArgumentError}))
+    if functions:
+        drive_in_background(db, functions, new_id, None)
+    return new_id
+
+
 def retry_failed_workflow(run_id: str, repo: DatabaseHandle | None = None, *,
                           skip_completed: bool = True, reset_all: bool = False,
                           workflow: Any = None, step_functions: Mapping[str, Any] | None = None,
@@ -237,11 +312,14 @@ def retry_failed_workflow(run_id: str, repo: DatabaseHandle | None = None, *,
     ``retry_of`` names the old one. Calling it again for the same run returns the same
     new run.
 
-    Local steps run in this process and need their functions: the workflow a run of this
-    process started is known by its slug; otherwise pass ``workflow`` (the class or
-    :class:`~swf_celery.workflows.definition.WorkflowDef`) or, for a dynamic or goal flow,
-    ``step_functions``. Without them :class:`StepFunctionError` names the local steps, and
-    no run is created.
+    Local steps run in this process, driven by a background thread until the new run ends
+    (:meth:`~swf_celery.workflows.executor.Executor.wait` blocks for it): their functions
+    are those of ``workflow`` (the class or
+    :class:`~swf_celery.workflows.definition.WorkflowDef`) or ``step_functions`` when given,
+    else the workflow a run of this process started (known by its slug), else imported from
+    the paths the run recorded. When one cannot be imported (a lambda, a function defined
+    inside another), :class:`StepFunctionError` names the step and why, and no run is
+    created.
     """
     db = resolve(repo)
     rid = _run_uuid(run_id)
@@ -249,36 +327,45 @@ def retry_failed_workflow(run_id: str, repo: DatabaseHandle | None = None, *,
     if row is None:
         raise RunNotFound(f"run {rid} does not exist")
     slug, local_steps = row[0], list(row[1])
-    wf = _local_functions(db, rid, slug, local_steps, workflow, step_functions)
+    functions = _local_functions(db, rid, slug, local_steps, workflow, step_functions)
     result = _call(db, "retry_run", {"run_id": rid,
                                      "reuse": bool(skip_completed and not reset_all)})
     if result["revoke"]:
         revoke_tasks(db, list(result["revoke"]), app=app, terminate=True)
     new_id = str(result["run_id"])
-    if wf is not None:
-        drive_in_background(db, wf, new_id, None)
+    if functions:
+        drive_in_background(db, functions, new_id, None)
     return new_id
 
 
 def _local_functions(db: Database, run_id: str, slug: str, local_steps: list[str],
                      workflow: Any, step_functions: Mapping[str, Any] | None
-                     ) -> definition.WorkflowDef | None:
-    """The workflow whose functions run the local steps of a retry, or ``None``."""
+                     ) -> definition.WorkflowDef | dict[str, Any]:
+    """The workflow (or ``{step: function}``) running the local steps of a retry; empty
+    when there are none."""
+    if not local_steps and workflow is None and step_functions is None:
+        return {}
     if workflow is not None:
-        wf = definition.load(workflow)
-    elif step_functions is not None:
-        wf = flows.load_dynamic(slug, step_functions, db)
-    elif local_steps:
-        wf = known_workflow(slug)  # type: ignore[assignment]
-        if wf is None:
-            raise StepFunctionError(
-                f"run {run_id} of {slug!r} has local step(s) {local_steps}, whose functions "
-                "are not known in this process: pass workflow=<the workflow class> (or "
-                "step_functions={step: function} for a dynamic or goal flow)")
-    else:
-        return None
-    missing = [name for name in local_steps
-               if not any(s.name == name and s.function is not None for s in wf.steps)]
+        return _checked(run_id, local_steps, definition.load(workflow))
+    if step_functions is not None:
+        return _checked(run_id, local_steps, flows.load_dynamic(slug, step_functions, db))
+    known = known_workflow(slug)
+    if known is not None:
+        return _checked(run_id, local_steps, known)
+    try:
+        functions = run_functions(db, run_id)
+    except StepFunctionError as exc:
+        raise StepFunctionError(
+            f"{exc}: pass workflow=<the workflow class> (or step_functions={{step: "
+            "function} for a dynamic or goal flow)") from None
+    return _checked(run_id, local_steps, functions)
+
+
+def _checked(run_id: str, local_steps: list[str],
+             given: definition.WorkflowDef | dict[str, Any]
+             ) -> definition.WorkflowDef | dict[str, Any]:
+    functions = local_functions(given) if isinstance(given, definition.WorkflowDef) else given
+    missing = [name for name in local_steps if functions.get(name) is None]
     if missing:
         raise StepFunctionError(f"run {run_id}: no function given for local step(s) {missing}")
-    return wf
+    return given

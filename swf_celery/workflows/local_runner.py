@@ -8,8 +8,12 @@ process claims it (``swf.claim_local_tasks``), runs the function in a thread poo
 reports the outcome with the same ``swf.complete_task`` / ``swf.fail_task`` calls a
 worker uses. Status, retries, timeouts, pause and cancel therefore behave the same.
 
-A local step runs only while the process that started the run is alive and driving it
-(``Executor.execute`` blocks; ``Executor.start`` drives it from a background thread).
+A local step runs only while a process drives the run (``Executor.execute`` blocks;
+``Executor.start`` drives it from a background thread; ``Executor.resume`` takes it over).
+The driver holds the run's lease (``lease`` seconds, renewed as it drives, see
+``swf.drive_run``): when the driver dies, the lease runs out and the run fails with that
+reason, ready for retry, unless another process took it over first. Any process can, since
+each local step records its function's import path (:mod:`.imports`).
 A timed-out local attempt is failed by the coordinator; Python cannot stop its thread,
 so the late result is ignored when it arrives. Every outcome is reported: an output that
 cannot be stored fails the attempt with the reason; a report that never reaches the
@@ -17,23 +21,33 @@ database is logged and the attempt stays started until its timeout (if any) retr
 
 Workflows with local steps that this process started are remembered by slug
 (:func:`remember`, :func:`known_workflow`), so a retry of one of their runs from this
-process finds the step functions without being given them again.
+process finds the step functions without being given them again; other processes import
+them (:func:`run_functions`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from swf_celery.db import Database
 from swf_celery.db.listening import ListenConnection
-from swf_celery.errors import DatabaseUnavailable, RunNotFound, SwfError, WorkflowTimeout
-from swf_celery.workflows import coordinator
+from swf_celery.errors import (
+    DatabaseUnavailable,
+    RunNotFound,
+    RunStateError,
+    StepFunctionError,
+    SwfError,
+    WorkflowTimeout,
+)
+from swf_celery.workflows import conditions, coordinator, imports
 from swf_celery.workflows.definition import WorkflowDef
 
 log = logging.getLogger("swf_celery.workflows.local_runner")
@@ -43,6 +57,8 @@ log = logging.getLogger("swf_celery.workflows.local_runner")
 FALLBACK_WAKE_S = 5.0
 #: Consecutive database outages a background driver rides out before it gives up.
 BACKGROUND_RETRIES = 10
+#: Seconds a driver's lease on a run lasts; it is renewed while the driver lives.
+DEFAULT_LEASE_S = 30.0
 
 _known: dict[str, WorkflowDef] = {}
 _known_lock = threading.Lock()
@@ -61,15 +77,57 @@ def known_workflow(slug: str) -> WorkflowDef | None:
         return _known.get(slug)
 
 
-class LocalRunner:
-    """Runs one run's local step tasks in a bounded thread pool."""
+def local_functions(workflow: WorkflowDef) -> dict[str, Any]:
+    """``{step name: function}`` of a workflow's local steps."""
+    return {s.name: s.function for s in workflow.steps if s.execution == "local"}
 
-    def __init__(self, db: Database, workflow: WorkflowDef, run_id: str,
-                 max_workers: int | None = None) -> None:
+
+def local_conditions(workflow: WorkflowDef) -> dict[str, Any]:
+    """``{step name: (kind, predicate)}`` of a workflow's conditional local steps."""
+    return {s.name: s.condition for s in workflow.steps
+            if s.execution == "local" and s.condition is not None}
+
+
+def run_functions(db: Database, run_id: str) -> dict[str, Any]:
+    """The functions of a run's local steps, imported from the paths it recorded;
+    :class:`StepFunctionError` naming each step that cannot be imported, and why."""
+    row = db.fetch_one(coordinator.QUERIES["run_functions"], {"run_id": run_id})
+    if row is None:
+        raise RunNotFound(f"run {run_id} does not exist")
+    run_input, refs = row
+    functions, problems = {}, []
+    for name, ref in (refs or {}).items():
+        try:
+            functions[name] = imports.load(ref, name, run_input)
+        except StepFunctionError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise StepFunctionError(f"run {run_id}: " + "; ".join(problems))
+    return functions
+
+
+def driver_name() -> str:
+    """A name for one driver of a run: host, process id and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class LocalRunner:
+    """Runs one run's local step tasks in a bounded thread pool, holding the run's lease."""
+
+    def __init__(self, db: Database, functions: WorkflowDef | dict[str, Any], run_id: str,
+                 max_workers: int | None = None, *, lease: float = DEFAULT_LEASE_S,
+                 take_over: bool = False) -> None:
         self.db = db
         self.run_id = run_id
-        self._functions = {s.name: s.function for s in workflow.steps
-                           if s.execution == "local"}
+        self._conditions: dict[str, Any] = {}
+        if isinstance(functions, WorkflowDef):
+            self._conditions = local_conditions(functions)
+            functions = local_functions(functions)
+        self._functions = dict(functions)
+        #: Who holds the run's lease while this runner drives it.
+        self.owner = driver_name()
+        self.lease = lease
+        self._take = take_over
         self._slots = max_workers or min(32, (os.cpu_count() or 1) + 4)
         self._pool = ThreadPoolExecutor(self._slots, thread_name_prefix=f"swf-local-{run_id[:8]}")
         self._busy = 0
@@ -77,6 +135,22 @@ class LocalRunner:
         self._closed = False
         self._claiming = threading.Lock()
         self._submitted: dict[Future[None], str] = {}
+
+    def tick(self) -> dict[str, Any] | None:
+        """Take or renew the run's lease and return its state (as
+        :func:`~.coordinator.refresh_run`); :class:`RunStateError` when another driver
+        holds it (the first tick, without ``take_over``) or took it over."""
+        state = coordinator.drive_run(self.db, self.run_id, self.owner,
+                                      int(self.lease * 1000), self._take)
+        self._take = False  # taken once: later ticks only renew
+        if state is not None and "held_by" in state:
+            with self._lock:
+                self._closed = True
+            raise RunStateError(
+                f"run {self.run_id} is driven by {state['held_by']} (its lease runs until "
+                f"{state['until']}); take it over with Executor.resume(run_id, "
+                "take_over=True)")
+        return state
 
     def pump(self) -> int:
         """Claim and submit as many due local tasks as there are free threads."""
@@ -109,11 +183,17 @@ class LocalRunner:
                              f"no local function for step {task['step']!r}")
                 return
             try:
+                skip = conditions.skip_reason(task, self._conditions.get(task["step"]))
+                if skip is not None:
+                    self._report(coordinator.skip_task, task_id, skip)
+                    return
                 output = function(task["input"])
             except Exception as exc:  # the step's own failure: retried or fails the run
                 self._report(coordinator.fail_task, task_id, coordinator.describe(exc))
                 return
-            self._report(coordinator.complete_task, task_id, output)
+            ok, value = coordinator.step_result(output)
+            self._report(coordinator.complete_task if ok else coordinator.fail_task,
+                         task_id, value)
         finally:
             with self._lock:
                 self._busy -= 1
@@ -159,14 +239,16 @@ def drive(db: Database, run_id: str, runner: LocalRunner | None, deadline: float
                                 name=f"swf-run-{run_id[:8]}-events")
     try:
         while True:
-            state = coordinator.refresh_run(db, run_id)
+            state = (coordinator.refresh_run(db, run_id) if runner is None
+                     else runner.tick())
             if state is None:
                 raise RunNotFound(f"run {run_id} does not exist")
             if state["status"] in coordinator.TERMINAL:
                 return state
+            wait = FALLBACK_WAKE_S
             if runner is not None:
                 runner.pump()
-            wait = FALLBACK_WAKE_S
+                wait = min(wait, runner.lease / 3)
             if state["wake_in_ms"] is not None:
                 wait = min(wait, float(state["wake_in_ms"]) / 1000 + 0.005)
             if deadline is not None:
@@ -200,12 +282,13 @@ def _await_event(listener: ListenConnection, run_id: str, wait: float,
                 return
 
 
-def drive_in_background(db: Database, wf: WorkflowDef, run_id: str,
-                        max_local_workers: int | None) -> None:
+def drive_in_background(db: Database, functions: WorkflowDef | dict[str, Any], run_id: str,
+                        max_local_workers: int | None, *,
+                        lease: float = DEFAULT_LEASE_S) -> None:
     """Run the local steps of ``run_id`` from a daemon thread until the run ends."""
-    if not wf.has_local_steps:
+    if not (local_functions(functions) if isinstance(functions, WorkflowDef) else functions):
         return
-    runner = LocalRunner(db, wf, run_id, max_local_workers)
+    runner = LocalRunner(db, functions, run_id, max_local_workers, lease=lease)
 
     def keep_driving() -> None:
         # A background driver has no caller to raise to: it rides out a short database

@@ -18,6 +18,7 @@ with a message naming the step, never the transaction that dispatches it.
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
 import types
 from collections.abc import Callable, Mapping, Sequence
@@ -25,8 +26,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from swf_celery.errors import StepFunctionError, WorkflowDefinitionError
+from swf_celery.workflows import conditions
 
 EXECUTIONS = ("distributed", "local")
+#: What a step that used up its attempts does: fail the run, or count as skipped.
+ON_EXHAUSTED = ("fail", "skip")
 _MARK = "__swf_step__"
 
 
@@ -43,13 +47,20 @@ class StepOptions:
     resources: Mapping[str, Any] = field(default_factory=dict)
     map_over: str | None = None
     name: str | None = None
+    run_if: Callable[[Any], Any] | None = None
+    skip_if: Callable[[Any], Any] | None = None
+    run_on_skip: bool = False
+    on_exhausted: str = "fail"
+    wait_for: str | None = None
+    wait_until: dt.datetime | float | None = None
 
 
 #: Every option a step takes, in one list (the fields of :class:`StepOptions`).
 OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(StepOptions))
-#: The options stored with a dynamic flow's step (its name and dependencies are columns).
+#: The options stored with a dynamic flow's step (its name and dependencies are columns;
+#: predicates are code, given with the functions).
 STORED_OPTIONS: tuple[str, ...] = tuple(n for n in OPTION_NAMES
-                                        if n not in ("depends_on", "name"))
+                                        if n not in ("depends_on", "name", "run_if", "skip_if"))
 
 
 class Step:
@@ -84,6 +95,12 @@ def step(
     resources: Mapping[str, Any] | None = None,
     map_over: str | None = None,
     name: str | None = None,
+    run_if: Callable[[Any], Any] | None = None,
+    skip_if: Callable[[Any], Any] | None = None,
+    run_on_skip: bool = False,
+    on_exhausted: str = "fail",
+    wait_for: str | None = None,
+    wait_until: dt.datetime | float | None = None,
 ) -> Callable[[Any], Any]:
     """Mark a function or Celery task as a workflow step.
 
@@ -95,13 +112,27 @@ def step(
     seconds, doubled each attempt. ``timeout``: seconds one attempt may take. ``resources``:
     e.g. ``{"gpu": True}``; stored and used for routing. ``map_over``: the dependency (or
     ``"run"``) whose list output this step fans out over, one task per item.
+
+    Conditions: ``run_if`` (or its negation ``skip_if``) is a predicate over the step's
+    inputs, evaluated where the step runs, just before it would; a skipped step's output is
+    ``None`` and its dependents are skipped too unless they say ``run_on_skip=True``.
+    ``on_exhausted="skip"`` skips a step that used up its attempts instead of failing the
+    run. Waiting: ``wait_for="approved"`` starts the step only once
+    ``signal(run_id, "approved", payload)`` was sent (the payload is ``inputs["approved"]``);
+    ``wait_until`` (a timezone-aware datetime, or seconds after the dependencies finished)
+    delays it durably.
     """
     options = parse_options(dict(depends_on=depends_on, queue=queue, execution=execution,
                             max_attempts=max_attempts, retry_delay=retry_delay,
                             timeout=timeout, resources=resources or {}, map_over=map_over,
-                            name=name), where="@step")
+                            name=name, run_if=run_if, skip_if=skip_if,
+                            run_on_skip=run_on_skip, on_exhausted=on_exhausted,
+                            wait_for=wait_for, wait_until=wait_until), where="@step")
 
     def mark(target: Any) -> Any:
+        condition = condition_of(options)
+        if condition is not None and is_task(target):
+            conditions.register(target.name, condition)
         if isinstance(target, types.FunctionType):
             setattr(target, _MARK, options)
             return target
@@ -124,6 +155,11 @@ def step_options(obj: Any) -> StepOptions | None:
         # @app.task over @step: the task's run function carries the mark.
         return getattr(getattr(obj, "run", None), _MARK, None)
     return None
+
+
+def condition_of(options: StepOptions) -> tuple[str, Callable[[Any], Any]] | None:
+    """``("run_if" | "skip_if", predicate)`` of a step's options, or ``None``."""
+    return conditions.of_options(options)
 
 
 def parse_options(raw: Mapping[str, Any], where: str) -> StepOptions:
@@ -167,9 +203,57 @@ def parse_options(raw: Mapping[str, Any], where: str) -> StepOptions:
                               or any(ord(c) < 32 or ord(c) == 127 for c in queue)):
         raise WorkflowDefinitionError(
             f"{where}: queue name {queue[:40]!r} has control characters or is over 255 bytes")
+    run_if, skip_if = raw.get("run_if"), raw.get("skip_if")
+    for key, predicate in (("run_if", run_if), ("skip_if", skip_if)):
+        if predicate is not None and not callable(predicate):
+            raise WorkflowDefinitionError(
+                f"{where}: {key} must be a function of the step's inputs, not {predicate!r}")
+    if run_if is not None and skip_if is not None:
+        raise WorkflowDefinitionError(f"{where}: give run_if or skip_if, not both")
+    if (run_if or skip_if) and raw.get("map_over"):
+        raise WorkflowDefinitionError(
+            f"{where}: a map step takes no run_if/skip_if (put the condition on a step "
+            "before it)")
+    run_on_skip = raw.get("run_on_skip", False)
+    if not isinstance(run_on_skip, bool):
+        raise WorkflowDefinitionError(f"{where}: run_on_skip must be True or False, "
+                                      f"not {run_on_skip!r}")
+    on_exhausted = raw.get("on_exhausted", "fail")
+    if on_exhausted not in ON_EXHAUSTED:
+        raise WorkflowDefinitionError(f"{where}: on_exhausted must be 'fail' or 'skip', "
+                                      f"not {on_exhausted!r}")
+    wait_for = raw.get("wait_for")
+    if wait_for is not None and (not isinstance(wait_for, str) or not wait_for
+                                 or len(wait_for) > 200):
+        raise WorkflowDefinitionError(f"{where}: wait_for must be a signal name (1-200 "
+                                      f"characters), not {wait_for!r}")
+    wait_until = _wait_until(raw.get("wait_until"), where)
     return StepOptions(tuple(depends_on), raw.get("queue"), execution, attempts, float(delay),
                        None if timeout is None else float(timeout), dict(resources),
-                       raw.get("map_over"), raw.get("name"))
+                       raw.get("map_over"), raw.get("name"), run_if, skip_if, run_on_skip,
+                       on_exhausted, wait_for, wait_until)
+
+
+def _wait_until(value: Any, where: str) -> dt.datetime | float | None:
+    """A wait: an aware datetime (ISO text too, as stored flows keep it) or seconds >= 0."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise WorkflowDefinitionError(
+                f"{where}: wait_until {value!r} is not an ISO-8601 time") from None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise WorkflowDefinitionError(
+                f"{where}: wait_until needs a timezone-aware datetime (e.g. with "
+                "tzinfo=datetime.timezone.utc), not a naive one")
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    raise WorkflowDefinitionError(f"{where}: wait_until must be a datetime or seconds >= 0, "
+                                  f"not {value!r}")
 
 
 def is_task(obj: Any) -> bool:

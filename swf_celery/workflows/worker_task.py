@@ -34,7 +34,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from swf_celery.db import Database, database_url, resolve, with_listen_url
 from swf_celery.errors import SwfError
-from swf_celery.workflows import coordinator
+from swf_celery.workflows import conditions, coordinator
 
 log = logging.getLogger("swf_celery.workflows.worker_task")
 
@@ -71,6 +71,14 @@ def run_step(task: Any, ref: dict[str, Any]) -> None:
                 f"{task.request.hostname}")
         return
     try:
+        skip = conditions.skip_reason(claim, conditions.of_task(function))
+    except Exception as exc:  # the predicate's own failure fails the attempt
+        _report(task, db, claim, coordinator.fail_task, coordinator.describe(exc))
+        return
+    if skip is not None:
+        _report(task, db, claim, coordinator.skip_task, skip)
+        return
+    try:
         output = function(claim["input"])
     except SoftTimeLimitExceeded:
         _report(task, db, claim, coordinator.fail_task,
@@ -79,7 +87,8 @@ def run_step(task: Any, ref: dict[str, Any]) -> None:
     except Exception as exc:  # the step's own failure: reported, the attempt retried or failed
         _report(task, db, claim, coordinator.fail_task, coordinator.describe(exc))
         return
-    _report(task, db, claim, coordinator.complete_task, output)
+    ok, value = coordinator.step_result(output)
+    _report(task, db, claim, coordinator.complete_task if ok else coordinator.fail_task, value)
 
 
 def _report(task: Any, db: Database, claim: dict[str, Any], call: Any,

@@ -119,7 +119,7 @@ def test_a_stalled_listener_fails_no_transition_publish_ack_or_result(
     app = _app(url)
     flow = _flow(app)
     stalled = psycopg.connect(url)
-    stalled.execute('LISTEN "swf:workflow_events"')
+    stalled.execute('LISTEN "swf_workflow_events"')
     stalled.execute(f"LISTEN {FILLER}")
     stalled.commit()
     stalled.execute("SELECT 1")  # idle in transaction from here on

@@ -28,7 +28,8 @@ def _graph_count(url: str) -> int:
 
 def _record(inputs: dict[str, Any]) -> dict[str, Any]:
     """A step that reports which dependencies it saw."""
-    return {"saw": sorted(k for k in inputs if k != "run"), "goal": inputs["run"]["goal"]}
+    return {"saw": sorted(k for k in inputs if k not in ("run", "task")),
+            "goal": inputs["run"]["goal"]}
 
 
 def test_decompose_persists_hierarchical_graph(db_url: str) -> None:

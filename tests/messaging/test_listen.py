@@ -112,11 +112,11 @@ def test_callback_may_unlisten_its_own_listener(db_url: str) -> None:
 
 def test_workflow_events_arrive_through_listen(db_url: str) -> None:
     event = '{"run_id": "6f1c", "step": "train", "status": "completed"}'
-    with swf_celery.listen("swf:workflow_events", db_url) as listener:
-        assert listener.notify_channel == "swf:workflow_events"
+    with swf_celery.listen("swf:workflow_events", db_url) as listener:  # the former name
+        assert listener.notify_channel == "swf_workflow_events"
         with psycopg.connect(db_url, autocommit=True) as conn:
-            # What the workflow engine does in its transition functions.
-            conn.execute("SELECT pg_notify('swf:workflow_events', %s)", (event,))
+            # A bare NOTIFY on the events channel (the engine's own carry a message id).
+            conn.execute("SELECT pg_notify('swf_workflow_events', %s)", (event,))
         note = _next(listener)
     assert note.kind == "notify" and note.message_id is None
     assert note.json() == {"run_id": "6f1c", "step": "train", "status": "completed"}

@@ -53,7 +53,8 @@ def test_notify_channels_never_collide() -> None:
     mapped = {channels.notify_channel(n) for n in names}
     assert len(mapped) == len(names)
     assert channels.resolve("a" * 59).notify_channel == "swf_" + "a" * 59
-    assert channels.notify_channel(channels.WORKFLOW_EVENTS) == "swf:workflow_events"
+    assert channels.notify_channel(channels.WORKFLOW_EVENTS) == "swf_workflow_events"
+    assert channels.resolve("swf:workflow_events") == channels.resolve("workflow_events")
 
 
 def test_queue_names_fit_pgmq_and_never_collide() -> None:
@@ -151,7 +152,9 @@ def test_refused_names_are_refused_before_touching_the_database(db_url: str, nam
         with pytest.raises(ChannelNameError):
             call()
     with psycopg.connect(db_url) as conn:
-        assert conn.execute("SELECT count(*) FROM swf.channels").fetchone()[0] == 0
+        # only the engine's own events channel (migration 0020)
+        assert conn.execute("SELECT array_agg(channel) FROM swf.channels").fetchone()[0] \
+            == ["workflow_events"]
 
 
 def test_messages_that_are_not_json_are_refused(db_url: str) -> None:
@@ -164,7 +167,7 @@ def test_messages_that_are_not_json_are_refused(db_url: str) -> None:
     assert swf_celery.get_message("orders", message_id, db_url).body == {"s": "\\u0000"}
 
 
-def test_the_engine_events_channel_is_listen_only(db_url: str) -> None:
+def test_the_former_engine_events_name_is_listen_only(db_url: str) -> None:
     with pytest.raises(ChannelNameError, match="reserved"):
         swf_celery.send_with_notify("swf:workflow_events", {}, db_url)
     with pytest.raises(ChannelNameError, match="reserved"):
@@ -174,8 +177,8 @@ def test_the_engine_events_channel_is_listen_only(db_url: str) -> None:
 @pytest.mark.parametrize("name", ["workflow_events", "Orders", "a:b.c-d", "a;drop table x",
                                   "名前", "x" * 63])
 def test_seed_style_channels_carry_messages_with_ids(db_url: str, name: str) -> None:
-    """As in the seed's examples: send_with_notify + listen on a user channel, including
-    "workflow_events" (a user channel; the engine's events are "swf:workflow_events")."""
+    """As in the seed's examples: send_with_notify + listen on a channel, including
+    "workflow_events" (the engine's events channel, which applications may send on too)."""
     with swf_celery.listen(name, db_url) as listener:
         message_id = swf_celery.send_with_notify(name, {"type": "approval"}, db_url)
         note = listener.get(timeout=10)
@@ -203,7 +206,9 @@ def test_notify_only_refuses_reserved_form_and_nul(db_url: str) -> None:
         swf_celery.notify_only("orders", {"swf_message_id": 5}, db_url)
     with pytest.raises(PayloadError, match="NUL"):
         swf_celery.notify_only("orders", "a\x00b", db_url)
-    swf_celery.notify_only("orders", {"swf_message_id": 5, "other": 1}, db_url)
+    with pytest.raises(PayloadError, match="stored message"):  # the engine events' form
+        swf_celery.notify_only("orders", {"swf_message_id": 5, "other": 1}, db_url)
+    swf_celery.notify_only("orders", {"swf_message_id": "5", "other": 1}, db_url)
 
 
 def test_package_import_stays_cheap() -> None:

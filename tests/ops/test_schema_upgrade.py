@@ -59,7 +59,10 @@ ORDER BY 1, 2
 """
 
 #: Columns later migrations added to tables of version 12, with the values they start with.
-ADDED = {"flows": ["last_used_at"], "chords": ["expired_at"]}
+ADDED = {"flows": ["last_used_at"], "chords": ["expired_at"],
+         "runs": ["lease_owner", "lease_until", "replay_of"],
+         "step_states": ["function_ref", "condition", "run_on_skip", "on_exhausted", "wait_for",
+                         "wait_until", "wait_seconds", "due_at"]}
 
 
 def _rows(url: str, table: str, *, without: list[str] | None = None) -> list[str]:
@@ -101,7 +104,10 @@ def test_a_version_12_database_upgrades_in_place_to_the_fresh_catalog(
     for table, rows in before.items():
         if table in {"schema_migrations", "queues", "transient_archive"}:
             continue
-        assert _rows(empty_db_url, table, without=ADDED.get(table)) == rows, table
+        after = _rows(empty_db_url, table, without=ADDED.get(table))
+        if table == "channels":  # 0020 adds the engine's events channel
+            after = [r for r in after if '"channel": "workflow_events"' not in r]
+        assert after == rows, table
     # The added columns start from what the rows say: a flow was last used when it was
     # created, given a step or last run; no chord has expired pending.
     assert sql(empty_db_url, "SELECT count(*) FROM swf.flows f WHERE last_used_at <> greatest("

@@ -46,7 +46,7 @@ def test_worker_and_client_roles_run_tasks_chords_and_workflows(
     _not_superuser(worker_role_url)
     _not_superuser(client_role_url)
     client = _client_app(client_role_url)
-    events = swf.listen("swf:workflow_events", client_role_url)  # the engine's run events
+    events = swf.listen("workflow_events", client_role_url)  # the engine's run events
     try:
         with worker_process("tests.security.role_app", queues=[role_app.QUEUE],
                             env={"SWF_ROLE_URL": worker_role_url}, extra_args=["-E"]) as proc:
@@ -65,6 +65,10 @@ def test_worker_and_client_roles_run_tasks_chords_and_workflows(
                 if any('"completed"' in p and '"second"' in p for p in statuses):
                     break
             assert statuses, "no workflow events reached the client role"
+            # ... as stored messages that the client role may read back by id
+            assert note is not None and note.message_id is not None
+            stored = swf.get_message("workflow_events", note.message_id, client_role_url)
+            assert stored is not None and stored.body["run_id"] == result.run_id
         log = read_log(proc)
         assert "permission denied" not in log.lower(), log[-3000:]
     finally:

@@ -31,7 +31,7 @@ TABLES: dict[str, dict[str, set[str]]] = {
     "swf.flow_steps": {"client": {S, I, D}, "worker": {S}},
     "swf.runs": READ, "swf.step_states": READ, "swf.step_tasks": READ,
     "swf.queue_waiters": {}, "swf.roles": {}, "swf.flow_keys": READ, "swf.flow_turns": {},
-    "swf.idempotency_keys": {},
+    "swf.idempotency_keys": {}, "swf.run_signals": {},
     "swf.revoked_tasks": {"worker": {S}},
     "swf.revoked_stamps": {},  # through swf.task_revoke_stamped / swf.task_stamp_revokes
     "swf.task_results": {"client": {S, D}, "worker": {S, I, U, D}},
@@ -59,6 +59,8 @@ FUNCTIONS: dict[str, set[str]] = {
     "start_run": ALL, "expire_tasks": ALL, "run_tick": ALL, "running_tasks": ALL,
     "claim_local_tasks": ALL, "start_task": ALL, "complete_task": ALL, "fail_task": ALL,
     "abandon_task": ALL, "_grant_channels": ALL, "queue_send": ALL, "_queue_wake": ALL,
+    "drive_run": ALL, "skip_task": ALL, "signal_run": {"client", "operator"},
+    "replay_run": {"client", "operator"},
     "queue_unbind": {"worker", "operator"}, "queue_reap": {"worker", "operator"},
     "sweep_timeouts": {"worker", "operator"}, "retention_runs": {"operator"},
     "retention_archives": {"operator"}, "retention_results": {"operator"},

@@ -276,3 +276,17 @@ def test_console_mounted_in_another_app_links_under_its_mount_point(console_db: 
         assert reply.headers["location"].startswith(f"/ops/swf/runs/{rid}?notice=")
         assert tc.get("/ops/swf/static/console.js").status_code == 200
     assert swf.get_run_status(rid, console_db).status == "cancelled"
+
+
+def test_a_flow_page_shows_its_statistics_and_a_run_page_skips_and_replays(
+        client: Any, console_db: str) -> None:
+    from tests.workflows.conditional_app import Branching
+
+    first = swf.Executor.execute(Branching, {"size": 3}, console_db)
+    slug = "tests.workflows.conditional_app.Branching"
+    page = client.get(f"/flows/{slug}").text
+    assert "Last 24 hours" in page and "wait p50 ms" in page and "100.0%" in page
+    replayed = swf.replay(first.run_id, "report", repo=console_db)
+    swf.Executor.wait(replayed, console_db, timeout=30_000)
+    run = client.get(f"/runs/{replayed}").text
+    assert f"replay of {first.run_id[:8]}" in run and "state-skipped" in run

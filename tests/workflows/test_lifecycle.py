@@ -177,7 +177,7 @@ def test_pause_and_resume_a_running_local_flow(db_url: str) -> None:
 def _wait_for(url: str, run_id: str, check: Callable[[Any], bool]) -> Any:
     """Wait (on workflow events) until ``check(status)`` holds."""
     with psycopg.connect(url, autocommit=True) as listener:
-        listener.execute('LISTEN "swf:workflow_events"')
+        listener.execute('LISTEN "swf_workflow_events"')
         for _ in range(100):
             status = swf.get_run_status(run_id, url)
             if check(status):

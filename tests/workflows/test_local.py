@@ -64,13 +64,15 @@ def test_seed_workflow_steps_form(db_url: str) -> None:
 def test_events_are_notified_for_every_transition(db_url: str) -> None:
     events: list[dict[str, Any]] = []
     listener = psycopg.connect(db_url, autocommit=True)
-    listener.execute('LISTEN "swf:workflow_events"')
+    listener.execute('LISTEN "swf_workflow_events"')
     result = Executor.execute(Diamond, {"n": 1}, db_url)
     for note in listener.notifies(timeout=0.5):
         events.append(json.loads(note.payload))
     listener.close()
     mine = [e for e in events if e["run_id"] == result.run_id]
-    assert set(mine[0]) == {"run_id", "step", "status"}
+    assert set(mine[0]) == {"swf_message_id", "run_id", "step", "status"}
+    ids = [e.pop("swf_message_id") for e in mine]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert mine[0] == {"run_id": result.run_id, "step": None, "status": "in_progress"}
     assert mine[-1] == {"run_id": result.run_id, "step": None, "status": "completed"}
     for step in ("fetch", "left", "right", "join"):
@@ -325,16 +327,20 @@ def test_other_definition_errors(db_url: str) -> None:
 
 
 def test_workflow_events_arrive_through_listen(db_url: str) -> None:
-    """The messaging API's listen("swf:workflow_events") hears the engine's events."""
-    listener = swf.listen("swf:workflow_events", db_url)
+    """The messaging API's listen("workflow_events") hears the engine's events, as stored
+    messages whose bodies are the events."""
+    listener = swf.listen("workflow_events", db_url)
     try:
         result = Executor.execute(Diamond, {"n": 1}, db_url)
         events = []
         while True:
             note = listener.get(timeout=2)
             assert note is not None, f"no run-completed event among {events}"
-            events.append(note.json())
-            if note.json() == {"run_id": result.run_id, "step": None, "status": "completed"}:
+            assert note.kind == "message"
+            event = swf.get_message("workflow_events", note.message_id, db_url).body
+            assert note.json() == {"swf_message_id": note.message_id, **event}
+            events.append(event)
+            if event == {"run_id": result.run_id, "step": None, "status": "completed"}:
                 break
     finally:
         swf.unlisten(listener, db_url)

@@ -228,7 +228,8 @@ def test_retry_of_dynamic_flow_finds_or_is_given_its_functions(db_url: str) -> N
     run_id = failed.value.run_id
     # Another process knows no functions: a clear error, and no retry run is made.
     local_runner._known.clear()
-    with pytest.raises(StepFunctionError, match=r"local step\(s\) \['work'\].*step_functions"):
+    with pytest.raises(StepFunctionError,
+                       match=r"local step 'work'.*cannot be imported.*step_functions"):
         swf.retry_failed_workflow(run_id, db_url)
     assert swf.get_run_status(run_id, db_url).retried_by is None
     new_id = swf.retry_failed_workflow(run_id, db_url, step_functions={"work": lambda _: "re"})
