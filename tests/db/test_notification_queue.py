@@ -113,6 +113,9 @@ def _run(flow: WorkflowDef, n: int, url: str, app: Celery) -> None:
     assert result.output == {"local": 2 * n + 1}
 
 
+# Celery's in-process worker waits without a limit for a worker thread that died starting;
+# the thread method of pytest-timeout ends that wait (the signal method cannot).
+@pytest.mark.timeout(240, method="thread")
 def test_a_stalled_listener_fails_no_transition_publish_ack_or_result(
         small_queue_url: str, caplog: pytest.LogCaptureFixture) -> None:
     url = small_queue_url
