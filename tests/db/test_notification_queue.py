@@ -113,8 +113,11 @@ def _run(flow: WorkflowDef, n: int, url: str, app: Celery) -> None:
     assert result.output == {"local": 2 * n + 1}
 
 
-# Celery's in-process worker waits without a limit for a worker thread that died starting;
-# the thread method of pytest-timeout ends that wait (the signal method cannot).
+# A long fault cycle (make test-long, one process): under the parallel suite's load its
+# in-process worker now and then never reports started (Celery's test worker waits for that
+# without a limit), and the thread method of pytest-timeout, which ends the wait, takes the
+# xdist worker process down with it.
+@pytest.mark.long
 @pytest.mark.timeout(240, method="thread")
 def test_a_stalled_listener_fails_no_transition_publish_ack_or_result(
         small_queue_url: str, caplog: pytest.LogCaptureFixture) -> None:
