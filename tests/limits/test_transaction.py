@@ -154,6 +154,8 @@ def test_anything_else_is_refused() -> None:
         pass
 
 
+# An in-process worker: with the worker tests (`slow`), not in the second server's pass.
+@pytest.mark.slow
 def test_a_worker_runs_the_committed_tasks_only(client: Celery, db_url: str) -> None:
     with start_worker(client, pool="threads", concurrency=2, perform_ping_check=False,
                       loglevel="WARNING", shutdown_timeout=10):
@@ -172,6 +174,8 @@ def _unused(*_: Any) -> None:
     definition.build("x", [])
 
 
+# An in-process worker: with the worker tests (`slow`), not in the second server's pass.
+@pytest.mark.slow
 def test_a_first_keyed_publish_marks_its_queue_within_the_transaction(client: Celery,
                                                                        db_url: str) -> None:
     limited = "SELECT limited FROM swf.queues WHERE name = 'keyed'"
