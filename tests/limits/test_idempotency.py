@@ -18,6 +18,8 @@ from tests.workflows.sample_flows import Diamond, chain
 pytestmark = pytest.mark.db
 
 
+# An in-process worker: with the worker tests (`slow`), not in the second server's pass.
+@pytest.mark.slow
 def test_a_second_publish_returns_the_first_task_and_runs_once(client: Celery,
                                                                db_url: str) -> None:
     first = client.tasks["record"].apply_async(["a"], headers={"idempotency_key": "order-1"})
