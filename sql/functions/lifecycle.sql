@@ -137,6 +137,37 @@ BEGIN
 END $$;
 REVOKE EXECUTE ON FUNCTION swf.cancel_run(uuid, text, boolean) FROM PUBLIC;
 
+-- Copy run p_run's steps into the new run p_new (retry_run, replay_run): a completed or
+-- skipped step not named in p_rerun keeps its outcome (p_rerun NULL: no step does); every
+-- other step starts over as 'created', its dependencies counted again.
+CREATE OR REPLACE FUNCTION swf._copy_steps(p_run uuid, p_new uuid, p_rerun text[])
+RETURNS void
+LANGUAGE sql AS $$
+    WITH old AS (
+        SELECT s.*, (s.status IN ('completed', 'skipped') AND p_rerun IS NOT NULL
+                     AND s.step_name <> ALL (p_rerun)) AS kept
+          FROM swf.step_states s WHERE s.run_id = p_run)
+    INSERT INTO swf.step_states (run_id, step_name, step_index, depends_on, dependents,
+                                 remaining_deps, status, execution, task_name, queue,
+                                 max_attempts, retry_delay_ms, timeout_ms, resources, map_over,
+                                 function_ref, condition, run_on_skip, on_exhausted, wait_for,
+                                 wait_until, wait_seconds, error,
+                                 task_count, remaining_tasks, output, started_at, completed_at)
+    SELECT p_new, s.step_name, s.step_index, s.depends_on, s.dependents,
+           (SELECT count(*) FROM old d WHERE d.step_name = ANY (s.depends_on) AND NOT d.kept),
+           CASE WHEN s.kept THEN s.status ELSE 'created' END,
+           s.execution, s.task_name, s.queue, s.max_attempts, s.retry_delay_ms, s.timeout_ms,
+           s.resources, s.map_over, s.function_ref, s.condition, s.run_on_skip, s.on_exhausted,
+           s.wait_for, s.wait_until, s.wait_seconds,
+           CASE WHEN s.kept AND s.status = 'skipped' THEN s.error END,
+           CASE WHEN s.kept AND s.status = 'completed' THEN s.task_count END,
+           CASE WHEN s.kept THEN 0 END,
+           CASE WHEN s.kept AND s.status = 'completed' THEN s.output END,
+           CASE WHEN s.kept AND s.status = 'completed' THEN s.started_at END,
+           CASE WHEN s.kept THEN s.completed_at END
+      FROM old s
+$$;
+
 -- Retry a failed or cancelled run: a new run linked to it (retry_of), reusing the outputs of
 -- completed steps (p_reuse) or starting over. The attempts of the old run still running are
 -- not run twice: with p_reuse they are adopted by the new run (their reports complete the
@@ -168,28 +199,7 @@ BEGIN
     VALUES (v_old.flow_id, v_old.flow_slug, v_old.input, p_run, v_old.total_steps,
             v_old.total_steps)
     RETURNING id INTO v_new;
-    INSERT INTO swf.step_states (run_id, step_name, step_index, depends_on, dependents,
-                                 remaining_deps, status, execution, task_name, queue,
-                                 max_attempts, retry_delay_ms, timeout_ms, resources, map_over,
-                                 function_ref, condition, run_on_skip, on_exhausted, wait_for,
-                                 wait_until, wait_seconds, error,
-                                 task_count, remaining_tasks, output, started_at, completed_at)
-    SELECT v_new, s.step_name, s.step_index, s.depends_on, s.dependents,
-           (SELECT count(*) FROM swf.step_states d
-             WHERE d.run_id = p_run AND d.step_name = ANY (s.depends_on)
-               AND NOT (p_reuse AND d.status IN ('completed', 'skipped'))),
-           CASE WHEN p_reuse AND s.status IN ('completed', 'skipped') THEN s.status
-                ELSE 'created' END,
-           s.execution, s.task_name, s.queue, s.max_attempts, s.retry_delay_ms, s.timeout_ms,
-           s.resources, s.map_over, s.function_ref, s.condition, s.run_on_skip, s.on_exhausted,
-           s.wait_for, s.wait_until, s.wait_seconds,
-           CASE WHEN p_reuse AND s.status = 'skipped' THEN s.error END,
-           CASE WHEN p_reuse AND s.status = 'completed' THEN s.task_count END,
-           CASE WHEN p_reuse AND s.status IN ('completed', 'skipped') THEN 0 END,
-           CASE WHEN p_reuse AND s.status = 'completed' THEN s.output END,
-           CASE WHEN p_reuse AND s.status = 'completed' THEN s.started_at END,
-           CASE WHEN p_reuse AND s.status IN ('completed', 'skipped') THEN s.completed_at END
-      FROM swf.step_states s WHERE s.run_id = p_run;
+    PERFORM swf._copy_steps(p_run, v_new, CASE WHEN p_reuse THEN '{}'::text[] END);
     -- Signals sent to the old run are kept for the new one.
     INSERT INTO swf.run_signals (run_id, name, payload, sent_at)
     SELECT v_new, name, payload, sent_at FROM swf.run_signals WHERE run_id = p_run;
@@ -314,31 +324,7 @@ BEGIN
             CASE WHEN p_new_input THEN p_input ELSE v_old.input END, p_run,
             v_old.total_steps, v_old.total_steps)
     RETURNING id INTO v_new;
-    INSERT INTO swf.step_states (run_id, step_name, step_index, depends_on, dependents,
-                                 remaining_deps, status, execution, task_name, queue,
-                                 max_attempts, retry_delay_ms, timeout_ms, resources, map_over,
-                                 function_ref, condition, run_on_skip, on_exhausted, wait_for,
-                                 wait_until, wait_seconds, error,
-                                 task_count, remaining_tasks, output, started_at, completed_at)
-    SELECT v_new, s.step_name, s.step_index, s.depends_on, s.dependents,
-           (SELECT count(*) FROM swf.step_states d
-             WHERE d.run_id = p_run AND d.step_name = ANY (s.depends_on)
-               AND NOT (d.status IN ('completed', 'skipped')
-                        AND d.step_name <> ALL (v_again))),
-           CASE WHEN s.status IN ('completed', 'skipped') AND s.step_name <> ALL (v_again)
-                THEN s.status ELSE 'created' END,
-           s.execution, s.task_name, s.queue, s.max_attempts, s.retry_delay_ms, s.timeout_ms,
-           s.resources, s.map_over, s.function_ref, s.condition, s.run_on_skip, s.on_exhausted,
-           s.wait_for, s.wait_until, s.wait_seconds,
-           CASE WHEN s.status = 'skipped' AND s.step_name <> ALL (v_again) THEN s.error END,
-           CASE WHEN s.status = 'completed' AND s.step_name <> ALL (v_again) THEN s.task_count END,
-           CASE WHEN s.status IN ('completed', 'skipped') AND s.step_name <> ALL (v_again)
-                THEN 0 END,
-           CASE WHEN s.status = 'completed' AND s.step_name <> ALL (v_again) THEN s.output END,
-           CASE WHEN s.status = 'completed' AND s.step_name <> ALL (v_again) THEN s.started_at END,
-           CASE WHEN s.status IN ('completed', 'skipped') AND s.step_name <> ALL (v_again)
-                THEN s.completed_at END
-      FROM swf.step_states s WHERE s.run_id = p_run;
+    PERFORM swf._copy_steps(p_run, v_new, v_again);
     -- Completed attempts (map items too) of the reused steps, and of the map steps run again:
     -- a map step replayed keeps none of its items (its inputs may differ).
     INSERT INTO swf.step_tasks (run_id, step_name, task_index, task_id, execution, attempt,
