@@ -86,9 +86,13 @@ def _attacks(attacker: Cluster, target: Cluster) -> dict[str, str]:
     """Each attack of ``attacker``'s superuser on ``target``'s data directory: "ok", or
     the error it met."""
     data = target.data
+    # A program fed by ``COPY … TO PROGRAM`` reads its input first: one that exits before
+    # reading it races the server's write, which then fails with "Broken pipe" instead of
+    # reporting the program's exit status.
+    drain = "cat >/dev/null; "
     tries: dict[str, sql.Composable] = {
         "COPY TO PROGRAM cat": sql.SQL("COPY (SELECT 1) TO PROGRAM {}").format(
-            sql.Literal(f"cat {data / 'PG_VERSION'}")),
+            sql.Literal(f"{drain}cat {data / 'PG_VERSION'}")),
         "COPY FROM PROGRAM ls": sql.SQL("COPY out FROM PROGRAM {}").format(
             sql.Literal(f"ls {data}")),
         "pg_read_file": sql.SQL("SELECT pg_read_file({})").format(
@@ -97,9 +101,9 @@ def _attacks(attacker: Cluster, target: Cluster) -> dict[str, str]:
         "COPY TO file": sql.SQL("COPY (SELECT 'planted') TO {}").format(
             sql.Literal(str(data / "planted_by_copy"))),
         "COPY TO PROGRAM touch": sql.SQL("COPY (SELECT 1) TO PROGRAM {}").format(
-            sql.Literal(f"touch {data / 'planted_by_program'}")),
+            sql.Literal(f"{drain}touch {data / 'planted_by_program'}")),
         "COPY TO PROGRAM kill": sql.SQL("COPY (SELECT 1) TO PROGRAM {}").format(
-            sql.Literal(f"kill -0 {target.pid}")),
+            sql.Literal(f"{drain}kill -0 {target.pid}")),
         # The environment root started the server with, and the door to its memory.
         "pg_read_binary_file environ": sql.SQL("SELECT pg_read_binary_file({})").format(
             sql.Literal(f"/proc/{target.pid}/environ")),
@@ -185,7 +189,7 @@ def test_remove_ends_the_users_processes_and_deletes_it(tmp_path: Path) -> None:
     try:
         # What a superuser may leave running after its statement ends.
         _run_as_superuser(cluster, sql.SQL(
-            "COPY (SELECT 1) TO PROGRAM 'nohup sleep 300 >/dev/null 2>&1 &'"))
+            "COPY (SELECT 1) TO PROGRAM 'cat >/dev/null; nohup sleep 300 >/dev/null 2>&1 &'"))
         wait_until(lambda: _sleepers(cluster.user.pw_uid), 10, "the superuser's sleep")
     finally:
         removed = run_cli("db", "remove", env=cluster.server.env)
@@ -200,7 +204,7 @@ def test_a_new_cluster_ends_what_an_earlier_cluster_of_its_user_left(tmp_path: P
     first = _start(env_home)
     try:
         _run_as_superuser(first, sql.SQL(
-            "COPY (SELECT 1) TO PROGRAM 'nohup sleep 300 >/dev/null 2>&1 &'"))
+            "COPY (SELECT 1) TO PROGRAM 'cat >/dev/null; nohup sleep 300 >/dev/null 2>&1 &'"))
         first.server.stop()
         # The cluster's folder is deleted by hand; its user and that process remain.
         shutil.rmtree(first.data.parent)
