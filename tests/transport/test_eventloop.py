@@ -157,3 +157,74 @@ def test_a_busy_worker_reads_in_batches(connections: Any) -> None:
     finally:
         state.reserved_requests.difference_update(received)
         state.active_requests.difference_update(received)
+
+
+def _holding_consumer(connections: Any, queue_name: str, window: int,
+                      count: int) -> tuple[Hub, Any, Any, list[Any]]:
+    """A hub consuming ``queue_name`` with a prefetch window of ``window``, ``count``
+    messages published to it; the messages delivered are kept unacknowledged in the list
+    returned. The polling fallback and the sweep are 60 s: only the hub's own follow-ups
+    read."""
+    conn = connections(polling_interval=60, sweep_interval=60)
+    producer = connections()
+    queue = Queue(queue_name)
+    for i in range(count):
+        producer.Producer().publish(i, serializer="json", routing_key=queue_name,
+                                    declare=[queue])
+    hub = Hub()
+    conn.transport.register_with_event_loop(conn.connection, hub)
+    held: list[Any] = []
+    channel = conn.default_channel
+    channel.basic_qos(0, window, False)
+    consumer = Consumer(channel, [queue], callbacks=[lambda _b, m: held.append(m)],
+                        accept=["json"])
+    consumer.consume()
+    return hub, conn.transport._hub, consumer, held
+
+
+def test_a_read_held_for_tasks_about_to_start_is_made_when_they_start(
+        connections: Any) -> None:
+    # A thread pool starts a task in its own thread: nothing pokes the hub. A read held back
+    # while tasks were still to start must still be made once they have started, not at
+    # the next ack (here: none comes).
+    from celery.worker import state
+
+    class Request:
+        pass
+
+    hub, consumer, kombu_consumer, held = _holding_consumer(connections, "held-read", 8, 12)
+    received = [Request(), Request(), Request()]
+    try:
+        _run_hub_until(hub, lambda: len(held) == 8, "the window filled")
+        state.reserved_requests.update(received)  # delivered, not started yet
+        for message in held[:2]:
+            message.ack()  # two slots free: the read is held (3 tasks still to start)
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:
+            hub.run_once()
+        assert len(held) == 8, "the read waited for room"
+        state.active_requests.update(received)  # they start; no ack, no poke
+        _run_hub_until(hub, lambda: len(held) == 10, "the free slots filled", timeout=2)
+    finally:
+        state.reserved_requests.difference_update(received)
+        state.active_requests.difference_update(received)
+        kombu_consumer.cancel()
+        hub.close()
+
+
+def test_an_ack_made_by_a_ready_callback_reads_before_the_next_poll(connections: Any) -> None:
+    # A thread pool hands its acks to the hub with call_soon; the hub runs them among its
+    # ready callbacks and then polls. The read the ack allows is made before that poll,
+    # which would otherwise wait for the next event.
+    hub, consumer, kombu_consumer, held = _holding_consumer(connections, "ready-ack", 1, 3)
+    try:
+        _run_hub_until(hub, lambda: len(held) == 1, "the first message")
+        _run_hub_until(hub, lambda: consumer._arming is None and consumer._in_flight is None
+                       and not consumer._pass, "the pass ended")
+        hub.call_soon(held[0].ack)
+        started = time.monotonic()
+        hub.run_once()  # the ack, then the read: one iteration
+        assert len(held) == 2, f"read {time.monotonic() - started:.3f} s later, not at once"
+    finally:
+        kombu_consumer.cancel()
+        hub.close()
