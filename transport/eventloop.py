@@ -16,10 +16,18 @@ worker's hub (``implements.asynchronous``). :class:`HubConsumer` does the transp
   leaves the queue clean. So under load a drain is one statement, the read of the task
   queue, which also deletes that queue's pending acks; the pidbox queue is read when a
   control message arrives, not on every drain;
-- at the end of a pass, the queues read short and those clean before are armed
-  (``swf.queue_arm``: the next send NOTIFYs), in the reader thread as well, so the arm is
-  over while the pool starts the job just delivered, before the next publish (a publish
-  that commits during an arm waits on its lock); then the consumer waits for the hub;
+- at the end of a pass, the queues read short and those clean before are armed, in the
+  reader thread as well, so the arm is over while the pool starts the job just delivered,
+  before the next publish (a publish that commits during an arm waits on its lock); then
+  the consumer waits for the hub. The consumer sleeps on them (``swf.queue_sleep``): the
+  next message wakes this consumer alone, if no other sleeps longer, with a NOTIFY on its
+  own channel; without its LISTEN session's pid (reconnecting) it marks them
+  (``swf.queue_arm``: every listener of the queue is woken). A queue whose channel has no
+  prefetch room is not armed: a freed slot pokes, and the pass that follows arms it (the
+  arm says when a message waits). Woken for a queue it cannot read (the window filled
+  meanwhile, or it no longer consumes the queue), it passes the wake-up on to the next
+  sleeper (``swf.queue_pass_wake``), so a message never waits on a consumer that cannot
+  take it;
 - an ack that frees prefetch room for a queue left unread for want of it starts the next
   read from the hub's next iteration (as kombu's Redis transport issues its next ``BRPOP``),
   once the worker is down to :data:`WAITING_ENOUGH` tasks not started (or the window is that
@@ -144,6 +152,11 @@ class HubConsumer:
         self._known: set[str] = set()
         #: Queues armed (``swf.queue_arm``) and not NOTIFYed since: not armed again.
         self._armed: set[str] = set()
+        #: Queue channels this consumer was woken for alone and has not read since: passed
+        #: on when it cannot read them (:meth:`_pass_wake`).
+        self._woken: set[str] = set()
+        #: The channel of each consumed queue (its prefetch window decides whether to arm).
+        self._queue_channels: dict[str, Channel] = {}
         self._next_due: float | None = None  # monotonic time the last arm said a message is due
         self._last_sweep = monotonic()  # the last read of every consumed queue
         self._ack_timer: Any = None
@@ -300,6 +313,7 @@ class HubConsumer:
                 continue  # closed meanwhile
             qty = channel._read_quantity()
             if qty <= 0:
+                self._pass_wake(channel, queue)
                 continue  # no prefetch room: stays dirty, a freed slot pokes
             if not _worth_reading(channel, qty):
                 self._pass_held = True  # little room: stays dirty, looked at again soon
@@ -346,6 +360,8 @@ class HubConsumer:
         if self._closed or channel.connection is None:
             self._restore(channel, queue, noack, rows)
             return
+        if self._woken:
+            self._woken.discard(listen_channel(channel.pgmq_name(queue)))
         for name, payload in channel.payloads(queue, noack, rows):
             self.transport._deliver(payload, name)
         self._held_wait = 0.0
@@ -363,8 +379,8 @@ class HubConsumer:
         # (the pidbox queue) stay armed, so that a control command NOTIFYs. A queue is armed
         # whatever its prefetch room: its NOTIFY only marks it dirty, and a freed slot pokes
         # the loop.
-        to_arm = sorted(set(self._pass_clean + self._pass_drained) - self._armed
-                        - self._dirty)
+        to_arm = sorted(q for q in set(self._pass_clean + self._pass_drained) - self._armed
+                        - self._dirty if self._has_room(q))
         if to_arm and transport.options.wakeups:
             # Off the hub, at once: the pool gets the job just delivered meanwhile, and the
             # arm is over before the next publish (whose commit would wait on its lock).
@@ -373,12 +389,43 @@ class HubConsumer:
             return
         self._after_arm()
 
+    def _has_room(self, queue: str) -> bool:
+        """True when ``queue``'s channel may take a message now (its prefetch window)."""
+        channel = self._queue_channels.get(queue)
+        return channel is None or channel._read_quantity() > 0
+
     def _arm(self, queues: list[str]) -> float | None:
-        """The reader thread's job: ``swf.queue_arm`` (the next send NOTIFYs); seconds until
-        a message is due (0: one arrived before the arm), None when none waits."""
-        row = self.transport.pg_connection().execute(QUERIES["arm"],
-                                                     {"queues": queues}).fetchone()
+        """The reader thread's job: sleep on ``queues`` (``swf.queue_sleep``), or mark them
+        (``swf.queue_arm``) while the LISTEN session's pid is unknown; seconds until a
+        message is due (0: one arrived before the arm), None when none waits."""
+        wakeup = self.transport._wakeup
+        sleeper = wakeup.sleeper() if wakeup is not None else None
+        conn = self.transport.pg_connection()
+        if sleeper is None:
+            row = conn.execute(QUERIES["arm"], {"queues": queues}).fetchone()
+        else:
+            row = conn.execute(QUERIES["sleep"], {"queues": queues, "channel": sleeper[0],
+                                                  "pid": sleeper[1]}).fetchone()
         return row[0] if row else None
+
+    def _pass_wake(self, channel: Channel | None, queue: str | None,
+                   name: str | None = None) -> None:
+        """Woken alone for a queue this consumer cannot read now (no prefetch room, or no
+        longer consumed): wake the next consumer asleep on it (a short statement here)."""
+        if not self._woken:
+            return
+        if name is None:
+            if channel is None or queue is None:
+                return
+            name = listen_channel(channel.pgmq_name(queue))
+        if name not in self._woken:
+            return
+        self._woken.discard(name)
+        try:
+            self.transport.pg_connection().execute(QUERIES["pass_wake"], {"channel": name})
+        except Exception as exc:  # noqa: BLE001 - the sweep reads the queue in the end
+            logger.warning("swf broker: a wake-up for %s not passed on (%s); its consumers "
+                           "read it at their next sweep", name, exc)
 
     def _took_arm(self, queues: list[str], due: float | None) -> bool:
         """Record an arm; True when a message arrived before it (read again)."""
@@ -436,6 +483,7 @@ class HubConsumer:
         starves the others); a queue seen for the first time is dirty."""
         queues = channel.consuming()
         for queue in queues:
+            self._queue_channels[queue] = channel
             if queue not in self._known:
                 self._known.add(queue)
                 self._dirty.add(queue)
@@ -462,6 +510,16 @@ class HubConsumer:
             else:
                 self._dirty.add(queue)
                 self._armed.discard(queue)
+        for name in wakeup.take_woken():
+            self._woken.add(name)
+            queue = self._channel_queue.get(name)
+            consumed = queue is not None and any(
+                queue in ch.consuming() for ch in list(self.transport.channels))
+            if not consumed:
+                self._pass_wake(None, None, name)  # a queue this consumer left
+                continue
+            self._dirty.add(queue)
+            self._armed.discard(queue)
 
     # -- bookkeeping ------------------------------------------------------------------------
 

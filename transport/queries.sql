@@ -51,6 +51,12 @@ SELECT routing_key, pattern, queue FROM swf.queue_bindings WHERE exchange = %(ex
 -- name: arm
 SELECT swf.queue_arm(%(queues)s);
 
+-- name: sleep
+SELECT swf.queue_sleep(%(queues)s, %(channel)s, %(pid)s);
+
+-- name: pass_wake
+SELECT swf.queue_pass_wake(%(channel)s);
+
 -- name: session
 SELECT set_config('synchronous_commit', 'off', false);
 

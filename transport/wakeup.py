@@ -13,13 +13,18 @@ PostgreSQL's notification queue. It reconnects by itself; when NOTIFYs may have 
 
 Inside an event loop (Celery's worker hub) nobody calls :meth:`wait`: the transport registers
 :attr:`Wakeup.pipe_fd` and :attr:`Wakeup.notify_fd` as readers and calls :meth:`consume`
-when one of them is readable.
+when one of them is readable. There the consumer sleeps on its queues under its own channel
+(:attr:`Wakeup.channel`, ``swf.queue_sleep``): a message wakes one consumer, not every
+listener of the queue, and the NOTIFY on the own channel names the queue's channel
+(:meth:`Wakeup.take_woken`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import secrets
 import select
 import threading
 
@@ -29,6 +34,8 @@ from swf_celery.errors import ArgumentError
 #: NOTIFYs the listener keeps for the consumer; beyond, they are dropped and every queue
 #: is read again (a gap).
 BUFFER = 10_000
+#: A queue's wake-up channel as the payload of a NOTIFY on a consumer's own channel.
+_QUEUE_CHANNEL = re.compile(r"swfq_[a-z0-9_]{1,58}")
 
 
 class Wakeup:
@@ -42,6 +49,10 @@ class Wakeup:
                           if listening else None)
         self._channels: set[str] = set()
         self._lock = threading.Lock()
+        #: This consumer's own channel: a message wakes it there alone (``swf.queue_sleep``).
+        self.channel = f"swfw_{secrets.token_hex(8)}"
+        #: Queue channels named by NOTIFYs on :attr:`channel` since :meth:`take_woken`.
+        self.woken: set[str] = set()
         #: NOTIFYs received so far (the benchmark reports how far wake-ups were coalesced).
         self.notifications = 0
         #: Channels NOTIFYed since the event loop last took them (:meth:`take_notified`).
@@ -51,6 +62,16 @@ class Wakeup:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        if self._listener is not None:
+            self.listen(self.channel)
+
+    def sleeper(self) -> tuple[str, int] | None:
+        """(own channel, backend pid of the LISTEN session) to sleep on queues with
+        (``swf.queue_sleep``); None while the LISTEN connection is down or absent."""
+        if self._listener is None or not self._listener.connected.is_set():
+            return None
+        pid = self._listener.backend_pid
+        return None if pid is None else (self.channel, pid)
 
     def listen(self, channel: str) -> None:
         """Start listening on ``channel`` (a validated name, see ``names.listen_channel``);
@@ -106,14 +127,26 @@ class Wakeup:
                 self._missed = True
                 continue
             self.notifications += 1
-            if record:
+            if not record:
+                continue
+            if item.channel != self.channel:
                 self.notified.add(item.channel)
+            elif _QUEUE_CHANNEL.fullmatch(item.payload):
+                self.woken.add(item.payload)
+            else:  # not a queue's channel: read every queue
+                self._missed = True
         return bool(items)
 
     def take_notified(self) -> set[str]:
-        """The channels NOTIFYed since the last call (read by :meth:`consume`)."""
+        """The queue channels NOTIFYed since the last call (read by :meth:`consume`)."""
         notified, self.notified = self.notified, set()
         return notified
+
+    def take_woken(self) -> set[str]:
+        """The queue channels this consumer was woken for on its own channel since the last
+        call (its sleep on them is over: ``swf.queue_sleep`` again to be woken again)."""
+        woken, self.woken = self.woken, set()
+        return woken
 
     def take_missed(self) -> bool:
         """True once after NOTIFYs may have been missed: read every queue again."""

@@ -15,13 +15,20 @@
 -- swf._queue_storage gives the table and the condition of a queue's rows, and each
 -- operation is written once over them.
 --
--- Wake-ups: each queue table has a deferred constraint trigger that NOTIFYs channel
--- 'swfq_<pgmq name>' only when a consumer has marked the queue as waited on
--- (swf.queue_waiters.waiting), and clears the mark. Busy consumers never mark, so producers
--- under load never NOTIFY (a NOTIFY takes a global lock at commit). Producers hold a shared
--- advisory lock on the queue from the trigger to commit; a consumer arms the mark under the
--- exclusive lock (try-lock: it never waits) and then reads again, so a message is either seen
--- by that read or its producer sees the mark and wakes the consumer: no lost wake-up. The
+-- Wake-ups: each queue table has a deferred constraint trigger that wakes the consumers
+-- waiting on the queue, and only those (swf._queue_wake_locked): a consumer asleep on it
+-- (swf.queue_sleep, a row of swf.queue_sleepers: Celery workers) is woken one per message,
+-- the one asleep longest, on its own channel 'swfw_<16 hex digits>' with the queue's channel
+-- as payload, and its row is removed; a consumer that marked the queue (swf.queue_arm,
+-- swf.queue_waiters.waiting: the synchronous loop) is woken on channel 'swfq_<pgmq name>',
+-- with every other listener of it, and the mark cleared. Busy consumers never mark or sleep,
+-- so producers under load never NOTIFY (a NOTIFY takes a global lock at commit). Producers
+-- hold a shared advisory lock on the queue from the trigger to commit; a consumer marks or
+-- sleeps under the exclusive lock (try-lock: it never waits) and then looks for a visible
+-- message, so a message is either seen by that look or its producer sees the mark or the
+-- sleeper and wakes the consumer: no lost wake-up. A sleeper whose LISTEN session is gone
+-- is skipped (and removed); a consumer woken for a queue it cannot read now passes the
+-- wake-up on (swf.queue_pass_wake). The
 -- NOTIFY is a hint (swf.notify_hint, notifications.sql): while PostgreSQL's notification
 -- queue is too full it is skipped, and the consumer finds the message by its polling fallback
 -- (or the gap its listener reports), never by a failed commit.
@@ -105,12 +112,39 @@ DECLARE
     v_id integer := TG_ARGV[0]::integer;
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(swf._queue_lock_space(), v_id);
-    UPDATE swf.queue_waiters SET waiting = false WHERE queue_id = v_id AND waiting;
-    IF FOUND THEN
-        PERFORM swf.notify_hint('swfq_' || substr(TG_TABLE_NAME, 3));
-    END IF;
+    PERFORM swf._queue_wake_locked(v_id, substr(TG_TABLE_NAME, 3));
     RETURN NULL;
 END $$;
+
+-- Wake the consumers waiting on queue p_id (pgmq name p_pgmq) for one new message, the
+-- queue's shared advisory lock held (see the header): every listener of the queue's channel
+-- when a consumer marked it, and the consumer asleep on it longest whose LISTEN session runs
+-- (rows of sessions that ended are removed on the way; a row another producer is taking is
+-- skipped, so two messages committed at once wake two consumers).
+CREATE OR REPLACE FUNCTION swf._queue_wake_locked(p_id integer, p_pgmq text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+DECLARE
+    v_channel text;
+    v_pid integer;
+BEGIN
+    UPDATE swf.queue_waiters SET waiting = false WHERE queue_id = p_id AND waiting;
+    IF FOUND THEN
+        PERFORM swf.notify_hint('swfq_' || p_pgmq);
+    END IF;
+    LOOP
+        DELETE FROM swf.queue_sleepers s
+         WHERE (s.queue_id, s.channel) = (
+               SELECT t.queue_id, t.channel FROM swf.queue_sleepers t
+                WHERE t.queue_id = p_id ORDER BY t.since LIMIT 1 FOR UPDATE SKIP LOCKED)
+        RETURNING s.channel, s.pid INTO v_channel, v_pid;
+        EXIT WHEN NOT FOUND;
+        IF EXISTS (SELECT 1 FROM pg_stat_get_activity(v_pid)) THEN
+            PERFORM swf.notify_hint(v_channel, 'swfq_' || p_pgmq);
+            EXIT;
+        END IF;
+    END LOOP;
+END $$;
+REVOKE EXECUTE ON FUNCTION swf._queue_wake_locked(integer, text) FROM PUBLIC;
 
 -- Wake the consumers waiting on queue p_id as a new message does (see the header), where no
 -- insert fires the trigger: a message visible again (a requeue), a key's slot come free (an
@@ -119,12 +153,21 @@ CREATE OR REPLACE FUNCTION swf._queue_wake(p_id integer) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(swf._queue_lock_space(), p_id);
-    UPDATE swf.queue_waiters SET waiting = false WHERE queue_id = p_id AND waiting;
-    IF FOUND THEN
-        PERFORM swf.notify_hint('swfq_' || pgmq_name) FROM swf.queues WHERE id = p_id;
-    END IF;
+    PERFORM swf._queue_wake_locked(p_id, pgmq_name) FROM swf.queues WHERE id = p_id;
 END $$;
 REVOKE EXECUTE ON FUNCTION swf._queue_wake(integer) FROM PUBLIC;
+
+-- A consumer woken on its own channel (payload p_channel, 'swfq_<pgmq name>') for a queue it
+-- cannot read now (its prefetch window is full, or it no longer consumes the queue) passes
+-- the wake-up on to the next consumer asleep on that queue. An unknown channel is ignored.
+CREATE OR REPLACE FUNCTION swf.queue_pass_wake(p_channel text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+BEGIN
+    PERFORM swf._require_part('wait on queues', 'client', 'worker');
+    PERFORM swf._queue_wake(id) FROM swf.queues
+     WHERE p_channel LIKE 'swfq\_%' AND pgmq_name = substr(p_channel, 6);
+END $$;
+REVOKE EXECUTE ON FUNCTION swf.queue_pass_wake(text) FROM PUBLIC;
 
 -- Wake-up trigger of the shared table: as swf._queue_wakeup, per row's queue.
 CREATE OR REPLACE FUNCTION swf._transient_wakeup() RETURNS trigger
@@ -149,10 +192,7 @@ BEGIN
         RETURN NULL;
     END IF;
     PERFORM pg_advisory_xact_lock_shared(swf._queue_lock_space(), q.id);
-    UPDATE swf.queue_waiters SET waiting = false WHERE queue_id = q.id AND waiting;
-    IF FOUND THEN
-        PERFORM swf.notify_hint('swfq_' || q.pgmq_name);
-    END IF;
+    PERFORM swf._queue_wake_locked(q.id, q.pgmq_name);
     RETURN NULL;
 END $$;
 
@@ -464,15 +504,85 @@ BEGIN
             v_busy := true;
         END IF;
     END LOOP;
+    RETURN swf._queue_armed(p_queues, v_busy);
+END $$;
+REVOKE EXECUTE ON FUNCTION swf.queue_arm(text[]) FROM PUBLIC;
+
+-- The exclusive wake-up lock of queue p_id for the rest of the transaction, waiting up to
+-- 20 ms for the producers committing to it now (each holds it shared from its trigger to its
+-- commit, well under that); false when they take longer. A consumer that found a producer
+-- committing and came back at once (a try-lock) would read and try again in a loop for as
+-- long as producers publish back to back: with four idle workers on two cores that loop
+-- doubled the CPU per task and halved the publish rate. Producers that come meanwhile wait
+-- behind the request, for no longer than the sleep's own short transaction.
+CREATE OR REPLACE FUNCTION swf._queue_lock_briefly(p_id integer) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, swf, pg_temp AS $$
+DECLARE
+    v_timeout text;
+BEGIN
+    IF pg_try_advisory_xact_lock(swf._queue_lock_space(), p_id) THEN
+        RETURN true;
+    END IF;
+    v_timeout := current_setting('lock_timeout');
+    BEGIN
+        PERFORM set_config('lock_timeout', '20ms', true);
+        PERFORM pg_advisory_xact_lock(swf._queue_lock_space(), p_id);
+        PERFORM set_config('lock_timeout', v_timeout, true);
+        RETURN true;
+    EXCEPTION WHEN lock_not_available THEN
+        PERFORM set_config('lock_timeout', v_timeout, true);
+        RETURN false;
+    END;
+END $$;
+REVOKE EXECUTE ON FUNCTION swf._queue_lock_briefly(integer) FROM PUBLIC;
+
+-- What swf.queue_arm and swf.queue_sleep return once the queues are armed (p_busy: a
+-- producer held one of them), the queues marked as used now on the way.
+CREATE OR REPLACE FUNCTION swf._queue_armed(p_queues text[], p_busy boolean)
+RETURNS double precision
+LANGUAGE plpgsql SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+BEGIN
     UPDATE swf.queues s SET last_active = clock_timestamp()
      WHERE s.name = ANY (p_queues)
        AND s.last_active < clock_timestamp() - swf._queue_mark_every(s.expires_ms);
-    IF v_busy THEN
+    IF p_busy THEN
         RETURN 0;
     END IF;
     RETURN swf._queue_next_visible(p_queues);
 END $$;
-REVOKE EXECUTE ON FUNCTION swf.queue_arm(text[]) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION swf._queue_armed(text[], boolean) FROM PUBLIC;
+
+-- Put a consumer to sleep on the given queues: the next message committed to one of them
+-- wakes this consumer alone (unless another sleeps longer), on p_channel (its own,
+-- 'swfw_' and 16 hex digits, LISTENed by the session whose backend pid is p_pid), with the
+-- queue's channel as payload. Returns as swf.queue_arm does. Asleep already: its place in
+-- line is kept.
+CREATE OR REPLACE FUNCTION swf.queue_sleep(p_queues text[], p_channel text, p_pid integer)
+RETURNS double precision
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+DECLARE
+    q swf.queues;
+    v_busy boolean := false;
+BEGIN
+    PERFORM swf._require_part('wait on queues', 'client', 'worker');
+    IF p_channel IS NULL OR p_channel !~ '^swfw_[0-9a-f]{16}$' OR p_pid IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('swf.queue_sleep: %L is not a consumer''s wake-up channel '
+                             '(swfw_ and 16 hex digits) with its session''s pid', p_channel);
+    END IF;
+    FOR q IN SELECT * FROM swf.queues s WHERE s.name = ANY (p_queues) ORDER BY s.id LOOP
+        IF swf._queue_lock_briefly(q.id) THEN
+            INSERT INTO swf.queue_sleepers AS w (queue_id, channel, pid)
+            VALUES (q.id, p_channel, p_pid)
+            ON CONFLICT (queue_id, channel) DO UPDATE SET pid = EXCLUDED.pid
+             WHERE w.pid <> EXCLUDED.pid;
+        ELSE
+            v_busy := true;
+        END IF;
+    END LOOP;
+    RETURN swf._queue_armed(p_queues, v_busy);
+END $$;
+REVOKE EXECUTE ON FUNCTION swf.queue_sleep(text[], text, integer) FROM PUBLIC;
 
 -- Deliveries are fenced. A read increments a message's read_ct, and the consumer keeps the
 -- value it read as the delivery's receipt: acking, rejecting, requeueing and extending
@@ -698,6 +808,9 @@ DECLARE
     n integer := 0;
 BEGIN
     PERFORM swf._require_part('reap expired queues', 'worker');
+    -- Consumers whose LISTEN session ended (a killed worker) sleep no more.
+    DELETE FROM swf.queue_sleepers s
+     WHERE NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(s.pid));
     FOR q IN
         SELECT * FROM swf.queues
          WHERE expires_ms IS NOT NULL

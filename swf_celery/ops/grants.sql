@@ -38,7 +38,7 @@ GRANT USAGE, SELECT ON SEQUENCE swf.notify_skips TO {role};  -- NOTIFYs skipped,
 GRANT SELECT ON swf.flow_keys TO {role};  -- flow keys and their holds (the console, the CLI)
 GRANT SELECT ON swf.schedules, swf.schedule_ticks TO {role};  -- the beat schedule, its ticks
 
--- swf.queue_waiters, swf.roles, swf.flow_turns, swf.idempotency_keys, swf.run_signals and
+-- swf.queue_waiters, swf.queue_sleepers, swf.roles, swf.flow_turns, swf.idempotency_keys, swf.run_signals and
 -- swf.revoked_stamps are written and read only by the functions (wake-ups, grants, the
 -- limited read, idempotent publish, signals, revokes by stamped header); the operator reads
 -- them with every other table.

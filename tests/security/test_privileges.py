@@ -30,7 +30,7 @@ TABLES: dict[str, dict[str, set[str]]] = {
     "swf.flows": {"client": {S, I, U}, "worker": {S}},
     "swf.flow_steps": {"client": {S, I, D}, "worker": {S}},
     "swf.runs": READ, "swf.step_states": READ, "swf.step_tasks": READ,
-    "swf.queue_waiters": {}, "swf.roles": {}, "swf.flow_keys": READ, "swf.flow_turns": {},
+    "swf.queue_waiters": {}, "swf.queue_sleepers": {}, "swf.roles": {}, "swf.flow_keys": READ, "swf.flow_turns": {},
     "swf.idempotency_keys": {}, "swf.run_signals": {},
     "swf.revoked_tasks": {"worker": {S}},
     "swf.revoked_stamps": {},  # through swf.task_revoke_stamped / swf.task_stamp_revokes
@@ -54,7 +54,7 @@ TABLES: dict[str, dict[str, set[str]]] = {
 #: refused with insufficient_privilege before anything happens.
 FUNCTIONS: dict[str, set[str]] = {
     "queue_ensure": ALL, "queue_size": ALL, "queue_arm": ALL, "queue_touch": ALL,
-    "queue_bind": ALL, "task_revoke": ALL, "task_revokes": ALL, "ensure_channel": ALL,
+    "queue_sleep": ALL, "queue_pass_wake": ALL, "queue_bind": ALL, "task_revoke": ALL, "task_revokes": ALL, "ensure_channel": ALL,
     "task_revoke_stamped": ALL, "task_stamp_revokes": ALL,
     "start_run": ALL, "expire_tasks": ALL, "run_tick": ALL, "running_tasks": ALL,
     "claim_local_tasks": ALL, "start_task": ALL, "complete_task": ALL, "fail_task": ALL,
@@ -82,6 +82,8 @@ FUNCTIONS: dict[str, set[str]] = {
 ARGS: dict[str, str] = {
     "queue_ensure": "'made_by_test'", "queue_drop": "'jobs'", "queue_size": "'jobs'",
     "queue_purge": "'jobs'", "queue_arm": "ARRAY['jobs']", "queue_touch": "ARRAY['jobs']",
+    "queue_sleep": "ARRAY['jobs'], 'swfw_0123456789abcdef', pg_backend_pid()",
+    "queue_pass_wake": "'swfq_jobs'",
     "queue_bind": "'ex', 'k', NULL, 'jobs'", "queue_unbind": "'ex', 'k', 'jobs'",
     "task_revoke": "ARRAY['t-1']", "task_revokes": "3600, 10",
     "task_revoke_stamped": "jsonb_build_object('monitoring_id', 'm-1')",

@@ -1,7 +1,8 @@
 """Celery app for the broker tests: tasks record each run in the test database.
 
 Environment: ``SWF_TEST_BROKER`` (swf:// URL of the test database), ``SWF_TEST_VT``
-(visibility timeout, seconds), ``SWF_TEST_REMOTE_CONTROL=0`` (a worker that takes no
+(visibility timeout, seconds), ``SWF_TEST_POLL`` and ``SWF_TEST_SWEEP`` (the polling
+fallback and the sweep, seconds), ``SWF_TEST_REMOTE_CONTROL=0`` (a worker that takes no
 broadcasts). Runs land in table ``task_runs`` so that a test can count
 how often a task ran without any result backend.
 """
@@ -28,6 +29,7 @@ app.conf.update(
     broker_transport_options={
         "visibility_timeout": float(os.environ.get("SWF_TEST_VT", "60")),
         "polling_interval": float(os.environ.get("SWF_TEST_POLL", "1")),
+        "sweep_interval": float(os.environ.get("SWF_TEST_SWEEP", "30")),
         "event_loop": os.environ.get("SWF_TEST_EVENT_LOOP", "true"),
     },
     worker_send_task_events=False,

@@ -1,0 +1,161 @@
+"""A message wakes one consumer, not every listener of its queue: the consumer asleep
+longest (``swf.queue_sleep``) whose LISTEN session still runs, on its own channel. A
+consumer killed while asleep, or woken for a queue it cannot read, never keeps a message
+from another consumer that is free."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from celery import Celery
+from psycopg.types.json import Jsonb
+
+from tests.helpers import kombu_message, pg_url, sql, task_runs, wait_until, worker_process
+
+APP = "tests.transport.broker_app"
+
+
+class Sleeper:
+    """A LISTEN session on its own wake-up channel, as a worker's consumer has."""
+
+    def __init__(self, url: str, channel: str) -> None:
+        self.channel = channel
+        self.conn = psycopg.connect(url, autocommit=True)
+        self.conn.execute(f'LISTEN "{channel}"')
+
+    def sleep_on(self, url: str, queue: str) -> float | None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            return conn.execute("SELECT swf.queue_sleep(%s, %s, %s)",
+                                ([queue], self.channel, self.conn.info.backend_pid)).fetchone()[0]
+
+    def woken(self) -> list[str]:
+        return [n.payload for n in self.conn.notifies(timeout=0.3)]
+
+
+@pytest.fixture
+def sleepers(db_url: str) -> Iterator[Any]:
+    made: list[Sleeper] = []
+
+    def make(channel: str) -> Sleeper:
+        made.append(Sleeper(db_url, channel))
+        return made[-1]
+
+    yield make
+    for sleeper in made:
+        sleeper.conn.close()
+
+
+def _send(url: str, queue: str, tag: str) -> None:
+    sql(url, "SELECT swf.queue_send(%s, %s)", (queue, Jsonb(kombu_message(tag))))
+
+
+def _drain(url: str, queue: str) -> None:
+    sql(url, "SELECT swf.queue_purge(%s)", (queue,))
+
+
+def test_each_message_wakes_one_sleeper_the_one_asleep_longest(db_url: str,
+                                                               sleepers: Any) -> None:
+    pgmq = sql(db_url, "SELECT pgmq_name FROM swf.queue_ensure('jobs')")[0][0]
+    a, b = sleepers("swfw_00000000000000aa"), sleepers("swfw_00000000000000bb")
+    assert a.sleep_on(db_url, "jobs") is None and b.sleep_on(db_url, "jobs") is None
+    _send(db_url, "jobs", "1")
+    assert a.woken() == [f"swfq_{pgmq}"] and b.woken() == []
+    _send(db_url, "jobs", "2")
+    assert b.woken() == [f"swfq_{pgmq}"] and a.woken() == []
+    _send(db_url, "jobs", "3")  # nobody asleep: no NOTIFY at all
+    assert a.woken() == [] and b.woken() == []
+    _drain(db_url, "jobs")
+    # Asleep again (in the other order): woken in the order they fell asleep.
+    b.sleep_on(db_url, "jobs")
+    a.sleep_on(db_url, "jobs")
+    with psycopg.connect(db_url, autocommit=True) as conn, conn.transaction():
+        for tag in ("4", "5"):  # one transaction, two messages: two consumers woken
+            conn.execute("SELECT swf.queue_send('jobs', %s)", (Jsonb(kombu_message(tag)),))
+    assert b.woken() == [f"swfq_{pgmq}"] and a.woken() == [f"swfq_{pgmq}"]
+
+
+def test_a_sleeper_whose_session_ended_is_skipped_and_forgotten(db_url: str,
+                                                                sleepers: Any) -> None:
+    sql(db_url, "SELECT swf.queue_ensure('jobs')")
+    gone, alive = sleepers("swfw_00000000000000cc"), sleepers("swfw_00000000000000dd")
+    gone.sleep_on(db_url, "jobs")
+    alive.sleep_on(db_url, "jobs")
+    pid = gone.conn.info.backend_pid
+    gone.conn.close()  # a killed worker: its LISTEN session ends, its row stays
+    wait_until(lambda: not sql(db_url, "SELECT 1 FROM pg_stat_activity WHERE pid = %s",
+                               (pid,)), 10, "the session ended")
+    _send(db_url, "jobs", "1")
+    assert len(alive.woken()) == 1
+    assert sql(db_url, "SELECT channel FROM swf.queue_sleepers") == []
+
+
+def test_a_wake_up_passed_on_reaches_the_next_sleeper(db_url: str, sleepers: Any) -> None:
+    pgmq = sql(db_url, "SELECT pgmq_name FROM swf.queue_ensure('jobs')")[0][0]
+    a, b = sleepers("swfw_0000000000000001"), sleepers("swfw_0000000000000002")
+    a.sleep_on(db_url, "jobs")
+    b.sleep_on(db_url, "jobs")
+    _send(db_url, "jobs", "1")
+    assert a.woken() == [f"swfq_{pgmq}"]
+    sql(db_url, "SELECT swf.queue_pass_wake(%s)", (f"swfq_{pgmq}",))  # a cannot read it
+    assert b.woken() == [f"swfq_{pgmq}"]
+    sql(db_url, "SELECT swf.queue_pass_wake('swfq_no_such_queue')")  # ignored
+
+
+@pytest.mark.parametrize("channel", ["swfq_jobs", "swfw_x\"; DROP TABLE swf.queues; --",
+                                     "swfw_0123456789ABCDEF", "", None])
+def test_a_channel_that_is_not_a_consumers_own_is_refused(db_url: str,
+                                                          channel: str | None) -> None:
+    sql(db_url, "SELECT swf.queue_ensure('jobs')")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="wake-up channel"):
+        sql(db_url, "SELECT swf.queue_sleep(ARRAY['jobs'], %s, pg_backend_pid())", (channel,))
+
+
+@pytest.mark.slow
+def test_a_worker_killed_asleep_keeps_no_task_from_the_worker_left(broker: str,
+                                                                   client: Celery) -> None:
+    # The first worker falls asleep first: a message would wake it before the second. It
+    # is killed (SIGKILL, its whole process group); the next task must still run at once
+    # on the second worker, by its wake-up, not by a sweep (60 s) or a poll (60 s).
+    env = {"SWF_TEST_BROKER": broker, "SWF_TEST_POLL": "60", "SWF_TEST_SWEEP": "60"}
+    url = pg_url(broker)
+
+    def asleep() -> int:
+        return int(sql(url, "SELECT count(DISTINCT channel) FROM swf.queue_sleepers s "
+                            "JOIN swf.queues q ON q.id = s.queue_id WHERE q.name = 'celery'")
+                   [0][0])
+
+    with worker_process(APP, env=env, concurrency=1, hostname="first@wake") as first:
+        wait_until(lambda: asleep() == 1, 30, "the first worker asleep", proc=first)
+        with worker_process(APP, env=env, concurrency=1, hostname="second@wake") as second:
+            wait_until(lambda: asleep() == 2, 30, "the second worker asleep", proc=second)
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(10)
+            client.send_task("record", args=["after-kill"])
+            wait_until(lambda: task_runs(url, "after-kill"), 10,
+                       "the task ran on the worker left", proc=second)
+
+
+@pytest.mark.slow
+def test_a_worker_without_room_is_not_woken_for_a_task_another_can_take(
+        broker: str, client: Celery) -> None:
+    # A worker whose prefetch window is full (one slot, a long task) does not sleep on the
+    # queue, so the next message wakes the idle worker, not the busy one.
+    env = {"SWF_TEST_BROKER": broker, "SWF_TEST_POLL": "60", "SWF_TEST_SWEEP": "60"}
+    url = pg_url(broker)
+    with worker_process(APP, env=env, concurrency=1, hostname="busy@wake") as busy:
+        wait_until(lambda: sql(url, "SELECT 1 FROM swf.queue_sleepers"), 30, "busy asleep",
+                   proc=busy)
+        client.send_task("slow", args=["long", 60])
+        wait_until(lambda: task_runs(url, "long"), 10, "the long task started", proc=busy)
+        with worker_process(APP, env=env, concurrency=1, hostname="idle@wake") as idle:
+            wait_until(lambda: sql(url, "SELECT count(*) FROM swf.queue_sleepers")[0][0] >= 1
+                       and task_runs(url, "long"), 30, "the idle worker asleep", proc=idle)
+            client.send_task("record", args=["quick"])
+            wait_until(lambda: task_runs(url, "quick"), 10, "the quick task ran at once",
+                       proc=idle)
+        busy.send_signal(signal.SIGKILL)  # the long task is not waited for
