@@ -19,15 +19,17 @@ worker's hub (``implements.asynchronous``). :class:`HubConsumer` does the transp
 - at the end of a pass, the queues read short and those clean before are armed, in the
   reader thread as well, so the arm is over while the pool starts the job just delivered,
   before the next publish (a publish that commits during an arm waits on its lock); then
-  the consumer waits for the hub. The consumer sleeps on them (``swf.queue_sleep``): the
-  next message wakes this consumer alone, if no other sleeps longer, with a NOTIFY on its
-  own channel; without its LISTEN session's pid (reconnecting) it marks them
-  (``swf.queue_arm``: every listener of the queue is woken). A queue whose channel has no
-  prefetch room is not armed: a freed slot pokes, and the pass that follows arms it (the
-  arm says when a message waits). Woken for a queue it cannot read (the window filled
-  meanwhile, or it no longer consumes the queue), it passes the wake-up on to the next
-  sleeper (``swf.queue_pass_wake``), so a message never waits on a consumer that cannot
-  take it;
+  the consumer waits for the hub. The consumer sleeps on them (``swf.queue_sleep``): a
+  message wakes one of the consumers asleep on its queue, in turn, with a NOTIFY on that
+  consumer's own channel, and the consumer stays asleep (no statement per wake-up) until a
+  read comes back empty (it sleeps again: the answer says when a delayed message is due)
+  or fills its batch (a backlog: ``swf.queue_wake_up``, producers stop waking it while it
+  reads). Without its LISTEN session's pid (reconnecting) it marks them instead
+  (``swf.queue_arm``: every listener of the queue is woken). A queue is armed whatever its
+  prefetch room: woken for a queue it cannot read now (the window is full, or it no longer
+  consumes the queue), the consumer keeps the queue to read when a slot frees, stops
+  sleeping on it and passes the wake-up on to the next sleeper (``swf.queue_pass_wake``),
+  so a message never waits on a consumer that cannot take it while another could;
 - an ack that frees prefetch room for a queue left unread for want of it starts the next
   read from the hub's next iteration (as kombu's Redis transport issues its next ``BRPOP``),
   once the worker is down to :data:`WAITING_ENOUGH` tasks not started (or the window is that
@@ -155,8 +157,6 @@ class HubConsumer:
         #: Queue channels this consumer was woken for alone and has not read since: passed
         #: on when it cannot read them (:meth:`_pass_wake`).
         self._woken: set[str] = set()
-        #: The channel of each consumed queue (its prefetch window decides whether to arm).
-        self._queue_channels: dict[str, Channel] = {}
         self._next_due: float | None = None  # monotonic time the last arm said a message is due
         self._last_sweep = monotonic()  # the last read of every consumed queue
         self._ack_timer: Any = None
@@ -313,7 +313,8 @@ class HubConsumer:
                 continue  # closed meanwhile
             qty = channel._read_quantity()
             if qty <= 0:
-                self._pass_wake(channel, queue)
+                if self._woken and self._pass_wake(listen_channel(channel.pgmq_name(queue))):
+                    self._armed.discard(queue)
                 continue  # no prefetch room: stays dirty, a freed slot pokes
             if not _worth_reading(channel, qty):
                 self._pass_held = True  # little room: stays dirty, looked at again soon
@@ -362,6 +363,12 @@ class HubConsumer:
             return
         if self._woken:
             self._woken.discard(listen_channel(channel.pgmq_name(queue)))
+        if not rows:
+            # Asleep, woken, nothing to read (another consumer took it, or it is delayed):
+            # sleep again, which says when the next message is due.
+            self._armed.discard(queue)
+        elif len(rows) >= qty and queue in self._armed:
+            self._wake_up(queue)
         for name, payload in channel.payloads(queue, noack, rows):
             self.transport._deliver(payload, name)
         self._held_wait = 0.0
@@ -379,8 +386,8 @@ class HubConsumer:
         # (the pidbox queue) stay armed, so that a control command NOTIFYs. A queue is armed
         # whatever its prefetch room: its NOTIFY only marks it dirty, and a freed slot pokes
         # the loop.
-        to_arm = sorted(q for q in set(self._pass_clean + self._pass_drained) - self._armed
-                        - self._dirty if self._has_room(q))
+        to_arm = sorted(set(self._pass_clean + self._pass_drained) - self._armed
+                        - self._dirty)
         if to_arm and transport.options.wakeups:
             # Off the hub, at once: the pool gets the job just delivered meanwhile, and the
             # arm is over before the next publish (whose commit would wait on its lock).
@@ -388,11 +395,6 @@ class HubConsumer:
             self._reader.submit(partial(self._arm, to_arm))
             return
         self._after_arm()
-
-    def _has_room(self, queue: str) -> bool:
-        """True when ``queue``'s channel may take a message now (its prefetch window)."""
-        channel = self._queue_channels.get(queue)
-        return channel is None or channel._read_quantity() > 0
 
     def _arm(self, queues: list[str]) -> float | None:
         """The reader thread's job: sleep on ``queues`` (``swf.queue_sleep``), or mark them
@@ -408,24 +410,34 @@ class HubConsumer:
                                                   "pid": sleeper[1]}).fetchone()
         return row[0] if row else None
 
-    def _pass_wake(self, channel: Channel | None, queue: str | None,
-                   name: str | None = None) -> None:
-        """Woken alone for a queue this consumer cannot read now (no prefetch room, or no
-        longer consumed): wake the next consumer asleep on it (a short statement here)."""
-        if not self._woken:
+    def _wake_up(self, queue: str) -> None:
+        """Stop sleeping on ``queue``: a read filled its batch, so the consumer reads it again
+        at once, and producers need not wake it (a short statement here, once per backlog)."""
+        self._armed.discard(queue)
+        wakeup = self.transport._wakeup
+        if wakeup is None:
             return
-        if name is None:
-            if channel is None or queue is None:
-                return
-            name = listen_channel(channel.pgmq_name(queue))
-        if name not in self._woken:
-            return
+        try:
+            self.transport.pg_connection().execute(
+                QUERIES["wake_up"], {"queues": [queue], "sleeper": wakeup.channel})
+        except Exception as exc:  # noqa: BLE001 - a wake-up it gets then only marks the queue
+            logger.warning("swf broker: still asleep on %s (%s)", queue, exc)
+
+    def _pass_wake(self, name: str) -> bool:
+        """Woken for queue channel ``name`` and unable to read it (no prefetch room, or no
+        longer consumed): stop sleeping on it and wake the next consumer asleep on it.
+        False when this consumer was not woken for it."""
+        wakeup = self.transport._wakeup
+        if name not in self._woken or wakeup is None:
+            return False
         self._woken.discard(name)
         try:
-            self.transport.pg_connection().execute(QUERIES["pass_wake"], {"channel": name})
+            self.transport.pg_connection().execute(
+                QUERIES["pass_wake"], {"channel": name, "sleeper": wakeup.channel})
         except Exception as exc:  # noqa: BLE001 - the sweep reads the queue in the end
             logger.warning("swf broker: a wake-up for %s not passed on (%s); its consumers "
                            "read it at their next sweep", name, exc)
+        return True
 
     def _took_arm(self, queues: list[str], due: float | None) -> bool:
         """Record an arm; True when a message arrived before it (read again)."""
@@ -483,7 +495,6 @@ class HubConsumer:
         starves the others); a queue seen for the first time is dirty."""
         queues = channel.consuming()
         for queue in queues:
-            self._queue_channels[queue] = channel
             if queue not in self._known:
                 self._known.add(queue)
                 self._dirty.add(queue)
@@ -516,10 +527,9 @@ class HubConsumer:
             consumed = queue is not None and any(
                 queue in ch.consuming() for ch in list(self.transport.channels))
             if not consumed:
-                self._pass_wake(None, None, name)  # a queue this consumer left
+                self._pass_wake(name)  # a queue this consumer left
                 continue
-            self._dirty.add(queue)
-            self._armed.discard(queue)
+            self._dirty.add(queue)  # still asleep on it (armed): read, no new sleep
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -564,3 +574,4 @@ class HubConsumer:
         self._fds.discard(fd)
         with contextlib.suppress(Exception):
             self.loop.remove_reader(fd)
+

@@ -55,7 +55,10 @@ SELECT swf.queue_arm(%(queues)s);
 SELECT swf.queue_sleep(%(queues)s, %(channel)s, %(pid)s);
 
 -- name: pass_wake
-SELECT swf.queue_pass_wake(%(channel)s);
+SELECT swf.queue_pass_wake(%(channel)s, %(sleeper)s);
+
+-- name: wake_up
+SELECT swf.queue_wake_up(%(queues)s, %(sleeper)s);
 
 -- name: session
 SELECT set_config('synchronous_commit', 'off', false);

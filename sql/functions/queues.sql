@@ -18,17 +18,18 @@
 -- Wake-ups: each queue table has a deferred constraint trigger that wakes the consumers
 -- waiting on the queue, and only those (swf._queue_wake_locked): a consumer asleep on it
 -- (swf.queue_sleep, a row of swf.queue_sleepers: Celery workers) is woken one per message,
--- the one asleep longest, on its own channel 'swfw_<16 hex digits>' with the queue's channel
--- as payload, and its row is removed; a consumer that marked the queue (swf.queue_arm,
+-- the first in line, on its own channel 'swfw_<16 hex digits>' with the queue's channel as
+-- payload, and goes to the back of the line; a consumer that marked the queue (swf.queue_arm,
 -- swf.queue_waiters.waiting: the synchronous loop) is woken on channel 'swfq_<pgmq name>',
 -- with every other listener of it, and the mark cleared. Busy consumers never mark or sleep,
 -- so producers under load never NOTIFY (a NOTIFY takes a global lock at commit). Producers
 -- hold a shared advisory lock on the queue from the trigger to commit; a consumer marks or
--- sleeps under the exclusive lock (try-lock: it never waits) and then looks for a visible
--- message, so a message is either seen by that look or its producer sees the mark or the
--- sleeper and wakes the consumer: no lost wake-up. A sleeper whose LISTEN session is gone
--- is skipped (and removed); a consumer woken for a queue it cannot read now passes the
--- wake-up on (swf.queue_pass_wake). The
+-- sleeps under the exclusive lock (waiting briefly for producers committing) and then looks
+-- for a visible message, so a message is either seen by that look or its producer sees the
+-- mark or the sleeper and wakes the consumer: no lost wake-up. A sleeper stays asleep when
+-- woken (to the back of the line) until its prefetch window fills (swf.queue_wake_up); one
+-- whose LISTEN session is gone is skipped (and removed); a consumer woken for a queue it
+-- cannot read now passes the wake-up on (swf.queue_pass_wake). The
 -- NOTIFY is a hint (swf.notify_hint, notifications.sql): while PostgreSQL's notification
 -- queue is too full it is skipped, and the consumer finds the message by its polling fallback
 -- (or the gap its listener reports), never by a failed commit.
@@ -118,9 +119,11 @@ END $$;
 
 -- Wake the consumers waiting on queue p_id (pgmq name p_pgmq) for one new message, the
 -- queue's shared advisory lock held (see the header): every listener of the queue's channel
--- when a consumer marked it, and the consumer asleep on it longest whose LISTEN session runs
--- (rows of sessions that ended are removed on the way; a row another producer is taking is
--- skipped, so two messages committed at once wake two consumers).
+-- when a consumer marked it, and the consumer first in line of those asleep on it whose
+-- LISTEN session runs, which goes to the back of the line and stays asleep (it reads, and
+-- needs no statement to be woken again: consumers take turns, one wake-up per message).
+-- Rows of sessions that ended are removed on the way; a row another producer is taking is
+-- skipped, so two messages committed at once wake two consumers.
 CREATE OR REPLACE FUNCTION swf._queue_wake_locked(p_id integer, p_pgmq text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
@@ -132,7 +135,7 @@ BEGIN
         PERFORM swf.notify_hint('swfq_' || p_pgmq);
     END IF;
     LOOP
-        DELETE FROM swf.queue_sleepers s
+        UPDATE swf.queue_sleepers s SET since = clock_timestamp()
          WHERE (s.queue_id, s.channel) = (
                SELECT t.queue_id, t.channel FROM swf.queue_sleepers t
                 WHERE t.queue_id = p_id ORDER BY t.since LIMIT 1 FOR UPDATE SKIP LOCKED)
@@ -142,6 +145,7 @@ BEGIN
             PERFORM swf.notify_hint(v_channel, 'swfq_' || p_pgmq);
             EXIT;
         END IF;
+        DELETE FROM swf.queue_sleepers WHERE queue_id = p_id AND channel = v_channel;
     END LOOP;
 END $$;
 REVOKE EXECUTE ON FUNCTION swf._queue_wake_locked(integer, text) FROM PUBLIC;
@@ -157,17 +161,37 @@ BEGIN
 END $$;
 REVOKE EXECUTE ON FUNCTION swf._queue_wake(integer) FROM PUBLIC;
 
--- A consumer woken on its own channel (payload p_channel, 'swfq_<pgmq name>') for a queue it
--- cannot read now (its prefetch window is full, or it no longer consumes the queue) passes
--- the wake-up on to the next consumer asleep on that queue. An unknown channel is ignored.
-CREATE OR REPLACE FUNCTION swf.queue_pass_wake(p_channel text) RETURNS void
+-- A consumer woken on its own channel p_sleeper (payload p_channel, 'swfq_<pgmq name>') for a
+-- queue it cannot read now (its prefetch window is full, or it no longer consumes the queue)
+-- stops sleeping on it and passes the wake-up on to the next consumer asleep on it. An
+-- unknown queue channel is ignored.
+CREATE OR REPLACE FUNCTION swf.queue_pass_wake(p_channel text, p_sleeper text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+DECLARE
+    q swf.queues;
+BEGIN
+    PERFORM swf._require_part('wait on queues', 'client', 'worker');
+    SELECT * INTO q FROM swf.queues
+     WHERE p_channel LIKE 'swfq\_%' AND pgmq_name = substr(p_channel, 6);
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    DELETE FROM swf.queue_sleepers WHERE queue_id = q.id AND channel = p_sleeper;
+    PERFORM swf._queue_wake(q.id);
+END $$;
+REVOKE EXECUTE ON FUNCTION swf.queue_pass_wake(text, text) FROM PUBLIC;
+
+-- A consumer (its own channel p_channel) stops sleeping on the given queues: its prefetch
+-- window is full, so a message must wake another consumer.
+CREATE OR REPLACE FUNCTION swf.queue_wake_up(p_queues text[], p_channel text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 BEGIN
     PERFORM swf._require_part('wait on queues', 'client', 'worker');
-    PERFORM swf._queue_wake(id) FROM swf.queues
-     WHERE p_channel LIKE 'swfq\_%' AND pgmq_name = substr(p_channel, 6);
+    DELETE FROM swf.queue_sleepers s USING swf.queues q
+     WHERE q.name = ANY (p_queues) AND s.queue_id = q.id AND s.channel = p_channel;
 END $$;
-REVOKE EXECUTE ON FUNCTION swf.queue_pass_wake(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION swf.queue_wake_up(text[], text) FROM PUBLIC;
 
 -- Wake-up trigger of the shared table: as swf._queue_wakeup, per row's queue.
 CREATE OR REPLACE FUNCTION swf._transient_wakeup() RETURNS trigger

@@ -54,7 +54,7 @@ TABLES: dict[str, dict[str, set[str]]] = {
 #: refused with insufficient_privilege before anything happens.
 FUNCTIONS: dict[str, set[str]] = {
     "queue_ensure": ALL, "queue_size": ALL, "queue_arm": ALL, "queue_touch": ALL,
-    "queue_sleep": ALL, "queue_pass_wake": ALL, "queue_bind": ALL, "task_revoke": ALL, "task_revokes": ALL, "ensure_channel": ALL,
+    "queue_sleep": ALL, "queue_pass_wake": ALL, "queue_wake_up": ALL, "queue_bind": ALL, "task_revoke": ALL, "task_revokes": ALL, "ensure_channel": ALL,
     "task_revoke_stamped": ALL, "task_stamp_revokes": ALL,
     "start_run": ALL, "expire_tasks": ALL, "run_tick": ALL, "running_tasks": ALL,
     "claim_local_tasks": ALL, "start_task": ALL, "complete_task": ALL, "fail_task": ALL,
@@ -83,7 +83,8 @@ ARGS: dict[str, str] = {
     "queue_ensure": "'made_by_test'", "queue_drop": "'jobs'", "queue_size": "'jobs'",
     "queue_purge": "'jobs'", "queue_arm": "ARRAY['jobs']", "queue_touch": "ARRAY['jobs']",
     "queue_sleep": "ARRAY['jobs'], 'swfw_0123456789abcdef', pg_backend_pid()",
-    "queue_pass_wake": "'swfq_jobs'",
+    "queue_pass_wake": "'swfq_jobs', 'swfw_0123456789abcdef'",
+    "queue_wake_up": "ARRAY['jobs'], 'swfw_0123456789abcdef'",
     "queue_bind": "'ex', 'k', NULL, 'jobs'", "queue_unbind": "'ex', 'k', 'jobs'",
     "task_revoke": "ARRAY['t-1']", "task_revokes": "3600, 10",
     "task_revoke_stamped": "jsonb_build_object('monitoring_id', 'm-1')",

@@ -90,7 +90,7 @@ def _run_hub_until(hub: Hub, done: Any, what: str, timeout: float = 5.0) -> None
 
 
 def test_a_notify_seen_before_its_arm_result_rearms_the_queue(connections: Any) -> None:
-    # The arm runs in the reader thread. A send right after it uses the mark up and NOTIFYs;
+    # The arm runs in the reader thread. A send right after it NOTIFYs the consumer;
     # when the hub sees that NOTIFY before the arm's result, the queue must not be taken as
     # armed: it is read, then armed again, so the next send NOTIFYs too. The polling
     # fallback is 60 s: only a NOTIFY can bring the last message.
@@ -111,7 +111,13 @@ def test_a_notify_seen_before_its_arm_result_rearms_the_queue(connections: Any) 
             producer.Producer().publish("a", serializer="json", routing_key="arm-race",
                                         declare=[queue])
             _run_hub_until(hub, lambda: got == ["a"], "a delivered")
-            assert consumer._arming == ["arm-race"]  # the arm after the delivery, under way
+            # Woken for "a", the consumer stays asleep: no new arm. The sweep reads every
+            # queue and arms them again (an empty read after a wake-up does the same).
+            _run_hub_until(hub, lambda: consumer._arming is None and not consumer._pass
+                           and consumer._in_flight is None, "the pass of a ended")
+            consumer._last_sweep = 0.0
+            consumer._on_timer()
+            assert consumer._arming == ["arm-race"]  # the arm after the sweep, under way
 
             # The arm ends in the reader thread, then a send uses its mark up; the hub
             # takes the NOTIFY first, the arm's result second.

@@ -1,7 +1,7 @@
-"""A message wakes one consumer, not every listener of its queue: the consumer asleep
-longest (``swf.queue_sleep``) whose LISTEN session still runs, on its own channel. A
-consumer killed while asleep, or woken for a queue it cannot read, never keeps a message
-from another consumer that is free."""
+"""A message wakes one consumer, not every listener of its queue: the consumers asleep on it
+(``swf.queue_sleep``) whose LISTEN session still runs take turns, each woken on its own
+channel. A consumer killed while asleep, or woken for a queue it cannot read, never keeps a
+message from another consumer that is free."""
 
 from __future__ import annotations
 
@@ -58,25 +58,27 @@ def _drain(url: str, queue: str) -> None:
     sql(url, "SELECT swf.queue_purge(%s)", (queue,))
 
 
-def test_each_message_wakes_one_sleeper_the_one_asleep_longest(db_url: str,
-                                                               sleepers: Any) -> None:
+def test_each_message_wakes_one_sleeper_in_turn(db_url: str, sleepers: Any) -> None:
     pgmq = sql(db_url, "SELECT pgmq_name FROM swf.queue_ensure('jobs')")[0][0]
+    woken = f"swfq_{pgmq}"
     a, b = sleepers("swfw_00000000000000aa"), sleepers("swfw_00000000000000bb")
     assert a.sleep_on(db_url, "jobs") is None and b.sleep_on(db_url, "jobs") is None
-    _send(db_url, "jobs", "1")
-    assert a.woken() == [f"swfq_{pgmq}"] and b.woken() == []
-    _send(db_url, "jobs", "2")
-    assert b.woken() == [f"swfq_{pgmq}"] and a.woken() == []
-    _send(db_url, "jobs", "3")  # nobody asleep: no NOTIFY at all
-    assert a.woken() == [] and b.woken() == []
-    _drain(db_url, "jobs")
-    # Asleep again (in the other order): woken in the order they fell asleep.
-    b.sleep_on(db_url, "jobs")
-    a.sleep_on(db_url, "jobs")
+    # One message, one wake-up; the woken consumer stays asleep, at the back of the line.
+    for expected in (a, b, a):
+        _send(db_url, "jobs", "m")
+        assert expected.woken() == [woken]
+        assert (b if expected is a else a).woken() == []
     with psycopg.connect(db_url, autocommit=True) as conn, conn.transaction():
         for tag in ("4", "5"):  # one transaction, two messages: two consumers woken
             conn.execute("SELECT swf.queue_send('jobs', %s)", (Jsonb(kombu_message(tag)),))
-    assert b.woken() == [f"swfq_{pgmq}"] and a.woken() == [f"swfq_{pgmq}"]
+    assert b.woken() == [woken] and a.woken() == [woken]
+    # A consumer whose window is full stops sleeping: the others are woken, then nobody.
+    sql(db_url, "SELECT swf.queue_wake_up(ARRAY['jobs'], %s)", (a.channel,))
+    _send(db_url, "jobs", "6")
+    assert b.woken() == [woken] and a.woken() == []
+    sql(db_url, "SELECT swf.queue_wake_up(ARRAY['jobs'], %s)", (b.channel,))
+    _send(db_url, "jobs", "7")  # nobody asleep: no NOTIFY at all
+    assert a.woken() == [] and b.woken() == []
 
 
 def test_a_sleeper_whose_session_ended_is_skipped_and_forgotten(db_url: str,
@@ -91,7 +93,7 @@ def test_a_sleeper_whose_session_ended_is_skipped_and_forgotten(db_url: str,
                                (pid,)), 10, "the session ended")
     _send(db_url, "jobs", "1")
     assert len(alive.woken()) == 1
-    assert sql(db_url, "SELECT channel FROM swf.queue_sleepers") == []
+    assert sql(db_url, "SELECT channel FROM swf.queue_sleepers") == [(alive.channel,)]
 
 
 def test_a_wake_up_passed_on_reaches_the_next_sleeper(db_url: str, sleepers: Any) -> None:
@@ -101,9 +103,12 @@ def test_a_wake_up_passed_on_reaches_the_next_sleeper(db_url: str, sleepers: Any
     b.sleep_on(db_url, "jobs")
     _send(db_url, "jobs", "1")
     assert a.woken() == [f"swfq_{pgmq}"]
-    sql(db_url, "SELECT swf.queue_pass_wake(%s)", (f"swfq_{pgmq}",))  # a cannot read it
+    # a cannot read it: it stops sleeping and b is woken (then b again: a is out of line).
+    sql(db_url, "SELECT swf.queue_pass_wake(%s, %s)", (f"swfq_{pgmq}", a.channel))
     assert b.woken() == [f"swfq_{pgmq}"]
-    sql(db_url, "SELECT swf.queue_pass_wake('swfq_no_such_queue')")  # ignored
+    _send(db_url, "jobs", "2")
+    assert b.woken() == [f"swfq_{pgmq}"] and a.woken() == []
+    sql(db_url, "SELECT swf.queue_pass_wake('swfq_no_such_queue', %s)", (b.channel,))
 
 
 @pytest.mark.parametrize("channel", ["swfq_jobs", "swfw_x\"; DROP TABLE swf.queues; --",
@@ -113,6 +118,12 @@ def test_a_channel_that_is_not_a_consumers_own_is_refused(db_url: str,
     sql(db_url, "SELECT swf.queue_ensure('jobs')")
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="wake-up channel"):
         sql(db_url, "SELECT swf.queue_sleep(ARRAY['jobs'], %s, pg_backend_pid())", (channel,))
+
+
+def _asleep_on_celery(url: str) -> int:
+    """Consumers asleep on the queue ``celery`` (a worker also sleeps on its control queue)."""
+    return int(sql(url, "SELECT count(DISTINCT channel) FROM swf.queue_sleepers s "
+                        "JOIN swf.queues q ON q.id = s.queue_id WHERE q.name = 'celery'")[0][0])
 
 
 @pytest.mark.slow
@@ -125,9 +136,7 @@ def test_a_worker_killed_asleep_keeps_no_task_from_the_worker_left(broker: str,
     url = pg_url(broker)
 
     def asleep() -> int:
-        return int(sql(url, "SELECT count(DISTINCT channel) FROM swf.queue_sleepers s "
-                            "JOIN swf.queues q ON q.id = s.queue_id WHERE q.name = 'celery'")
-                   [0][0])
+        return _asleep_on_celery(url)
 
     with worker_process(APP, env=env, concurrency=1, hostname="first@wake") as first:
         wait_until(lambda: asleep() == 1, 30, "the first worker asleep", proc=first)
@@ -141,20 +150,20 @@ def test_a_worker_killed_asleep_keeps_no_task_from_the_worker_left(broker: str,
 
 
 @pytest.mark.slow
-def test_a_worker_without_room_is_not_woken_for_a_task_another_can_take(
+def test_a_busy_worker_keeps_no_task_from_an_idle_one(
         broker: str, client: Celery) -> None:
-    # A worker whose prefetch window is full (one slot, a long task) does not sleep on the
-    # queue, so the next message wakes the idle worker, not the busy one.
+    # A worker whose prefetch window is full (one slot, a long task) must not be the one a
+    # message wakes: the idle worker runs the next task at once (the sweep and the poll are
+    # 60 s). The read that filled the busy worker's window ended its sleep.
     env = {"SWF_TEST_BROKER": broker, "SWF_TEST_POLL": "60", "SWF_TEST_SWEEP": "60"}
     url = pg_url(broker)
     with worker_process(APP, env=env, concurrency=1, hostname="busy@wake") as busy:
-        wait_until(lambda: sql(url, "SELECT 1 FROM swf.queue_sleepers"), 30, "busy asleep",
-                   proc=busy)
+        wait_until(lambda: _asleep_on_celery(url) == 1, 30, "busy asleep", proc=busy)
         client.send_task("slow", args=["long", 60])
         wait_until(lambda: task_runs(url, "long"), 10, "the long task started", proc=busy)
         with worker_process(APP, env=env, concurrency=1, hostname="idle@wake") as idle:
-            wait_until(lambda: sql(url, "SELECT count(*) FROM swf.queue_sleepers")[0][0] >= 1
-                       and task_runs(url, "long"), 30, "the idle worker asleep", proc=idle)
+            wait_until(lambda: _asleep_on_celery(url) == 1, 30, "the idle worker asleep",
+                       proc=idle)
             client.send_task("record", args=["quick"])
             wait_until(lambda: task_runs(url, "quick"), 10, "the quick task ran at once",
                        proc=idle)
