@@ -524,9 +524,8 @@ class HubConsumer:
         for name in wakeup.take_woken():
             self._woken.add(name)
             queue = self._channel_queue.get(name)
-            consumed = queue is not None and any(
-                queue in ch.consuming() for ch in list(self.transport.channels))
-            if not consumed:
+            if queue is None or not any(
+                    queue in ch.consuming() for ch in list(self.transport.channels)):
                 self._pass_wake(name)  # a queue this consumer left
                 continue
             self._dirty.add(queue)  # still asleep on it (armed): read, no new sleep

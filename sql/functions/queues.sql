@@ -177,19 +177,25 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
-    DELETE FROM swf.queue_sleepers WHERE queue_id = q.id AND channel = p_sleeper;
+    DELETE FROM swf.queue_sleepers
+     WHERE ctid IN (SELECT ctid FROM swf.queue_sleepers
+                     WHERE queue_id = q.id AND channel = p_sleeper FOR UPDATE SKIP LOCKED);
     PERFORM swf._queue_wake(q.id);
 END $$;
 REVOKE EXECUTE ON FUNCTION swf.queue_pass_wake(text, text) FROM PUBLIC;
 
--- A consumer (its own channel p_channel) stops sleeping on the given queues: its prefetch
--- window is full, so a message must wake another consumer.
+-- A consumer (its own channel p_channel) stops sleeping on the given queues: a read filled
+-- its batch, so producers need not wake it while it reads. Never waits on a lock (the
+-- consumer's event loop runs it).
 CREATE OR REPLACE FUNCTION swf.queue_wake_up(p_queues text[], p_channel text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 BEGIN
     PERFORM swf._require_part('wait on queues', 'client', 'worker');
-    DELETE FROM swf.queue_sleepers s USING swf.queues q
-     WHERE q.name = ANY (p_queues) AND s.queue_id = q.id AND s.channel = p_channel;
+    -- A row a producer is waking right now is left: that wake-up arrives and is passed on.
+    DELETE FROM swf.queue_sleepers
+     WHERE ctid IN (SELECT s.ctid FROM swf.queue_sleepers s JOIN swf.queues q ON q.id = s.queue_id
+                     WHERE q.name = ANY (p_queues) AND s.channel = p_channel
+                       FOR UPDATE OF s SKIP LOCKED);
 END $$;
 REVOKE EXECUTE ON FUNCTION swf.queue_wake_up(text[], text) FROM PUBLIC;
 
@@ -593,6 +599,12 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('swf.queue_sleep: %L is not a consumer''s wake-up channel '
                              '(swfw_ and 16 hex digits) with its session''s pid', p_channel);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(p_pid)) THEN
+        -- Not a session of this server (a pooler in session mode reports its own key, not
+        -- the server's pid): every wake-up would skip it. The queues are marked instead, as
+        -- swf.queue_arm does, and the consumer is woken on the queues' channels.
+        RETURN swf.queue_arm(p_queues);
     END IF;
     FOR q IN SELECT * FROM swf.queues s WHERE s.name = ANY (p_queues) ORDER BY s.id LOOP
         IF swf._queue_lock_briefly(q.id) THEN

@@ -30,7 +30,8 @@ TABLES: dict[str, dict[str, set[str]]] = {
     "swf.flows": {"client": {S, I, U}, "worker": {S}},
     "swf.flow_steps": {"client": {S, I, D}, "worker": {S}},
     "swf.runs": READ, "swf.step_states": READ, "swf.step_tasks": READ,
-    "swf.queue_waiters": {}, "swf.queue_sleepers": {}, "swf.roles": {}, "swf.flow_keys": READ, "swf.flow_turns": {},
+    "swf.queue_waiters": {}, "swf.queue_sleepers": {},
+    "swf.roles": {}, "swf.flow_keys": READ, "swf.flow_turns": {},
     "swf.idempotency_keys": {}, "swf.run_signals": {},
     "swf.revoked_tasks": {"worker": {S}},
     "swf.revoked_stamps": {},  # through swf.task_revoke_stamped / swf.task_stamp_revokes
@@ -54,7 +55,8 @@ TABLES: dict[str, dict[str, set[str]]] = {
 #: refused with insufficient_privilege before anything happens.
 FUNCTIONS: dict[str, set[str]] = {
     "queue_ensure": ALL, "queue_size": ALL, "queue_arm": ALL, "queue_touch": ALL,
-    "queue_sleep": ALL, "queue_pass_wake": ALL, "queue_wake_up": ALL, "queue_bind": ALL, "task_revoke": ALL, "task_revokes": ALL, "ensure_channel": ALL,
+    "queue_sleep": ALL, "queue_pass_wake": ALL, "queue_wake_up": ALL, "queue_bind": ALL,
+    "task_revoke": ALL, "task_revokes": ALL, "ensure_channel": ALL,
     "task_revoke_stamped": ALL, "task_stamp_revokes": ALL,
     "start_run": ALL, "expire_tasks": ALL, "run_tick": ALL, "running_tasks": ALL,
     "claim_local_tasks": ALL, "start_task": ALL, "complete_task": ALL, "fail_task": ALL,

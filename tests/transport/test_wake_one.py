@@ -111,6 +111,19 @@ def test_a_wake_up_passed_on_reaches_the_next_sleeper(db_url: str, sleepers: Any
     sql(db_url, "SELECT swf.queue_pass_wake('swfq_no_such_queue', %s)", (b.channel,))
 
 
+def test_a_sleeper_whose_pid_is_no_session_here_is_marked_instead(db_url: str) -> None:
+    # A LISTEN through a pooler in session mode reports the pooler's key, not the server's
+    # pid: such a sleeper would be skipped by every wake-up. It marks the queue instead and
+    # is woken, with every listener, on the queue's channel.
+    pgmq = sql(db_url, "SELECT pgmq_name FROM swf.queue_ensure('jobs')")[0][0]
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute(f'LISTEN "swfq_{pgmq}"')
+        sql(db_url, "SELECT swf.queue_sleep(ARRAY['jobs'], 'swfw_00000000000000ee', 1)")
+        assert sql(db_url, "SELECT count(*) FROM swf.queue_sleepers")[0][0] == 0
+        _send(db_url, "jobs", "1")
+        assert [n.channel for n in listener.notifies(timeout=0.5)] == [f"swfq_{pgmq}"]
+
+
 @pytest.mark.parametrize("channel", ["swfq_jobs", "swfw_x\"; DROP TABLE swf.queues; --",
                                      "swfw_0123456789ABCDEF", "", None])
 def test_a_channel_that_is_not_a_consumers_own_is_refused(db_url: str,
