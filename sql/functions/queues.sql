@@ -582,11 +582,10 @@ BEGIN
 END $$;
 REVOKE EXECUTE ON FUNCTION swf._queue_armed(text[], boolean) FROM PUBLIC;
 
--- Put a consumer to sleep on the given queues: the next message committed to one of them
--- wakes this consumer alone (unless another sleeps longer), on p_channel (its own,
--- 'swfw_' and 16 hex digits, LISTENed by the session whose backend pid is p_pid), with the
--- queue's channel as payload. Returns as swf.queue_arm does. Asleep already: its place in
--- line is kept.
+-- Put a consumer to sleep on the given queues: the consumers asleep on a queue are woken one
+-- per message committed to it, in turn, each on its own channel p_channel ('swfw_' and 16
+-- hex digits, LISTENed by the session whose backend pid is p_pid), with the queue's channel
+-- as payload. Returns as swf.queue_arm does. Asleep already: its place in line is kept.
 CREATE OR REPLACE FUNCTION swf.queue_sleep(p_queues text[], p_channel text, p_pid integer)
 RETURNS double precision
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
