@@ -176,7 +176,10 @@ class HubConsumer:
         self._drain_next = False  # a drain is due at the hub's next iteration
         self._reader = Reader()
         loop.add_reader(self._reader.fd, self._on_read_done)
-        self._rotation = 0
+        self._rotation = 0  # the channel a drain starts with
+        #: Per channel (by id), the queue a pass starts with: the one after the queue read
+        #: last, so that a queue with a backlog never takes every freed slot from the others.
+        self._starts: dict[int, int] = {}
         wakeup = transport.wakeup()
         self._add_reader(wakeup.pipe_fd)
         if wakeup.notify_fd is not None:
@@ -374,6 +377,9 @@ class HubConsumer:
         self._held_wait = 0.0
         if rows:
             self._pass_delivered = True
+            consumed = channel.consuming()
+            if queue in consumed:
+                self._starts[id(channel)] = consumed.index(queue) + 1
         if len(rows) < qty:
             self._dirty.discard(queue)
             self._pass_drained.append(queue)
@@ -491,7 +497,7 @@ class HubConsumer:
                            "after their visibility timeout", len(rows))
 
     def _rotated(self, channel: Channel) -> list[str]:
-        """The queues ``channel`` consumes, starting at a different one each drain (none
+        """The queues ``channel`` consumes, starting after the one it read last (none
         starves the others); a queue seen for the first time is dirty."""
         queues = channel.consuming()
         for queue in queues:
@@ -500,7 +506,7 @@ class HubConsumer:
                 self._dirty.add(queue)
                 self._channel_queue[listen_channel(channel.pgmq_name(queue))] = queue
         if len(queues) > 1:
-            start = self._rotation % len(queues)
+            start = self._starts.get(id(channel), 0) % len(queues)
             queues = queues[start:] + queues[:start]
         return queues
 
