@@ -101,6 +101,10 @@ WAITING_ENOUGH = 2
 #: slots it leaves free would stay empty until the next ack: a pool of 16 threads with
 #: 100 ms tasks lost a fifth of its time so.
 HELD_READ_MAX_WAIT = 0.064
+#: Longest the hub's poll sleeps between the sweeps: Celery's loop sees a stop asked for
+#: without a signal (a worker embedded in a process, ``celery.contrib.testing.worker``, the
+#: ``celery_worker`` fixture) within this long. A tick with nothing to do runs no statement.
+HUB_TICK = 1.0
 
 
 def _requests() -> tuple[int, int]:
@@ -261,6 +265,9 @@ class HubConsumer:
             self._armed.clear()
             self._next_due = None
             self._last_sweep = now
+        elif not self._dirty:
+            self._set_timer(held=False)  # a tick (:data:`HUB_TICK`): nothing to read
+            return
         self.drain()
 
     def _flush_acks(self) -> None:
@@ -474,14 +481,21 @@ class HubConsumer:
                 return
         if any(ch._pending_acks for ch in list(transport.channels)) and self._ack_timer is None:
             self._ack_timer = self.loop.call_later(ACK_DELAY, self._flush_acks)
+        self._set_timer(held=self._pass_held)
+
+    def _set_timer(self, *, held: bool) -> None:
+        """The hub timer: the sweep (or the polling fallback), the next due message, a read
+        held back (``held``), whichever comes first, and at most :data:`HUB_TICK` away."""
+        transport = self.transport
         wait = transport.polling_interval or 1.0
         if self._listening():
             wait = max(0.0, self._last_sweep + transport.options.sweep_interval - monotonic())
         if self._next_due is not None:
             wait = max(0.0, min(wait, self._next_due - monotonic() + 0.002))
-        if self._pass_held:
+        if held:
             self._held_wait = min(HELD_READ_MAX_WAIT, max(FOLLOW_UP, self._held_wait * 2))
             wait = min(wait, self._held_wait)
+        wait = min(wait, HUB_TICK)
         self._timer = self.loop.call_later(wait, self._on_timer)
         self._timer_due = monotonic() + wait
 

@@ -109,3 +109,23 @@ def test_group_sigterm_stops_a_busy_worker_every_time(broker: str, client: Celer
         assert next_visible(broker, "celery") == 0
         assert queue_size(broker, "celery") == (1 if done else 2)
         sql(broker, "SELECT swf.queue_purge('celery')")
+
+
+def test_an_embedded_idle_worker_stops_within_its_shutdown_timeout(broker: str) -> None:
+    # celery.contrib.testing.worker (Celery's `celery_worker` fixture) stops its worker by
+    # setting a flag, with no signal to wake the hub: an idle hub must not sleep until the
+    # next sweep (60 s here) before it sees the flag.
+    import time
+
+    from celery.contrib.testing.worker import start_worker
+
+    app = Celery("embedded", broker=broker, set_as_current=False)
+    app.conf.broker_transport_options = {"sweep_interval": 60}
+    try:
+        started = time.monotonic()
+        with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING",
+                          shutdown_timeout=5):
+            time.sleep(2)  # idle: the hub is in its poll
+        assert time.monotonic() - started < 10
+    finally:
+        app.close()
