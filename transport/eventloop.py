@@ -158,8 +158,8 @@ class HubConsumer:
         self._known: set[str] = set()
         #: Queues armed (``swf.queue_arm``) and not NOTIFYed since: not armed again.
         self._armed: set[str] = set()
-        #: Queue channels this consumer was woken for alone and has not read since: passed
-        #: on when it cannot read them (:meth:`_pass_wake`).
+        #: Consumed queues this consumer was woken for alone and has not read since: the
+        #: wake-up is passed on when it cannot read them (:meth:`_pass_wake`).
         self._woken: set[str] = set()
         self._next_due: float | None = None  # monotonic time the last arm said a message is due
         self._last_sweep = monotonic()  # the last read of every consumed queue
@@ -181,9 +181,9 @@ class HubConsumer:
         self._reader = Reader()
         loop.add_reader(self._reader.fd, self._on_read_done)
         self._rotation = 0  # the channel a drain starts with
-        #: Per channel (by id), the queue a pass starts with: the one after the queue read
-        #: last, so that a queue with a backlog never takes every freed slot from the others.
-        self._starts: dict[int, int] = {}
+        #: Per channel (by id), the queue it read last: a pass starts with the next one, so
+        #: that a queue with a backlog never takes every freed slot from the others.
+        self._last_read: dict[int, str] = {}
         wakeup = transport.wakeup()
         self._add_reader(wakeup.pipe_fd)
         if wakeup.notify_fd is not None:
@@ -323,8 +323,10 @@ class HubConsumer:
                 continue  # closed meanwhile
             qty = channel._read_quantity()
             if qty <= 0:
-                if self._woken and self._pass_wake(listen_channel(channel.pgmq_name(queue))):
+                if queue in self._woken:
+                    self._woken.discard(queue)
                     self._armed.discard(queue)
+                    self._pass_wake(listen_channel(channel.pgmq_name(queue)))
                 continue  # no prefetch room: stays dirty, a freed slot pokes
             if not _worth_reading(channel, qty):
                 self._pass_held = True  # little room: stays dirty, looked at again soon
@@ -371,8 +373,7 @@ class HubConsumer:
         if self._closed or channel.connection is None:
             self._restore(channel, queue, noack, rows)
             return
-        if self._woken:
-            self._woken.discard(listen_channel(channel.pgmq_name(queue)))
+        self._woken.discard(queue)
         if not rows:
             # Asleep, woken, nothing to read (another consumer took it, or it is delayed):
             # sleep again, which says when the next message is due.
@@ -384,9 +385,7 @@ class HubConsumer:
         self._held_wait = 0.0
         if rows:
             self._pass_delivered = True
-            consumed = channel.consuming()
-            if queue in consumed:
-                self._starts[id(channel)] = consumed.index(queue) + 1
+            self._last_read[id(channel)] = queue
         if len(rows) < qty:
             self._dirty.discard(queue)
             self._pass_drained.append(queue)
@@ -425,32 +424,29 @@ class HubConsumer:
 
     def _wake_up(self, queue: str) -> None:
         """Stop sleeping on ``queue``: a read filled its batch, so the consumer reads it again
-        at once, and producers need not wake it (a short statement here, once per backlog)."""
+        at once, and producers need not wake it (once per backlog)."""
         self._armed.discard(queue)
+        self._about_sleep("wake_up", {"queues": [queue]},
+                          f"still asleep on {queue} (a wake-up then only marks it)")
+
+    def _pass_wake(self, name: str) -> None:
+        """Woken for queue channel ``name`` and unable to read it (no prefetch room, or no
+        longer consumed): stop sleeping on it and wake the next consumer asleep on it."""
+        self._about_sleep("pass_wake", {"channel": name},
+                          f"a wake-up for {name} not passed on (its consumers read it at "
+                          "their next sweep)")
+
+    def _about_sleep(self, query: str, params: dict[str, Any], failed: str) -> None:
+        """Run ``query`` about this consumer's sleep (its own channel added), a short
+        statement in the hub that never waits on a lock; ``failed`` is logged if it fails."""
         wakeup = self.transport._wakeup
         if wakeup is None:
             return
         try:
-            self.transport.pg_connection().execute(
-                QUERIES["wake_up"], {"queues": [queue], "sleeper": wakeup.channel})
-        except Exception as exc:  # noqa: BLE001 - a wake-up it gets then only marks the queue
-            logger.warning("swf broker: still asleep on %s (%s)", queue, exc)
-
-    def _pass_wake(self, name: str) -> bool:
-        """Woken for queue channel ``name`` and unable to read it (no prefetch room, or no
-        longer consumed): stop sleeping on it and wake the next consumer asleep on it.
-        False when this consumer was not woken for it."""
-        wakeup = self.transport._wakeup
-        if name not in self._woken or wakeup is None:
-            return False
-        self._woken.discard(name)
-        try:
-            self.transport.pg_connection().execute(
-                QUERIES["pass_wake"], {"channel": name, "sleeper": wakeup.channel})
-        except Exception as exc:  # noqa: BLE001 - the sweep reads the queue in the end
-            logger.warning("swf broker: a wake-up for %s not passed on (%s); its consumers "
-                           "read it at their next sweep", name, exc)
-        return True
+            self.transport.pg_connection().execute(QUERIES[query],
+                                                   {**params, "sleeper": wakeup.channel})
+        except Exception as exc:  # noqa: BLE001 - logged; the sweep reads every queue
+            logger.warning("swf broker: %s (%s)", failed, exc)
 
     def _took_arm(self, queues: list[str], due: float | None) -> bool:
         """Record an arm; True when a message arrived before it (read again)."""
@@ -519,8 +515,9 @@ class HubConsumer:
                 self._known.add(queue)
                 self._dirty.add(queue)
                 self._channel_queue[listen_channel(channel.pgmq_name(queue))] = queue
-        if len(queues) > 1:
-            start = self._starts.get(id(channel), 0) % len(queues)
+        last = self._last_read.get(id(channel))
+        if len(queues) > 1 and last in queues:
+            start = queues.index(last) + 1
             queues = queues[start:] + queues[:start]
         return queues
 
@@ -542,12 +539,12 @@ class HubConsumer:
                 self._dirty.add(queue)
                 self._armed.discard(queue)
         for name in wakeup.take_woken():
-            self._woken.add(name)
             queue = self._channel_queue.get(name)
             if queue is None or not any(
                     queue in ch.consuming() for ch in list(self.transport.channels)):
                 self._pass_wake(name)  # a queue this consumer left
                 continue
+            self._woken.add(queue)
             self._dirty.add(queue)  # still asleep on it (armed): read, no new sleep
 
     # -- bookkeeping ------------------------------------------------------------------------
@@ -593,4 +590,3 @@ class HubConsumer:
         self._fds.discard(fd)
         with contextlib.suppress(Exception):
             self.loop.remove_reader(fd)
-

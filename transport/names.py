@@ -51,6 +51,13 @@ def listen_channel(pgmq_name: str) -> str:
     return f"swfq_{pgmq_name}"
 
 
+def is_listen_channel(name: str) -> bool:
+    """True when ``name`` is a queue's NOTIFY channel as :func:`listen_channel` makes it."""
+    pgmq_name = name.removeprefix("swfq_")
+    return pgmq_name != name and bool(PGMQ_NAME.match(pgmq_name)
+                                      or TRANSIENT_NAME.match(pgmq_name))
+
+
 def queue_table(pgmq_name: str) -> tuple[str, str]:
     """(schema, table) of a pgmq queue, for ``psycopg.sql.Identifier``."""
     if not PGMQ_NAME.match(pgmq_name):

@@ -23,19 +23,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import secrets
 import select
 import threading
 
 from swf_celery.db.listening import ListenConnection
 from swf_celery.errors import ArgumentError
+from swf_celery.transport.names import is_listen_channel
 
 #: NOTIFYs the listener keeps for the consumer; beyond, they are dropped and every queue
 #: is read again (a gap).
 BUFFER = 10_000
-#: A queue's wake-up channel as the payload of a NOTIFY on a consumer's own channel.
-_QUEUE_CHANNEL = re.compile(r"swfq_[a-z0-9_]{1,58}")
 
 
 class Wakeup:
@@ -131,7 +129,7 @@ class Wakeup:
                 continue
             if item.channel != self.channel:
                 self.notified.add(item.channel)
-            elif _QUEUE_CHANNEL.fullmatch(item.payload):
+            elif is_listen_channel(item.payload):
                 self.woken.add(item.payload)
             else:  # not a queue's channel: read every queue
                 self._missed = True
@@ -144,7 +142,7 @@ class Wakeup:
 
     def take_woken(self) -> set[str]:
         """The queue channels this consumer was woken for on its own channel since the last
-        call (its sleep on them is over: ``swf.queue_sleep`` again to be woken again)."""
+        call (it stays asleep on them, at the back of the line)."""
         woken, self.woken = self.woken, set()
         return woken
 

@@ -27,7 +27,7 @@
 -- sleeps under the exclusive lock (waiting briefly for producers committing) and then looks
 -- for a visible message, so a message is either seen by that look or its producer sees the
 -- mark or the sleeper and wakes the consumer: no lost wake-up. A sleeper stays asleep when
--- woken (to the back of the line) until its prefetch window fills (swf.queue_wake_up); one
+-- woken (to the back of the line) until a read fills its batch (swf.queue_wake_up); one
 -- whose LISTEN session is gone is skipped (and removed); a consumer woken for a queue it
 -- cannot read now passes the wake-up on (swf.queue_pass_wake). The
 -- NOTIFY is a hint (swf.notify_hint, notifications.sql): while PostgreSQL's notification
@@ -177,9 +177,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
-    DELETE FROM swf.queue_sleepers
-     WHERE ctid IN (SELECT ctid FROM swf.queue_sleepers
-                     WHERE queue_id = q.id AND channel = p_sleeper FOR UPDATE SKIP LOCKED);
+    PERFORM swf.queue_wake_up(ARRAY[q.name], p_sleeper);
     PERFORM swf._queue_wake(q.id);
 END $$;
 REVOKE EXECUTE ON FUNCTION swf.queue_pass_wake(text, text) FROM PUBLIC;
@@ -515,26 +513,14 @@ BEGIN
     RETURN v_min;
 END $$;
 
--- Arm the wake-up of the given queues (see the header). Returns seconds until the earliest
--- message of the queues is visible, computed after arming: 0 means one is visible now, or a
--- producer is committing right now, so the caller reads again instead of sleeping; NULL means
--- the queues are empty. Any message committed later wakes the caller.
+-- Arm the wake-up of the given queues (see the header): mark them, so that the next message
+-- committed to one of them NOTIFYs its channel (every listener of it). Returns as
+-- swf._queue_wait does.
 CREATE OR REPLACE FUNCTION swf.queue_arm(p_queues text[]) RETURNS double precision
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
-DECLARE
-    q swf.queues;
-    v_busy boolean := false;
 BEGIN
     PERFORM swf._require_part('wait on queues', 'client', 'worker');
-    FOR q IN SELECT * FROM swf.queues s WHERE s.name = ANY (p_queues) ORDER BY s.id LOOP
-        IF pg_try_advisory_xact_lock(swf._queue_lock_space(), q.id) THEN
-            INSERT INTO swf.queue_waiters AS w (queue_id, waiting) VALUES (q.id, true)
-            ON CONFLICT (queue_id) DO UPDATE SET waiting = true WHERE NOT w.waiting;
-        ELSE
-            v_busy := true;
-        END IF;
-    END LOOP;
-    RETURN swf._queue_armed(p_queues, v_busy);
+    RETURN swf._queue_wait(p_queues, NULL, NULL);
 END $$;
 REVOKE EXECUTE ON FUNCTION swf.queue_arm(text[]) FROM PUBLIC;
 
@@ -566,32 +552,50 @@ BEGIN
 END $$;
 REVOKE EXECUTE ON FUNCTION swf._queue_lock_briefly(integer) FROM PUBLIC;
 
--- What swf.queue_arm and swf.queue_sleep return once the queues are armed (p_busy: a
--- producer held one of them), the queues marked as used now on the way.
-CREATE OR REPLACE FUNCTION swf._queue_armed(p_queues text[], p_busy boolean)
+-- Wait on the given queues (see the header), each under its wake-up lock: mark them
+-- (p_channel NULL: swf.queue_arm) or put consumer p_channel, LISTENed by session p_pid, to
+-- sleep on them (swf.queue_sleep; asleep already: its place in line is kept). The queues
+-- are marked as used now on the way. Returns seconds until the earliest message of the
+-- queues is visible, computed after waiting: 0 means one is visible now, or a producer kept
+-- a lock too long, so the caller reads again instead of sleeping; NULL means the queues are
+-- empty. Any message committed later wakes the caller.
+CREATE OR REPLACE FUNCTION swf._queue_wait(p_queues text[], p_channel text, p_pid integer)
 RETURNS double precision
 LANGUAGE plpgsql SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+DECLARE
+    q swf.queues;
+    v_busy boolean := false;
 BEGIN
+    FOR q IN SELECT * FROM swf.queues s WHERE s.name = ANY (p_queues) ORDER BY s.id LOOP
+        IF NOT swf._queue_lock_briefly(q.id) THEN
+            v_busy := true;
+        ELSIF p_channel IS NULL THEN
+            INSERT INTO swf.queue_waiters AS w (queue_id, waiting) VALUES (q.id, true)
+            ON CONFLICT (queue_id) DO UPDATE SET waiting = true WHERE NOT w.waiting;
+        ELSE
+            INSERT INTO swf.queue_sleepers AS w (queue_id, channel, pid)
+            VALUES (q.id, p_channel, p_pid)
+            ON CONFLICT (queue_id, channel) DO UPDATE SET pid = EXCLUDED.pid
+             WHERE w.pid <> EXCLUDED.pid;
+        END IF;
+    END LOOP;
     UPDATE swf.queues s SET last_active = clock_timestamp()
      WHERE s.name = ANY (p_queues)
        AND s.last_active < clock_timestamp() - swf._queue_mark_every(s.expires_ms);
-    IF p_busy THEN
+    IF v_busy THEN
         RETURN 0;
     END IF;
     RETURN swf._queue_next_visible(p_queues);
 END $$;
-REVOKE EXECUTE ON FUNCTION swf._queue_armed(text[], boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION swf._queue_wait(text[], text, integer) FROM PUBLIC;
 
 -- Put a consumer to sleep on the given queues: the consumers asleep on a queue are woken one
 -- per message committed to it, in turn, each on its own channel p_channel ('swfw_' and 16
 -- hex digits, LISTENed by the session whose backend pid is p_pid), with the queue's channel
--- as payload. Returns as swf.queue_arm does. Asleep already: its place in line is kept.
+-- as payload. Returns as swf._queue_wait does.
 CREATE OR REPLACE FUNCTION swf.queue_sleep(p_queues text[], p_channel text, p_pid integer)
 RETURNS double precision
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
-DECLARE
-    q swf.queues;
-    v_busy boolean := false;
 BEGIN
     PERFORM swf._require_part('wait on queues', 'client', 'worker');
     IF p_channel IS NULL OR p_channel !~ '^swfw_[0-9a-f]{16}$' OR p_pid IS NULL THEN
@@ -603,19 +607,9 @@ BEGIN
         -- Not a session of this server (a pooler in session mode reports its own key, not
         -- the server's pid): every wake-up would skip it. The queues are marked instead, as
         -- swf.queue_arm does, and the consumer is woken on the queues' channels.
-        RETURN swf.queue_arm(p_queues);
+        RETURN swf._queue_wait(p_queues, NULL, NULL);
     END IF;
-    FOR q IN SELECT * FROM swf.queues s WHERE s.name = ANY (p_queues) ORDER BY s.id LOOP
-        IF swf._queue_lock_briefly(q.id) THEN
-            INSERT INTO swf.queue_sleepers AS w (queue_id, channel, pid)
-            VALUES (q.id, p_channel, p_pid)
-            ON CONFLICT (queue_id, channel) DO UPDATE SET pid = EXCLUDED.pid
-             WHERE w.pid <> EXCLUDED.pid;
-        ELSE
-            v_busy := true;
-        END IF;
-    END LOOP;
-    RETURN swf._queue_armed(p_queues, v_busy);
+    RETURN swf._queue_wait(p_queues, p_channel, p_pid);
 END $$;
 REVOKE EXECUTE ON FUNCTION swf.queue_sleep(text[], text, integer) FROM PUBLIC;
 
