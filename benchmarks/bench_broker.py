@@ -2,11 +2,12 @@
 
 Same no-op task, same result backend (Redis), worker ``--pool=prefork -c 2``; only the broker
 differs. Per broker: throughput (2000 tasks sent, then joined) and latency (200 sequential
-``apply_async().get()``). Brokers run back to back, three rounds, alternating; the table shows
-each figure's median over the rounds with its range, and the machine's load at the start and
-the end (a run on a loaded machine is marked as such). Then the enqueue
-rate of ``swf.queue_send`` with 8 producer threads, wake-ups off and on, and with a NOTIFY on
-every insert for comparison.
+``apply_async().get()``). Brokers run back to back, three rounds, the order reversed every
+other round; the table shows each figure's median over the rounds with its range, each
+ratio to Redis is the median of the per-round ratios (every round shown), and the section
+records the machine's load at its start and end (a run on a loaded machine is marked as
+such). Then the enqueue rate of ``swf.queue_send`` with 8 producer threads, wake-ups off and
+on, and with a NOTIFY on every insert for comparison.
 
 ``swf`` runs with its defaults (publishes commit asynchronously, like Redis and RabbitMQ do not
 fsync each publish by default); the ``durable_publish=True`` row makes every publish wait for
@@ -29,7 +30,17 @@ from psycopg.types.json import Jsonb
 
 import swf_celery  # noqa: F401 - registers swf://
 from benchmarks.cpu import CpuMeter
-from benchmarks.stats import percentile, run_together
+from benchmarks.stats import (
+    LoadProbe,
+    median_of,
+    per_round,
+    percentile,
+    ratio_text,
+    ratios,
+    round_order,
+    run_together,
+    spread,
+)
 from swf_celery import db
 from tests.helpers import worker_process
 
@@ -50,7 +61,9 @@ def _brokers(database_url: str) -> dict[str, tuple[str, dict[str, Any]]]:
         "swf, event_loop=False": (pg, {"event_loop": False}),
         "Redis": (f"{REDIS}/12", {}),
         "RabbitMQ": (RABBIT, {}),
-        "kombu pgmq (use_notify)": (parts._replace(scheme="pgmq").geturl(),
+        # kombu passes a URL's query on as Connection arguments (it has no libpq options):
+        # the pgmq URL goes without it.
+        "kombu pgmq (use_notify)": (parts._replace(scheme="pgmq", query="").geturl(),
                                     {"use_notify": True, "init_extension": False}),
     }
 
@@ -214,83 +227,121 @@ def _consume_until(database_url: str, queue: str, stop: threading.Event,
             woken.append(conn.transport.wakeup().notifications)
 
 
-def _fmt(value: float, spec: str) -> str:
-    return format(value, spec) if value == value else "failed"
+#: A broker's rounds, in round order; None for a round in which it failed.
+Rounds = list[dict[str, Any] | None]
 
 
 def run(database_url: str) -> str:
+    probe = LoadProbe()
     brokers = _brokers(database_url)
-    every: dict[str, list[dict[str, Any]]] = {}
+    every: dict[str, Rounds] = {name: [] for name in brokers}
     errors: dict[str, str] = {}
-    load_start = os.getloadavg()[0]
     for round_no in range(ROUNDS):
-        order = list(brokers) if round_no % 2 == 0 else list(reversed(brokers))
-        for name in order:
+        for name in round_order(list(brokers), round_no):
             print(f"   round {round_no + 1}: {name}", flush=True)
             try:
-                m = _measure(name, *brokers[name])
+                m: dict[str, Any] | None = _measure(name, *brokers[name])
             except Exception as exc:  # a broker that fails is reported, not fatal
-                errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                continue
+                errors[name] = _error(exc)
+                m = None
             print(f"      {m}", flush=True)
-            every.setdefault(name, []).append(m)
-    typical = {name: _typical(ms) for name, ms in every.items()}
+            every[name].append(m)
+    every = {name: ms for name, ms in every.items() if any(ms)}
     rates: dict[str, tuple[float, int | None]] = {}
     for mode in ("wakeups-off", "wakeups-on", "notify-every-insert"):
         print(f"   enqueue rate: {mode}", flush=True)
         rates[mode] = _enqueue_rate(database_url, mode)
     stops = _stop_times(database_url)
-    loads = (load_start, os.getloadavg()[0])
-    return (_section(typical, every, errors, rates, loads) + "\n".join(_stop_section(stops))
+    return (_section(every, errors, rates, probe.note()) + "\n".join(_stop_section(stops))
             + "\n")
+
+
+def _error(exc: Exception) -> str:
+    """The exception's type, its message's first line and, for a longer message (a worker's
+    log), its last line: where a traceback names the cause."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
+    return f"{type(exc).__name__}: {text[:300]}"
 
 
 #: The figures of a round that the tables report.
 FIGURES = ("throughput", "send_rate", "run_rate", "p50", "p95")
 
 
-def _typical(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each figure's median over the rounds, its (min, max) under ``range``, and the CPU
-    table of the round whose throughput is the median."""
-    out: dict[str, Any] = {k: statistics.median(m[k] for m in rounds) for k in FIGURES}
-    out["range"] = {k: (min(m[k] for m in rounds), max(m[k] for m in rounds)) for k in FIGURES}
-    out["cpu"] = sorted(rounds, key=lambda m: m["throughput"])[len(rounds) // 2]["cpu"]
-    return out
+def _figure(rounds: Rounds, key: str) -> list[float]:
+    """One figure of every round, NaN for a failed round."""
+    return [m[key] if m else float("nan") for m in rounds]
 
 
-def _spread(m: dict[str, Any], key: str, spec: str) -> str:
-    """``median (min-max)`` of one figure."""
-    lo, hi = m["range"][key]
-    if lo == hi:
-        return _fmt(m[key], spec)
-    return f"{_fmt(m[key], spec)} ({_fmt(lo, spec)}–{_fmt(hi, spec)})"
+def _median_round(rounds: Rounds) -> dict[str, Any]:
+    """The round whose throughput is the median of the broker's rounds."""
+    done = sorted((m for m in rounds if m), key=lambda m: m["throughput"])
+    return done[(len(done) - 1) // 2]
 
 
-def _cpu_section(typical: dict[str, dict[str, Any]]) -> list[str]:
+def _cpu_section(every: dict[str, Rounds]) -> list[str]:
     """CPU per task by process in each broker's median throughput round, and the rate that CPU
     allows on this machine's cores (tasks/s <= cores / CPU per task)."""
+    cpu = {name: _median_round(rounds)["cpu"] for name, rounds in every.items()}
     roles: list[str] = []
-    for m in typical.values():
-        roles += [r for r in m["cpu"] if r not in roles]
+    for by_role in cpu.values():
+        roles += [r for r in by_role if r not in roles]
     cores = os.cpu_count() or 1
-    lines = ["", f"CPU per task (ms) in each broker's median throughput round, by process; "
-             f"\"bound\" is the rate that CPU allows on {cores} cores "
+    lines = ["", f"CPU per task (ms) in each broker's median throughput round (not the best), "
+             f"by process; \"bound\" is the rate that CPU allows on {cores} cores "
              "(cores / total CPU per task):", "",
              "| broker | " + " | ".join(roles) + " | total | bound (tasks/s) |",
              "|---|" + "---:|" * (len(roles) + 2)]
-    for name, m in typical.items():
-        total = sum(m["cpu"].values())
-        cells = " | ".join(f"{m['cpu'].get(r, 0.0):.2f}" for r in roles)
+    for name, by_role in cpu.items():
+        total = sum(by_role.values())
+        cells = " | ".join(f"{by_role.get(r, 0.0):.2f}" for r in roles)
         bound = f"{cores / total * 1000:.0f}" if total else "-"
         lines.append(f"| {name} | {cells} | {total:.2f} | {bound} |")
     return lines
 
 
-def _section(typical: dict[str, dict[str, Any]], every: dict[str, list[dict[str, Any]]],
-             errors: dict[str, str],
-             rates: dict[str, tuple[float, int | None]], loads: tuple[float, float]) -> str:
-    cores = os.cpu_count() or 1
-    loaded = max(loads) > 0.75 * cores
+def _ratio(ours: Rounds, theirs: Rounds, key: str) -> list[float]:
+    """``key`` of ours over theirs, round by round."""
+    return ratios(_figure(ours, key), _figure(theirs, key))
+
+
+def _targets(every: dict[str, Rounds], errors: dict[str, str]) -> list[str]:
+    """The target lines: medians of the rounds, and each ratio the median of the per-round
+    ratios with every round shown."""
+    swf = every.get("swf (this project)", [])
+    redis = every.get("Redis", [])
+    pgmq = every.get("kombu pgmq (use_notify)", [])
+    lines = ["", "Targets (same run; figures are medians of the rounds, each ratio the median "
+             "of the per-round ratios, every round shown):", ""]
+
+    def versus(key: str, spec: str, unit: str) -> str:
+        return (f"{median_of(_figure(swf, key)):{spec}} vs "
+                f"{median_of(_figure(redis, key)):{spec}} {unit}")
+
+    if swf and redis:
+        thr = _ratio(swf, redis, "throughput")
+        lines.append(f"- throughput >= 1.3x Redis: {versus('throughput', '.0f', 'tasks/s')}, "
+                     f"{ratio_text(thr)} — {'met' if median_of(thr) >= 1.3 else 'missed'}")
+        lines.append(f"- (not a target) run rate, swf vs Redis: "
+                     f"{versus('run_rate', '.0f', 'tasks/s')}, "
+                     f"{ratio_text(_ratio(swf, redis, 'run_rate'))}")
+        p50 = _ratio(swf, redis, "p50")
+        lines.append(f"- p50 latency <= 1.2x Redis: {versus('p50', '.2f', 'ms')}, "
+                     f"{ratio_text(p50)} — {'met' if median_of(p50) <= 1.2 else 'missed'}")
+        lines.append(f"- (not a target) p95 latency, swf vs Redis: {versus('p95', '.2f', 'ms')}, "
+                     f"{ratio_text(_ratio(swf, redis, 'p95'))}")
+    if swf and pgmq:
+        thr = _ratio(swf, pgmq, "throughput")
+        lines.append(f"- throughput >= 1.3x kombu pgmq: {ratio_text(thr)} — "
+                     f"{'met' if median_of(thr) >= 1.3 else 'missed'}")
+    elif swf:
+        lines.append(f"- throughput >= 1.3x kombu pgmq: kombu pgmq failed "
+                     f"({errors.get('kombu pgmq (use_notify)', 'not run')})")
+    return lines
+
+
+def _section(every: dict[str, Rounds], errors: dict[str, str],
+             rates: dict[str, tuple[float, int | None]], load: str) -> str:
     lines = [
         "## Broker (`bench_broker`)",
         "",
@@ -299,67 +350,39 @@ def _section(typical: dict[str, dict[str, Any]], every: dict[str, list[dict[str,
         f"{TASKS} tasks sent then joined (each result `get()` in turn), and the rate up to "
         "the start of the last task (\"run rate\": the broker and the worker, without the "
         f"client's collection of the results); latency: {ROUND_TRIPS} sequential "
-        f"`apply_async().get()`. {ROUNDS} rounds, brokers alternating; each figure is the "
-        "median of the rounds, with their range in brackets. Load average (1 min) at the "
-        f"start {loads[0]:.1f} and at the end {loads[1]:.1f} on {cores} cores"
-        + (": **a loaded machine** (other jobs shared the cores; absolute figures are low "
-           "and noisy, compare within a round)." if loaded else "."),
+        f"`apply_async().get()`. {ROUNDS} rounds, the brokers' order reversed every other "
+        "round; each figure is the median of the rounds, with their range in brackets.",
+        "",
+        load,
         "",
         "| broker | throughput (tasks/s) | run rate (tasks/s) | send rate (tasks/s) "
         "| p50 latency (ms) | p95 latency (ms) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, m in typical.items():
-        lines.append(f"| {name} | {_spread(m, 'throughput', '.0f')} "
-                     f"| {_spread(m, 'run_rate', '.0f')} | {_spread(m, 'send_rate', '.0f')} "
-                     f"| {_spread(m, 'p50', '.2f')} | {_spread(m, 'p95', '.2f')} |")
+    for name, ms in every.items():
+        lines.append(f"| {name} | {spread(_figure(ms, 'throughput'), '.0f')} "
+                     f"| {spread(_figure(ms, 'run_rate'), '.0f')} "
+                     f"| {spread(_figure(ms, 'send_rate'), '.0f')} "
+                     f"| {spread(_figure(ms, 'p50'), '.2f')} "
+                     f"| {spread(_figure(ms, 'p95'), '.2f')} |")
     for name, err in errors.items():
-        if name not in typical:
+        if name not in every:
             lines.append(f"| {name} | failed: {err} | | | | |")
     lines += ["", "Every round (the machine is shared with other work; rounds vary):", "",
-              "| broker | throughput per round | run rate per round | p50 per round (ms) |",
-              "|---|---|---|---|"]
+              "| broker | throughput per round | run rate per round | p50 per round (ms) "
+              "| p95 per round (ms) |",
+              "|---|---|---|---|---|"]
     for name, ms in every.items():
-        per_round = " / ".join(format(m["throughput"], ".0f") for m in ms)
-        runs = " / ".join(format(m["run_rate"], ".0f") for m in ms)
-        p50s = " / ".join(format(m["p50"], ".2f") for m in ms)
-        lines.append(f"| {name} | {per_round} | {runs} | {p50s} |")
-    lines += _cpu_section(typical)
-    ours, theirs = every.get("swf (this project)", []), every.get("Redis", [])
-    if ours and len(ours) == len(theirs):
-        pairs = list(zip(ours, theirs, strict=True))
-        thr = " / ".join(f"{a['throughput'] / b['throughput']:.2f}x" for a, b in pairs)
-        run = " / ".join(f"{a['run_rate'] / b['run_rate']:.2f}x" for a, b in pairs)
-        lat = " / ".join(f"{a['p50'] / b['p50']:.2f}x" for a, b in pairs)
-        lines += ["", f"Per round, swf vs Redis: throughput {thr}; run rate {run}; "
-                  f"p50 latency {lat}."]
-    swf = typical.get("swf (this project)", {})
-    redis = typical.get("Redis", {})
-    pgmq = typical.get("kombu pgmq (use_notify)", {})
-    lines += ["", "Targets (same run, medians of the rounds):", ""]
-    if swf and redis:
-        ok = swf["throughput"] >= 1.3 * redis["throughput"]
-        lines.append(f"- throughput >= 1.3x Redis: {swf['throughput']:.0f} vs "
-                     f"{redis['throughput']:.0f} tasks/s "
-                     f"({swf['throughput'] / redis['throughput']:.2f}x) — "
-                     f"{'met' if ok else 'missed'}")
-        lines.append(f"- (not a target) run rate, swf vs Redis: {swf['run_rate']:.0f} vs "
-                     f"{redis['run_rate']:.0f} tasks/s "
-                     f"({swf['run_rate'] / redis['run_rate']:.2f}x)")
-        ratio = swf["p50"] / redis["p50"]
-        lines.append(f"- p50 latency <= 1.2x Redis: {swf['p50']:.2f} vs {redis['p50']:.2f} ms "
-                     f"({ratio:.2f}x) — {'met' if ratio <= 1.2 else 'missed'}")
-    if swf and pgmq:
-        ratio = swf["throughput"] / pgmq["throughput"]
-        lines.append(f"- throughput >= 1.3x kombu pgmq: {ratio:.2f}x — "
-                     f"{'met' if ratio >= 1.3 else 'missed'}")
-    elif swf:
-        lines.append(f"- throughput >= 1.3x kombu pgmq: kombu pgmq failed "
-                     f"({errors.get('kombu pgmq (use_notify)', 'not run')})")
+        lines.append(f"| {name} | {per_round(_figure(ms, 'throughput'), '.0f')} "
+                     f"| {per_round(_figure(ms, 'run_rate'), '.0f')} "
+                     f"| {per_round(_figure(ms, 'p50'), '.2f')} "
+                     f"| {per_round(_figure(ms, 'p95'), '.2f')} |")
+    lines += _cpu_section(every)
+    lines += _targets(every, errors)
     lines += [
         "",
         "Enqueue rate of `swf.queue_send` (the SQL interface, synchronous commit on), "
-        "8 producer threads, 4000 messages:",
+        "8 producer threads, 4000 messages, one run each (absolute rates, no ratio):",
         "",
         "| wake-ups | messages/s | NOTIFYs received by the consumer |",
         "|---|---:|---:|",

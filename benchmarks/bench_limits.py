@@ -12,7 +12,9 @@ on its own queue:
 - idempotent publish: 1,000 publishes of 100 keys from 8 processes at once;
 - transaction: 1,000 enqueues in rolled-back transactions, 1,000 in committed ones;
 - cost: statements per task (unchanged: the read is one statement either way) and the time
-  of one read, plain and limited, measured in the same run.
+  of one read, plain and limited, in alternating rounds of the same run.
+
+Each scenario runs once; the section records the machine's load at its start and end.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 import swf_celery as swf
-from benchmarks.stats import percentile
+from benchmarks.stats import LoadProbe, percentile, ratio_text, ratios, round_order, spread
 from swf_celery.db import broker_url, normalize_dsn
 from tests.helpers import worker_process
 
@@ -288,14 +290,20 @@ def statements_per_task(url: str, n: int = 2000) -> dict[str, float]:
     return out
 
 
-def read_cost(url: str) -> dict[str, float]:
-    """ms per read of one message (qty 1), plain vs limited, same table size and run."""
+#: Alternating rounds of the read cost, and reads of each queue per round.
+COST_ROUNDS, COST_READS = 3, 334
+
+
+def read_cost(url: str) -> dict[str, list[float]]:
+    """ms per read of one message (qty 1), plain and limited, same table size and run: the
+    median read of each round, the two queues' order reversed every other round."""
     from swf_celery.transport.storage import QueueStorage
 
     message = {"body": "e30=", "content-type": "application/json", "properties": {},
                "headers": {"id": "x"}}
-    out: dict[str, float] = {}
+    out: dict[str, list[float]] = {"plain": [], "limited": []}
     with psycopg.connect(normalize_dsn(url), autocommit=True) as conn:
+        reads = {}
         for queue, flow in (("bl_cost_plain", None), ("bl_cost_keyed", "k")):
             msg = dict(message, headers={"id": "x", **({"swf_flow": {"key": flow}}
                                                         if flow else {})})
@@ -303,22 +311,26 @@ def read_cost(url: str) -> dict[str, float]:
                          [queue, Jsonb(msg)])
             name, storage = conn.execute("SELECT pgmq_name, storage FROM swf.queues "
                                          "WHERE name = %s", [queue]).fetchone()
-            read = QueueStorage(queue, name, storage).statement("read")
-            times = []
-            for _ in range(1000):
-                t0 = time.perf_counter()
-                if flow:
-                    conn.execute("SELECT * FROM swf.queue_read_limited(%s, 1, 60)", [queue])
-                else:
-                    conn.execute(read, {"queue": queue, "qty": 1, "vt": 60, "acks": [],
-                                        "receipts": []}).fetchall()
-                times.append(time.perf_counter() - t0)
-            out["limited" if flow else "plain"] = percentile(times, 50) * 1000
+            reads[queue] = QueueStorage(queue, name, storage).statement("read")
+        for round_no in range(COST_ROUNDS):
+            for queue in round_order(list(reads), round_no):
+                times = []
+                for _ in range(COST_READS):
+                    t0 = time.perf_counter()
+                    if queue == "bl_cost_keyed":
+                        conn.execute("SELECT * FROM swf.queue_read_limited(%s, 1, 60)",
+                                     [queue])
+                    else:
+                        conn.execute(reads[queue], {"queue": queue, "qty": 1, "vt": 60,
+                                                    "acks": [], "receipts": []}).fetchall()
+                    times.append(time.perf_counter() - t0)
+                label = "limited" if queue == "bl_cost_keyed" else "plain"
+                out[label].append(percentile(times, 50) * 1000)
     return out
 
 
 def run(database_url: str) -> str:
-    load = os.getloadavg()
+    probe = LoadProbe()
     _sql(database_url, "DROP TABLE IF EXISTS bench_limit_runs")
     _sql(database_url, "CREATE TABLE bench_limit_runs (id bigserial PRIMARY KEY, tag text, "
                        "phase text, pid integer, at timestamptz DEFAULT clock_timestamp())")
@@ -334,12 +346,14 @@ def run(database_url: str) -> str:
     conc = concurrency(database_url)
     fair = fairness(database_url)
     rt = rate(database_url)
-    load_after = os.getloadavg()
     return f"""## Flow control, idempotent publish, transactions (`bench_limits`)
 
 Real `celery worker` processes (prefork) on the embedded PostgreSQL, one queue per scenario.
-The machine was shared with other jobs: load average {load[0]:.1f} at the start, \
-{load_after[0]:.1f} at the end (2 cores).
+Each scenario runs once; the one comparison, the read cost plain against limited, runs in \
+{COST_ROUNDS} rounds of {COST_READS} reads of each queue, their order reversed every other \
+round.
+
+{probe.note()}
 
 | measured | result |
 |---|---|
@@ -361,8 +375,10 @@ every {VT / 3:.1f} s, ended: the slots came back); all {conc['tasks_run']} ran |
 (publishing took {idem['seconds']:.1f} s with process start-up) |
 | transaction: 1,000 rolled back, 1,000 committed | {tx['rolled_back_ran']} and \
 {tx['committed_ran']} ran |
-| cost: one read (qty 1) of a 5,000-message queue, median | plain \
-{cost['plain']:.2f} ms, limited {cost['limited']:.2f} ms |
+| cost: one read (qty 1) of a 5,000-message queue, the median read of each round, \
+median of the rounds (range) | plain {spread(cost['plain'], '.3f')} ms, limited \
+{spread(cost['limited'], '.3f')} ms; limited / plain \
+{ratio_text(ratios(cost['limited'], cost['plain']))} |
 
 Statements per task on the consuming side (pg_stat_database transactions, all autocommit,
 2,000 no-op tasks, one worker of 2 processes, prefetch 1; publishes subtracted): queue without

@@ -11,9 +11,12 @@ Four ways of telling a listener about a message, measured in one process on one 
 
 Latency: one message at a time, from just before the send call to the moment the
 listener's thread has it (so it includes the sender's round trip and COMMIT). The four
-systems alternate in rounds so that load from other processes on the machine hits all of
-them alike. Throughput: one sender, and four sender threads, sending back to back; the
-rate is messages / (first send -> last delivery).
+systems alternate in rounds, the order reversed every other round, so that load from other
+processes on the machine hits all of them alike. Throughput: one sender, and four sender
+threads, sending back to back, in alternating rounds too; the rate is messages / (first
+send -> last delivery). Each swf system is compared with its Redis analogue round by round;
+the section reports the median of the per-round ratios with every round, and the machine's
+load at its start and end.
 """
 
 from __future__ import annotations
@@ -24,13 +27,26 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.stats import run_together, summary_ms
+from benchmarks.stats import (
+    LoadProbe,
+    ratio_text,
+    ratios,
+    round_order,
+    run_together,
+    spread,
+    summary_ms,
+)
 
 REDIS_URL = os.environ.get("SWF_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 ROUNDS = 6
 PER_ROUND = 100
 WARMUP = 30
-THROUGHPUT_MESSAGES = 3000
+THROUGHPUT_ROUNDS = 3
+#: Messages per throughput measurement (one system, one sender count, one round).
+THROUGHPUT_MESSAGES = 1000
+#: Each swf system and the Redis system that does the same (stored or not).
+ANALOGUES = {"swf send_with_notify (pgmq + NOTIFY)": "Redis MULTI XADD + PUBLISH",
+             "swf notify_only (NOTIFY)": "Redis PUBLISH"}
 
 
 class _Sink:
@@ -58,14 +74,26 @@ class _System:
     def __init__(self, name: str, send: Callable[[int], Any], sink: _Sink,
                  close: Callable[[], None]) -> None:
         self.name, self.send, self.sink, self.close = name, send, sink, close
-        self.latencies: list[float] = []
+        #: Delivery latencies in seconds, one list per round.
+        self.rounds: list[list[float]] = []
+        #: Messages per second by sender count, one value per round.
+        self.rates: dict[int, list[float]] = {1: [], 4: []}
 
-    def ping(self, i: int) -> None:
+    def ping(self, i: int) -> float:
+        """Send one message; the seconds until the listener's thread has it."""
         target = self.sink.count + 1
         start = time.perf_counter()
         self.send(i)
         self.sink.wait_for(target)
-        self.latencies.append(self.sink.last - start)
+        return self.sink.last - start
+
+    def latency_round(self) -> None:
+        """One latency round of ``PER_ROUND`` messages."""
+        self.rounds.append([self.ping(i) for i in range(PER_ROUND)])
+
+    def per_round_ms(self, pct: str) -> list[float]:
+        """The ``p50`` or ``p95`` latency of each round, in ms."""
+        return [summary_ms(latencies)[pct] for latencies in self.rounds]
 
 
 def _swf_systems(url: str, tag: str) -> list[_System]:
@@ -162,7 +190,42 @@ def _drop_stored(url: str, channel: str) -> None:
         acknowledge(channel, [m.id for m in batch], url, archive=False)
 
 
+def _measure(systems: list[_System]) -> None:
+    """Warm-up, then latency and throughput rounds, the systems' order reversed every other
+    round."""
+    for system in systems:
+        for i in range(WARMUP):
+            system.ping(i)
+    for round_no in range(ROUNDS):
+        for system in round_order(systems, round_no):
+            system.latency_round()
+    for round_no in range(THROUGHPUT_ROUNDS):
+        for senders in (1, 4):
+            for system in round_order(systems, round_no):
+                system.rates[senders].append(_throughput(system, senders))
+
+
+def _ratio_lines(systems: list[_System]) -> list[str]:
+    """Each swf system against its Redis analogue: median of the per-round ratios."""
+    by_name = {s.name: s for s in systems}
+    lines = []
+    for ours, theirs in ((by_name.get(a), by_name.get(b)) for a, b in ANALOGUES.items()):
+        if ours is None or theirs is None:
+            continue
+        p50 = ratios(ours.per_round_ms("p50"), theirs.per_round_ms("p50"))
+        lines.append(
+            f"- {ours.name} / {theirs.name}: p50 latency {ratio_text(p50)}; msg/s with 1 "
+            f"sender {ratio_text(ratios(ours.rates[1], theirs.rates[1]))}; with 4 senders "
+            f"{ratio_text(ratios(ours.rates[4], theirs.rates[4]))}")
+    if not lines:
+        return []
+    return ["", "Ratios to the Redis analogue (the median of the per-round ratios, every "
+            "round shown; latency over the latency rounds, rates over the throughput rounds):",
+            "", *lines]
+
+
 def run(database_url: str) -> str:
+    probe = LoadProbe()
     tag = f"{os.getpid()}"
     systems = _swf_systems(database_url, tag)
     try:
@@ -171,18 +234,7 @@ def run(database_url: str) -> str:
     except Exception as exc:  # noqa: BLE001 - report, do not fail the whole bench run
         redis_note = f"\nRedis not measured: {type(exc).__name__}: {exc}\n"
     try:
-        for system in systems:
-            for i in range(WARMUP):
-                system.ping(i)
-            system.latencies.clear()
-        for _ in range(ROUNDS):
-            for system in systems:
-                for i in range(PER_ROUND):
-                    system.ping(i)
-        rates = {(s.name, n): 0.0 for s in systems for n in (1, 4)}
-        for senders in (1, 4):
-            for system in systems:
-                rates[(system.name, senders)] = _throughput(system, senders)
+        _measure(systems)
         floor = _round_trips(database_url)
     finally:
         for system in systems:
@@ -192,23 +244,28 @@ def run(database_url: str) -> str:
     lines = [
         "## Messaging: NOTIFY delivery vs Redis pub/sub",
         "",
-        f"Latency: {ROUNDS} alternating rounds x {PER_ROUND} messages per system, one at a "
-        "time, measured from just before the send call until the listener thread has the "
-        f"notification (after {WARMUP} warm-up messages). Throughput: "
+        f"Latency: {ROUNDS} rounds x {PER_ROUND} messages per system, one at a time, the "
+        "systems' order reversed every other round, measured from just before the send call "
+        "until the listener thread has the notification (after "
+        f"{WARMUP} warm-up messages). Throughput: {THROUGHPUT_ROUNDS} rounds of "
         f"{THROUGHPUT_MESSAGES} messages sent back to back by 1 or 4 threads of one process, "
-        "counted until the last one is delivered. Small JSON bodies (~45 bytes). All systems "
-        "measured in the same run; other processes shared the 2 cores, so absolute numbers "
-        "are noisy and the ratios are what to read.",
+        "counted until the last one is delivered, the order reversed every other round. "
+        "Small JSON bodies (~45 bytes). Each figure is the median of the rounds (the p50 and "
+        "p95 of each latency round), with their range in brackets. All systems measured in "
+        "the same run; absolute numbers are noisy and the ratios are what to read.",
+        "",
+        probe.note(),
         "",
         "| system | stored | p50 latency (ms) | p95 latency (ms) | msg/s, 1 sender "
         "| msg/s, 4 senders |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for s in systems:
-        stats = summary_ms(s.latencies)
         stored = "yes" if ("pgmq" in s.name or "XADD" in s.name) else "no"
-        lines.append(f"| {s.name} | {stored} | {stats['p50']:.3f} | {stats['p95']:.3f} | "
-                     f"{rates[(s.name, 1)]:,.0f} | {rates[(s.name, 4)]:,.0f} |")
+        lines.append(f"| {s.name} | {stored} | {spread(s.per_round_ms('p50'), '.3f')} | "
+                     f"{spread(s.per_round_ms('p95'), '.3f')} | "
+                     f"{spread(s.rates[1], ',.0f')} | {spread(s.rates[4], ',.0f')} |")
+    lines += _ratio_lines(systems)
     lines += [
         "",
         "Reading it: each `send_with_notify` is a full transaction (pgmq insert + NOTIFY + "

@@ -8,8 +8,10 @@ per layer, which is a looser dependency structure than ours (it needs fewer
 coordination decisions), plus 20 callback tasks.
 
 Both use one `celery worker --pool=prefork --concurrency=2` each, started once and idle
-while the other system runs; rounds alternate (swf, redis, swf, redis, ...) so that
-noise from other processes on the machine hits both alike.
+while the other system runs; each round runs both, the order reversed every other round
+(swf, redis, redis, swf, ...), so that noise from other processes on the machine hits both
+alike. The ratio is the median of the per-round ratios, every round shown, and the section
+records the machine's load at its start and end.
 
 Coordination overhead per step: time spent inside the coordinator's stored functions
 (``swf.start_run``, ``swf.start_task``, ``swf.complete_task``, including the broker
@@ -19,11 +21,12 @@ inserts they make), from ``pg_stat_user_functions``, divided by the number of st
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from typing import Any
 
 import psycopg
+
+from benchmarks.stats import LoadProbe, median_of, per_round, ratio_text, ratios, round_order
 
 ROUNDS = int(os.environ.get("BENCH_WORKFLOW_ROUNDS", "3"))
 LAYERS, WIDTH = 20, 50
@@ -83,6 +86,7 @@ def run(database_url: str) -> str:
     from swf_celery.workflows.executor import Executor
     from tests.helpers import worker_process
 
+    probe = LoadProbe()
     url = normalize_dsn(database_url)
     with psycopg.connect(url, autocommit=True) as conn:
         dbname = conn.execute("SELECT current_database()").fetchone()[0]
@@ -106,7 +110,8 @@ def run(database_url: str) -> str:
         redis_app = _redis_app()
         Executor.execute(layered, {}, url, timeout=600_000)  # warm-up: flows row, plans
         _canvas(redis_app).apply_async().get(timeout=600)
-        for _ in range(ROUNDS):
+
+        def workflow() -> None:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("SELECT pg_stat_reset()")
             t0 = time.perf_counter()
@@ -120,50 +125,59 @@ def run(database_url: str) -> str:
                            if calls and name in ("start_task", "complete_task"))
             per_step += stats.get("start_run", (1, 0.0))[1] / (LAYERS * WIDTH)
             overhead_ms.append(per_step)
-            breakdown = stats
+            breakdown.clear()
+            breakdown.update(stats)
 
+        def canvas() -> None:
             t0 = time.perf_counter()
             _canvas(redis_app).apply_async().get(timeout=600)
             theirs.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             _group(redis_app).apply_async().get(timeout=600)
             flat.append(time.perf_counter() - t0)
+
+        for round_no in range(ROUNDS):
+            for measure in round_order([workflow, canvas], round_no):
+                measure()
     steps = LAYERS * WIDTH
-    ours_rate = steps / statistics.median(ours)
-    theirs_rate = steps / statistics.median(theirs)
-    ratio = ours_rate / theirs_rate
+    ours_rate = steps / median_of(ours)
+    theirs_rate = steps / median_of(theirs)
+    ratio = ratios(theirs, ours)  # per round: the canvas's wall time over ours
     lines = [
         "## Workflow engine: 1000-step layered DAG",
         "",
         f"20 layers x 50 no-op steps, each depending on 2 steps of the layer before; one "
-        f"prefork worker with concurrency 2 per system; {ROUNDS} alternating rounds, median "
-        "shown. Redis side: the closest canvas, a chain of 20 chords (group of 50 + callback "
-        "per layer), Redis broker + Redis result backend. Other processes shared the "
-        "machine's 2 cores during the run.",
+        f"prefork worker with concurrency 2 per system; {ROUNDS} rounds, the systems' order "
+        "reversed every other round, medians shown; the ratio is the median of the "
+        "per-round ratios. Redis side: the closest canvas, a chain of 20 chords (group of 50 "
+        "+ callback per layer), Redis broker + Redis result backend.",
+        "",
+        probe.note(),
         "",
         "| system | wall time (median) | steps/s | rounds (s) |",
         "|---|---:|---:|---|",
-        f"| swf-celery workflow (swf:// broker) | {statistics.median(ours):.2f} s | "
+        f"| swf-celery workflow (swf:// broker) | {median_of(ours):.2f} s | "
         f"{ours_rate:.0f} | {', '.join(f'{x:.2f}' for x in ours)} |",
-        f"| Celery canvas, chain of chords (Redis) | {statistics.median(theirs):.2f} s | "
+        f"| Celery canvas, chain of chords (Redis) | {median_of(theirs):.2f} s | "
         f"{theirs_rate:.0f} | {', '.join(f'{x:.2f}' for x in theirs)} |",
         f"| (reference) Celery group of 1000 independent no-op tasks (Redis) | "
-        f"{statistics.median(flat):.2f} s | {steps / statistics.median(flat):.0f} | "
+        f"{median_of(flat):.2f} s | {steps / median_of(flat):.0f} | "
         f"{', '.join(f'{x:.2f}' for x in flat)} |",
         "",
-        f"Throughput ratio: **{ratio:.2f}x** the Redis canvas (target >= 2x). The canvas "
+        f"Throughput ratio: **{ratio_text(ratio)}** the Redis canvas (target >= 2x: "
+        f"{'met' if median_of(ratio) >= 2 else 'missed'}). The canvas "
         "pays a full barrier and a callback task per layer; the reference row shows Redis "
         "running the same 1000 no-op tasks with no dependencies at all.",
         "",
         "Coordination overhead per step: mean time inside `swf.start_task` + "
         "`swf.complete_task` (storing the output, decrementing the dependents, inserting "
         "the ready steps' messages into the broker, NOTIFY) + `swf.start_run` / 1000: "
-        f"**{statistics.median(overhead_ms):.2f} ms** median "
-        f"({', '.join(f'{x:.2f}' for x in overhead_ms)}); target <= 2 ms.",
+        f"**{median_of(overhead_ms):.2f} ms** median "
+        f"({per_round(overhead_ms, '.2f')}); target <= 2 ms.",
         "",
         f"Profile: with 2 worker processes, each step costs "
-        f"{2000 * statistics.median(ours) / steps:.1f} ms of worker-process time on our side "
-        f"against {2000 * statistics.median(flat) / steps:.1f} ms for an independent Redis "
+        f"{2000 * median_of(ours) / steps:.1f} ms of worker-process time on our side "
+        f"against {2000 * median_of(flat) / steps:.1f} ms for an independent Redis "
         "task (the reference row): Celery's own per-task work dominates both; the "
         "coordinator's SQL above and the broker's read/ack make the difference.",
         "",

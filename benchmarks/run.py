@@ -16,6 +16,7 @@ import re
 import sys
 from pathlib import Path
 
+from benchmarks.stats import LOADED_SHARE
 from swf_celery import db
 from swf_celery.ops import migrate
 
@@ -51,11 +52,17 @@ def main(argv: list[str]) -> None:
         print(f"== {name}", flush=True)
         module = importlib.import_module(f"benchmarks.{name}")
         sections[name] = module.run(url).rstrip() + "\n"
+    ran = "" if not argv else f" (sections run: {', '.join(names)})"
     header = (
         "# Benchmarks\n\n"
         "Produced by `make bench` (`python -m benchmarks.run [bench_name ...]`). Every ratio "
-        "compares systems measured in the same run on the same machine.\n\n"
-        f"Last run: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}.\n\n"
+        "compares systems measured in the same run on the same machine. In a section with a "
+        "\"Machine load\" line, each ratio is the median of the per-round ratios over at "
+        "least 3 rounds that alternate the systems' order, every round shown; that line gives "
+        "the load at the section's start and end, and begins with **LOADED MACHINE** when "
+        f"more than {LOADED_SHARE:.0%} of the cores were busy at its start.\n\n"
+        f"Last run: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}"
+        f"{ran}.\n\n"
     )
     body = "".join(f"<!-- section: {k} -->\n{v}<!-- /section -->\n\n"
                    for k, v in sorted(sections.items()))
