@@ -71,7 +71,21 @@ Guarantees
 * Connection loss raises ``connection_errors`` so kombu/Celery reconnect with backoff.
 """
 
-from swf_celery.transport.channel import Channel
-from swf_celery.transport.transport import Transport
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from swf_celery.transport.channel import Channel
+    from swf_celery.transport.transport import Transport
 
 __all__ = ["Channel", "Transport"]
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use (kombu resolves "swf_celery.transport:Transport" by attribute), so
+    # ``import swf_celery`` reaches swf_celery.transport.batch without psycopg.
+    if name in __all__:
+        return getattr(import_module(f"swf_celery.transport.{name.lower()}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

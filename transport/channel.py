@@ -23,7 +23,7 @@ from psycopg.types.json import Jsonb
 from swf_celery.db import load_queries
 from swf_celery.db.transaction import current as current_transaction
 from swf_celery.errors import DatabaseUnavailable, MessageError, QueueNameError
-from swf_celery.transport import deliveries, revokes, transient
+from swf_celery.transport import batch, deliveries, revokes, transient
 from swf_celery.transport.deliveries import Delivery
 from swf_celery.transport.messages import (
     eta_delay,
@@ -234,26 +234,50 @@ class Channel(virtual.Channel):
         # Inside ``swf.transaction(conn)`` the message is a row of the caller's transaction
         # (its own durability); the queue's bookkeeping stays on the broker's connection.
         joined = current_transaction()
-        params: dict[str, Any] = {
-            "message": Jsonb(message),
-            "delay": eta_delay(message, self.options.eta_threshold),
-            "commit": None if joined is not None else
-            ("on" if self.options.durable_publish else "off")}
+        delay = eta_delay(message, self.options.eta_threshold)
         headers = message.get("headers")
+        limited = isinstance(headers, dict) and isinstance(headers.get("swf_flow"), dict)
+        once = idempotency(message)
+        kept = batch.current()
+        if kept is not None:
+            if not limited and once is None:
+                # Checks the name and creates a missing durable queue now, as a send does.
+                self._transport().statement("send_many", queue)
+                kept.add(self, queue, message, delay, joined)
+                return
+            kept.send()  # what the group kept goes first
+        params: dict[str, Any] = {"message": Jsonb(message), "delay": delay,
+                                  "commit": self._publish_commit(joined)}
         kind = "send"
         try:
-            if isinstance(headers, dict):
-                if isinstance(headers.get("swf_flow"), dict):
-                    self.connection.mark_limited(queue, joined)
-                once = idempotency(message)
-                if once is not None:
-                    kind = "send_once"
-                    params.update(once)
+            if limited:
+                self.connection.mark_limited(queue, joined)
+            if once is not None:
+                kind = "send_once"
+                params.update(once)
             # Checks the name and creates a missing durable queue; a transient queue that
             # expired is not recreated (undefined_object): its message is dropped.
             self._on_table(kind, queue, params, joined)
         except pg_errors.UndefinedObject:
             logger.debug("swf broker: queue %r expired; message dropped", queue)
+
+    def send_many(self, queue: str, messages: list[dict[str, Any]], delays: list[int],
+                  joined: Any = None) -> None:
+        """Store ``messages`` (kombu's message dicts, in publish order, each kept hidden for
+        its delay in ``delays``) on ``queue`` in one insert (:mod:`.batch`)."""
+        params = {"messages": Jsonb(messages), "delays": delays,
+                  "commit": self._publish_commit(joined)}
+        try:
+            self._on_table("send_many", queue, params, joined)
+        except pg_errors.UndefinedObject:
+            logger.debug("swf broker: queue %r expired; %d messages dropped", queue,
+                         len(messages))
+
+    def _publish_commit(self, joined: Any) -> str | None:
+        """A publish's ``synchronous_commit``: the caller's own inside its transaction."""
+        if joined is not None:
+            return None
+        return "on" if self.options.durable_publish else "off"
 
     def _put_fanout(self, exchange: str, message: dict[str, Any], routing_key: str,
                     **kwargs: Any) -> None:

@@ -5,8 +5,8 @@ created) is ``pgmq`` — a durable queue, its own pgmq table ``pgmq.q_<pgmq name
 ``transient`` — declared with ``x-expires`` or ``auto_delete`` (Celery's pidbox, reply and
 event queues, see :mod:`.transient`): rows of the shared table ``swf.transient_messages``
 keyed by queue name. :class:`QueueStorage` turns it into a table and the condition that
-selects the queue's rows; ``storage.sql`` holds each statement (read, pop, delete, send)
-once, for both.
+selects the queue's rows; ``storage.sql`` holds each statement (read, pop, delete, send,
+send_many) once, for both.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from swf_celery.transport.names import queue_table
 
 STATEMENTS = load_queries("swf_celery.transport", "storage.sql")
 #: The statements of storage.sql that run on a queue's messages.
-KINDS = ("read", "pop", "delete", "send", "send_once")
+KINDS = ("read", "pop", "delete", "send", "send_many", "send_once")
 #: The storages ``swf.queues.storage`` names.
 STORAGES = ("pgmq", "transient")
 _FRAGMENTS = ("key", "order", "priority", "columns", "values", "free")

@@ -76,6 +76,20 @@ INSERT INTO {table} ({columns}vt, message, headers)
 SELECT {values}clock_timestamp() + make_interval(secs => %(delay)s), hdr.message, hdr.headers
   FROM hdr, durability;
 
+-- name: send_many
+-- As send, for the messages of one batch (a Celery group or chord header, transport/batch.py)
+-- in one insert: %(messages)s, a JSON array of them, and %(delays)s in publish order.
+WITH durability AS (SELECT set_config('synchronous_commit',
+                                      coalesce(%(commit)s, current_setting('synchronous_commit')),
+                                      true)),
+     hdr AS (SELECT b.message, swf.queue_headers(b.message) AS headers,
+                    (%(delays)s::integer[])[b.n] AS delay, b.n
+               FROM jsonb_array_elements(%(messages)s::jsonb) WITH ORDINALITY AS b(message, n))
+INSERT INTO {table} ({columns}vt, message, headers)
+SELECT {values}clock_timestamp() + make_interval(secs => hdr.delay), hdr.message, hdr.headers
+  FROM hdr, durability
+ ORDER BY hdr.n;
+
 -- name: send_once
 -- As send, for a message with an idempotency key: the key is claimed for the message's task
 -- id in the same statement, and the message is stored only when that id holds the key (the

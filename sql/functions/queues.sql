@@ -135,10 +135,13 @@ BEGIN
         PERFORM swf.notify_hint('swfq_' || p_pgmq);
     END IF;
     LOOP
+        -- A line whose first sleeper this transaction woke already was woken whole by it
+        -- (the line turns): the other messages of a multi-row insert change nothing more.
         UPDATE swf.queue_sleepers s SET since = clock_timestamp()
          WHERE (s.queue_id, s.channel) = (
                SELECT t.queue_id, t.channel FROM swf.queue_sleepers t
                 WHERE t.queue_id = p_id ORDER BY t.since LIMIT 1 FOR UPDATE SKIP LOCKED)
+           AND s.xmin <> pg_current_xact_id()::xid
         RETURNING s.channel, s.pid INTO v_channel, v_pid;
         EXIT WHEN NOT FOUND;
         IF EXISTS (SELECT 1 FROM pg_stat_get_activity(v_pid)) THEN
@@ -417,30 +420,20 @@ LANGUAGE sql STABLE AS $$
                      THEN swf.flow_of(message) END))
 $$;
 
--- Enqueue a kombu message (the dict kombu's virtual Channel._put receives) on a queue named
--- as Celery names it. Priority 0..9 (0 first, as on Redis), delay in whole seconds. The two
--- storages take different rows (the shared table keys them by queue name and priority). It
--- runs as its owner (a client may publish, not read the queue back), for any part
--- (swf.queue_ensure checks it).
-CREATE OR REPLACE FUNCTION swf.queue_send(queue text, message jsonb, delay_seconds integer DEFAULT 0)
-RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+-- A kombu message as the broker stores it: an object with "body", its "properties" and
+-- "headers" objects, a delivery tag and delivery_info filled in where missing. p_caller names
+-- the function in the error a malformed message gets.
+CREATE OR REPLACE FUNCTION swf._queue_message(p_message jsonb, p_queue text, p_caller text)
+RETURNS jsonb
+LANGUAGE plpgsql AS $$
 DECLARE
-    q swf.queues;
-    v_msg jsonb := queue_send.message;
-    v_headers jsonb;
-    v_id bigint;
+    v_msg jsonb := p_message;
 BEGIN
     IF v_msg IS NULL OR jsonb_typeof(v_msg) <> 'object' OR NOT v_msg ? 'body' THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = 'swf.queue_send: message must be a kombu message object with "body", '
+            MESSAGE = p_caller || ': message must be a kombu message object with "body", '
                       '"content-type", "headers" and "properties"';
     END IF;
-    IF delay_seconds IS NULL OR delay_seconds < 0 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('swf.queue_send: delay_seconds must be >= 0, not %s', delay_seconds);
-    END IF;
-    q := swf.queue_ensure(queue_send.queue);  -- checks the caller's part
     IF jsonb_typeof(v_msg -> 'properties') IS DISTINCT FROM 'object' THEN
         v_msg := jsonb_set(v_msg, '{properties}', '{}');
     END IF;
@@ -452,22 +445,71 @@ BEGIN
     END IF;
     IF jsonb_typeof(v_msg #> '{properties,delivery_info}') IS DISTINCT FROM 'object' THEN
         v_msg := jsonb_set(v_msg, '{properties,delivery_info}',
-                           jsonb_build_object('exchange', '', 'routing_key', queue_send.queue));
+                           jsonb_build_object('exchange', '', 'routing_key', p_queue));
     END IF;
-    v_headers := swf.queue_headers(v_msg);
-    IF v_headers ? 'flow' AND NOT q.limited AND q.storage = 'pgmq' THEN
+    RETURN v_msg;
+END $$;
+
+-- Enqueue kombu messages (the dicts kombu's virtual Channel._put receives) on a queue named
+-- as Celery names it, in one insert; returns their ids in the order given. Priority 0..9 (0
+-- first, as on Redis), delay in whole seconds. The two storages take different rows (the
+-- shared table keys them by queue name and priority). It runs as its owner (a client may
+-- publish, not read the queue back), for any part (swf.queue_ensure checks it).
+CREATE OR REPLACE FUNCTION swf.queue_send_many(queue text, messages jsonb[],
+                                               delay_seconds integer DEFAULT 0)
+RETURNS bigint[]
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+DECLARE
+    q swf.queues;
+    v_msgs jsonb[] := '{}';
+    v_headers jsonb[] := '{}';
+    v_msg jsonb;
+    v_ids bigint[];
+    v_caller text := CASE WHEN cardinality(messages) = 1 THEN 'swf.queue_send'
+                          ELSE 'swf.queue_send_many' END;
+BEGIN
+    IF messages IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'swf.queue_send_many: messages must be an array of kombu message objects';
+    END IF;
+    IF delay_seconds IS NULL OR delay_seconds < 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('%s: delay_seconds must be >= 0, not %s', v_caller, delay_seconds);
+    END IF;
+    q := swf.queue_ensure(queue_send_many.queue);  -- checks the caller's part
+    FOREACH v_msg IN ARRAY messages LOOP
+        v_msg := swf._queue_message(v_msg, q.name, v_caller);
+        v_msgs := array_append(v_msgs, v_msg);
+        v_headers := array_append(v_headers, swf.queue_headers(v_msg));
+    END LOOP;
+    IF NOT q.limited AND q.storage = 'pgmq'
+       AND EXISTS (SELECT 1 FROM unnest(v_headers) AS h WHERE h ? 'flow') THEN
         PERFORM swf.queue_mark_limited(q.name);
     END IF;
     IF q.storage = 'transient' THEN
-        INSERT INTO swf.transient_messages (queue, priority, vt, message, headers)
-        VALUES (q.name, (v_headers ->> 'priority')::smallint,
-                clock_timestamp() + make_interval(secs => delay_seconds), v_msg, v_headers)
-        RETURNING msg_id INTO v_id;
-        RETURN v_id;
+        WITH sent AS (
+            INSERT INTO swf.transient_messages (queue, priority, vt, message, headers)
+            SELECT q.name, (u.h ->> 'priority')::smallint,
+                   clock_timestamp() + make_interval(secs => delay_seconds), u.m, u.h
+              FROM unnest(v_msgs, v_headers) WITH ORDINALITY AS u(m, h, n)
+             ORDER BY u.n
+            RETURNING msg_id)
+        SELECT array_agg(msg_id ORDER BY msg_id) INTO v_ids FROM sent;
+    ELSE
+        SELECT array_agg(id ORDER BY id) INTO v_ids
+          FROM pgmq.send_batch(q.pgmq_name, v_msgs, v_headers, delay_seconds) AS id;
     END IF;
-    SELECT pgmq.send(q.pgmq_name, v_msg, v_headers, delay_seconds) INTO v_id;
-    RETURN v_id;
+    RETURN coalesce(v_ids, '{}');
 END $$;
+REVOKE EXECUTE ON FUNCTION swf.queue_send_many(text, jsonb[], integer) FROM PUBLIC;
+
+-- Enqueue one kombu message (see swf.queue_send_many); returns its id.
+CREATE OR REPLACE FUNCTION swf.queue_send(queue text, message jsonb, delay_seconds integer DEFAULT 0)
+RETURNS bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+    SELECT (swf.queue_send_many(queue_send.queue, ARRAY[queue_send.message],
+                                queue_send.delay_seconds))[1]
+$$;
 REVOKE EXECUTE ON FUNCTION swf.queue_send(text, jsonb, integer) FROM PUBLIC;
 
 -- Send one message to every queue bound to a fanout exchange; returns the number of copies.

@@ -10,7 +10,7 @@
 -- task once the run's lock is theirs: a retry may have moved a running attempt to the new
 -- run meanwhile (retry_run, lifecycle.sql).
 --
--- Distributed steps are dispatched with swf.queue_send() (the broker's SQL, same database,
+-- Distributed steps are dispatched with swf.queue_send_many() (the broker's SQL, same database,
 -- same transaction); local steps are left 'queued' for the process that started the run.
 -- Every transition stores an event {"run_id", "step", "status"} on the channel
 -- "workflow_events" (the engine's: users listen to it and read its history, only the engine
@@ -89,21 +89,34 @@ LANGUAGE sql STABLE AS $$
             'priority', 0, 'body_encoding', 'base64', 'delivery_tag', gen_random_uuid()));
 $$;
 
--- Send the queued distributed tasks of a step (all of them, or one by task id).
+-- Send the queued distributed tasks of a step (all of them, or one by task id): the
+-- messages of a map step's items in one insert (swf.queue_send_many).
 CREATE OR REPLACE FUNCTION swf._dispatch(p_run uuid, p_step text, p_task uuid, p_delay_s integer)
 RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_queue    text;
+    v_tasks    uuid[];
+    v_messages jsonb[];
 BEGIN
-    UPDATE swf.step_tasks t
-       SET message_id = swf.queue_send(
-               s.queue,
-               swf._step_message(t.task_id, t.run_id, t.step_name, t.task_index, t.attempt,
-                                 s.task_name, s.queue, s.timeout_ms),
-               p_delay_s)
-      FROM swf.step_states s
-     WHERE s.run_id = t.run_id AND s.step_name = t.step_name
-       AND t.run_id = p_run AND t.step_name = p_step AND t.status = 'queued'
+    SELECT s.queue, array_agg(t.task_id ORDER BY t.task_index),
+           array_agg(swf._step_message(t.task_id, t.run_id, t.step_name, t.task_index,
+                                       t.attempt, s.task_name, s.queue, s.timeout_ms)
+                     ORDER BY t.task_index)
+      INTO v_queue, v_tasks, v_messages
+      FROM swf.step_tasks t
+      JOIN swf.step_states s ON s.run_id = t.run_id AND s.step_name = t.step_name
+     WHERE t.run_id = p_run AND t.step_name = p_step AND t.status = 'queued'
        AND s.execution = 'distributed'
-       AND (p_task IS NULL OR t.task_id = p_task);
+       AND (p_task IS NULL OR t.task_id = p_task)
+     GROUP BY s.queue;
+    IF v_tasks IS NULL THEN
+        RETURN;
+    END IF;
+    UPDATE swf.step_tasks t
+       SET message_id = sent.message_id
+      FROM unnest(v_tasks, swf.queue_send_many(v_queue, v_messages, p_delay_s))
+           AS sent(task_id, message_id)
+     WHERE t.run_id = p_run AND t.step_name = p_step AND t.task_id = sent.task_id;
 END $$;
 
 -- Start a step whose dependencies are done: one task, or one per item of a map step. The
