@@ -2,7 +2,7 @@
 
 ``group(noop.s() for _ in range(1000)).apply_async()`` timed from the client, nothing
 consuming (the queue is purged after each round). On ``swf://`` the group is stored in one
-insert (transport/batch.py); the row "one statement per task" publishes the same group
+insert (swf_celery/group_publish.py); the row "one statement per task" publishes the same group
 without the batch, as Celery does on every broker. ``memory://`` (kombu's in-process
 transport) is the floor: Celery building and publishing the messages with no broker at all.
 Rounds alternate the order of the systems; each figure is the median of the rounds with

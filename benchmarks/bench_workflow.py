@@ -30,9 +30,11 @@ from benchmarks.stats import LoadProbe, median_of, per_round, ratio_text, ratios
 
 ROUNDS = int(os.environ.get("BENCH_WORKFLOW_ROUNDS", "3"))
 LAYERS, WIDTH = 20, 50
+#: The engine's throughput against the Redis canvas that the section checks.
+TARGET_RATIO = 10.0
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 _SHOWN = {"start_run", "start_task", "complete_task", "_complete_step", "_start_step",
-          "_dispatch", "queue_send", "_step_message", "_notify", "queue_ack"}
+          "_dispatch", "queue_send", "queue_send_many", "_step_message", "_notify", "queue_ack"}
 
 
 def layered_workflow(task: Any, queue: str | None = None) -> type:
@@ -164,8 +166,9 @@ def run(database_url: str) -> str:
         f"{median_of(flat):.2f} s | {steps / median_of(flat):.0f} | "
         f"{', '.join(f'{x:.2f}' for x in flat)} |",
         "",
-        f"Throughput ratio: **{ratio_text(ratio)}** the Redis canvas (target >= 2x: "
-        f"{'met' if median_of(ratio) >= 2 else 'missed'}). The canvas "
+        f"Throughput ratio: **{ratio_text(ratio)}** the Redis canvas (target >= "
+        f"{TARGET_RATIO:g}x: {'met' if median_of(ratio) >= TARGET_RATIO else 'missed'}). "
+        "The canvas "
         "pays a full barrier and a callback task per layer; the reference row shows Redis "
         "running the same 1000 no-op tasks with no dependencies at all.",
         "",

@@ -33,10 +33,10 @@ from swf_celery import limits as _limits  # noqa: E402
 _limits.connect()
 
 # A group (and a chord's header) on swf:// is stored in one insert per queue, not one round
-# trip per task (swf_celery.transport.batch; inert on other brokers).
-from swf_celery.transport import batch as _batch  # noqa: E402
+# trip per task (swf_celery.group_publish; inert on other brokers).
+from swf_celery import group_publish as _group_publish  # noqa: E402
 
-_batch.connect()
+_group_publish.connect()
 
 # Every Celery app gets the workflow step runner (and the timeout sweeper) when it is
 # finalised, so a worker whose app imports only swf_celery and its tasks runs steps.

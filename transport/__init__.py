@@ -43,6 +43,9 @@ Transport options (``broker_transport_options``)
   restart loses nothing, a server or machine crash may lose the last few hundred ms of
   publishes. Recording a revoke and dead-lettering always commit synchronously.
 
+* ``hand_over`` (True): in the event loop, a sleeping consumer gets the message its wake-up
+  is for inside the NOTIFY, claimed for it by the producer's commit, and delivers it with
+  no read (:mod:`~swf_celery.transport.handover`). False: woken, it reads.
 * ``event_loop`` (True): run in Celery's worker event loop (asynchronous prefork pool, as on
   Redis). False: kombu's synchronous consume loop (Celery then uses its plain pool).
 
@@ -71,21 +74,7 @@ Guarantees
 * Connection loss raises ``connection_errors`` so kombu/Celery reconnect with backoff.
 """
 
-from __future__ import annotations
-
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from swf_celery.transport.channel import Channel
-    from swf_celery.transport.transport import Transport
+from swf_celery.transport.channel import Channel
+from swf_celery.transport.transport import Transport
 
 __all__ = ["Channel", "Transport"]
-
-
-def __getattr__(name: str) -> Any:
-    # Loaded on first use (kombu resolves "swf_celery.transport:Transport" by attribute), so
-    # ``import swf_celery`` reaches swf_celery.transport.batch without psycopg.
-    if name in __all__:
-        return getattr(import_module(f"swf_celery.transport.{name.lower()}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

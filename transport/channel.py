@@ -20,10 +20,11 @@ from kombu.transport.base import to_rabbitmq_queue_arguments
 from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 
+from swf_celery import group_publish
 from swf_celery.db import load_queries
 from swf_celery.db.transaction import current as current_transaction
 from swf_celery.errors import DatabaseUnavailable, MessageError, QueueNameError
-from swf_celery.transport import batch, deliveries, revokes, transient
+from swf_celery.transport import deliveries, revokes, transient
 from swf_celery.transport.deliveries import Delivery
 from swf_celery.transport.messages import (
     eta_delay,
@@ -238,7 +239,7 @@ class Channel(virtual.Channel):
         headers = message.get("headers")
         limited = isinstance(headers, dict) and isinstance(headers.get("swf_flow"), dict)
         once = idempotency(message)
-        kept = batch.current()
+        kept = group_publish.current()
         if kept is not None:
             if not limited and once is None:
                 # Checks the name and creates a missing durable queue now, as a send does.
@@ -264,7 +265,7 @@ class Channel(virtual.Channel):
     def send_many(self, queue: str, messages: list[dict[str, Any]], delays: list[int],
                   joined: Any = None) -> None:
         """Store ``messages`` (kombu's message dicts, in publish order, each kept hidden for
-        its delay in ``delays``) on ``queue`` in one insert (:mod:`.batch`)."""
+        its delay in ``delays``) on ``queue`` in one insert (:mod:`swf_celery.group_publish`)."""
         params = {"messages": Jsonb(messages), "delays": delays,
                   "commit": self._publish_commit(joined)}
         try:

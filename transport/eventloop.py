@@ -71,7 +71,9 @@ from typing import TYPE_CHECKING, Any
 from celery.signals import worker_shutting_down
 
 from swf_celery.db import load_queries
+from swf_celery.transport import handover
 from swf_celery.transport.deliveries import Delivery
+from swf_celery.transport.handover import Handed
 from swf_celery.transport.names import listen_channel
 from swf_celery.transport.reader import Reader
 
@@ -84,9 +86,11 @@ logger = logging.getLogger(__name__)
 QUERIES = load_queries("swf_celery.transport")
 #: Seconds a deferred drain waits: long enough for one hub poll, short against a round trip.
 FOLLOW_UP = 0.001
-#: Seconds an ack may wait, when no read is due, for the next read of its queue to carry it
-#: (a NOTIFY within this time): a redelivery after a crash is possible only inside it.
-ACK_DELAY = 0.005
+#: Seconds an ack may wait, when no read is due, for the next read of its queue to carry it,
+#: or to be written with the acks that follow it in one statement: a worker handed its
+#: messages with their wake-ups reads nothing between tasks. A redelivery after a crash is
+#: possible only inside it (as for any ack not yet written).
+ACK_DELAY = 0.05
 #: What an ack flush run by the reader thread returns (not the rows of a read).
 _FLUSHED = object()
 
@@ -414,12 +418,16 @@ class HubConsumer:
         message is due (0: one arrived before the arm), None when none waits."""
         wakeup = self.transport._wakeup
         sleeper = wakeup.sleeper() if wakeup is not None else None
+        options = self.transport.options
         conn = self.transport.pg_connection()
         if sleeper is None:
             row = conn.execute(QUERIES["arm"], {"queues": queues}).fetchone()
         else:
-            row = conn.execute(QUERIES["sleep"], {"queues": queues, "channel": sleeper[0],
-                                                  "pid": sleeper[1]}).fetchone()
+            row = conn.execute(QUERIES["sleep"], {
+                "queues": queues, "channel": sleeper[0], "pid": sleeper[1],
+                "claim_ms": handover.claim_ms(options.visibility_timeout)
+                if options.hand_over else None,
+            }).fetchone()
         return row[0] if row else None
 
     def _wake_up(self, queue: str) -> None:
@@ -546,6 +554,35 @@ class HubConsumer:
                 continue
             self._woken.add(queue)
             self._dirty.add(queue)  # still asleep on it (armed): read, no new sleep
+        for handed in wakeup.take_handed():
+            self._take_handed(handed)
+
+    def _take_handed(self, handed: Handed) -> None:
+        """Deliver a message handed over with its wake-up, with no read, when a channel
+        consumes its queue (with acks) and has room; else give it back and pass the wake-up
+        on (a queue still consumed stays to read when a slot frees)."""
+        queue = self._channel_queue.get(handed.channel)
+        channel = next((ch for ch in list(self.transport.channels)
+                        if queue is not None and ch.connection is not None
+                        and queue in ch.consuming()), None)
+        if (self._closed or channel is None or queue is None
+                or queue in channel._noack_queues or channel._read_quantity() <= 0):
+            if queue is not None and channel is not None:
+                self._dirty.add(queue)
+            self._about_sleep("give_back", {
+                "channel": handed.channel, "msg_id": handed.msg_id,
+                "receipt": handed.receipt}, f"message {handed.msg_id} handed over on "
+                f"{handed.channel} not given back (visible again in "
+                f"{handover.CLAIM:g} s)")
+            return
+        for name, payload in channel.payloads(queue, False, [handed.row()]):
+            self.transport._deliver(payload, name)
+        self.transport.handed_over()
+        if channel._read_quantity() <= 0 and queue in self._armed:
+            # The window is full, as after a read that filled it: awake, and the queue is
+            # read when a slot frees (the read that comes back short sleeps again).
+            self._wake_up(queue)
+            self._dirty.add(queue)
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -562,6 +599,9 @@ class HubConsumer:
             self._remove_reader(fd)
         with contextlib.suppress(Exception):
             self.loop.remove_reader(self._reader.fd)
+        wakeup = self.transport._wakeup
+        for handed in wakeup.take_handed() if wakeup is not None else []:
+            self._take_handed(handed)  # closed: given back at once
         in_flight, self._in_flight = self._in_flight, None
         self._pass = []
         self._arming = None

@@ -33,6 +33,10 @@ class Options:
     archive_acked: bool = False
     #: A publish returns only once its WAL is flushed (synchronous_commit on for publishes).
     durable_publish: bool = False
+    #: In the event loop, a sleeping consumer takes the message its wake-up is for in the
+    #: NOTIFY itself, claimed for it by the producer's commit (no read); False: it is woken
+    #: and reads (transport/handover.py).
+    hand_over: bool = True
     #: Run in Celery's event loop (asynchronous prefork pool); False: kombu's synchronous
     #: consume loop (Celery then uses its plain pool, as before this option existed).
     event_loop: bool = True

@@ -77,8 +77,9 @@ SELECT {values}clock_timestamp() + make_interval(secs => %(delay)s), hdr.message
   FROM hdr, durability;
 
 -- name: send_many
--- As send, for the messages of one batch (a Celery group or chord header, transport/batch.py)
--- in one insert: %(messages)s, a JSON array of them, and %(delays)s in publish order.
+-- As send, for the messages of one batch (a Celery group or chord header,
+-- swf_celery/group_publish.py) in one insert: %(messages)s, a JSON array of them, and
+-- %(delays)s, in publish order.
 WITH durability AS (SELECT set_config('synchronous_commit',
                                       coalesce(%(commit)s, current_setting('synchronous_commit')),
                                       true)),

@@ -84,6 +84,8 @@ class Transport(virtual.Transport):
         self._conn_lock = threading.Lock()
         self._wakeup: Wakeup | None = None
         self._keeper: VisibilityKeeper | None = None
+        #: Messages handed over so far (:meth:`handed_over`).
+        self.handovers = 0
         self._storages: dict[str, QueueStorage] = {}
         self._limited_checked = monotonic()
         self._indexed: set[str] = set()
@@ -300,6 +302,12 @@ class Transport(virtual.Transport):
     def _deliver(self, message: Any, queue: str) -> None:
         self.ensure_keeper()
         super()._deliver(message, queue)
+
+    def handed_over(self) -> None:
+        """A message handed over with its wake-up was delivered (in the event loop's thread,
+        the one writer): the keeper extends its claim (:data:`.handover.CLAIM`) to the
+        visibility timeout at its next tick (:attr:`handovers` changed)."""
+        self.handovers += 1
 
     def consumed(self) -> list[str]:
         """Every queue the channels consume (the keeper marks them as in use)."""

@@ -16,7 +16,8 @@ Inside an event loop (Celery's worker hub) nobody calls :meth:`wait`: the transp
 when one of them is readable. There the consumer sleeps on its queues under its own channel
 (:attr:`Wakeup.channel`, ``swf.queue_sleep``): a message wakes one consumer, not every
 listener of the queue, and the NOTIFY on the own channel names the queue's channel
-(:meth:`Wakeup.take_woken`).
+(:meth:`Wakeup.take_woken`) or carries the message itself, claimed for this consumer
+(:meth:`Wakeup.take_handed`, :mod:`.handover`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import threading
 
 from swf_celery.db.listening import ListenConnection
 from swf_celery.errors import ArgumentError
+from swf_celery.transport import handover
 from swf_celery.transport.names import is_listen_channel
 
 #: NOTIFYs the listener keeps for the consumer; beyond, they are dropped and every queue
@@ -51,6 +53,8 @@ class Wakeup:
         self.channel = f"swfw_{secrets.token_hex(8)}"
         #: Queue channels named by NOTIFYs on :attr:`channel` since :meth:`take_woken`.
         self.woken: set[str] = set()
+        #: Messages handed over on :attr:`channel` since :meth:`take_handed`.
+        self.handed: list[handover.Handed] = []
         #: NOTIFYs received so far (the benchmark reports how far wake-ups were coalesced).
         self.notifications = 0
         #: Channels NOTIFYed since the event loop last took them (:meth:`take_notified`).
@@ -131,7 +135,9 @@ class Wakeup:
                 self.notified.add(item.channel)
             elif is_listen_channel(item.payload):
                 self.woken.add(item.payload)
-            else:  # not a queue's channel: read every queue
+            elif (handed := handover.parse(item.payload)) is not None:
+                self.handed.append(handed)
+            else:  # neither a queue's channel nor a message: read every queue
                 self._missed = True
         return bool(items)
 
@@ -145,6 +151,11 @@ class Wakeup:
         call (it stays asleep on them, at the back of the line)."""
         woken, self.woken = self.woken, set()
         return woken
+
+    def take_handed(self) -> list[handover.Handed]:
+        """The messages handed over to this consumer since the last call, in order."""
+        handed, self.handed = self.handed, []
+        return handed
 
     def take_missed(self) -> bool:
         """True once after NOTIFYs may have been missed: read every queue again."""

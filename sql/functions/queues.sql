@@ -113,7 +113,7 @@ DECLARE
     v_id integer := TG_ARGV[0]::integer;
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(swf._queue_lock_space(), v_id);
-    PERFORM swf._queue_wake_locked(v_id, substr(TG_TABLE_NAME, 3));
+    PERFORM swf._queue_wake_locked(v_id, substr(TG_TABLE_NAME, 3), NEW.msg_id);
     RETURN NULL;
 END $$;
 
@@ -123,12 +123,18 @@ END $$;
 -- LISTEN session runs, which goes to the back of the line and stays asleep (it reads, and
 -- needs no statement to be woken again: consumers take turns, one wake-up per message).
 -- Rows of sessions that ended are removed on the way; a row another producer is taking is
--- skipped, so two messages committed at once wake two consumers.
-CREATE OR REPLACE FUNCTION swf._queue_wake_locked(p_id integer, p_pgmq text) RETURNS void
+-- skipped, so two messages committed at once wake two consumers. p_msg: the message of a
+-- queue table's insert; a sleeper that accepts hand-overs (claim_ms) gets it claimed and
+-- sent with its wake-up (swf._queue_hand_over) and reads nothing. Once this transaction
+-- has woken the whole line, a message left over wakes the sleeper it woke first to read.
+CREATE OR REPLACE FUNCTION swf._queue_wake_locked(p_id integer, p_pgmq text,
+                                                  p_msg bigint DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     v_channel text;
     v_pid integer;
+    v_claim integer;
+    v_payload text;
 BEGIN
     UPDATE swf.queue_waiters SET waiting = false WHERE queue_id = p_id AND waiting;
     IF FOUND THEN
@@ -142,16 +148,81 @@ BEGIN
                SELECT t.queue_id, t.channel FROM swf.queue_sleepers t
                 WHERE t.queue_id = p_id ORDER BY t.since LIMIT 1 FOR UPDATE SKIP LOCKED)
            AND s.xmin <> pg_current_xact_id()::xid
-        RETURNING s.channel, s.pid INTO v_channel, v_pid;
-        EXIT WHEN NOT FOUND;
+        RETURNING s.channel, s.pid, s.claim_ms INTO v_channel, v_pid, v_claim;
+        IF NOT FOUND THEN
+            IF p_msg IS NOT NULL THEN
+                -- Messages were handed over: the one left over is read by the first
+                -- sleeper of the turned line (NOTIFYs alike in one transaction are one).
+                SELECT t.channel INTO v_channel FROM swf.queue_sleepers t
+                 WHERE t.queue_id = p_id AND t.xmin = pg_current_xact_id()::xid
+                 ORDER BY t.since LIMIT 1;
+                IF FOUND THEN
+                    PERFORM swf.notify_hint(v_channel, 'swfq_' || p_pgmq);
+                END IF;
+            END IF;
+            EXIT;
+        END IF;
         IF EXISTS (SELECT 1 FROM pg_stat_get_activity(v_pid)) THEN
-            PERFORM swf.notify_hint(v_channel, 'swfq_' || p_pgmq);
+            v_payload := NULL;
+            IF p_msg IS NOT NULL AND v_claim IS NOT NULL THEN
+                v_payload := swf._queue_hand_over(p_pgmq, p_msg, v_claim);
+            END IF;
+            IF NOT swf.notify_hint(v_channel, coalesce(v_payload, 'swfq_' || p_pgmq))
+               AND v_payload IS NOT NULL THEN
+                PERFORM swf._queue_give_back(p_pgmq, p_msg, NULL);  -- nobody was told
+            END IF;
             EXIT;
         END IF;
         DELETE FROM swf.queue_sleepers WHERE queue_id = p_id AND channel = v_channel;
     END LOOP;
 END $$;
-REVOKE EXECUTE ON FUNCTION swf._queue_wake_locked(integer, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION swf._queue_wake_locked(integer, text, bigint) FROM PUBLIC;
+
+-- Claim message p_msg of queue table pgmq.q_<p_pgmq> for a consumer for p_claim_ms
+-- milliseconds, as a read does (hidden, read_ct counted: the delivery's receipt), and return
+-- the wake-up that carries it: {"q": queue channel, "id", "r": receipt, "p": priority, "m":
+-- message} (transport/handover.py). NULL, nothing claimed, for a message not visible now
+-- (a delay), with a flow key (the limited read delivers those), too long for a NOTIFY, or
+-- while PostgreSQL's notification queue is filling (the NOTIFY could be skipped).
+CREATE OR REPLACE FUNCTION swf._queue_hand_over(p_pgmq text, p_msg bigint, p_claim_ms integer)
+RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+DECLARE
+    v_receipt integer;
+    v_message jsonb;
+    v_priority integer;
+BEGIN
+    IF pg_notification_queue_usage() >= swf.notify_queue_limit() / 2 THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format(
+        'UPDATE pgmq.%I m SET vt = clock_timestamp() + make_interval(secs => $2 / 1000.0), '
+        '       read_ct = m.read_ct + 1, last_read_at = clock_timestamp() '
+        ' WHERE m.msg_id = $1 AND m.vt <= clock_timestamp() '
+        '   AND (m.headers ? ''flow'') IS NOT TRUE AND octet_length(m.message::text) <= $3 '
+        'RETURNING m.read_ct, m.message, coalesce((m.headers ->> ''priority'')::integer, 0)',
+        'q_' || p_pgmq)
+        INTO v_receipt, v_message, v_priority USING p_msg, p_claim_ms, 7500;
+    IF v_receipt IS NULL THEN
+        RETURN NULL;
+    END IF;
+    RETURN jsonb_build_object('q', 'swfq_' || p_pgmq, 'id', p_msg, 'r', v_receipt,
+                              'p', v_priority, 'm', v_message)::text;
+END $$;
+REVOKE EXECUTE ON FUNCTION swf._queue_hand_over(text, bigint, integer) FROM PUBLIC;
+
+-- Give back message p_msg of pgmq.q_<p_pgmq>, handed over and not taken: visible at once,
+-- its read_ct as before the hand-over. p_receipt: the hand-over's receipt (NULL: whatever
+-- it is, for the producer's own transaction).
+CREATE OR REPLACE FUNCTION swf._queue_give_back(p_pgmq text, p_msg bigint, p_receipt integer)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+BEGIN
+    EXECUTE format('UPDATE pgmq.%I m SET vt = clock_timestamp(), read_ct = m.read_ct - 1 '
+                   ' WHERE m.msg_id = $1 AND ($2 IS NULL OR m.read_ct = $2)',
+                   'q_' || p_pgmq) USING p_msg, p_receipt;
+END $$;
+REVOKE EXECUTE ON FUNCTION swf._queue_give_back(text, bigint, integer) FROM PUBLIC;
 
 -- Wake the consumers waiting on queue p_id as a new message does (see the header), where no
 -- insert fires the trigger: a message visible again (a requeue), a key's slot come free (an
@@ -166,9 +237,12 @@ REVOKE EXECUTE ON FUNCTION swf._queue_wake(integer) FROM PUBLIC;
 
 -- A consumer woken on its own channel p_sleeper (payload p_channel, 'swfq_<pgmq name>') for a
 -- queue it cannot read now (its prefetch window is full, or it no longer consumes the queue)
--- stops sleeping on it and passes the wake-up on to the next consumer asleep on it. An
--- unknown queue channel is ignored.
-CREATE OR REPLACE FUNCTION swf.queue_pass_wake(p_channel text, p_sleeper text)
+-- stops sleeping on it and passes the wake-up on to the next consumer asleep on it; a
+-- message handed over to it (p_msg, its receipt p_receipt) is given back first, visible at
+-- once. An unknown queue channel is ignored.
+CREATE OR REPLACE FUNCTION swf.queue_pass_wake(p_channel text, p_sleeper text,
+                                               p_msg bigint DEFAULT NULL,
+                                               p_receipt integer DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
@@ -180,10 +254,13 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
+    IF p_msg IS NOT NULL AND p_receipt IS NOT NULL AND q.storage = 'pgmq' THEN
+        PERFORM swf._queue_give_back(q.pgmq_name, p_msg, p_receipt);
+    END IF;
     PERFORM swf.queue_wake_up(ARRAY[q.name], p_sleeper);
     PERFORM swf._queue_wake(q.id);
 END $$;
-REVOKE EXECUTE ON FUNCTION swf.queue_pass_wake(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION swf.queue_pass_wake(text, text, bigint, integer) FROM PUBLIC;
 
 -- A consumer (its own channel p_channel) stops sleeping on the given queues: a read filled
 -- its batch, so producers need not wake it while it reads. Never waits on a lock (the
@@ -601,7 +678,8 @@ REVOKE EXECUTE ON FUNCTION swf._queue_lock_briefly(integer) FROM PUBLIC;
 -- queues is visible, computed after waiting: 0 means one is visible now, or a producer kept
 -- a lock too long, so the caller reads again instead of sleeping; NULL means the queues are
 -- empty. Any message committed later wakes the caller.
-CREATE OR REPLACE FUNCTION swf._queue_wait(p_queues text[], p_channel text, p_pid integer)
+CREATE OR REPLACE FUNCTION swf._queue_wait(p_queues text[], p_channel text, p_pid integer,
+                                           p_claim_ms integer DEFAULT NULL)
 RETURNS double precision
 LANGUAGE plpgsql SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
@@ -615,10 +693,11 @@ BEGIN
             INSERT INTO swf.queue_waiters AS w (queue_id, waiting) VALUES (q.id, true)
             ON CONFLICT (queue_id) DO UPDATE SET waiting = true WHERE NOT w.waiting;
         ELSE
-            INSERT INTO swf.queue_sleepers AS w (queue_id, channel, pid)
-            VALUES (q.id, p_channel, p_pid)
-            ON CONFLICT (queue_id, channel) DO UPDATE SET pid = EXCLUDED.pid
-             WHERE w.pid <> EXCLUDED.pid;
+            INSERT INTO swf.queue_sleepers AS w (queue_id, channel, pid, claim_ms)
+            VALUES (q.id, p_channel, p_pid, p_claim_ms)
+            ON CONFLICT (queue_id, channel)
+            DO UPDATE SET pid = EXCLUDED.pid, claim_ms = EXCLUDED.claim_ms
+             WHERE (w.pid, w.claim_ms) IS DISTINCT FROM (EXCLUDED.pid, EXCLUDED.claim_ms);
         END IF;
     END LOOP;
     UPDATE swf.queues s SET last_active = clock_timestamp()
@@ -629,13 +708,16 @@ BEGIN
     END IF;
     RETURN swf._queue_next_visible(p_queues);
 END $$;
-REVOKE EXECUTE ON FUNCTION swf._queue_wait(text[], text, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION swf._queue_wait(text[], text, integer, integer) FROM PUBLIC;
 
 -- Put a consumer to sleep on the given queues: the consumers asleep on a queue are woken one
 -- per message committed to it, in turn, each on its own channel p_channel ('swfw_' and 16
 -- hex digits, LISTENed by the session whose backend pid is p_pid), with the queue's channel
--- as payload. Returns as swf._queue_wait does.
-CREATE OR REPLACE FUNCTION swf.queue_sleep(p_queues text[], p_channel text, p_pid integer)
+-- as payload, or with the message itself when p_claim_ms is given (transport/handover.py:
+-- claimed for the consumer that long, until its visibility keeper extends it). Returns as
+-- swf._queue_wait does.
+CREATE OR REPLACE FUNCTION swf.queue_sleep(p_queues text[], p_channel text, p_pid integer,
+                                           p_claim_ms integer DEFAULT NULL)
 RETURNS double precision
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 BEGIN
@@ -651,9 +733,13 @@ BEGIN
         -- swf.queue_arm does, and the consumer is woken on the queues' channels.
         RETURN swf._queue_wait(p_queues, NULL, NULL);
     END IF;
-    RETURN swf._queue_wait(p_queues, p_channel, p_pid);
+    IF p_claim_ms IS NOT NULL AND p_claim_ms <= 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('swf.queue_sleep: claim_ms must be > 0, not %s', p_claim_ms);
+    END IF;
+    RETURN swf._queue_wait(p_queues, p_channel, p_pid, p_claim_ms);
 END $$;
-REVOKE EXECUTE ON FUNCTION swf.queue_sleep(text[], text, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION swf.queue_sleep(text[], text, integer, integer) FROM PUBLIC;
 
 -- Deliveries are fenced. A read increments a message's read_ct, and the consumer keeps the
 -- value it read as the delivery's receipt: acking, rejecting, requeueing and extending

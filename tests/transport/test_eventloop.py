@@ -93,8 +93,9 @@ def test_a_notify_seen_before_its_arm_result_rearms_the_queue(connections: Any) 
     # The arm runs in the reader thread. A send right after it NOTIFYs the consumer;
     # when the hub sees that NOTIFY before the arm's result, the queue must not be taken as
     # armed: it is read, then armed again, so the next send NOTIFYs too. The polling
-    # fallback is 60 s: only a NOTIFY can bring the last message.
-    conn, producer = connections(polling_interval=60), connections()
+    # fallback is 60 s: only a NOTIFY can bring the last message. Hand-over off: the
+    # NOTIFYs wake the consumer to read (a handed message needs no read, and no re-arm).
+    conn, producer = connections(polling_interval=60, hand_over=False), connections()
     hub = Hub()
     conn.transport.register_with_event_loop(conn.connection, hub)
     consumer = conn.transport._hub
