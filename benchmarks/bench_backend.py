@@ -247,7 +247,7 @@ def _checks(systems: list[tuple[str, str, str]],
         checks += [
             (f"{label} join throughput >= 1.3x Redis+Redis", median_of(join) >= 1.3,
              ratio_text(join)),
-            (f"{label} p95 round trip <= 1.5x Redis+Redis", median_of(p95) <= 1.5,
+            (f"{label} p95 round trip <= 1.2x Redis+Redis", median_of(p95) <= 1.2,
              ratio_text(p95)),
             (f"{label} chord time <= Redis+Redis", median_of(chord_) <= 1, ratio_text(chord_)),
             (f"{label} >= 5x Celery's database backend throughput", median_of(over_db) >= 5,

@@ -75,6 +75,15 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = 
 # -- processes ----------------------------------------------------------------------------
 
 
+def run_hub_until(hub: Any, done: Callable[[], Any], what: str,
+                  timeout: float = 5.0) -> None:
+    """Run a kombu ``hub`` one iteration at a time until ``done()``; fails naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        hub.run_once()
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:

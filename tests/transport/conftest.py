@@ -1,17 +1,20 @@
-"""Fixtures of the broker tests: ``broker_url`` (the swf:// URL of a fresh database) and
-``connections`` (a factory of connected kombu Connections, released after the test)."""
+"""Fixtures of the broker tests: ``broker_url`` (the swf:// URL of a fresh database),
+``connections`` (a factory of connected kombu Connections, released after the test) and
+``sleepers`` (LISTEN sessions asleep on queues as a worker's consumer is)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from celery import Celery
 from kombu import Connection
 
 import swf_celery  # noqa: F401 - registers swf://
-from tests.helpers import create_task_runs, swf_url
+from tests.helpers import create_task_runs, sql, swf_url
 
 
 @pytest.fixture
@@ -47,3 +50,37 @@ def client(broker: str) -> Iterator[Celery]:
     app = Celery("client", broker=broker, set_as_current=False)
     yield app
     app.close()
+
+
+class Sleeper:
+    """A LISTEN session on its own wake-up channel, as a worker's consumer has."""
+
+    def __init__(self, url: str, channel: str) -> None:
+        self.url = url
+        self.channel = channel
+        self.conn = psycopg.connect(url, autocommit=True)
+        self.conn.execute(f'LISTEN "{channel}"')
+
+    def sleep_on(self, queue: str, claim_ms: int | None = None) -> float | None:
+        """Sleep on ``queue`` (``swf.queue_sleep``), taking hand-overs when ``claim_ms``."""
+        return sql(self.url, "SELECT swf.queue_sleep(%s, %s, %s, %s)",
+                   ([queue], self.channel, self.conn.info.backend_pid, claim_ms))[0][0]
+
+    def woken(self) -> list[Any]:
+        """Wake-ups received: a queue's channel (woken to read) or a handed message."""
+        return [json.loads(n.payload) if n.payload.startswith("{") else n.payload
+                for n in self.conn.notifies(timeout=0.3)]
+
+
+@pytest.fixture
+def sleepers(db_url: str) -> Iterator[Any]:
+    """A factory of :class:`Sleeper` on the test's database, closed after the test."""
+    made: list[Sleeper] = []
+
+    def make(channel: str) -> Sleeper:
+        made.append(Sleeper(db_url, channel))
+        return made[-1]
+
+    yield make
+    for sleeper in made:
+        sleeper.conn.close()

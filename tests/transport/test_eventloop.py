@@ -17,7 +17,7 @@ from kombu.asynchronous import Hub
 
 import swf_celery  # noqa: F401 - registers swf://
 from swf_celery.transport.eventloop import _worth_reading
-from tests.helpers import queue_size, task_runs, wait_until, worker_process
+from tests.helpers import queue_size, run_hub_until, task_runs, wait_until, worker_process
 
 pytestmark = pytest.mark.slow
 APP = "tests.transport.broker_app"
@@ -82,12 +82,6 @@ def test_stop_signal_wakes_the_hub_poll(connections: Any) -> None:
     assert len(worker_shutting_down.receivers) == receivers
 
 
-def _run_hub_until(hub: Hub, done: Any, what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        hub.run_once()
-
 
 def test_a_notify_seen_before_its_arm_result_rearms_the_queue(connections: Any) -> None:
     # The arm runs in the reader thread. A send right after it NOTIFYs the consumer;
@@ -108,13 +102,13 @@ def test_a_notify_seen_before_its_arm_result_rearms_the_queue(connections: Any) 
     queue = Queue("arm-race")
     try:
         with Consumer(conn.default_channel, [queue], callbacks=[on_message], accept=["json"]):
-            _run_hub_until(hub, lambda: "arm-race" in consumer._armed, "first arm")
+            run_hub_until(hub, lambda: "arm-race" in consumer._armed, "first arm")
             producer.Producer().publish("a", serializer="json", routing_key="arm-race",
                                         declare=[queue])
-            _run_hub_until(hub, lambda: got == ["a"], "a delivered")
+            run_hub_until(hub, lambda: got == ["a"], "a delivered")
             # Woken for "a", the consumer stays asleep: no new arm. The sweep reads every
             # queue and arms them again (an empty read after a wake-up does the same).
-            _run_hub_until(hub, lambda: consumer._arming is None and not consumer._pass
+            run_hub_until(hub, lambda: consumer._arming is None and not consumer._pass
                            and consumer._in_flight is None, "the pass of a ended")
             consumer._last_sweep = 0.0
             consumer._on_timer()
@@ -130,11 +124,11 @@ def test_a_notify_seen_before_its_arm_result_rearms_the_queue(connections: Any) 
             consumer._on_read_done()
             assert "arm-race" not in consumer._armed
 
-            _run_hub_until(hub, lambda: got == ["a", "b"], "b delivered")
-            _run_hub_until(hub, lambda: consumer._arming is None
+            run_hub_until(hub, lambda: got == ["a", "b"], "b delivered")
+            run_hub_until(hub, lambda: consumer._arming is None
                            and "arm-race" in consumer._armed, "armed again after b")
             producer.Producer().publish("c", serializer="json", routing_key="arm-race")
-            _run_hub_until(hub, lambda: got == ["a", "b", "c"], "c delivered by its NOTIFY")
+            run_hub_until(hub, lambda: got == ["a", "b", "c"], "c delivered by its NOTIFY")
     finally:
         hub.close()
 
@@ -202,7 +196,7 @@ def test_a_read_held_for_tasks_about_to_start_is_made_when_they_start(
     hub, consumer, kombu_consumer, held = _holding_consumer(connections, "held-read", 8, 12)
     received = [Request(), Request(), Request()]
     try:
-        _run_hub_until(hub, lambda: len(held) == 8, "the window filled")
+        run_hub_until(hub, lambda: len(held) == 8, "the window filled")
         state.reserved_requests.update(received)  # delivered, not started yet
         for message in held[:2]:
             message.ack()  # two slots free: the read is held (3 tasks still to start)
@@ -211,7 +205,7 @@ def test_a_read_held_for_tasks_about_to_start_is_made_when_they_start(
             hub.run_once()
         assert len(held) == 8, "the read waited for room"
         state.active_requests.update(received)  # they start; no ack, no poke
-        _run_hub_until(hub, lambda: len(held) == 10, "the free slots filled", timeout=2)
+        run_hub_until(hub, lambda: len(held) == 10, "the free slots filled", timeout=2)
     finally:
         state.reserved_requests.difference_update(received)
         state.active_requests.difference_update(received)
@@ -225,8 +219,8 @@ def test_an_ack_made_by_a_ready_callback_reads_before_the_next_poll(connections:
     # which would otherwise wait for the next event.
     hub, consumer, kombu_consumer, held = _holding_consumer(connections, "ready-ack", 1, 3)
     try:
-        _run_hub_until(hub, lambda: len(held) == 1, "the first message")
-        _run_hub_until(hub, lambda: consumer._arming is None and consumer._in_flight is None
+        run_hub_until(hub, lambda: len(held) == 1, "the first message")
+        run_hub_until(hub, lambda: consumer._arming is None and consumer._in_flight is None
                        and not consumer._pass, "the pass ended")
         hub.call_soon(held[0].ack)
         started = time.monotonic()

@@ -10,9 +10,7 @@ delivered twice: the worker's keeper extends the claim.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -24,6 +22,7 @@ from tests.helpers import (
     kombu_message,
     pg_url,
     read_queue,
+    run_hub_until,
     sql,
     task_runs,
     wait_until,
@@ -31,41 +30,6 @@ from tests.helpers import (
 )
 
 APP = "tests.transport.broker_app"
-
-
-class Sleeper:
-    """A LISTEN session on its own channel, asleep on a queue as a worker's consumer is."""
-
-    def __init__(self, url: str, channel: str) -> None:
-        self.url = url
-        self.channel = channel
-        self.conn = psycopg.connect(url, autocommit=True)
-        self.conn.execute(f'LISTEN "{channel}"')
-
-    def sleep_on(self, queue: str, claim_ms: int | None) -> None:
-        sql(self.url, "SELECT swf.queue_sleep(%s, %s, %s, %s)",
-            ([queue], self.channel, self.conn.info.backend_pid, claim_ms))
-
-    def woken(self) -> list[Any]:
-        """Payloads received: a queue's channel (woken to read) or a handed message."""
-        out: list[Any] = []
-        for note in self.conn.notifies(timeout=0.3):
-            out.append(json.loads(note.payload) if note.payload.startswith("{")
-                       else note.payload)
-        return out
-
-
-@pytest.fixture
-def sleepers(db_url: str) -> Iterator[Any]:
-    made: list[Sleeper] = []
-
-    def make(channel: str) -> Sleeper:
-        made.append(Sleeper(db_url, channel))
-        return made[-1]
-
-    yield make
-    for sleeper in made:
-        sleeper.conn.close()
 
 
 def _send(url: str, tag: str, *, delay: int = 0, **headers: Any) -> int:
@@ -189,12 +153,6 @@ def test_a_task_longer_than_the_claim_runs_once_on_two_workers(broker: str,
     assert task_runs(url, "long") == [("long", "start"), ("long", "done")]
 
 
-def _run_hub_until(hub: Any, done: Any, what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        hub.run_once()
-
 
 def test_the_event_loop_delivers_a_handed_message_without_a_read(connections: Any) -> None:
     from kombu import Consumer, Queue
@@ -210,20 +168,20 @@ def test_the_event_loop_delivers_a_handed_message_without_a_read(connections: An
         with Consumer(conn.default_channel, [first, second], callbacks=[
                 lambda body, message: got.append((body, message))], accept=["json"]):
             conn.default_channel.basic_qos(0, 1, False)
-            _run_hub_until(hub, lambda: {"handed-1", "handed-2"} <= consumer._armed, "asleep")
+            run_hub_until(hub, lambda: {"handed-1", "handed-2"} <= consumer._armed, "asleep")
             producer.Producer().publish("a", serializer="json", routing_key="handed-1",
                                         declare=[first, second])
-            _run_hub_until(hub, lambda: len(got) == 1, "a delivered")
+            run_hub_until(hub, lambda: len(got) == 1, "a delivered")
             assert conn.transport.handovers == 1  # in the wake-up: no read
             assert got[0][1].delivery_info["swf_receipt"] == 1
 
             # The window (1) is full; the consumer still sleeps on the second queue. Its
             # message, handed over, is given back unspent and read once a is acked.
             producer.Producer().publish("b", serializer="json", routing_key="handed-2")
-            _run_hub_until(hub, lambda: "handed-2" in consumer._dirty, "b given back")
+            run_hub_until(hub, lambda: "handed-2" in consumer._dirty, "b given back")
             assert [body for body, _ in got] == ["a"] and conn.transport.handovers == 1
             got[0][1].ack()
-            _run_hub_until(hub, lambda: len(got) == 2, "b read after the ack")
+            run_hub_until(hub, lambda: len(got) == 2, "b read after the ack")
             assert got[1][0] == "b" and got[1][1].delivery_info["swf_receipt"] == 1
             got[1][1].ack()
     finally:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -18,36 +17,6 @@ from psycopg.types.json import Jsonb
 from tests.helpers import kombu_message, pg_url, sql, task_runs, wait_until, worker_process
 
 APP = "tests.transport.broker_app"
-
-
-class Sleeper:
-    """A LISTEN session on its own wake-up channel, as a worker's consumer has."""
-
-    def __init__(self, url: str, channel: str) -> None:
-        self.channel = channel
-        self.conn = psycopg.connect(url, autocommit=True)
-        self.conn.execute(f'LISTEN "{channel}"')
-
-    def sleep_on(self, url: str, queue: str) -> float | None:
-        with psycopg.connect(url, autocommit=True) as conn:
-            return conn.execute("SELECT swf.queue_sleep(%s, %s, %s)",
-                                ([queue], self.channel, self.conn.info.backend_pid)).fetchone()[0]
-
-    def woken(self) -> list[str]:
-        return [n.payload for n in self.conn.notifies(timeout=0.3)]
-
-
-@pytest.fixture
-def sleepers(db_url: str) -> Iterator[Any]:
-    made: list[Sleeper] = []
-
-    def make(channel: str) -> Sleeper:
-        made.append(Sleeper(db_url, channel))
-        return made[-1]
-
-    yield make
-    for sleeper in made:
-        sleeper.conn.close()
 
 
 def _send(url: str, queue: str, tag: str) -> None:
@@ -62,7 +31,7 @@ def test_each_message_wakes_one_sleeper_in_turn(db_url: str, sleepers: Any) -> N
     pgmq = sql(db_url, "SELECT pgmq_name FROM swf.queue_ensure('jobs')")[0][0]
     woken = f"swfq_{pgmq}"
     a, b = sleepers("swfw_00000000000000aa"), sleepers("swfw_00000000000000bb")
-    assert a.sleep_on(db_url, "jobs") is None and b.sleep_on(db_url, "jobs") is None
+    assert a.sleep_on("jobs") is None and b.sleep_on("jobs") is None
     # One message, one wake-up; the woken consumer stays asleep, at the back of the line.
     for expected in (a, b, a):
         _send(db_url, "jobs", "m")
@@ -85,8 +54,8 @@ def test_a_sleeper_whose_session_ended_is_skipped_and_forgotten(db_url: str,
                                                                 sleepers: Any) -> None:
     sql(db_url, "SELECT swf.queue_ensure('jobs')")
     gone, alive = sleepers("swfw_00000000000000cc"), sleepers("swfw_00000000000000dd")
-    gone.sleep_on(db_url, "jobs")
-    alive.sleep_on(db_url, "jobs")
+    gone.sleep_on("jobs")
+    alive.sleep_on("jobs")
     pid = gone.conn.info.backend_pid
     gone.conn.close()  # a killed worker: its LISTEN session ends, its row stays
     wait_until(lambda: not sql(db_url, "SELECT 1 FROM pg_stat_activity WHERE pid = %s",
@@ -99,8 +68,8 @@ def test_a_sleeper_whose_session_ended_is_skipped_and_forgotten(db_url: str,
 def test_a_wake_up_passed_on_reaches_the_next_sleeper(db_url: str, sleepers: Any) -> None:
     pgmq = sql(db_url, "SELECT pgmq_name FROM swf.queue_ensure('jobs')")[0][0]
     a, b = sleepers("swfw_0000000000000001"), sleepers("swfw_0000000000000002")
-    a.sleep_on(db_url, "jobs")
-    b.sleep_on(db_url, "jobs")
+    a.sleep_on("jobs")
+    b.sleep_on("jobs")
     _send(db_url, "jobs", "1")
     assert a.woken() == [f"swfq_{pgmq}"]
     # a cannot read it: it stops sleeping and b is woken (then b again: a is out of line).
