@@ -186,3 +186,34 @@ def test_the_event_loop_delivers_a_handed_message_without_a_read(connections: An
             got[1][1].ack()
     finally:
         hub.close()
+
+
+@pytest.mark.slow
+def test_a_message_handed_over_before_a_server_restart_runs_after_it(
+        private_server: Any) -> None:
+    # The consumer the message was handed to never takes it: the server restarts (its
+    # LISTEN session ends). The claim was committed with the message, so after the restart
+    # the message is hidden only until the claim ends, and a worker started then runs it.
+    from tests.helpers import create_task_runs, swf_url
+    from tests.transport.conftest import Sleeper
+
+    url = private_server.url
+    create_task_runs(url)
+    sql(url, "SELECT swf.queue_ensure('celery')")
+    sleeper = Sleeper(url, "swfw_00000000000000a6")
+    sleeper.sleep_on("celery", 2000)
+    broker = swf_url(url)
+    client = Celery("client", broker=broker, set_as_current=False)
+    try:
+        client.send_task("record", args=["handed"])
+        (handed,) = sleeper.woken()
+        assert handed["m"]["headers"]["task"] == "record"
+        sleeper.conn.close()
+        private_server.restart()
+        with worker_process(APP, env={"SWF_TEST_BROKER": broker, "SWF_TEST_POLL": "1"},
+                            concurrency=1) as proc:
+            wait_until(lambda: task_runs(url, "handed"), 30, "the handed task ran",
+                       proc=proc)
+    finally:
+        client.close()
+    assert task_runs(url, "handed") == [("handed", "done")]
