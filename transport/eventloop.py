@@ -30,6 +30,11 @@ worker's hub (``implements.asynchronous``). :class:`HubConsumer` does the transp
   consumes the queue), the consumer keeps the queue to read when a slot frees, stops
   sleeping on it and passes the wake-up on to the next sleeper (``swf.queue_pass_wake``),
   so a message never waits on a consumer that cannot take it while another could;
+- a consumer asleep with a claim time (transport option ``hand_over``) gets the message its
+  wake-up is for inside the NOTIFY, claimed for it by the producer's commit
+  (:mod:`.handover`): it is delivered with no read, or given back and the wake-up passed
+  on when no channel can take it now; a handed message that fills the prefetch window
+  ends the sleep on its queue, as a read that fills it does;
 - an ack that frees prefetch room for a queue left unread for want of it starts the next
   read from the hub's next iteration (as kombu's Redis transport issues its next ``BRPOP``),
   once the worker is down to :data:`WAITING_ENOUGH` tasks not started (or the window is that
@@ -427,6 +432,7 @@ class HubConsumer:
                 "queues": queues, "channel": sleeper[0], "pid": sleeper[1],
                 "claim_ms": handover.claim_ms(options.visibility_timeout)
                 if options.hand_over else None,
+                "key": wakeup.key if options.hand_over and wakeup is not None else None,
             }).fetchone()
         return row[0] if row else None
 

@@ -52,7 +52,7 @@ SELECT routing_key, pattern, queue FROM swf.queue_bindings WHERE exchange = %(ex
 SELECT swf.queue_arm(%(queues)s);
 
 -- name: sleep
-SELECT swf.queue_sleep(%(queues)s, %(channel)s, %(pid)s, %(claim_ms)s);
+SELECT swf.queue_sleep(%(queues)s, %(channel)s, %(pid)s, %(claim_ms)s, %(key)s);
 
 -- name: give_back
 SELECT swf.queue_pass_wake(%(channel)s, %(sleeper)s, %(msg_id)s, %(receipt)s);

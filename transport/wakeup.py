@@ -51,6 +51,8 @@ class Wakeup:
         self._lock = threading.Lock()
         #: This consumer's own channel: a message wakes it there alone (``swf.queue_sleep``).
         self.channel = f"swfw_{secrets.token_hex(8)}"
+        #: This consumer's secret: the database signs the messages handed over to it with it.
+        self.key = handover.new_key()
         #: Queue channels named by NOTIFYs on :attr:`channel` since :meth:`take_woken`.
         self.woken: set[str] = set()
         #: Messages handed over on :attr:`channel` since :meth:`take_handed`.
@@ -135,9 +137,9 @@ class Wakeup:
                 self.notified.add(item.channel)
             elif is_listen_channel(item.payload):
                 self.woken.add(item.payload)
-            elif (handed := handover.parse(item.payload)) is not None:
+            elif (handed := handover.parse(item.payload, self.key)) is not None:
                 self.handed.append(handed)
-            else:  # neither a queue's channel nor a message: read every queue
+            else:  # neither a queue's channel nor a message signed for us: read every queue
                 self._missed = True
         return bool(items)
 

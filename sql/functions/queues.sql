@@ -124,8 +124,8 @@ END $$;
 -- needs no statement to be woken again: consumers take turns, one wake-up per message).
 -- Rows of sessions that ended are removed on the way; a row another producer is taking is
 -- skipped, so two messages committed at once wake two consumers. p_msg: the message of a
--- queue table's insert; a sleeper that accepts hand-overs (claim_ms) gets it claimed and
--- sent with its wake-up (swf._queue_hand_over) and reads nothing. Once this transaction
+-- queue table's insert; a sleeper that accepts hand-overs (claim_ms, hand_over_key) gets it
+-- claimed and sent, signed, with its wake-up (swf._queue_hand_over) and reads nothing. Once this transaction
 -- has woken the whole line, a message left over wakes the sleeper it woke first to read.
 CREATE OR REPLACE FUNCTION swf._queue_wake_locked(p_id integer, p_pgmq text,
                                                   p_msg bigint DEFAULT NULL) RETURNS void
@@ -134,6 +134,7 @@ DECLARE
     v_channel text;
     v_pid integer;
     v_claim integer;
+    v_key text;
     v_payload text;
 BEGIN
     UPDATE swf.queue_waiters SET waiting = false WHERE queue_id = p_id AND waiting;
@@ -148,7 +149,8 @@ BEGIN
                SELECT t.queue_id, t.channel FROM swf.queue_sleepers t
                 WHERE t.queue_id = p_id ORDER BY t.since LIMIT 1 FOR UPDATE SKIP LOCKED)
            AND s.xmin <> pg_current_xact_id()::xid
-        RETURNING s.channel, s.pid, s.claim_ms INTO v_channel, v_pid, v_claim;
+        RETURNING s.channel, s.pid, s.claim_ms, s.hand_over_key
+             INTO v_channel, v_pid, v_claim, v_key;
         IF NOT FOUND THEN
             IF p_msg IS NOT NULL THEN
                 -- Messages were handed over: the one left over is read by the first
@@ -164,8 +166,8 @@ BEGIN
         END IF;
         IF EXISTS (SELECT 1 FROM pg_stat_get_activity(v_pid)) THEN
             v_payload := NULL;
-            IF p_msg IS NOT NULL AND v_claim IS NOT NULL THEN
-                v_payload := swf._queue_hand_over(p_pgmq, p_msg, v_claim);
+            IF p_msg IS NOT NULL AND v_claim IS NOT NULL AND v_key IS NOT NULL THEN
+                v_payload := swf._queue_hand_over(p_pgmq, p_msg, v_claim, v_key);
             END IF;
             IF NOT swf.notify_hint(v_channel, coalesce(v_payload, 'swfq_' || p_pgmq))
                AND v_payload IS NOT NULL THEN
@@ -180,17 +182,22 @@ REVOKE EXECUTE ON FUNCTION swf._queue_wake_locked(integer, text, bigint) FROM PU
 
 -- Claim message p_msg of queue table pgmq.q_<p_pgmq> for a consumer for p_claim_ms
 -- milliseconds, as a read does (hidden, read_ct counted: the delivery's receipt), and return
--- the wake-up that carries it: {"q": queue channel, "id", "r": receipt, "p": priority, "m":
--- message} (transport/handover.py). NULL, nothing claimed, for a message not visible now
+-- the wake-up that carries it: the JSON {"q": queue channel, "id", "r": receipt, "p":
+-- priority, "m": message} after its signature with the consumer's key p_key, 64 hex digits
+-- of sha256(sha256(key || JSON)) (transport/handover.py): a NOTIFY is a hint anyone who can
+-- connect may forge, and only a signed one is taken for a message. NULL, nothing claimed,
+-- for a message not visible now
 -- (a delay), with a flow key (the limited read delivers those), too long for a NOTIFY, or
 -- while PostgreSQL's notification queue is filling (the NOTIFY could be skipped).
-CREATE OR REPLACE FUNCTION swf._queue_hand_over(p_pgmq text, p_msg bigint, p_claim_ms integer)
+CREATE OR REPLACE FUNCTION swf._queue_hand_over(p_pgmq text, p_msg bigint, p_claim_ms integer,
+                                                 p_key text)
 RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
     v_receipt integer;
     v_message jsonb;
     v_priority integer;
+    v_payload text;
 BEGIN
     IF pg_notification_queue_usage() >= swf.notify_queue_limit() / 2 THEN
         RETURN NULL;
@@ -202,14 +209,15 @@ BEGIN
         '   AND (m.headers ? ''flow'') IS NOT TRUE AND octet_length(m.message::text) <= $3 '
         'RETURNING m.read_ct, m.message, coalesce((m.headers ->> ''priority'')::integer, 0)',
         'q_' || p_pgmq)
-        INTO v_receipt, v_message, v_priority USING p_msg, p_claim_ms, 7500;
+        INTO v_receipt, v_message, v_priority USING p_msg, p_claim_ms, 7400;
     IF v_receipt IS NULL THEN
         RETURN NULL;
     END IF;
-    RETURN jsonb_build_object('q', 'swfq_' || p_pgmq, 'id', p_msg, 'r', v_receipt,
-                              'p', v_priority, 'm', v_message)::text;
+    v_payload := jsonb_build_object('q', 'swfq_' || p_pgmq, 'id', p_msg, 'r', v_receipt,
+                                    'p', v_priority, 'm', v_message)::text;
+    RETURN encode(sha256(sha256(convert_to(p_key || v_payload, 'UTF8'))), 'hex') || v_payload;
 END $$;
-REVOKE EXECUTE ON FUNCTION swf._queue_hand_over(text, bigint, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION swf._queue_hand_over(text, bigint, integer, text) FROM PUBLIC;
 
 -- Give back message p_msg of pgmq.q_<p_pgmq>, handed over and not taken: visible at once,
 -- its read_ct as before the hand-over. p_receipt: the hand-over's receipt (NULL: whatever
@@ -679,7 +687,8 @@ REVOKE EXECUTE ON FUNCTION swf._queue_lock_briefly(integer) FROM PUBLIC;
 -- a lock too long, so the caller reads again instead of sleeping; NULL means the queues are
 -- empty. Any message committed later wakes the caller.
 CREATE OR REPLACE FUNCTION swf._queue_wait(p_queues text[], p_channel text, p_pid integer,
-                                           p_claim_ms integer DEFAULT NULL)
+                                           p_claim_ms integer DEFAULT NULL,
+                                           p_key text DEFAULT NULL)
 RETURNS double precision
 LANGUAGE plpgsql SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 DECLARE
@@ -693,11 +702,14 @@ BEGIN
             INSERT INTO swf.queue_waiters AS w (queue_id, waiting) VALUES (q.id, true)
             ON CONFLICT (queue_id) DO UPDATE SET waiting = true WHERE NOT w.waiting;
         ELSE
-            INSERT INTO swf.queue_sleepers AS w (queue_id, channel, pid, claim_ms)
-            VALUES (q.id, p_channel, p_pid, p_claim_ms)
+            INSERT INTO swf.queue_sleepers AS w (queue_id, channel, pid, claim_ms,
+                                                 hand_over_key)
+            VALUES (q.id, p_channel, p_pid, p_claim_ms, p_key)
             ON CONFLICT (queue_id, channel)
-            DO UPDATE SET pid = EXCLUDED.pid, claim_ms = EXCLUDED.claim_ms
-             WHERE (w.pid, w.claim_ms) IS DISTINCT FROM (EXCLUDED.pid, EXCLUDED.claim_ms);
+            DO UPDATE SET pid = EXCLUDED.pid, claim_ms = EXCLUDED.claim_ms,
+                          hand_over_key = EXCLUDED.hand_over_key
+             WHERE (w.pid, w.claim_ms, w.hand_over_key)
+                   IS DISTINCT FROM (EXCLUDED.pid, EXCLUDED.claim_ms, EXCLUDED.hand_over_key);
         END IF;
     END LOOP;
     UPDATE swf.queues s SET last_active = clock_timestamp()
@@ -708,16 +720,18 @@ BEGIN
     END IF;
     RETURN swf._queue_next_visible(p_queues);
 END $$;
-REVOKE EXECUTE ON FUNCTION swf._queue_wait(text[], text, integer, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION swf._queue_wait(text[], text, integer, integer, text) FROM PUBLIC;
 
 -- Put a consumer to sleep on the given queues: the consumers asleep on a queue are woken one
 -- per message committed to it, in turn, each on its own channel p_channel ('swfw_' and 16
 -- hex digits, LISTENed by the session whose backend pid is p_pid), with the queue's channel
--- as payload, or with the message itself when p_claim_ms is given (transport/handover.py:
--- claimed for the consumer that long, until its visibility keeper extends it). Returns as
+-- as payload, or with the message itself when p_claim_ms and p_key are given
+-- (transport/handover.py: claimed for the consumer that long, until its visibility keeper
+-- extends it, and signed with the consumer's secret p_key, 32 hex digits). Returns as
 -- swf._queue_wait does.
 CREATE OR REPLACE FUNCTION swf.queue_sleep(p_queues text[], p_channel text, p_pid integer,
-                                           p_claim_ms integer DEFAULT NULL)
+                                           p_claim_ms integer DEFAULT NULL,
+                                           p_key text DEFAULT NULL)
 RETURNS double precision
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
 BEGIN
@@ -737,9 +751,13 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('swf.queue_sleep: claim_ms must be > 0, not %s', p_claim_ms);
     END IF;
-    RETURN swf._queue_wait(p_queues, p_channel, p_pid, p_claim_ms);
+    IF p_key IS NOT NULL AND p_key !~ '^[0-9a-f]{32}$' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'swf.queue_sleep: a hand-over key is 32 hex digits';
+    END IF;
+    RETURN swf._queue_wait(p_queues, p_channel, p_pid, p_claim_ms, p_key);
 END $$;
-REVOKE EXECUTE ON FUNCTION swf.queue_sleep(text[], text, integer, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION swf.queue_sleep(text[], text, integer, integer, text) FROM PUBLIC;
 
 -- Deliveries are fenced. A read increments a message's read_ct, and the consumer keeps the
 -- value it read as the delivery's receipt: acking, rejecting, requeueing and extending

@@ -14,6 +14,7 @@ from celery import Celery
 from kombu import Connection
 
 import swf_celery  # noqa: F401 - registers swf://
+from swf_celery.transport import handover
 from tests.helpers import create_task_runs, sql, swf_url
 
 
@@ -58,18 +59,26 @@ class Sleeper:
     def __init__(self, url: str, channel: str) -> None:
         self.url = url
         self.channel = channel
+        self.key = handover.new_key()
         self.conn = psycopg.connect(url, autocommit=True)
         self.conn.execute(f'LISTEN "{channel}"')
 
     def sleep_on(self, queue: str, claim_ms: int | None = None) -> float | None:
         """Sleep on ``queue`` (``swf.queue_sleep``), taking hand-overs when ``claim_ms``."""
-        return sql(self.url, "SELECT swf.queue_sleep(%s, %s, %s, %s)",
-                   ([queue], self.channel, self.conn.info.backend_pid, claim_ms))[0][0]
+        return sql(self.url, "SELECT swf.queue_sleep(%s, %s, %s, %s, %s)",
+                   ([queue], self.channel, self.conn.info.backend_pid, claim_ms,
+                    self.key if claim_ms else None))[0][0]
 
     def woken(self) -> list[Any]:
-        """Wake-ups received: a queue's channel (woken to read) or a handed message."""
-        return [json.loads(n.payload) if n.payload.startswith("{") else n.payload
-                for n in self.conn.notifies(timeout=0.3)]
+        """Wake-ups received: a queue's channel (woken to read), a handed message signed with
+        this sleeper's key (its JSON), or any other payload as it came."""
+        out: list[Any] = []
+        for note in self.conn.notifies(timeout=0.3):
+            body = note.payload[handover.SIGNATURE:]
+            signed = body.startswith("{") and note.payload[:handover.SIGNATURE] == \
+                handover.signature(self.key, body)
+            out.append(json.loads(body) if signed else note.payload)
+        return out
 
 
 @pytest.fixture

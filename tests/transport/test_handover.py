@@ -10,6 +10,7 @@ delivered twice: the worker's keeper extends the claim.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from celery import Celery
 from psycopg.types.json import Jsonb
 
+from swf_celery.transport import handover
 from tests.helpers import (
     kombu_message,
     pg_url,
@@ -118,11 +120,48 @@ def test_what_a_notify_cannot_carry_wakes_the_consumer_to_read(db_url: str, slee
     assert _state(db_url, msg_id)[0] == 0  # not claimed
 
 
-def test_a_claim_must_be_positive(db_url: str) -> None:
+@pytest.mark.parametrize(("claim", "key", "error"), [
+    (0, "0" * 32, "claim_ms"), (1000, "not hex", "32 hex digits"),
+    (1000, "'; DROP TABLE swf.queues; --", "32 hex digits")])
+def test_a_claim_and_a_key_are_checked(db_url: str, claim: int, key: str, error: str) -> None:
     sql(db_url, "SELECT swf.queue_ensure('jobs')")
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match="claim_ms"):
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=error):
         sql(db_url, "SELECT swf.queue_sleep(ARRAY['jobs'], 'swfw_00000000000000a5', "
-                    "pg_backend_pid(), 0)")
+                    "pg_backend_pid(), %s, %s)", (claim, key))
+
+
+def test_a_forged_hand_over_is_never_taken_for_a_message(connections: Any,
+                                                         db_url: str) -> None:
+    # Anyone who can connect may NOTIFY a worker's channel. A payload that looks like a
+    # hand-over but is not signed with the worker's key delivers nothing; it makes the
+    # worker read its queues (a wasted read), and a real message still comes.
+    from kombu import Consumer, Queue
+    from kombu.asynchronous import Hub
+
+    conn, producer = connections(polling_interval=60, sweep_interval=60), connections()
+    hub = Hub()
+    conn.transport.register_with_event_loop(conn.connection, hub)
+    consumer = conn.transport._hub
+    wakeup = conn.transport.wakeup()
+    got: list[Any] = []
+    queue = Queue("forged")
+    try:
+        with Consumer(conn.default_channel, [queue], callbacks=[
+                lambda body, message: got.append(body)], accept=["json"]):
+            run_hub_until(hub, lambda: "forged" in consumer._armed, "asleep")
+            pgmq = sql(db_url, "SELECT pgmq_name FROM swf.queues WHERE name = 'forged'")[0][0]
+            message = kombu_message("evil")
+            body = json.dumps({"q": f"swfq_{pgmq}", "id": 1, "r": 1, "p": 0, "m": message})
+            for sig in ("0" * 64, handover.signature("f" * 32, body)):
+                sql(db_url, "SELECT pg_notify(%s, %s)", (wakeup.channel, sig + body))
+            time.sleep(0.3)
+            for _ in range(20):
+                hub.run_once()
+            assert got == [] and conn.transport.handovers == 0
+            producer.Producer().publish("real", serializer="json", routing_key="forged")
+            run_hub_until(hub, lambda: got == ["real"], "the real message")
+    finally:
+        hub.close()
 
 
 @pytest.mark.slow
