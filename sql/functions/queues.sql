@@ -389,7 +389,10 @@ BEGIN
                              p_name);
     END IF;
     v_pgmq := swf._queue_pgmq_name(p_name, v_storage);
-    SELECT name INTO v_other FROM swf.queues WHERE pgmq_name = v_pgmq;
+    -- Another name with the same pgmq name; the same name, created by a session that
+    -- committed since the first look, is returned below (workers started together declare
+    -- their queues at the same moment).
+    SELECT name INTO v_other FROM swf.queues WHERE pgmq_name = v_pgmq AND name <> p_name;
     IF FOUND THEN
         RAISE EXCEPTION USING ERRCODE = '23505',
             MESSAGE = format('queue names %L and %L map to the same pgmq queue %s',
@@ -398,10 +401,15 @@ BEGIN
     INSERT INTO swf.queues (name, pgmq_name, expires_ms, storage, declared_by)
     VALUES (p_name, v_pgmq, nullif(p_expires_ms, 0), v_storage,
             CASE WHEN v_part = 'client' THEN 'client' END)
-    ON CONFLICT (name) DO NOTHING
+    ON CONFLICT DO NOTHING  -- the name's or the pgmq name's index: both, when concurrent
     RETURNING * INTO q;
     IF NOT FOUND THEN  -- created concurrently (we waited for that transaction to commit)
         SELECT * INTO q FROM swf.queues WHERE name = p_name;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION USING ERRCODE = '23505',
+                MESSAGE = format('queue name %L maps to pgmq queue %s, which another name '
+                                 'took meanwhile', p_name, v_pgmq);
+        END IF;
         RETURN q;
     END IF;
     INSERT INTO swf.queue_waiters (queue_id) VALUES (q.id) ON CONFLICT DO NOTHING;

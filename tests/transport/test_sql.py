@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from tests.helpers import kombu_message, next_visible, read_queue
+from tests.helpers import kombu_message, next_visible, read_queue, sql
 
 
 def read_all(conn: psycopg.Connection[Any], queues: list[str], qty: int = 100) -> list[tuple]:
@@ -125,3 +125,30 @@ def test_wakeups_are_sent_only_to_an_armed_queue_and_coalesced(db_url: str) -> N
         with conn.transaction():
             send(3)
         assert received() == 1
+
+
+def test_workers_declaring_a_new_queue_at_once_all_get_it(db_url: str) -> None:
+    """Workers started together declare their queues at the same moment: every declaration
+    returns the queue (one row), none mistakes the other's row for a name collision."""
+    import threading
+
+    failures: list[BaseException] = []
+    for round_no in range(30):
+        name = f"raced_{round_no}"
+        barrier = threading.Barrier(6)
+
+        def declare(name: str = name, barrier: threading.Barrier = barrier) -> None:
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                barrier.wait()
+                try:
+                    conn.execute("SELECT swf.queue_ensure(%s)", (name,))
+                except psycopg.Error as exc:
+                    failures.append(exc)
+
+        threads = [threading.Thread(target=declare) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []
+    assert sql(db_url, "SELECT count(*) FROM swf.queues WHERE name LIKE 'raced\\_%'")[0][0] == 30
