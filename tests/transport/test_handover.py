@@ -152,11 +152,13 @@ def test_a_forged_hand_over_is_never_taken_for_a_message(connections: Any,
             pgmq = sql(db_url, "SELECT pgmq_name FROM swf.queues WHERE name = 'forged'")[0][0]
             message = kombu_message("evil")
             body = json.dumps({"q": f"swfq_{pgmq}", "id": 1, "r": 1, "p": 0, "m": message})
+            before = wakeup.notifications
             for sig in ("0" * 64, handover.signature("f" * 32, body)):
                 sql(db_url, "SELECT pg_notify(%s, %s)", (wakeup.channel, sig + body))
-            time.sleep(0.3)
-            for _ in range(20):
-                hub.run_once()
+            run_hub_until(hub, lambda: wakeup.notifications >= before + 2
+                          and "forged" in consumer._armed and consumer._arming is None
+                          and consumer._in_flight is None and not consumer._pass,
+                          "the forged wake-ups read the queue, and the consumer sleeps again")
             assert got == [] and conn.transport.handovers == 0
             producer.Producer().publish("real", serializer="json", routing_key="forged")
             run_hub_until(hub, lambda: got == ["real"], "the real message")
