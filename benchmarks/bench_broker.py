@@ -57,7 +57,7 @@ def _brokers(database_url: str) -> dict[str, tuple[str, dict[str, Any]]]:
     pg = db.broker_url(database_url)
     return {
         "swf (this project)": (pg, {}),
-        "swf, hand_over=False": (pg, {"hand_over": False}),
+        "swf, hand_over=True": (pg, {"hand_over": True}),
         "swf, durable_publish=True": (pg, {"durable_publish": True}),
         "swf, event_loop=False": (pg, {"event_loop": False}),
         "Redis": (f"{REDIS}/12", {}),

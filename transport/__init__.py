@@ -43,9 +43,10 @@ Transport options (``broker_transport_options``)
   restart loses nothing, a server or machine crash may lose the last few hundred ms of
   publishes. Recording a revoke and dead-lettering always commit synchronously.
 
-* ``hand_over`` (True): in the event loop, a sleeping consumer gets the message its wake-up
+* ``hand_over`` (False): in the event loop, a sleeping consumer gets the message its wake-up
   is for inside the NOTIFY, claimed for it by the producer's commit, and delivers it with
-  no read (:mod:`~swf_celery.transport.handover`). False: woken, it reads.
+  no read (:mod:`~swf_celery.transport.handover`). Off: woken, it reads. Experimental: a
+  chaos run with it on lost one task, cause not yet found.
 * ``event_loop`` (True): run in Celery's worker event loop (asynchronous prefork pool, as on
   Redis). False: kombu's synchronous consume loop (Celery then uses its plain pool).
 

@@ -2,7 +2,8 @@
 
 Environment: ``SWF_TEST_BROKER`` (swf:// URL of the test database), ``SWF_TEST_VT``
 (visibility timeout, seconds), ``SWF_TEST_POLL`` and ``SWF_TEST_SWEEP`` (the polling
-fallback and the sweep, seconds), ``SWF_TEST_REMOTE_CONTROL=0`` (a worker that takes no
+fallback and the sweep, seconds), ``SWF_TEST_HAND_OVER=true`` (the transport option
+``hand_over``), ``SWF_TEST_REMOTE_CONTROL=0`` (a worker that takes no
 broadcasts). Runs land in table ``task_runs`` so that a test can count
 how often a task ran without any result backend.
 """
@@ -31,6 +32,7 @@ app.conf.update(
         "polling_interval": float(os.environ.get("SWF_TEST_POLL", "1")),
         "sweep_interval": float(os.environ.get("SWF_TEST_SWEEP", "30")),
         "event_loop": os.environ.get("SWF_TEST_EVENT_LOOP", "true"),
+        "hand_over": os.environ.get("SWF_TEST_HAND_OVER", "false"),
     },
     worker_send_task_events=False,
     worker_enable_remote_control=os.environ.get("SWF_TEST_REMOTE_CONTROL", "1") != "0",

@@ -138,7 +138,8 @@ def test_a_forged_hand_over_is_never_taken_for_a_message(connections: Any,
     from kombu import Consumer, Queue
     from kombu.asynchronous import Hub
 
-    conn, producer = connections(polling_interval=60, sweep_interval=60), connections()
+    conn = connections(polling_interval=60, sweep_interval=60, hand_over=True)
+    producer = connections()
     hub = Hub()
     conn.transport.register_with_event_loop(conn.connection, hub)
     consumer = conn.transport._hub
@@ -171,7 +172,8 @@ def test_a_task_longer_than_the_claim_runs_once_on_two_workers(broker: str,
                                                                client: Celery) -> None:
     # Two idle workers asleep, accepting hand-overs (claim: 5 s). A task of 8 s is handed
     # to one; its keeper extends the claim, so the other worker never gets it.
-    env = {"SWF_TEST_BROKER": broker, "SWF_TEST_POLL": "60", "SWF_TEST_SWEEP": "60"}
+    env = {"SWF_TEST_BROKER": broker, "SWF_TEST_POLL": "60", "SWF_TEST_SWEEP": "60",
+           "SWF_TEST_HAND_OVER": "true"}
     url = pg_url(broker)
 
     def asleep() -> int:
@@ -199,7 +201,8 @@ def test_the_event_loop_delivers_a_handed_message_without_a_read(connections: An
     from kombu import Consumer, Queue
     from kombu.asynchronous import Hub
 
-    conn, producer = connections(polling_interval=60, sweep_interval=60), connections()
+    conn = connections(polling_interval=60, sweep_interval=60, hand_over=True)
+    producer = connections()
     hub = Hub()
     conn.transport.register_with_event_loop(conn.connection, hub)
     consumer = conn.transport._hub
