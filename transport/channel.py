@@ -568,8 +568,14 @@ class Channel(virtual.Channel):
             return
         held = self._held_message(delivery_tag)
         if held is not None:
-            self.reject([held], requeue=requeue, reason="rejected")
-            self.qos.reject(delivery_tag, requeue=False)
+            try:
+                self.reject([held], requeue=requeue, reason="rejected")
+            finally:
+                # Not held any more, whatever the statement did: a reject the database did
+                # not take (it was restarting) leaves the message hidden until its visibility
+                # timeout, then it is delivered again; held, the keeper would extend it for
+                # as long as the worker lives, and it would never run.
+                self.qos.reject(delivery_tag, requeue=False)
         else:
             super().basic_reject(delivery_tag, requeue=requeue)
         self._poke()

@@ -178,3 +178,26 @@ def test_keeper_extends_on_after_its_connection_is_killed_and_after_a_crash_in_a
 
     assert _messages(broker_url, "kept")[0][1] == 1  # never delivered again meanwhile
     message.ack()
+
+
+def test_a_reject_the_database_did_not_take_lets_the_message_run_again(
+        connections: Any, broker_url: str) -> None:
+    # The worker's connection is cut (a server restart) as a task rejects its message with
+    # requeue: the reject fails. The message must not stay held (the keeper would extend it
+    # for as long as the worker lives, and it would never run again): it reappears after
+    # its visibility timeout and another consumer gets it.
+    a, b = connections(visibility_timeout=2), connections(visibility_timeout=30)
+    q = _queue("cut", "pgmq")
+    publish(a, q, {"n": 1})
+    chan_a = a.channel()
+    message = chan_a.basic_get("cut")
+    assert message is not None
+    pid = a.transport.pg_connection().info.backend_pid
+    sql(broker_url, "SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(psycopg.OperationalError):
+        message.reject(requeue=True)
+    assert chan_a.held() == []
+    a.transport._keeper.tick(force=True)  # extends nothing: the message is not held
+    chan_b = b.channel()
+    wait_until(lambda: chan_b.basic_get("cut") is not None, 10,
+               "the message delivered again after its visibility timeout")
