@@ -554,8 +554,7 @@ class HubConsumer:
                 self._armed.discard(queue)
         for name in wakeup.take_woken():
             queue = self._channel_queue.get(name)
-            if queue is None or not any(
-                    queue in ch.consuming() for ch in list(self.transport.channels)):
+            if queue is None or self._consumer_of(queue) is None:
                 self._pass_wake(name)  # a queue this consumer left
                 continue
             self._woken.add(queue)
@@ -563,14 +562,17 @@ class HubConsumer:
         for handed in wakeup.take_handed():
             self._take_handed(handed)
 
+    def _consumer_of(self, queue: str) -> Channel | None:
+        """The open channel consuming ``queue``, or None."""
+        return next((ch for ch in list(self.transport.channels)
+                     if ch.connection is not None and queue in ch.consuming()), None)
+
     def _take_handed(self, handed: Handed) -> None:
         """Deliver a message handed over with its wake-up, with no read, when a channel
         consumes its queue (with acks) and has room; else give it back and pass the wake-up
         on (a queue still consumed stays to read when a slot frees)."""
         queue = self._channel_queue.get(handed.channel)
-        channel = next((ch for ch in list(self.transport.channels)
-                        if queue is not None and ch.connection is not None
-                        and queue in ch.consuming()), None)
+        channel = self._consumer_of(queue) if queue is not None else None
         if (self._closed or channel is None or queue is None
                 or queue in channel._noack_queues or channel._read_quantity() <= 0):
             if queue is not None and channel is not None:
