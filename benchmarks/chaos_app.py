@@ -30,8 +30,12 @@ app.conf.update(
     # durable_publish: a publish returns once its WAL is flushed, so a task counted as
     # published survives the immediate shutdowns (crashes) the run injects. Off (the
     # default), a server crash may lose the last few hundred ms of publishes (documented).
+    # CHAOS_HAND_OVER=1 runs the workers with the opt-in hand-over (transport option
+    # ``hand_over``); unset, the transport's default.
     broker_transport_options={"visibility_timeout": float(os.environ.get("CHAOS_VT", "10")),
-                              "durable_publish": True},
+                              "durable_publish": True,
+                              **({"hand_over": os.environ["CHAOS_HAND_OVER"] == "1"}
+                                 if "CHAOS_HAND_OVER" in os.environ else {})},
     broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
     task_default_queue="chaos", result_expires=3600,
     # Ride out a database restart when publishing (a retry's new message, a chain's next
