@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-long test-second lock bench celery-suite cluster-bench chaos pgbouncer migrate db lint type check-tree clean-db chromium help
+.PHONY: demo test test-long test-second lock bench celery-suite cluster-bench chaos churn pgbouncer migrate db lint type check-tree clean-db chromium help
 
 help:
 	@echo "make demo   - install, start Postgres, migrate, run the example workflow"
@@ -20,6 +20,7 @@ help:
 	@echo "make celery-suite ONLY=swf - the swf side alone (CI)"
 	@echo "make cluster-bench - 1, 2, 4 worker hosts in network namespaces (root; docs/benchmarks.md)"
 	@echo "make chaos  - a mixed workload under seeded faults; fails on loss (docs/reliability.md)"
+	@echo "make churn  - an hour of tasks and runs: table bloat with autovacuum's defaults"
 
 # The exact versions the suite passed with (requirements.lock, hashes checked), then the
 # project itself in place, built by the locked setuptools: nothing comes from whatever the
@@ -105,6 +106,12 @@ CHAOS_SEED ?= 1
 CHAOS_ARGS ?=
 chaos: $(STAMP)
 	$(BIN)/python -m benchmarks.chaos --minutes $(CHAOS_MINUTES) --seed $(CHAOS_SEED) $(CHAOS_ARGS)
+
+# An hour of tasks and workflow runs, autovacuum at its defaults: table sizes and dead rows
+# over time (docs/benchmarks.md, docs/img/churn.png). CHURN_MINUTES=5 for a short look.
+CHURN_MINUTES ?= 60
+churn: migrate
+	BENCH_CHURN_MINUTES=$(CHURN_MINUTES) $(BIN)/python -m benchmarks.run bench_churn
 
 # transport/ and sql/ are installed inside swf_celery (pyproject's package-dir): the
 # import-linter and mypy read the package as installed, from a tree of hard links.

@@ -41,8 +41,10 @@ def machine() -> str:
 
 def main(argv: list[str]) -> None:
     # bench_*.py modules that define run(); the others (e.g. bench_app) are worker apps.
+    # Modules marked ``LONG = True`` (an hour of churn) run only when named.
     names = argv or sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py")
-                           if "\ndef run(" in p.read_text())
+                           if "\ndef run(" in p.read_text()
+                           and "\nLONG = True" not in p.read_text())
     url = db.database_url(start_embedded=True).url
     migrate.migrate(url)
     sections: dict[str, str] = {}
