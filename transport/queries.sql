@@ -67,8 +67,10 @@ SELECT swf.queue_wake_up(%(queues)s, %(sleeper)s);
 SELECT set_config('synchronous_commit', 'off', false);
 
 -- name: touch
--- Returns the queues still there: a consumed queue missing here expired meanwhile.
-SELECT swf.queue_touch(%(queues)s);
+-- Returns the queues still there: a consumed queue missing here expired meanwhile. pid: the
+-- backend of the transport's LISTEN session (NULL without one): the expiring queues are not
+-- reaped while it runs.
+SELECT swf.queue_touch(%(queues)s, %(pid)s);
 
 -- == Flow control (sql/functions/limits.sql; the read: sql/functions/queues.sql).
 

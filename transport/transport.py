@@ -248,6 +248,12 @@ class Transport(virtual.Transport):
             self._wakeup = Wakeup(self.dsn, listening=self.options.wakeups)
         return self._wakeup
 
+    def sleeper(self) -> tuple[str, int] | None:
+        """(wake-up channel, backend pid) of the LISTEN session, when one is up (see
+        :meth:`Wakeup.sleeper`); None otherwise. Any thread may ask."""
+        wakeup = self._wakeup
+        return wakeup.sleeper() if wakeup is not None else None
+
     def listen(self, channel: str) -> None:
         """LISTEN on a queue's wake-up channel."""
         self.wakeup().listen(channel)

@@ -132,7 +132,9 @@ class VisibilityKeeper(threading.Thread):
             self._last_mark = now
             touch = transport.consumed()
         if touch:
-            alive = {r[0] for r in conn.execute(QUERIES["touch"], {"queues": touch})}
+            sleeper = transport.sleeper()
+            alive = {r[0] for r in conn.execute(QUERIES["touch"], {
+                "queues": touch, "pid": sleeper[1] if sleeper else None})}
             gone = [q for q in expiring if q not in alive]
             if gone:
                 transient.redeclare(conn, transport, gone)

@@ -998,6 +998,8 @@ BEGIN
         SELECT * FROM swf.queues
          WHERE expires_ms IS NOT NULL
            AND last_active < clock_timestamp() - make_interval(secs => expires_ms / 1000.0)
+           AND (consumer_pid IS NULL
+                OR NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(consumer_pid)))
          ORDER BY id
          FOR UPDATE SKIP LOCKED
     LOOP
@@ -1015,18 +1017,29 @@ REVOKE EXECUTE ON FUNCTION swf.queue_reap() FROM PUBLIC;
 
 -- Mark consumed queues as used now: expiring ones always (returned: a consumed expiring
 -- queue missing from the result expired meanwhile), durable ones at most once a minute.
-CREATE OR REPLACE FUNCTION swf.queue_touch(p_queues text[]) RETURNS SETOF text
+-- p_pid: the backend pid of the consumer's LISTEN session (NULL: none); an expiring queue is
+-- not reaped while that session runs (swf.queue_reap). A pid that is not a session of this
+-- server (a pooler's) is not recorded.
+CREATE OR REPLACE FUNCTION swf.queue_touch(p_queues text[], p_pid integer DEFAULT NULL)
+RETURNS SETOF text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
+DECLARE
+    v_pid integer;
 BEGIN
     PERFORM swf._require_part('keep queues alive', 'client', 'worker');
+    IF p_pid IS NOT NULL AND EXISTS (SELECT 1 FROM pg_stat_get_activity(p_pid)) THEN
+        v_pid := p_pid;
+    END IF;
     RETURN QUERY
-        UPDATE swf.queues SET last_active = clock_timestamp()
+        UPDATE swf.queues SET last_active = clock_timestamp(),
+                              consumer_pid = CASE WHEN expires_ms IS NULL THEN NULL
+                                                  ELSE v_pid END
          WHERE name = ANY (p_queues)
            AND (expires_ms IS NOT NULL
                 OR last_active < clock_timestamp() - swf._queue_mark_every(expires_ms))
         RETURNING name;
 END $$;
-REVOKE EXECUTE ON FUNCTION swf.queue_touch(text[]) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION swf.queue_touch(text[], integer) FROM PUBLIC;
 
 -- Bind a queue to an exchange (creating the queue when missing).
 CREATE OR REPLACE FUNCTION swf.queue_bind(p_exchange text, p_routing_key text, p_pattern text,

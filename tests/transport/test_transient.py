@@ -8,7 +8,7 @@ from kombu import Consumer, Exchange, Producer, Queue
 
 import swf_celery  # noqa: F401 - registers swf://
 from swf_celery.transport.visibility import VisibilityKeeper
-from tests.helpers import drain, publish, sql, sql_value
+from tests.helpers import drain, publish, sql, sql_value, wait_until
 
 
 def catalog_top(url: str) -> int:
@@ -145,3 +145,36 @@ def test_consumer_declares_its_expired_queue_again_with_bindings(connections: An
         while not got:
             worker.drain_events(timeout=5)
     assert got == [{"method": "ping"}]
+
+
+def test_a_stalled_consumer_keeps_its_queue_and_the_broadcasts_sent_meanwhile(
+        connections: Any, broker_url: str) -> None:
+    worker, client = connections(), connections()
+    fx = Exchange("celery.pidbox", type="fanout")
+    q = Queue("w8@host.celery.pidbox", fx, auto_delete=True, expires=10)
+    got: list[Any] = []
+    with Consumer(worker.channel(), [q], callbacks=[lambda body, m: got.append(body)],
+                  no_ack=True, accept=["json"]):
+        transport = worker.transport
+        transport.wakeup()
+        wait_until(lambda: transport.sleeper() is not None, what="the LISTEN session")
+        VisibilityKeeper(transport, 30, 10).tick()  # marks the queue with that session
+        assert sql_value(broker_url, "SELECT consumer_pid FROM swf.queues WHERE name = %s",
+                         (q.name,)) == transport.sleeper()[1]
+        # The worker stops (SIGSTOP, a paused VM) for longer than the expiry; a revoke is
+        # broadcast meanwhile. Its session is still connected: the queue stays, as a
+        # RabbitMQ queue with a consumer does, and the broadcast waits in it.
+        Producer(client.channel()).publish({"method": "revoke"}, exchange=fx, declare=[fx],
+                                           serializer="json")
+        expire(broker_url, q.name)
+        assert sql(broker_url, "SELECT 1 FROM swf.queues WHERE name = %s", (q.name,)) == [(1,)]
+        while not got:
+            worker.drain_events(timeout=5)
+    assert got == [{"method": "revoke"}]
+    worker.release()  # the worker is gone: its session ends, and the queue expires
+
+    def reaped() -> bool:
+        expire(broker_url, q.name)
+        return not sql(broker_url, "SELECT 1 FROM swf.queues WHERE name = %s", (q.name,))
+
+    wait_until(reaped, what="the queue of a consumer whose session ended to be reaped")
