@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -68,15 +69,16 @@ def postmaster_pid(database_url: str) -> int | None:
 class CpuMeter:
     """CPU seconds each role spent between construction and :meth:`stop`.
 
-    Roles: ``client`` (this process), ``worker main`` (``worker_pid``), ``pool children``
-    (its children at the start), and each server of :data:`SERVERS` (PostgreSQL: only the
-    server of ``postmaster`` when given). Server processes started meanwhile (a new
-    PostgreSQL backend) count from 0.
+    Roles: ``client`` (this process), ``worker main`` (``worker_pid``, or several workers'
+    main processes), ``pool children`` (their children at the start), and each server of
+    :data:`SERVERS` (PostgreSQL: only the server of ``postmaster`` when given). Server
+    processes started meanwhile (a new PostgreSQL backend) count from 0.
     """
 
-    def __init__(self, worker_pid: int, postmaster: int | None = None) -> None:
-        self._roles: dict[str, list[int]] = {"worker main": [worker_pid],
-                                             "pool children": children(worker_pid)}
+    def __init__(self, worker_pid: int | Sequence[int], postmaster: int | None = None) -> None:
+        mains = [worker_pid] if isinstance(worker_pid, int) else list(worker_pid)
+        self._roles: dict[str, list[int]] = {
+            "worker main": mains, "pool children": [c for pid in mains for c in children(pid)]}
         self._postmaster = postmaster
         self._start = {pid: process_cpu(pid) for pids in self._all().values() for pid in pids}
         self._client = time.process_time()

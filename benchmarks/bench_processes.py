@@ -1,0 +1,211 @@
+"""Per-task cost as consumer processes grow: 1 to 32, as prefork children and as workers.
+
+Same no-op task, result backend Redis for every broker, one queue; only the broker differs.
+Two layouts of N consumer processes:
+
+* **children**: one ``celery worker --pool=prefork -c N`` (one broker connection, N
+  processes executing);
+* **workers**: N ``celery worker --pool=prefork -c 1`` (N connections, each its own
+  consumer asleep on the queue; the shape of many small hosts).
+
+At each point the client sends 1000 tasks and collects every result, then makes 100
+sequential round trips. Reported: throughput, CPU per task of the broker's side (workers'
+main processes + the broker's server) and of everything, round-trip p50/p95. On two cores
+the throughput cannot grow with processes; what the curve shows is what each added consumer
+costs every task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from benchmarks import bench_scale
+from benchmarks.bench_scale import (BACKEND, RABBIT, REDIS_BROKER, _broker_cpu, _client,
+                                    _delete_rabbit_queues, _flush_redis_db, _growth,
+                                    _round_trips, _total_cpu, scratch_database)
+from benchmarks.cpu import CpuMeter, postmaster_pid
+from benchmarks.stats import LoadProbe, percentile
+from swf_celery import db
+from tests.helpers import worker_process
+
+QUICK = os.environ.get("BENCH_SCALE_QUICK") == "1"
+PROCESSES = (1, 4) if QUICK else (1, 2, 4, 8, 16, 32)
+LAYOUTS = ("children", "workers")
+TASKS = 1000
+ROUND_TRIPS = 100
+QUEUE = "procs"
+
+
+@contextlib.contextmanager
+def _workers(broker: str, layout: str, count: int) -> Iterator[list[int]]:
+    """The consumer processes of one point, started together; yields the main pids."""
+    env = {"BENCH_BROKER": broker, "BENCH_BACKEND": BACKEND, "BENCH_QUEUE": QUEUE,
+           "BENCH_TRANSPORT_OPTIONS": "{}"}
+    shapes = [(count, "procs@%h")] if layout == "children" else \
+        [(1, f"procs{i}@%h") for i in range(count)]
+    managers = [worker_process("benchmarks.broker_app", queues=[QUEUE], env=env,
+                               concurrency=c, pool="prefork", hostname=name,
+                               ready_timeout=300) for c, name in shapes]
+    entered: list[Any] = [None] * len(managers)
+    errors: list[BaseException] = []
+
+    def enter(i: int) -> None:
+        try:
+            entered[i] = managers[i].__enter__()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    def leave(i: int) -> None:
+        with contextlib.suppress(Exception):
+            managers[i].__exit__(None, None, None)
+
+    threads = [threading.Thread(target=enter, args=(i,)) for i in range(len(managers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        if errors:
+            raise errors[0]
+        yield [proc.pid for proc in entered]
+    finally:
+        stoppers = [threading.Thread(target=leave, args=(i,))
+                    for i, proc in enumerate(entered) if proc is not None]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()
+
+
+def _point(broker: str, layout: str, count: int) -> dict[str, Any]:
+    app = _client(broker)
+    try:
+        with _workers(broker, layout, count) as pids:
+            for r in [app.send_task("bench.noop", queue=QUEUE) for _ in range(2 * count)]:
+                r.get(timeout=120)  # warm-up: every pool child has its connections
+            time.sleep(2.0)
+            meter = CpuMeter(pids, bench_scale.POSTMASTER)
+            start = time.perf_counter()
+            results = [app.send_task("bench.noop", queue=QUEUE) for _ in range(TASKS)]
+            for r in results:
+                r.get(timeout=300)
+            elapsed = time.perf_counter() - start
+            cpu = {role: s / TASKS * 1000 for role, s in meter.stop().items()}
+            latencies = _round_trips(app, [QUEUE], ROUND_TRIPS)
+    finally:
+        app.close()
+    return {"throughput": TASKS / elapsed, "cpu": cpu,
+            "p50": percentile(latencies, 50) * 1000, "p95": percentile(latencies, 95) * 1000}
+
+
+def processes_shape(database_url: str) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
+    """Each broker and layout at each process count (brokers alternate within a count)."""
+    brokers = ["swf", "Redis", "RabbitMQ"]
+    out: dict[tuple[str, str], dict[int, dict[str, Any]]] = {
+        (b, layout): {} for layout in LAYOUTS for b in brokers}
+    for layout in LAYOUTS:
+        for n, count in enumerate(PROCESSES):
+            for name in brokers if n % 2 == 0 else list(reversed(brokers)):
+                print(f"   {layout}={count}: {name}", flush=True)
+                try:
+                    if name == "swf":
+                        with scratch_database(database_url, f"p{count}") as url:
+                            point = _point(db.broker_url(url), layout, count)
+                    elif name == "Redis":
+                        _flush_redis_db(REDIS_BROKER)
+                        point = _point(REDIS_BROKER, layout, count)
+                        _flush_redis_db(REDIS_BROKER)
+                    else:
+                        point = _point(RABBIT, layout, count)
+                        _delete_rabbit_queues([QUEUE])
+                except Exception as exc:  # noqa: BLE001 - a failed point is reported
+                    point = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+                out[(name, layout)][count] = point
+                print(f"      {point}", flush=True)
+    return out
+
+
+def _table(data: dict[tuple[str, str], dict[int, dict[str, Any]]]) -> list[str]:
+    lines = ["| broker | layout | processes | throughput (tasks/s) | broker CPU/task (ms) "
+             "| all CPU/task (ms) | p50 (ms) | p95 (ms) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for (name, layout), points in data.items():
+        for count, p in points.items():
+            if "error" in p:
+                lines.append(f"| {name} | {layout} | {count} | failed: {p['error']} | | | | |")
+                continue
+            lines.append(f"| {name} | {layout} | {count} | {p['throughput']:.0f} "
+                         f"| {_broker_cpu(p):.2f} | {_total_cpu(p):.2f} | {p['p50']:.2f} "
+                         f"| {p['p95']:.2f} |")
+    lines += ["", f"Growth from {PROCESSES[0]} to {PROCESSES[-1]} processes:", "",
+              "| broker | layout | broker CPU/task | all CPU/task | p50 | p95 |",
+              "|---|---|---:|---:|---:|---:|"]
+    for (name, layout), points in data.items():
+        lines.append(f"| {name} | {layout} | {_growth(points, _broker_cpu)} "
+                     f"| {_growth(points, _total_cpu)} | {_growth(points, 'p50')} "
+                     f"| {_growth(points, 'p95')} |")
+    return lines
+
+
+def _plot(data: dict[tuple[str, str], dict[int, dict[str, Any]]]) -> str | None:
+    """docs/img/processes-curve.png; None without matplotlib (the bench extra has it)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for (name, layout), points in data.items():
+        ok = {k: v for k, v in points.items() if "error" not in v}
+        style = "-" if layout == "children" else "--"
+        axes[0].plot(list(ok), [_broker_cpu(v) for v in ok.values()], marker="o",
+                     linestyle=style, label=f"{name}, {layout}")
+        axes[1].plot(list(ok), [v["p50"] for v in ok.values()], marker="o", linestyle=style,
+                     label=f"{name}, {layout}")
+    axes[0].set(xscale="log", xlabel="consumer processes", ylabel="broker CPU per task (ms)",
+                title="Per-task broker CPU vs consumer processes")
+    axes[1].set(xscale="log", xlabel="consumer processes", ylabel="round trip p50 (ms)",
+                title="Round trip vs consumer processes")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "img", "processes-curve.png")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return "img/processes-curve.png"
+
+
+def run(database_url: str) -> str:
+    """Measure every point; return the Markdown section."""
+    bench_scale.POSTMASTER = postmaster_pid(database_url)
+    probe = LoadProbe()
+    data = processes_shape(database_url)
+    picture = _plot(data)
+    lines = [
+        "## Consumer processes: 1 to 32 (`bench_processes`)",
+        "",
+        "Command: `python -m benchmarks.run bench_processes` (part of `make bench`). No-op "
+        "task, result backend Redis for every broker, one queue. *children*: one worker "
+        "`--pool=prefork -c N`; *workers*: N workers `--pool=prefork -c 1`, each with its "
+        f"own broker connection. {TASKS} tasks sent then collected, then {ROUND_TRIPS} "
+        "sequential round trips; one run per point. \"broker CPU\" is the workers' main "
+        "processes plus the broker's server; \"all CPU\" adds the client and the pool "
+        "children. Two cores: throughput cannot grow with processes; the curve is what each "
+        "added consumer costs every task.",
+        "",
+        probe.note(),
+        "",
+        *_table(data),
+        "",
+    ]
+    if picture:
+        lines += [f"![per-task cost vs consumer processes]({picture})", ""]
+    return "\n".join(lines)
