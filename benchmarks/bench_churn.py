@@ -30,6 +30,7 @@ from typing import Any
 import psycopg
 
 from benchmarks.bench_scale import scratch_database
+from benchmarks.cpu import CpuMeter, postmaster_pid
 from benchmarks.stats import LoadProbe
 from swf_celery import db
 
@@ -55,7 +56,8 @@ def _sample(conn: psycopg.Connection[Any], started: float) -> dict[str, Any]:
     tables = {name: {"live": live, "dead": dead, "size": size, "autovacuums": vacuums,
                      "writes": writes}
               for name, live, dead, size, vacuums, writes in conn.execute(SAMPLE).fetchall()}
-    wal = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0]
+    row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
+    wal = row[0] if row else 0
     return {"t": time.monotonic() - started, "tables": tables, "wal": int(wal)}
 
 
@@ -119,8 +121,9 @@ def churn(url: str, seconds: float) -> dict[str, Any]:
     samples: list[dict[str, Any]] = []
     with psycopg.connect(url, autocommit=True) as conn, \
             worker_process("benchmarks.churn_app", queues=["churn"], concurrency=2,
-                           pool="prefork", env={"SWF_DATABASE_URL": url}):
+                           pool="prefork", env={"SWF_DATABASE_URL": url}) as worker:
         client = Client(url, seconds)
+        meter = CpuMeter(worker.pid, postmaster_pid(url))
         started = time.monotonic()
         samples.append(_sample(conn, started))
         threads = [threading.Thread(target=f, daemon=True)
@@ -133,13 +136,16 @@ def churn(url: str, seconds: float) -> dict[str, Any]:
             print(f"   {samples[-1]['t']:.0f} s: {client.published} tasks, {client.runs} runs",
                   flush=True)
         threads[1].join(300)
+        cpu = meter.stop()
+        busy = time.monotonic() - started
         time.sleep(10)  # the last runs finish
         samples.append(_sample(conn, started))
-        statuses = dict(conn.execute("SELECT status, count(*) FROM swf.runs "
+        statuses: dict[str, int] = dict(conn.execute("SELECT status, count(*) FROM swf.runs "
                                      "GROUP BY 1").fetchall())
         client.app.close()
     return {"samples": samples, "published": client.published, "collected": client.collected,
             "failed": client.failed, "runs": client.runs, "statuses": statuses,
+            "cpu": {role: spent / busy for role, spent in cpu.items()},
             "errors": client.errors[:5]}
 
 
@@ -222,7 +228,10 @@ def run(database_url: str) -> str:
         f"Done: {report['published']:,} tasks published, {report['collected']:,} results "
         f"collected, {report['failed']} failed; {report['runs']:,} runs started "
         f"({', '.join(f'{k}: {v:,}' for k, v in sorted(report['statuses'].items()))}). "
-        f"WAL: {wal / 2**20:.0f} MB, {wal / max(1, work):,.0f} bytes per task or step.",
+        f"WAL: {wal / 2**20:.0f} MB, {wal / max(1, work):,.0f} bytes per task or step. "
+        "CPU in cores (seconds per second) over the run: "
+        + ", ".join(f"{role} {used:.3f}" for role, used in report["cpu"].items()
+                    if used >= 0.0005) + ".",
         "",
         *_table(report),
         "",

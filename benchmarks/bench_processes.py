@@ -25,9 +25,19 @@ from collections.abc import Iterator
 from typing import Any
 
 from benchmarks import bench_scale
-from benchmarks.bench_scale import (BACKEND, RABBIT, REDIS_BROKER, _broker_cpu, _client,
-                                    _delete_rabbit_queues, _flush_redis_db, _growth,
-                                    _round_trips, _total_cpu, scratch_database)
+from benchmarks.bench_scale import (
+    BACKEND,
+    RABBIT,
+    REDIS_BROKER,
+    _broker_cpu,
+    _client,
+    _delete_rabbit_queues,
+    _flush_redis_db,
+    _growth,
+    _round_trips,
+    _total_cpu,
+    scratch_database,
+)
 from benchmarks.cpu import CpuMeter, postmaster_pid
 from benchmarks.stats import LoadProbe, percentile
 from swf_celery import db
