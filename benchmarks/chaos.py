@@ -542,7 +542,9 @@ class Chaos:
                                     if f.rank >= 2]},
             "drained": drained,
             "examples": {"lost": lost[:10], "dead_lettered": dead[:10], "stranded": stranded[:5],
-                         "revoked_ran": revoked_ran[:10], "failed": unexpected_failed[:5]},
+                         "revoked_ran": revoked_ran[:10], "failed": unexpected_failed[:5],
+                         "failed_why": _failed_run_details(self.server.url,
+                                                           unexpected_failed[:5])},
             "notes": self.errors[:20],
         }
         result["ok"] = (drained and len(expected) > 0 and len(self.tally.runs) > 0
@@ -626,6 +628,21 @@ def write_docs(text: str) -> None:
     head, _, rest = doc.partition(BEGIN)
     _, _, tail = rest.partition(END)
     DOC.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+
+
+def _failed_run_details(url: str, run_ids: list[str]) -> dict[str, Any]:
+    """Each failed run's error, failed step and its steps' attempts (for the report)."""
+    if not run_ids:
+        return {}
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT r.id::text, r.error, r.failed_step, (SELECT json_agg(json_build_object("
+            "'step', t.step_name, 'task', t.task_index, 'attempt', t.attempt, 'status', "
+            "t.status, 'error', left(t.error, 300))) FROM swf.step_tasks t "
+            "WHERE t.run_id = r.id AND t.status <> 'completed') FROM swf.runs r "
+            "WHERE r.id = ANY(%s::uuid[])", (run_ids,)).fetchall()
+    return {run_id: {"error": error, "failed_step": step, "steps": steps}
+            for run_id, error, step, steps in rows}
 
 
 def main(argv: list[str] | None = None) -> int:
