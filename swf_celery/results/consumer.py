@@ -15,7 +15,8 @@ Celery's Redis backend does over pub/sub.
 - The set of channels follows the ids waited for: a wait LISTENs on the channels of new
   ids (in one round trip, pipelined with a read of those results, which covers results
   stored before the LISTEN) and UNLISTENs, in the same round trip, the channels of ids
-  nobody here waits for any more.
+  nobody here waits for any more. That read is the only one before the NOTIFY: ``get()``
+  reads a result first only when its channel was LISTENed already (waited for before).
 - When notifications may have been missed (the connection was re-established, or the
   database skipped NOTIFYs because its queue was too full) the listener reports a gap and
   every id still waited for is read, so no result is missed.
@@ -96,7 +97,13 @@ class ResultConsumer(BaseResultConsumer):
             self.cancel_for(meta["task_id"])
 
     def on_wait_for_pending(self, result: Any, **kwargs: Any) -> None:
-        # Read what is already stored: the result may have been ready before we waited.
+        # The result may have been ready before we waited. Ids whose channels are not yet
+        # LISTENed need no read here: the drain's LISTEN reads them in the same round trip.
+        # Ids LISTENed already (waited for before, their NOTIFY perhaps taken then) are read.
+        ids = [r.id for r in getattr(result, "results", None) or [result]]
+        if all(t in self._subscribed and result_channel(t) not in self._listening
+               for t in ids):
+            return
         for meta in result._iter_meta(**kwargs):
             if meta is not None:
                 self.on_state_change(meta, None)
