@@ -29,6 +29,7 @@ from typing import Any
 
 import psycopg
 
+from benchmarks import plots
 from benchmarks.bench_scale import scratch_database
 from benchmarks.cpu import CpuMeter, postmaster_pid
 from benchmarks.stats import LoadProbe
@@ -173,12 +174,8 @@ def _table(report: dict[str, Any]) -> list[str]:
 
 def _plot(report: dict[str, Any]) -> str | None:
     """docs/img/churn.png; None without matplotlib (the bench extra installs it)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = plots.pyplot()
+    if plt is None:
         return None
     samples = report["samples"]
     last = samples[-1]["tables"]
@@ -192,14 +189,7 @@ def _plot(report: dict[str, Any]) -> str | None:
                      label=name)
     axes[0].set(xlabel="minutes", ylabel="MB (with indexes, TOAST)", title="Table sizes")
     axes[1].set(xlabel="minutes", ylabel="dead tuples", title="Dead tuples")
-    for ax in axes:
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = os.path.join(os.path.dirname(__file__), "..", "docs", "img", "churn.png")
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return "img/churn.png"
+    return plots.save(fig, "churn.png", axes)
 
 
 def run(database_url: str) -> str:

@@ -27,6 +27,7 @@ import psycopg
 from kombu import Connection
 
 import swf_celery  # noqa: F401 - registers swf://
+from benchmarks import plots
 from benchmarks.bench_scale import scratch_database
 from benchmarks.stats import LoadProbe, per_round, round_order, spread
 from swf_celery import db
@@ -135,12 +136,8 @@ def _figure(points: list[dict[str, float]], key: str) -> list[float]:
 
 def _plot(data: dict[str, dict[int, list[dict[str, float]]]]) -> str | None:
     """docs/img/consumers-curve.png; None without matplotlib (the bench extra)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = plots.pyplot()
+    if plt is None:
         return None
     fig, axis = plt.subplots(figsize=(6.5, 4.2))
     for mode, points in data.items():
@@ -149,13 +146,7 @@ def _plot(data: dict[str, dict[int, list[dict[str, float]]]]) -> str | None:
     axis.set(xscale="log", xlabel="idle consumers on the queue",
              ylabel="publish, mean ms (client)", title="Publish cost vs idle consumers")
     axis.set_xticks(list(CONSUMERS), [str(c) for c in CONSUMERS])
-    axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(os.path.dirname(__file__), "..", "docs", "img", "consumers-curve.png")
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return "img/consumers-curve.png"
+    return plots.save(fig, "consumers-curve.png", [axis])
 
 
 def _cell(points: list[dict[str, float]], key: str, spec: str) -> str:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from benchmarks import bench_scale
+from benchmarks import bench_scale, plots
 from benchmarks.bench_scale import (
     BACKEND,
     RABBIT,
@@ -55,7 +55,7 @@ QUEUE = "procs"
 def _workers(broker: str, layout: str, count: int) -> Iterator[list[int]]:
     """The consumer processes of one point, started together; yields the main pids."""
     env = {"BENCH_BROKER": broker, "BENCH_BACKEND": BACKEND, "BENCH_QUEUE": QUEUE,
-           "BENCH_TRANSPORT_OPTIONS": "{}"}
+           "BENCH_TRANSPORT_OPTIONS": os.environ.get("BENCH_TRANSPORT_OPTIONS", "{}")}
     shapes = [(count, "procs@%h")] if layout == "children" else \
         [(1, f"procs{i}@%h") for i in range(count)]
     managers = [worker_process("benchmarks.broker_app", queues=[QUEUE], env=env,
@@ -164,12 +164,8 @@ def _table(data: dict[tuple[str, str], dict[int, dict[str, Any]]]) -> list[str]:
 
 def _plot(data: dict[tuple[str, str], dict[int, dict[str, Any]]]) -> str | None:
     """docs/img/processes-curve.png; None without matplotlib (the bench extra has it)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = plots.pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for (name, layout), points in data.items():
@@ -183,14 +179,7 @@ def _plot(data: dict[tuple[str, str], dict[int, dict[str, Any]]]) -> str | None:
                 title="Per-task broker CPU vs consumer processes")
     axes[1].set(xscale="log", xlabel="consumer processes", ylabel="round trip p50 (ms)",
                 title="Round trip vs consumer processes")
-    for ax in axes:
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = os.path.join(os.path.dirname(__file__), "..", "docs", "img", "processes-curve.png")
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return "img/processes-curve.png"
+    return plots.save(fig, "processes-curve.png", axes)
 
 
 def run(database_url: str) -> str:

@@ -34,6 +34,7 @@ import psycopg
 from psycopg import sql
 
 import swf_celery  # noqa: F401 - registers swf://
+from benchmarks import plots
 from benchmarks.cpu import CpuMeter, postmaster_pid
 from benchmarks.stats import percentile
 from swf_celery import db
@@ -425,12 +426,8 @@ def _plot(queues: dict[str, dict[int, dict[str, Any]]],
           backlog: dict[str, dict[int, dict[str, Any]]]) -> str | None:
     """docs/img/scale-curves.png: the queue-count and backlog curves; None without
     matplotlib (the bench extra installs it)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = plots.pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for name, points in queues.items():
@@ -449,14 +446,7 @@ def _plot(queues: dict[str, dict[int, dict[str, Any]]],
                      linestyle="--", label=f"{name} publish")
     axes[2].set(xscale="log", xlabel="messages already queued", ylabel="ms (p50)",
                 title="Read and publish vs backlog")
-    for ax in axes:
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(os.path.dirname(__file__), "..", "docs", "img", "scale-curves.png")
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return "img/scale-curves.png"
+    return plots.save(fig, "scale-curves.png", axes)
 
 
 def run(database_url: str) -> str:
