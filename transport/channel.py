@@ -599,9 +599,20 @@ class Channel(virtual.Channel):
 
     def _restore(self, message: Any) -> None:
         # Unacked at shutdown, or delivered to a queue nobody consumes any more: make it
-        # visible again at once rather than after the visibility timeout.
+        # visible again at once rather than after the visibility timeout. When the database
+        # does not take it (a worker stopping while the server restarts), the message is
+        # still a row of its queue and reappears after its visibility timeout: that is
+        # logged, and kombu's "unable to restore" dump of message bodies into a temporary
+        # file is not made.
         delivery = deliveries.of(message.delivery_info)
         if delivery is not None:
-            self.reject([delivery], requeue=True, reason="restored")
+            try:
+                self.reject([delivery], requeue=True, reason="restored")
+            except Exception as exc:  # noqa: BLE001 - the row stays: it reappears after its VT
+                logger.warning("swf broker: message %d of queue %r not given back at close "
+                               "(%s); it runs again after its visibility timeout",
+                               delivery.msg_id, delivery.queue,
+                               str(exc).strip().splitlines()[0] if str(exc).strip()
+                               else type(exc).__name__)
             return
         super()._restore(message)

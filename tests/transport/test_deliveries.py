@@ -201,3 +201,27 @@ def test_a_reject_the_database_did_not_take_lets_the_message_run_again(
     chan_b = b.channel()
     wait_until(lambda: chan_b.basic_get("cut") is not None, 10,
                "the message delivered again after its visibility timeout")
+
+
+def test_a_close_the_database_does_not_take_dumps_nothing_and_loses_nothing(
+        connections: Any, broker_url: str, caplog: Any, tmp_path: Any,
+        monkeypatch: Any) -> None:
+    # A worker stops while the server restarts: giving its unacked messages back fails.
+    # kombu would log "UNABLE TO RESTORE" and dump the message bodies into a temporary
+    # file; the messages are rows of their queue, and reappear after the visibility timeout.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    a, b = connections(visibility_timeout=2), connections(visibility_timeout=30)
+    q = _queue("closing", "pgmq")
+    publish(a, q, {"n": 1})
+    chan_a = a.channel()
+    assert chan_a.basic_get("closing") is not None
+    pid = a.transport.pg_connection().info.backend_pid
+    sql(broker_url, "SELECT pg_terminate_backend(%s)", (pid,))
+    with caplog.at_level(logging.INFO):
+        chan_a.close()
+    assert "UNABLE TO RESTORE" not in caplog.text
+    assert "not given back at close" in caplog.text
+    assert list(tmp_path.iterdir()) == []
+    chan_b = b.channel()
+    wait_until(lambda: chan_b.basic_get("closing") is not None, 10,
+               "the message delivered again after its visibility timeout")
