@@ -164,12 +164,25 @@ def _table(report: dict[str, Any]) -> list[str]:
         if not written and last[name]["size"] == first.get(name, {}).get("size"):
             continue
         dead_max = max(s["tables"].get(name, {}).get("dead", 0) for s in samples)
-        rows.append(f"| `{name}` | {written:,} | {last[name]['live']:,} | "
-                    f"{_mb(early.get(name, {}).get('size', 0))} | {_mb(last[name]['size'])} | "
-                    f"{dead_max:,} | {last[name]['dead']:,} | {last[name]['autovacuums']} |")
-    return ["| table | rows written | live rows at end | MB at 1/10 | MB at end | "
-            "most dead rows seen | dead rows at end | autovacuums |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|", *rows[:18]]
+        then = early.get(name, {"live": 0, "size": 0})
+        rows.append(f"| `{name}` | {written:,} | {then['live']:,} → {last[name]['live']:,} | "
+                    f"{_mb(then['size'])} → {_mb(last[name]['size'])} | {dead_max:,} | "
+                    f"{last[name]['dead']:,} | {last[name]['autovacuums']} | "
+                    f"{verdict(then, last[name])} |")
+    return ["| table | rows written | live rows, 1/10 → end | MB, 1/10 → end | "
+            "most dead rows seen | dead rows at end | autovacuums | reading |",
+            "|---|---:|---:|---:|---:|---:|---:|---|", *rows[:18]]
+
+
+def verdict(early: dict[str, int], end: dict[str, int]) -> str:
+    """How a table's size moved from a tenth of the run to its end: *flat*, *rows kept*
+    (it grew with its live rows: retention keeps them) or *bloat* (it grew while its live
+    rows did not)."""
+    if end["size"] <= max(1.5 * early["size"], early["size"] + 1024 * 1024):
+        return "flat"
+    if end["live"] > 1.5 * max(early["live"], 1):
+        return "rows kept"
+    return "bloat"
 
 
 def _plot(report: dict[str, Any]) -> str | None:
