@@ -1018,22 +1018,18 @@ REVOKE EXECUTE ON FUNCTION swf.queue_reap() FROM PUBLIC;
 -- Mark consumed queues as used now: expiring ones always (returned: a consumed expiring
 -- queue missing from the result expired meanwhile), durable ones at most once a minute.
 -- p_pid: the backend pid of the consumer's LISTEN session (NULL: none); an expiring queue is
--- not reaped while that session runs (swf.queue_reap). A pid that is not a session of this
--- server (a pooler's) is not recorded.
+-- not reaped while that session runs (swf.queue_reap checks, not this function: it runs every
+-- second for every worker). A pid that is no session of this server (a pooler's key) keeps
+-- nothing alive.
 CREATE OR REPLACE FUNCTION swf.queue_touch(p_queues text[], p_pid integer DEFAULT NULL)
 RETURNS SETOF text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, swf, pgmq, pg_temp AS $$
-DECLARE
-    v_pid integer;
 BEGIN
     PERFORM swf._require_part('keep queues alive', 'client', 'worker');
-    IF p_pid IS NOT NULL AND EXISTS (SELECT 1 FROM pg_stat_get_activity(p_pid)) THEN
-        v_pid := p_pid;
-    END IF;
     RETURN QUERY
         UPDATE swf.queues SET last_active = clock_timestamp(),
                               consumer_pid = CASE WHEN expires_ms IS NULL THEN NULL
-                                                  ELSE v_pid END
+                                                  ELSE p_pid END
          WHERE name = ANY (p_queues)
            AND (expires_ms IS NOT NULL
                 OR last_active < clock_timestamp() - swf._queue_mark_every(expires_ms))
