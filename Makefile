@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-long test-second lock bench celery-suite cluster-bench chaos churn pgbouncer migrate db lint type check-tree clean-db chromium help
+.PHONY: demo test test-long test-second lock peers-lock peers-venv bench celery-suite cluster-bench chaos churn pgbouncer migrate db lint type check-tree clean-db chromium help
 
 help:
 	@echo "make demo   - install, start Postgres, migrate, run the example workflow"
@@ -16,6 +16,7 @@ help:
 	@echo "make test-long - the long fault cycles (terminates, restarts, outages, failover)"
 	@echo "make lock   - refresh requirements.lock from pyproject.toml's ranges"
 	@echo "make bench  - benchmarks against Redis/RabbitMQ (writes docs/benchmarks.md)"
+	@echo "make peers-venv - .venv-peers: Procrastinate and PgQueuer for bench_peers (from its lock)"
 	@echo "make celery-suite - Celery's integration tests on swf:// and on Redis"
 	@echo "make celery-suite ONLY=swf - the swf side alone (CI)"
 	@echo "make cluster-bench - 1, 2, 4 worker hosts in network namespaces (root; docs/benchmarks.md)"
@@ -42,6 +43,27 @@ lock:
 	$(BIN)/python -m pip install --quiet 'uv==$(UV_VERSION)'
 	$(BIN)/uv pip compile pyproject.toml --all-extras --group build --universal \
 	    --python-version 3.10 --generate-hashes --quiet -o requirements.lock
+
+# The peers bench_peers runs beside us (Procrastinate, PgQueuer) live in a virtualenv of
+# their own, never in .venv: its lock pins them with hashes as the main lock does, and
+# peers-lock refreshes it from benchmarks/peers-requirements.in with the same uv.
+PEERS_VENV  := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed
+PEERS_LOCK  := benchmarks/peers-requirements.lock
+
+$(PEERS_STAMP): $(PEERS_LOCK)
+	@test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --require-hashes -r $(PEERS_LOCK)
+	$(PEERS_VENV)/bin/python -m pip check
+	@touch $(PEERS_STAMP)
+
+peers-venv: $(PEERS_STAMP)
+
+peers-lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet 'uv==$(UV_VERSION)'
+	$(BIN)/uv pip compile benchmarks/peers-requirements.in --universal \
+	    --python-version 3.10 --generate-hashes --quiet -o $(PEERS_LOCK)
 
 db: $(STAMP)
 	@if [ -z "$$SWF_DATABASE_URL" ]; then $(BIN)/swf-celery db start; \
@@ -80,7 +102,7 @@ test-second: $(STAMP)
 	SWF_DATABASE_URL="$$SWF_SECOND_DATABASE_URL" $(BIN)/python -m pytest -m db tests/security \
 	    $(PARALLEL) $(DURATIONS) $(PYTEST_ARGS)
 
-bench: migrate
+bench: migrate peers-venv
 	$(BIN)/python -m benchmarks.run
 
 # Celery's own t/integration (canvas, tasks, inspect) from the installed version's sdist on

@@ -25,8 +25,8 @@ import json
 import os
 import random
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -67,8 +67,10 @@ BROKER_ROLES = ("worker main", "PostgreSQL", "redis-server", "RabbitMQ")
 
 
 @contextmanager
-def scratch_database(database_url: str, label: str) -> Iterator[str]:
-    """A freshly created and migrated database beside ``database_url``; dropped after."""
+def scratch_database(database_url: str, label: str, *, migrated: bool = True
+                     ) -> Iterator[str]:
+    """A freshly created database beside ``database_url``, migrated unless ``migrated`` is
+    false (another system's schema goes there); dropped after."""
     name = f"bench_scale_{label}_{os.getpid()}"
     parts = urlsplit(database_url)
     admin_url = urlunsplit(parts._replace(path="/postgres"))
@@ -82,7 +84,8 @@ def scratch_database(database_url: str, label: str) -> Iterator[str]:
     with psycopg.connect(admin_url, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = urlunsplit(parts._replace(path="/" + name))
-    migrate.migrate(url)
+    if migrated:
+        migrate.migrate(url)
     try:
         yield url
     finally:
@@ -285,19 +288,30 @@ def _redis_backlog_point(backlog: int) -> dict[str, Any]:
 
 
 def _drain_rate(broker: str, queue: str, size: Any) -> float:
-    """Tasks/s a ``prefork -c 2`` worker takes off ``queue`` (from its first delivery, over
-    DRAIN_SECONDS), read from the queue's size."""
+    """Tasks/s a ``prefork -c 2`` worker takes off ``queue`` (``drain_rate``)."""
     env = {"BENCH_BROKER": broker, "BENCH_BACKEND": BACKEND, "BENCH_QUEUE": queue,
            "BENCH_TRANSPORT_OPTIONS": "{}"}
+    return drain_rate(size, worker_process("benchmarks.broker_app", queues=[queue], env=env,
+                                           concurrency=2, pool="prefork", ready_timeout=120))
+
+
+def drain_rate(size: Callable[[], int], worker: AbstractContextManager[Any],
+               step: float = DRAIN_SECONDS) -> float:
+    """Jobs/s that ``worker`` (a context manager that runs it) takes off a backlog, read
+    from the backlog's ``size``: from its first delivery, over DRAIN_SECONDS or until the
+    backlog is empty, the size read every ``step`` seconds (by default only at the end:
+    counting a deep backlog is itself a load on the server)."""
     before = size()
-    with worker_process("benchmarks.broker_app", queues=[queue], env=env, concurrency=2,
-                        pool="prefork", ready_timeout=120):
+    with worker:
         deadline = time.monotonic() + 60
         while size() >= before and time.monotonic() < deadline:
             time.sleep(0.05)
         start_size, t0 = size(), time.perf_counter()
-        time.sleep(DRAIN_SECONDS)
-        end_size, elapsed = size(), time.perf_counter() - t0
+        end_size = start_size
+        while end_size and time.perf_counter() - t0 < DRAIN_SECONDS - step / 2:
+            time.sleep(min(step, DRAIN_SECONDS - (time.perf_counter() - t0)))
+            end_size = size()
+        elapsed = time.perf_counter() - t0
     return (start_size - end_size) / elapsed
 
 
