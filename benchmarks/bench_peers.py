@@ -524,7 +524,8 @@ def _section(probe: LoadProbe, versions: dict[str, str],
         f"{TASKS} jobs enqueued one by one by one client while the workers drain them; "
         "jobs/s from the first enqueue to the last job finished; CPU per job by process "
         "role over that time (*workers*: the worker processes and their pool children; "
-        f"*Redis*: the result backend, swf and memory:// only). {ROUNDS} round(s), the "
+        "*Redis*: the result backend, swf and memory:// only, and every redis-server "
+        f"process on the machine, which other work here uses too). {ROUNDS} round(s), the "
         "systems' order alternating; each cell is the median (min–max) of the rounds. "
         "The machine is shared with other work: absolute numbers are noisy.",
         "",
