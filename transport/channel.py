@@ -210,8 +210,13 @@ class Channel(virtual.Channel):
         return table
 
     def _lookup(self, exchange: str, routing_key: str, default: str | None = None) -> list[str]:
+        cached = self._bindings_cache.get(exchange)
         queues = super()._lookup(exchange, routing_key, default)
-        if not queues and exchange:
+        if not queues and exchange and cached is not None \
+                and self._bindings_cache.get(exchange) is cached:
+            # Found nothing in bindings read earlier: read them afresh (a reply queue bound
+            # since). Bindings this lookup has just read are not read twice: an idle
+            # worker's heartbeat to an exchange nobody consumes costs one read, not two.
             self._bindings_cache.pop(exchange, None)
             queues = super()._lookup(exchange, routing_key, default)
         return queues

@@ -158,6 +158,37 @@ def test_direct_reply_routing_across_connections(connections: Any) -> None:
     assert [b for b, _ in drain(client, reply_q, expect=1)] == [{"pong": 1}]
 
 
+def test_bindings_are_read_again_for_a_queue_bound_since_and_once_when_nothing_is_bound(
+        connections: Any) -> None:
+    client, server = connections(), connections()
+    rx = Exchange("reply.twice", type="direct")
+    Queue("one.reply.twice", rx, routing_key="ticket-1")(client.channel()).declare()
+    channel = server.channel()
+    reads: list[str] = []
+    execute = channel._execute
+
+    def counting(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "bindings":
+            reads.append(name)
+        return execute(name, *args, **kwargs)
+
+    channel._execute = counting  # type: ignore[method-assign]
+    producer = Producer(channel)
+    producer.publish({"n": 1}, exchange=rx, routing_key="ticket-1", declare=[rx])
+    assert len(reads) == 1
+    # Bound in another process while this one's table is cached: found by a fresh read.
+    reply_2 = Queue("two.reply.twice", rx, routing_key="ticket-2")
+    reply_2(client.channel()).declare()
+    producer.publish({"n": 2}, exchange=rx, routing_key="ticket-2")
+    assert len(reads) == 2
+    assert [b for b, _ in drain(client, reply_2, expect=1)] == [{"n": 2}]
+    # An exchange nobody consumes (a worker's heartbeat to celeryev): one read a lookup.
+    events = Exchange("celeryev.none", type="topic")
+    producer.publish({"type": "worker-heartbeat"}, exchange=events,
+                     routing_key="worker.heartbeat", declare=[events])
+    assert len(reads) == 3
+
+
 def test_idle_consumer_is_woken_by_notify_not_polling(connections: Any) -> None:
     consumer = connections(polling_interval=120)
     producer = connections()
