@@ -45,8 +45,8 @@ Transport options (``broker_transport_options``)
 
 * ``hand_over`` (False): in the event loop, a sleeping consumer gets the message its wake-up
   is for inside the NOTIFY, claimed for it by the producer's commit, and delivers it with
-  no read (:mod:`~swf_celery.transport.handover`). Off: woken, it reads. Experimental
-  (docs/transport.md, "Hand-over").
+  no read (:mod:`~swf_celery.transport.handover`). Off: woken, it reads. Opt-in: task
+  messages then travel in NOTIFY payloads (docs/transport.md, "Hand-over").
 * ``event_loop`` (True): run in Celery's worker event loop (asynchronous prefork pool, as on
   Redis). False: kombu's synchronous consume loop (Celery then uses its plain pool).
 

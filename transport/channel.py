@@ -22,6 +22,7 @@ from psycopg.types.json import Jsonb
 
 from swf_celery import group_publish
 from swf_celery.db import load_queries
+from swf_celery.db.errors import first_line
 from swf_celery.db.transaction import current as current_transaction
 from swf_celery.errors import DatabaseUnavailable, MessageError, QueueNameError
 from swf_celery.transport import deliveries, revokes, transient
@@ -616,8 +617,6 @@ class Channel(virtual.Channel):
             except Exception as exc:  # noqa: BLE001 - the row stays: it reappears after its VT
                 logger.warning("swf broker: message %d of queue %r not given back at close "
                                "(%s); it runs again after its visibility timeout",
-                               delivery.msg_id, delivery.queue,
-                               str(exc).strip().splitlines()[0] if str(exc).strip()
-                               else type(exc).__name__)
+                               delivery.msg_id, delivery.queue, first_line(exc))
             return
         super()._restore(message)

@@ -422,7 +422,7 @@ class HubConsumer:
         (``swf.queue_arm``) while the LISTEN session's pid is unknown; seconds until a
         message is due (0: one arrived before the arm), None when none waits."""
         wakeup = self.transport._wakeup
-        sleeper = wakeup.sleeper() if wakeup is not None else None
+        sleeper = self.transport.sleeper()
         options = self.transport.options
         conn = self.transport.pg_connection()
         if sleeper is None:

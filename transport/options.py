@@ -35,8 +35,8 @@ class Options:
     durable_publish: bool = False
     #: In the event loop, a sleeping consumer takes the message its wake-up is for in the
     #: NOTIFY itself, claimed for it by the producer's commit (no read); False: it is woken
-    #: and reads (transport/handover.py). Off by default until the chaos run passes with it
-    #: on (docs/transport.md, "Hand-over").
+    #: and reads (transport/handover.py). Opt-in: task messages then travel in NOTIFY
+    #: payloads (docs/transport.md, "Hand-over").
     hand_over: bool = False
     #: Run in Celery's event loop (asynchronous prefork pool); False: kombu's synchronous
     #: consume loop (Celery then uses its plain pool, as before this option existed).

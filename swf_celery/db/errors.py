@@ -68,11 +68,16 @@ def _translate(exc: psycopg.Error) -> SwfError:
             f"the server is read-only: {exc.diag.message_primary or exc}; list every server "
             "in the URL with target_session_attrs=read-write")
     if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return DatabaseUnavailable(
-            f"cannot reach PostgreSQL: {first}; check that the server runs and "
+            f"cannot reach PostgreSQL: {first_line(exc)}; check that the server runs and "
             "SWF_DATABASE_URL points at it")
     return DatabaseError(f"PostgreSQL error: {str(exc).strip()}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, or its type's name when it has none (for logs)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def retry_unavailable(call: Callable[[], T], *, timeout: float) -> T:

@@ -54,7 +54,7 @@ from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict
 
 from swf_celery.db.connections import named_dsn, open_connection
-from swf_celery.db.errors import translate_errors
+from swf_celery.db.errors import first_line, translate_errors
 from swf_celery.db.notifications import skipped_count
 from swf_celery.errors import ArgumentError
 
@@ -357,7 +357,7 @@ class ListenConnection:
                     if self._stop.is_set():
                         break
                     log.warning("%s lost its connection (%s); reconnecting", self.name,
-                                _first_line(exc))
+                                first_line(exc))
                     self._disconnect()
         except Exception:  # pragma: no cover - a bug; do not die silently
             log.exception("%s stopped unexpectedly", self.name)
@@ -499,7 +499,7 @@ class ListenConnection:
                 self._connect()
             except psycopg.Error as exc:
                 log.debug("%s: connecting failed (%s); retry in about %.2fs", self.name,
-                          _first_line(exc), delay)
+                          first_line(exc), delay)
                 self._stop.wait(delay * (0.5 + random.random()))
                 delay = min(delay * 2, self._max_backoff)
                 continue
@@ -616,8 +616,3 @@ def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]])
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
