@@ -42,8 +42,14 @@ from celery import group
 
 from benchmarks import bench_scale
 from benchmarks.bench_processes import QUEUE as SWF_QUEUE
-from benchmarks.bench_processes import _workers
-from benchmarks.bench_scale import BACKEND, _client, _round_trips, drain_rate, scratch_database
+from benchmarks.bench_processes import consumer_processes
+from benchmarks.bench_scale import (
+    BACKEND,
+    client_app,
+    drain_rate,
+    scratch_database,
+    time_round_trips,
+)
 from benchmarks.cpu import CpuMeter, postmaster_pid
 from benchmarks.stats import LoadProbe, percentile, round_order, spread
 from swf_celery import db
@@ -271,9 +277,9 @@ def _peer_point(peer: Peer, url: str, concurrencies: list[int],
 
 
 def _swf_point(url: str, layout: str, count: int, round_trips: bool) -> dict[str, Any]:
-    app = _client(db.broker_url(url))
+    app = client_app(db.broker_url(url))
     try:
-        with _workers(db.broker_url(url), layout, count) as pids:
+        with consumer_processes(db.broker_url(url), layout, count) as pids:
             for r in [app.send_task("bench.noop", queue=SWF_QUEUE) for _ in range(2 * count)]:
                 r.get(timeout=120)  # warm-up: every pool child has its connections
             time.sleep(2.0)
@@ -288,7 +294,7 @@ def _swf_point(url: str, layout: str, count: int, round_trips: bool) -> dict[str
             point: dict[str, Any] = {"throughput": TASKS / elapsed, "enqueue": TASKS / sent,
                                      "cpu": _roles(spent, time.process_time() - cpu0)}
             if round_trips:
-                point["latencies"] = _round_trips(app, [SWF_QUEUE], ROUND_TRIPS)
+                point["latencies"] = time_round_trips(app, [SWF_QUEUE], ROUND_TRIPS)
     finally:
         app.close()
     return point
@@ -358,7 +364,7 @@ def _backlog_point(database_url: str, system: str,
     try:
         if system == SWF:
             with scratch_database(database_url, "backlog_swf") as url:
-                app = _client(db.broker_url(url))
+                app = client_app(db.broker_url(url))
                 try:
                     t0 = time.perf_counter()
                     group(app.signature("bench.noop", queue=SWF_QUEUE)

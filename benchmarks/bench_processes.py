@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from benchmarks import bench_scale, plots
@@ -29,14 +29,14 @@ from benchmarks.bench_scale import (
     BACKEND,
     RABBIT,
     REDIS_BROKER,
-    _broker_cpu,
-    _client,
-    _delete_rabbit_queues,
-    _flush_redis_db,
-    _growth,
-    _round_trips,
-    _total_cpu,
+    broker_cpu,
+    client_app,
+    delete_rabbit_queues,
+    flush_redis_db,
+    growth,
     scratch_database,
+    time_round_trips,
+    total_cpu,
 )
 from benchmarks.cpu import CpuMeter, postmaster_pid
 from benchmarks.stats import LoadProbe, percentile
@@ -52,7 +52,7 @@ QUEUE = "procs"
 
 
 @contextlib.contextmanager
-def _workers(broker: str, layout: str, count: int) -> Iterator[list[int]]:
+def consumer_processes(broker: str, layout: str, count: int) -> Iterator[list[int]]:
     """The consumer processes of one point, started together; yields the main pids."""
     env = {"BENCH_BROKER": broker, "BENCH_BACKEND": BACKEND, "BENCH_QUEUE": QUEUE,
            "BENCH_TRANSPORT_OPTIONS": os.environ.get("BENCH_TRANSPORT_OPTIONS", "{}")}
@@ -61,41 +61,16 @@ def _workers(broker: str, layout: str, count: int) -> Iterator[list[int]]:
     managers = [worker_process("benchmarks.broker_app", queues=[QUEUE], env=env,
                                concurrency=c, pool="prefork", hostname=name,
                                ready_timeout=300) for c, name in shapes]
-    entered: list[Any] = [None] * len(managers)
-    errors: list[BaseException] = []
-
-    def enter(i: int) -> None:
-        try:
-            entered[i] = managers[i].__enter__()
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            errors.append(exc)
-
-    def leave(i: int) -> None:
-        with contextlib.suppress(Exception):
-            managers[i].__exit__(None, None, None)
-
-    threads = [threading.Thread(target=enter, args=(i,)) for i in range(len(managers))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    try:
-        if errors:
-            raise errors[0]
-        yield [proc.pid for proc in entered]
-    finally:
-        stoppers = [threading.Thread(target=leave, args=(i,))
-                    for i, proc in enumerate(entered) if proc is not None]
-        for t in stoppers:
-            t.start()
-        for t in stoppers:
-            t.join()
+    # Started together (a worker takes a second or two to be ready; 32 one after the other
+    # would be most of a point's time); stopped by the stack, one after the other.
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(len(managers)) as pool:
+        yield [proc.pid for proc in pool.map(stack.enter_context, managers)]
 
 
 def _point(broker: str, layout: str, count: int) -> dict[str, Any]:
-    app = _client(broker)
+    app = client_app(broker)
     try:
-        with _workers(broker, layout, count) as pids:
+        with consumer_processes(broker, layout, count) as pids:
             for r in [app.send_task("bench.noop", queue=QUEUE) for _ in range(2 * count)]:
                 r.get(timeout=120)  # warm-up: every pool child has its connections
             time.sleep(2.0)
@@ -106,7 +81,7 @@ def _point(broker: str, layout: str, count: int) -> dict[str, Any]:
                 r.get(timeout=300)
             elapsed = time.perf_counter() - start
             cpu = {role: s / TASKS * 1000 for role, s in meter.stop().items()}
-            latencies = _round_trips(app, [QUEUE], ROUND_TRIPS)
+            latencies = time_round_trips(app, [QUEUE], ROUND_TRIPS)
     finally:
         app.close()
     return {"throughput": TASKS / elapsed, "cpu": cpu,
@@ -127,12 +102,12 @@ def processes_shape(database_url: str) -> dict[tuple[str, str], dict[int, dict[s
                         with scratch_database(database_url, f"p{count}") as url:
                             point = _point(db.broker_url(url), layout, count)
                     elif name == "Redis":
-                        _flush_redis_db(REDIS_BROKER)
+                        flush_redis_db(REDIS_BROKER)
                         point = _point(REDIS_BROKER, layout, count)
-                        _flush_redis_db(REDIS_BROKER)
+                        flush_redis_db(REDIS_BROKER)
                     else:
                         point = _point(RABBIT, layout, count)
-                        _delete_rabbit_queues([QUEUE])
+                        delete_rabbit_queues([QUEUE])
                 except Exception as exc:  # noqa: BLE001 - a failed point is reported
                     point = {"error": f"{type(exc).__name__}: {exc}"[:200]}
                 out[(name, layout)][count] = point
@@ -150,15 +125,15 @@ def _table(data: dict[tuple[str, str], dict[int, dict[str, Any]]]) -> list[str]:
                 lines.append(f"| {name} | {layout} | {count} | failed: {p['error']} | | | | |")
                 continue
             lines.append(f"| {name} | {layout} | {count} | {p['throughput']:.0f} "
-                         f"| {_broker_cpu(p):.2f} | {_total_cpu(p):.2f} | {p['p50']:.2f} "
+                         f"| {broker_cpu(p):.2f} | {total_cpu(p):.2f} | {p['p50']:.2f} "
                          f"| {p['p95']:.2f} |")
     lines += ["", f"Growth from {PROCESSES[0]} to {PROCESSES[-1]} processes:", "",
               "| broker | layout | broker CPU/task | all CPU/task | p50 | p95 |",
               "|---|---|---:|---:|---:|---:|"]
     for (name, layout), points in data.items():
-        lines.append(f"| {name} | {layout} | {_growth(points, _broker_cpu)} "
-                     f"| {_growth(points, _total_cpu)} | {_growth(points, 'p50')} "
-                     f"| {_growth(points, 'p95')} |")
+        lines.append(f"| {name} | {layout} | {growth(points, broker_cpu)} "
+                     f"| {growth(points, total_cpu)} | {growth(points, 'p50')} "
+                     f"| {growth(points, 'p95')} |")
     return lines
 
 
@@ -171,7 +146,7 @@ def _plot(data: dict[tuple[str, str], dict[int, dict[str, Any]]]) -> str | None:
     for (name, layout), points in data.items():
         ok = {k: v for k, v in points.items() if "error" not in v}
         style = "-" if layout == "children" else "--"
-        axes[0].plot(list(ok), [_broker_cpu(v) for v in ok.values()], marker="o",
+        axes[0].plot(list(ok), [broker_cpu(v) for v in ok.values()], marker="o",
                      linestyle=style, label=f"{name}, {layout}")
         axes[1].plot(list(ok), [v["p50"] for v in ok.values()], marker="o", linestyle=style,
                      label=f"{name}, {layout}")

@@ -93,13 +93,13 @@ def scratch_database(database_url: str, label: str, *, migrated: bool = True
         drop()
 
 
-def _flush_redis_db(url: str) -> None:
+def flush_redis_db(url: str) -> None:
     import redis
 
     redis.Redis.from_url(url).flushdb()
 
 
-def _delete_rabbit_queues(names: list[str]) -> None:
+def delete_rabbit_queues(names: list[str]) -> None:
     from kombu import Connection
 
     with Connection(RABBIT) as conn:
@@ -114,7 +114,7 @@ def _delete_rabbit_queues(names: list[str]) -> None:
 # -- one worker, N queues ------------------------------------------------------------------
 
 
-def _client(broker: str) -> Any:
+def client_app(broker: str) -> Any:
     from celery import Celery
 
     app = Celery("bench_scale_client", broker=broker, backend=BACKEND, set_as_current=False)
@@ -126,7 +126,7 @@ def _cpu_ms(meter: CpuMeter, tasks: int) -> dict[str, float]:
     return {role: seconds / tasks * 1000 for role, seconds in meter.stop().items()}
 
 
-def _round_trips(app: Any, queues: list[str], count: int) -> list[float]:
+def time_round_trips(app: Any, queues: list[str], count: int) -> list[float]:
     rng = random.Random(7)
     out = []
     for _ in range(count):
@@ -144,7 +144,7 @@ def _queues_point(broker: str, count: int) -> dict[str, Any]:
     queues = [f"scale-{i}" for i in range(count)]
     env = {"BENCH_BROKER": broker, "BENCH_BACKEND": BACKEND, "BENCH_QUEUE": queues[0],
            "BENCH_TRANSPORT_OPTIONS": "{}"}
-    app = _client(broker)
+    app = client_app(broker)
     started = time.perf_counter()
     try:
         with worker_process("benchmarks.broker_app", queues=queues, env=env, concurrency=2,
@@ -164,7 +164,7 @@ def _queues_point(broker: str, count: int) -> dict[str, Any]:
                 r.get(timeout=300)
             elapsed = time.perf_counter() - start
             cpu = _cpu_ms(meter, TASKS)
-            latencies = _round_trips(app, queues, ROUND_TRIPS)
+            latencies = time_round_trips(app, queues, ROUND_TRIPS)
     finally:
         app.close()
     return {"ready": ready, "throughput": TASKS / elapsed, "cpu": cpu, "idle": idle_cpu,
@@ -183,12 +183,12 @@ def queues_shape(database_url: str) -> dict[str, dict[int, dict[str, Any]]]:
                     with scratch_database(database_url, f"q{count}") as url:
                         out[name][count] = _queues_point(db.broker_url(url), count)
                 elif name == "Redis":
-                    _flush_redis_db(REDIS_BROKER)
+                    flush_redis_db(REDIS_BROKER)
                     out[name][count] = _queues_point(REDIS_BROKER, count)
-                    _flush_redis_db(REDIS_BROKER)
+                    flush_redis_db(REDIS_BROKER)
                 else:
                     out[name][count] = _queues_point(RABBIT, count)
-                    _delete_rabbit_queues([f"scale-{i}" for i in range(count)])
+                    delete_rabbit_queues([f"scale-{i}" for i in range(count)])
             except Exception as exc:  # noqa: BLE001 - a failed point is reported, not fatal
                 out[name][count] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
             print(f"      {out[name][count]}", flush=True)
@@ -199,7 +199,7 @@ def queues_shape(database_url: str) -> dict[str, dict[int, dict[str, Any]]]:
 
 
 def _publish_one(broker: str, queue: str) -> None:
-    app = _client(broker)
+    app = client_app(broker)
     try:
         app.send_task("bench.noop", queue=queue, ignore_result=True)
     finally:
@@ -257,7 +257,7 @@ def _redis_backlog_point(backlog: int) -> dict[str, Any]:
     import redis
 
     queue = "scale-backlog"
-    _flush_redis_db(REDIS_BROKER)
+    flush_redis_db(REDIS_BROKER)
     client = redis.Redis.from_url(REDIS_BROKER)
     _publish_one(REDIS_BROKER, queue)
     message = client.lindex(queue, 0)
@@ -281,7 +281,7 @@ def _redis_backlog_point(backlog: int) -> dict[str, Any]:
         sends.append(time.perf_counter() - t)
     drain = (_drain_rate(REDIS_BROKER, queue, lambda: client.llen(queue))
              if backlog > 1 else float("nan"))
-    _flush_redis_db(REDIS_BROKER)
+    flush_redis_db(REDIS_BROKER)
     return {"fill": fill, "read_p50": percentile(reads, 50) * 1000,
             "read_p95": percentile(reads, 95) * 1000, "send_p50": percentile(sends, 50) * 1000,
             "send_p95": percentile(sends, 95) * 1000, "drain": drain}
@@ -355,11 +355,11 @@ def listeners_shape(database_url: str) -> dict[int, dict[str, Any]]:
 # -- report --------------------------------------------------------------------------------
 
 
-def _broker_cpu(point: dict[str, Any]) -> float:
+def broker_cpu(point: dict[str, Any]) -> float:
     return sum(point["cpu"].get(role, 0.0) for role in BROKER_ROLES)
 
 
-def _total_cpu(point: dict[str, Any]) -> float:
+def total_cpu(point: dict[str, Any]) -> float:
     return sum(point["cpu"].values())
 
 
@@ -370,7 +370,7 @@ def _cell(point: dict[str, Any], fmt: str, key: Any) -> str:
     return format(value, fmt)
 
 
-def _growth(points: dict[int, dict[str, Any]], key: Any) -> str:
+def growth(points: dict[int, dict[str, Any]], key: Any) -> str:
     """The last point's value over the first's (points without the value are left out)."""
     if any("error" in p for p in points.values()):
         return "-"
@@ -392,14 +392,14 @@ def _queues_table(data: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
                 continue
             idle = sum(p["idle"].get(role, 0.0) for role in BROKER_ROLES)
             lines.append(f"| {name} | {count} | {p['ready']:.1f} | {p['throughput']:.0f} "
-                         f"| {_broker_cpu(p):.2f} | {_total_cpu(p):.2f} | {idle:.1f} "
+                         f"| {broker_cpu(p):.2f} | {total_cpu(p):.2f} | {idle:.1f} "
                          f"| {p['p50']:.2f} | {p['p95']:.2f} |")
     lines += ["", "Growth from the first to the last point (the target: per-task cost at "
               "1,000 queues within 1.5x of 1 queue):", "",
               "| broker | broker CPU/task | p50 | p95 |", "|---|---:|---:|---:|"]
     for name, points in data.items():
-        lines.append(f"| {name} | {_growth(points, _broker_cpu)} | {_growth(points, 'p50')} "
-                     f"| {_growth(points, 'p95')} |")
+        lines.append(f"| {name} | {growth(points, broker_cpu)} | {growth(points, 'p50')} "
+                     f"| {growth(points, 'p95')} |")
     return lines
 
 
@@ -418,8 +418,8 @@ def _backlog_table(data: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     lines += ["", "Growth from the empty queue to the deepest:", "",
               "| broker | read p50 | publish p50 | drain rate |", "|---|---:|---:|---:|"]
     for name, points in data.items():
-        lines.append(f"| {name} | {_growth(points, 'read_p50')} | {_growth(points, 'send_p50')} "
-                     f"| {_growth(points, 'drain')} |")
+        lines.append(f"| {name} | {growth(points, 'read_p50')} | {growth(points, 'send_p50')} "
+                     f"| {growth(points, 'drain')} |")
     return lines
 
 
@@ -428,11 +428,11 @@ def _listeners_table(data: dict[int, dict[str, Any]]) -> list[str]:
              "| all CPU/task (ms) | p50 (ms) | p95 (ms) |", "|---:|---:|---:|---:|---:|---:|"]
     for count, p in data.items():
         lines.append(f"| {count} | {_cell(p, '.0f', 'throughput')} "
-                     f"| {_cell(p, '.2f', _broker_cpu)} | {_cell(p, '.2f', _total_cpu)} "
+                     f"| {_cell(p, '.2f', broker_cpu)} | {_cell(p, '.2f', total_cpu)} "
                      f"| {_cell(p, '.2f', 'p50')} | {_cell(p, '.2f', 'p95')} |")
     lines += ["", f"Growth 0 → {LISTENERS[-1]} listeners: broker CPU/task "
-              f"{_growth(data, _broker_cpu)}, p50 {_growth(data, 'p50')}, "
-              f"p95 {_growth(data, 'p95')}."]
+              f"{growth(data, broker_cpu)}, p50 {growth(data, 'p50')}, "
+              f"p95 {growth(data, 'p95')}."]
     return lines
 
 
@@ -446,7 +446,7 @@ def _plot(queues: dict[str, dict[int, dict[str, Any]]],
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for name, points in queues.items():
         ok = {k: v for k, v in points.items() if "error" not in v}
-        axes[0].plot(list(ok), [_broker_cpu(v) for v in ok.values()], marker="o", label=name)
+        axes[0].plot(list(ok), [broker_cpu(v) for v in ok.values()], marker="o", label=name)
         axes[1].plot(list(ok), [v["p50"] for v in ok.values()], marker="o", label=f"{name} p50")
     axes[0].set(xscale="log", xlabel="queues consumed", ylabel="broker CPU per task (ms)",
                 title="Per-task broker CPU vs queues")
