@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -49,11 +48,13 @@ from benchmarks.bench_scale import (
     drain_rate,
     scratch_database,
     time_round_trips,
+    total_cpu,
 )
 from benchmarks.cpu import CpuMeter, postmaster_pid
 from benchmarks.stats import LoadProbe, percentile, round_order, spread
 from swf_celery import db
-from tests.helpers import ROOT, wait_until, worker_process
+from swf_celery.testing import stop_worker
+from tests.helpers import ROOT, sql_value, wait_until, worker_process
 
 TASKS = 1000
 BACKLOG = 10_000
@@ -175,9 +176,7 @@ class _Workers:
         """Raise PointFailed, with the end of its log, when a worker has exited."""
         for proc, log in self.procs:
             if proc.poll() is not None:
-                log.flush()
-                tail = Path(log.name).read_text(errors="replace").strip()[-300:]
-                raise PointFailed(f"worker exited ({proc.returncode}): {tail}")
+                raise PointFailed(f"worker exited ({proc.returncode}): {_tail(log)}")
 
 
 @contextlib.contextmanager
@@ -194,22 +193,9 @@ def _peer_workers(peer: Peer, url: str, concurrencies: list[int]) -> Iterator[_W
         yield workers
         workers.check()
     finally:
-        for proc, _ in workers.procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
         for proc, log in workers.procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_worker(proc)
             log.close()
-
-
-def _count(url: str, query: str) -> int:
-    with psycopg.connect(url, autocommit=True) as conn:
-        return int(conn.execute(query).fetchone()[0])
 
 
 def _until_finished(peer: Peer, url: str, workers: _Workers, timeout: float = 300) -> float:
@@ -377,7 +363,7 @@ def _backlog_point(database_url: str, system: str,
                 worker = worker_process("benchmarks.broker_app", queues=[SWF_QUEUE], env=env,
                                         concurrency=2, pool="prefork", ready_timeout=120)
                 size = "SELECT swf.queue_size('" + SWF_QUEUE + "')"
-                return {"fill": fill, "drain": drain_rate(lambda: _count(url, size), worker,
+                return {"fill": fill, "drain": drain_rate(lambda: int(sql_value(url, size)), worker,
                                                           step=0.1)}
         if (reason := _peers_environment()) is not None:
             return {"error": reason}
@@ -386,7 +372,7 @@ def _backlog_point(database_url: str, system: str,
                               migrated=False) as url:
             _install(peer, url, versions)
             fill = _peer_run(peer, url, "fill", str(BACKLOG))["seconds"]
-            return {"fill": fill, "drain": drain_rate(lambda: _count(url, peer.waiting),
+            return {"fill": fill, "drain": drain_rate(lambda: int(sql_value(url, peer.waiting)),
                                                       _peer_workers(peer, url, [2]),
                                                       step=0.1)}
     except Exception as exc:  # noqa: BLE001 - a failed point is reported, not fatal
@@ -410,8 +396,6 @@ def _values(points: list[dict[str, Any]], value: Callable[[dict[str, Any]], floa
     return [value(p) if "error" not in p else float("nan") for p in points]
 
 
-def _total(point: dict[str, Any]) -> float:
-    return sum(point["cpu"].values())
 
 
 def _throughput_table(data: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -427,7 +411,7 @@ def _throughput_table(data: dict[str, list[dict[str, Any]]]) -> list[str]:
         cells += [spread(_values(points, lambda p, r=role: p["cpu"][r]), ".2f")
                   if role in _first(points)["cpu"] else "–"
                   for role in ("client", "workers", "PostgreSQL", "Redis")]
-        cells.append(spread(_values(points, _total), ".2f"))
+        cells.append(spread(_values(points, total_cpu), ".2f"))
         errors = [p["error"] for p in points if "error" in p]
         note = f" ({len(errors)} round(s) failed: {errors[0]})" if errors else ""
         lines.append(f"| {system}{note} | " + " | ".join(cells) + " |")
@@ -597,7 +581,7 @@ def _celery_cost(throughput: dict[str, list[dict[str, Any]]]) -> list[str]:
                ) -> float:
         return median_of(_values(points, value))
 
-    celery_ms, swf_ms = median(memory, _total), median(swf, _total)
+    celery_ms, swf_ms = median(memory, total_cpu), median(swf, total_cpu)
     pg_ms = median(swf, lambda p: p["cpu"]["PostgreSQL"])
     return [f"Celery's own cost: with no broker server, a no-op task costs {celery_ms:.2f} ms "
             "of CPU in all (client, worker and its pool, Redis results; median of the "
