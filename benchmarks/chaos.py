@@ -55,6 +55,8 @@ from typing import Any
 
 import psycopg
 
+from tests.helpers import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reliability.md"
 BEGIN, END = "<!-- chaos:begin -->", "<!-- chaos:end -->"
@@ -175,7 +177,7 @@ class Chaos:
         self.home = Path(tempfile.mkdtemp(prefix="swf-chaos-"))
         self.logs = Path(tempfile.mkdtemp(prefix="swf-chaos-logs-"))
         os.chmod(self.home, 0o755)  # the server's unprivileged user traverses it (as root)
-        self.server = Server(self.home / "pg", _free_port())
+        self.server = Server(self.home / "pg", free_port())
         self.n_workers = workers
         self.workers: list[Worker] = []
         self.tally = Tally()
@@ -576,12 +578,6 @@ def _task_key(message: dict[str, Any]) -> str | None:
         return None
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def render(report: dict[str, Any]) -> str:

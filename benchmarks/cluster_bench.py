@@ -202,7 +202,7 @@ def bench(host_counts: list[int], per_host: int, pgbouncer: bool = False,
     most = max(host_counts)
     lines: list[str] = []
     with contextlib.ExitStack() as stack:
-        c = stack.enter_context(Cluster(most, port=55434))
+        c = stack.enter_context(Cluster(most))
         url = c.server.url()
         migrate.migrate(url)
         db.resolve(url).close()

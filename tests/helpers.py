@@ -84,10 +84,10 @@ def run_hub_until(hub: Any, done: Callable[[], Any], what: str,
         hub.run_once()
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+def free_port(addr: str = "127.0.0.1") -> int:
+    """A TCP port on ``addr`` that nothing listens on right now."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((addr, 0))
         return int(sock.getsockname()[1])
 
 

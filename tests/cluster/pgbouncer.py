@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from swf_celery.db import with_listen_url
 from swf_celery.ops import embedded_user
+from tests.helpers import free_port
 
 BINARY = "/usr/sbin/pgbouncer"
 #: The system user of the test harness's own servers (PgBouncer, the cluster's
@@ -41,12 +42,6 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def _free_port(addr: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((addr, 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def pgbouncer(direct_url: str, *, listen_addr: str = "127.0.0.1", pool_size: int = 20,
               spawn: Any = None) -> Iterator[str]:
@@ -55,7 +50,7 @@ def pgbouncer(direct_url: str, *, listen_addr: str = "127.0.0.1", pool_size: int
     cluster's, so that its cleanup ends it too)."""
     parts = urlsplit(direct_url)
     user, password = unquote(parts.username or "postgres"), unquote(parts.password or "")
-    port = _free_port(listen_addr)
+    port = free_port(listen_addr)
     folder = Path(tempfile.mkdtemp(prefix="swf-pgbouncer-"))
     (folder / "userlist.txt").write_text(f'"{user}" "{password}"\n')
     (folder / "pgbouncer.ini").write_text(

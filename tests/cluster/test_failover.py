@@ -22,14 +22,13 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.long,
               pytest.mark.skipif(unavailable_reason() is not None,
                                  reason=str(unavailable_reason()))]
 
-PRIMARY, STANDBY = 55436, 55437
 TASKS = 30
 
 
 @pytest.fixture
 def replicated(request: pytest.FixtureRequest) -> Iterator[tuple[Cluster, str]]:
     durable = getattr(request, "param", False)
-    with cluster(2, port=PRIMARY) as c:
+    with cluster(2) as c:
         url = c.server.url()
         migrate.migrate(url)
         db.resolve(url).close()
@@ -37,14 +36,15 @@ def replicated(request: pytest.FixtureRequest) -> Iterator[tuple[Cluster, str]]:
             for table in ("cluster_starts", "cluster_runs"):
                 conn.execute(f"CREATE TABLE {table} (key text, host text)")
             conn.execute("CREATE TABLE cluster_effects (key text PRIMARY KEY, host text)")
-        c.add_standby(STANDBY)
+        standby = c.add_standby()
         if durable:  # from now on every commit waits for the standby
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
                 conn.execute("SELECT pg_reload_conf()")
         # Both servers in the query (libpq's host/port lists): Celery parses the netloc.
-        both = (f"postgresql://postgres:{c.server.password}@{BRIDGE_IP}:{PRIMARY}/swf"
-                f"?host={BRIDGE_IP},{BRIDGE_IP}&port={PRIMARY},{STANDBY}"
+        primary = c.server.port
+        both = (f"postgresql://postgres:{c.server.password}@{BRIDGE_IP}:{primary}/swf"
+                f"?host={BRIDGE_IP},{BRIDGE_IP}&port={primary},{standby.port}"
                 "&target_session_attrs=read-write")
         for i in (1, 2):
             c.start_worker(i, "tests.cluster.app", queues=[cluster_app.QUEUE], concurrency=4,

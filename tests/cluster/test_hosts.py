@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def two_hosts() -> Iterator[Cluster]:
-    with cluster(2, port=55433) as c:
+    with cluster(2) as c:
         migrate.migrate(c.server.url())
         db.resolve(c.server.url()).close()
         for i in (1, 2):
