@@ -549,7 +549,10 @@ def _section(probe: LoadProbe, versions: dict[str, str],
         "The backlog is enqueued through each system's batch API (swf: a `group`, stored in "
         "one insert; Procrastinate: `batch_defer_async` of 1,000; PgQueuer: `enqueue` of "
         "lists of 1,000). The drain is timed from the worker's first job, over 10 s or "
-        "until the backlog is empty, from the count of waiting jobs read every 0.1 s.",
+        "until the backlog is empty, from the count of waiting jobs read every 0.1 s. "
+        "Most of swf's enqueue time is Celery's: a `group` builds a full task message per "
+        "job (about 0.2 ms each, the memory:// row of `bench_publish`), which the peers' "
+        "batch APIs do not; the one insert of 10,000 rows takes about 0.5 s of it.",
         "",
         f"### Round trip: {ROUND_TRIPS} sequential enqueue → finished, one idle worker "
         "(concurrency 2: round 1's throughput worker, after its run)",
