@@ -1,6 +1,7 @@
 """Per-task cost as consumer processes grow: 1 to 32, as prefork children and as workers.
 
-Same no-op task, result backend Redis for every broker, one queue; only the broker differs.
+Same no-op task, result backend Redis for every broker, one queue; only the broker differs
+(swf, Redis, RabbitMQ, kombu's own ``pgmq://`` with its NOTIFY wake-ups).
 Two layouts of N consumer processes:
 
 * **children**: one ``celery worker --pool=prefork -c N`` (one broker connection, N
@@ -18,6 +19,7 @@ costs every task.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -31,12 +33,16 @@ from benchmarks.bench_scale import (
     REDIS_BROKER,
     broker_cpu,
     client_app,
+    collect,
     delete_rabbit_queues,
     flush_redis_db,
     growth,
+    latency_cell,
+    pgmq_url,
     scratch_database,
     time_round_trips,
     total_cpu,
+    transport_options,
 )
 from benchmarks.cpu import CpuMeter, postmaster_pid
 from benchmarks.stats import LoadProbe, percentile
@@ -54,8 +60,10 @@ QUEUE = "procs"
 @contextlib.contextmanager
 def consumer_processes(broker: str, layout: str, count: int) -> Iterator[list[int]]:
     """The consumer processes of one point, started together; yields the main pids."""
+    options = transport_options(broker) or json.loads(
+        os.environ.get("BENCH_TRANSPORT_OPTIONS", "{}"))
     env = {"BENCH_BROKER": broker, "BENCH_BACKEND": BACKEND, "BENCH_QUEUE": QUEUE,
-           "BENCH_TRANSPORT_OPTIONS": os.environ.get("BENCH_TRANSPORT_OPTIONS", "{}")}
+           "BENCH_TRANSPORT_OPTIONS": json.dumps(options)}
     shapes = [(count, "procs@%h")] if layout == "children" else \
         [(1, f"procs{i}@%h") for i in range(count)]
     managers = [worker_process("benchmarks.broker_app", queues=[QUEUE], env=env,
@@ -76,21 +84,19 @@ def _point(broker: str, layout: str, count: int) -> dict[str, Any]:
             time.sleep(2.0)
             meter = CpuMeter(pids, bench_scale.POSTMASTER)
             start = time.perf_counter()
-            results = [app.send_task("bench.noop", queue=QUEUE) for _ in range(TASKS)]
-            for r in results:
-                r.get(timeout=300)
+            collect([app.send_task("bench.noop", queue=QUEUE) for _ in range(TASKS)])
             elapsed = time.perf_counter() - start
             cpu = {role: s / TASKS * 1000 for role, s in meter.stop().items()}
             latencies = time_round_trips(app, [QUEUE], ROUND_TRIPS)
     finally:
         app.close()
-    return {"throughput": TASKS / elapsed, "cpu": cpu,
+    return {"throughput": TASKS / elapsed, "cpu": cpu, "round_trips": len(latencies),
             "p50": percentile(latencies, 50) * 1000, "p95": percentile(latencies, 95) * 1000}
 
 
 def processes_shape(database_url: str) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
     """Each broker and layout at each process count (brokers alternate within a count)."""
-    brokers = ["swf", "Redis", "RabbitMQ"]
+    brokers = ["swf", "Redis", "RabbitMQ", "kombu pgmq"]
     out: dict[tuple[str, str], dict[int, dict[str, Any]]] = {
         (b, layout): {} for layout in LAYOUTS for b in brokers}
     for layout in LAYOUTS:
@@ -105,6 +111,9 @@ def processes_shape(database_url: str) -> dict[tuple[str, str], dict[int, dict[s
                         flush_redis_db(REDIS_BROKER)
                         point = _point(REDIS_BROKER, layout, count)
                         flush_redis_db(REDIS_BROKER)
+                    elif name == "kombu pgmq":
+                        with scratch_database(database_url, f"pp{count}") as url:
+                            point = _point(pgmq_url(url), layout, count)
                     else:
                         point = _point(RABBIT, layout, count)
                         delete_rabbit_queues([QUEUE])
@@ -125,8 +134,8 @@ def _table(data: dict[tuple[str, str], dict[int, dict[str, Any]]]) -> list[str]:
                 lines.append(f"| {name} | {layout} | {count} | failed: {p['error']} | | | | |")
                 continue
             lines.append(f"| {name} | {layout} | {count} | {p['throughput']:.0f} "
-                         f"| {broker_cpu(p):.2f} | {total_cpu(p):.2f} | {p['p50']:.2f} "
-                         f"| {p['p95']:.2f} |")
+                         f"| {broker_cpu(p):.2f} | {total_cpu(p):.2f} "
+                         f"| {latency_cell(p, 'p50')} | {latency_cell(p, 'p95')} |")
     lines += ["", f"Growth from {PROCESSES[0]} to {PROCESSES[-1]} processes:", "",
               "| broker | layout | broker CPU/task | all CPU/task | p50 | p95 |",
               "|---|---|---:|---:|---:|---:|"]
@@ -167,7 +176,8 @@ def run(database_url: str) -> str:
         "## Consumer processes: 1 to 32 (`bench_processes`)",
         "",
         "Command: `python -m benchmarks.run bench_processes` (part of `make bench`). No-op "
-        "task, result backend Redis for every broker, one queue. *children*: one worker "
+        "task, result backend Redis for every broker, one queue; kombu pgmq is kombu's own "
+        "`pgmq://` transport with `use_notify` on. *children*: one worker "
         "`--pool=prefork -c N`; *workers*: N workers `--pool=prefork -c 1`, each with its "
         f"own broker connection. {TASKS} tasks sent then collected, then {ROUND_TRIPS} "
         "sequential round trips; one run per point. \"broker CPU\" is the workers' main "

@@ -1,7 +1,8 @@
 """Cost curves: how the broker's costs grow as queues, listeners and backlogs grow.
 
 Same no-op task, same result backend (Redis), worker ``--pool=prefork -c 2``; only the broker
-differs. Each shape changes one dimension and keeps the rest at its smallest:
+differs (swf, Redis, RabbitMQ and kombu's own ``pgmq://`` transport with its NOTIFY wake-ups).
+Each shape changes one dimension and keeps the rest at its smallest:
 
 * **queues**: one worker consumes N queues (1, 10, 100, 1,000) that exist and are consumed;
   the client sends tasks round-robin over them, then makes sequential round trips on random
@@ -13,8 +14,9 @@ differs. Each shape changes one dimension and keeps the rest at its smallest:
   result waiters are such sessions) on the database while the round trips run; PostgreSQL
   signals every listening backend of the database at each NOTIFY's commit.
 
-Each shape's server state is made fresh: a scratch database per shape for swf (migrated, then
-dropped), a scratch Redis db and RabbitMQ queues deleted after. ``BENCH_SCALE_MAX_BACKLOG``
+Each shape's server state is made fresh: a scratch database per point for swf and kombu pgmq
+(migrated, which installs pgmq, then dropped), a scratch Redis db and RabbitMQ queues deleted
+after. ``BENCH_SCALE_MAX_BACKLOG``
 caps the backlog sizes (default 1,000,000); ``BENCH_SCALE_QUICK=1`` runs two points of each.
 """
 
@@ -61,6 +63,9 @@ ROUND_TRIPS = 100
 PROBES = 200
 DRAIN_SECONDS = 10.0
 BROKER_ROLES = ("worker main", "PostgreSQL", "redis-server", "RabbitMQ")
+#: kombu's pgmq:// transport as bench_broker runs it: NOTIFY wake-ups on, pgmq installed
+#: by the migration (as SQL where the extension is absent), not by kombu.
+PGMQ_OPTIONS = {"use_notify": True, "init_extension": False}
 
 
 # -- scratch state -------------------------------------------------------------------------
@@ -114,11 +119,23 @@ def delete_rabbit_queues(names: list[str]) -> None:
 # -- one worker, N queues ------------------------------------------------------------------
 
 
+def pgmq_url(database_url: str) -> str:
+    """kombu's ``pgmq://`` URL of a database (kombu passes a URL's query on as Connection
+    arguments, not libpq options: the query goes)."""
+    return urlunsplit(urlsplit(database_url)._replace(scheme="pgmq", query=""))
+
+
+def transport_options(broker: str) -> dict[str, Any]:
+    """The transport options every benchmark gives ``broker`` (kombu pgmq's)."""
+    return PGMQ_OPTIONS if broker.startswith("pgmq://") else {}
+
+
 def client_app(broker: str) -> Any:
     from celery import Celery
 
     app = Celery("bench_scale_client", broker=broker, backend=BACKEND, set_as_current=False)
-    app.conf.update(result_expires=600, task_default_queue="scale-0")
+    app.conf.update(result_expires=600, task_default_queue="scale-0",
+                    broker_transport_options=transport_options(broker))
     return app
 
 
@@ -126,14 +143,41 @@ def _cpu_ms(meter: CpuMeter, tasks: int) -> dict[str, float]:
     return {role: seconds / tasks * 1000 for role, seconds in meter.stop().items()}
 
 
+#: Seconds a point's round trips may take in all: past it, with at least MIN_ROUND_TRIPS
+#: made, the point keeps those (a broker whose round trip takes seconds).
+ROUND_TRIP_BUDGET = 30.0
+MIN_ROUND_TRIPS = 5
+#: Seconds a point's batch of tasks may take to be collected before the point fails.
+BATCH_BUDGET = 120.0
+
+
 def time_round_trips(app: Any, queues: list[str], count: int) -> list[float]:
+    """Up to ``count`` sequential round trips on random ``queues`` (see ROUND_TRIP_BUDGET)."""
     rng = random.Random(7)
-    out = []
+    out: list[float] = []
+    start = time.perf_counter()
     for _ in range(count):
         t0 = time.perf_counter()
         app.send_task("bench.noop", queue=rng.choice(queues)).get(timeout=60)
         out.append(time.perf_counter() - t0)
+        if len(out) >= MIN_ROUND_TRIPS and time.perf_counter() - start > ROUND_TRIP_BUDGET:
+            break
     return out
+
+
+def collect(results: list[Any], budget: float = BATCH_BUDGET) -> None:
+    """Wait for every result, within ``budget`` seconds in all (TimeoutError names how many
+    were done)."""
+    deadline = time.monotonic() + budget
+    for done, r in enumerate(results):
+        left = deadline - time.monotonic()
+        try:
+            r.get(timeout=max(left, 0.1))
+        except Exception as exc:
+            if time.monotonic() < deadline:
+                raise
+            raise TimeoutError(f"{done} of {len(results)} tasks done in {budget:.0f} s"
+                               ) from exc
 
 
 #: The PostgreSQL server whose processes count as "PostgreSQL" (set by run()).
@@ -143,7 +187,7 @@ POSTMASTER: int | None = None
 def _queues_point(broker: str, count: int) -> dict[str, Any]:
     queues = [f"scale-{i}" for i in range(count)]
     env = {"BENCH_BROKER": broker, "BENCH_BACKEND": BACKEND, "BENCH_QUEUE": queues[0],
-           "BENCH_TRANSPORT_OPTIONS": "{}"}
+           "BENCH_TRANSPORT_OPTIONS": json.dumps(transport_options(broker))}
     app = client_app(broker)
     started = time.perf_counter()
     try:
@@ -158,22 +202,22 @@ def _queues_point(broker: str, count: int) -> dict[str, Any]:
             idle_cpu = {role: s / 5.0 * 1000 for role, s in idle.stop().items()}
             meter = CpuMeter(worker.pid, POSTMASTER)
             start = time.perf_counter()
-            results = [app.send_task("bench.noop", queue=queues[i % count])
-                       for i in range(TASKS)]
-            for r in results:
-                r.get(timeout=300)
+            collect([app.send_task("bench.noop", queue=queues[i % count])
+                     for i in range(TASKS)])
             elapsed = time.perf_counter() - start
             cpu = _cpu_ms(meter, TASKS)
             latencies = time_round_trips(app, queues, ROUND_TRIPS)
     finally:
         app.close()
     return {"ready": ready, "throughput": TASKS / elapsed, "cpu": cpu, "idle": idle_cpu,
-            "p50": percentile(latencies, 50) * 1000, "p95": percentile(latencies, 95) * 1000}
+            "p50": percentile(latencies, 50) * 1000, "p95": percentile(latencies, 95) * 1000,
+            "round_trips": len(latencies)}
 
 
 def queues_shape(database_url: str) -> dict[str, dict[int, dict[str, Any]]]:
     """Each broker at each queue count (brokers alternate within each count)."""
-    out: dict[str, dict[int, dict[str, Any]]] = {"swf": {}, "Redis": {}, "RabbitMQ": {}}
+    out: dict[str, dict[int, dict[str, Any]]] = {"swf": {}, "Redis": {}, "RabbitMQ": {},
+                                                 "kombu pgmq": {}}
     for n, count in enumerate(QUEUE_COUNTS):
         order = list(out) if n % 2 == 0 else list(reversed(out))
         for name in order:
@@ -186,6 +230,9 @@ def queues_shape(database_url: str) -> dict[str, dict[int, dict[str, Any]]]:
                     flush_redis_db(REDIS_BROKER)
                     out[name][count] = _queues_point(REDIS_BROKER, count)
                     flush_redis_db(REDIS_BROKER)
+                elif name == "kombu pgmq":
+                    with scratch_database(database_url, f"p{count}") as url:
+                        out[name][count] = _queues_point(pgmq_url(url), count)
                 else:
                     out[name][count] = _queues_point(RABBIT, count)
                     delete_rabbit_queues([f"scale-{i}" for i in range(count)])
@@ -287,10 +334,52 @@ def _redis_backlog_point(backlog: int) -> dict[str, Any]:
             "send_p95": percentile(sends, 95) * 1000, "drain": drain}
 
 
+def _pgmq_backlog_point(url: str, backlog: int) -> dict[str, Any]:
+    """kombu pgmq's own statements: ``pgmq.read`` of 4 followed by the ``pgmq.delete`` of
+    each message the read before returned (kombu acks one message per statement), and
+    ``pgmq.send``."""
+    queue = "scale_backlog"
+    broker = pgmq_url(url)
+    _publish_one(broker, queue)  # kombu creates the queue (and its NOTIFY trigger)
+    table = sql.Identifier("pgmq", f"q_{queue}")
+    with psycopg.connect(url, autocommit=True) as conn:
+        t0 = time.perf_counter()
+        if backlog > 1:
+            conn.execute(sql.SQL(
+                "INSERT INTO {t} (vt, message, headers) SELECT m.vt, m.message, m.headers "
+                "FROM {t} m, generate_series(1, %s) WHERE m.msg_id = "
+                "(SELECT min(msg_id) FROM {t})").format(t=table), [backlog - 1])
+            conn.execute(sql.SQL("VACUUM ANALYZE {t}").format(t=table))
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("CHECKPOINT")
+        fill = time.perf_counter() - t0
+        message = conn.execute(sql.SQL("SELECT message FROM {t} LIMIT 1").format(t=table)
+                               ).fetchone()[0]
+        reads, sends = [], []
+        held: list[int] = []
+        for _ in range(PROBES):
+            t = time.perf_counter()
+            for msg_id in held:
+                conn.execute("SELECT pgmq.delete(%s, %s::bigint)", [queue, msg_id])
+            held = [r[0] for r in conn.execute("SELECT msg_id FROM pgmq.read(%s, 60, 4)",
+                                               [queue]).fetchall()]
+            reads.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            conn.execute("SELECT pgmq.send(%s, %s::jsonb)", [queue, json.dumps(message)])
+            sends.append(time.perf_counter() - t)
+        size_sql = sql.SQL("SELECT count(*) FROM {t} WHERE vt <= clock_timestamp()"
+                           ).format(t=table)
+        drain = (_drain_rate(broker, queue, lambda: conn.execute(size_sql).fetchone()[0])
+                 if backlog > 1 else float("nan"))
+    return {"fill": fill, "read_p50": percentile(reads, 50) * 1000,
+            "read_p95": percentile(reads, 95) * 1000, "send_p50": percentile(sends, 50) * 1000,
+            "send_p95": percentile(sends, 95) * 1000, "drain": drain}
+
+
 def _drain_rate(broker: str, queue: str, size: Any) -> float:
     """Tasks/s a ``prefork -c 2`` worker takes off ``queue`` (``drain_rate``)."""
     env = {"BENCH_BROKER": broker, "BENCH_BACKEND": BACKEND, "BENCH_QUEUE": queue,
-           "BENCH_TRANSPORT_OPTIONS": "{}"}
+           "BENCH_TRANSPORT_OPTIONS": json.dumps(transport_options(broker))}
     return drain_rate(size, worker_process("benchmarks.broker_app", queues=[queue], env=env,
                                            concurrency=2, pool="prefork", ready_timeout=120))
 
@@ -316,7 +405,7 @@ def drain_rate(size: Callable[[], int], worker: AbstractContextManager[Any],
 
 
 def backlog_shape(database_url: str) -> dict[str, dict[int, dict[str, Any]]]:
-    out: dict[str, dict[int, dict[str, Any]]] = {"swf": {}, "Redis": {}}
+    out: dict[str, dict[int, dict[str, Any]]] = {"swf": {}, "Redis": {}, "kombu pgmq": {}}
     for backlog in BACKLOGS:
         for name in out:
             print(f"   backlog={backlog}: {name}", flush=True)
@@ -324,6 +413,9 @@ def backlog_shape(database_url: str) -> dict[str, dict[int, dict[str, Any]]]:
                 if name == "swf":
                     with scratch_database(database_url, f"b{backlog}") as url:
                         out[name][backlog] = _swf_backlog_point(url, max(backlog, 1))
+                elif name == "kombu pgmq":
+                    with scratch_database(database_url, f"pb{backlog}") as url:
+                        out[name][backlog] = _pgmq_backlog_point(url, max(backlog, 1))
                 else:
                     out[name][backlog] = _redis_backlog_point(max(backlog, 1))
             except Exception as exc:  # noqa: BLE001 - a failed point is reported, not fatal
@@ -370,6 +462,12 @@ def _cell(point: dict[str, Any], fmt: str, key: Any) -> str:
     return format(value, fmt)
 
 
+def latency_cell(point: dict[str, Any], key: str) -> str:
+    """``point[key]`` in ms, with the number of round trips when the budget cut them short."""
+    made = point.get("round_trips", ROUND_TRIPS)
+    return f"{point[key]:.2f}" + (f" ({made} trips)" if made < ROUND_TRIPS else "")
+
+
 def growth(points: dict[int, dict[str, Any]], key: Any) -> str:
     """The last point's value over the first's (points without the value are left out)."""
     if any("error" in p for p in points.values()):
@@ -393,7 +491,7 @@ def _queues_table(data: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
             idle = sum(p["idle"].get(role, 0.0) for role in BROKER_ROLES)
             lines.append(f"| {name} | {count} | {p['ready']:.1f} | {p['throughput']:.0f} "
                          f"| {broker_cpu(p):.2f} | {total_cpu(p):.2f} | {idle:.1f} "
-                         f"| {p['p50']:.2f} | {p['p95']:.2f} |")
+                         f"| {latency_cell(p, 'p50')} | {latency_cell(p, 'p95')} |")
     lines += ["", "Growth from the first to the last point (the target: per-task cost at "
               "1,000 queues within 1.5x of 1 queue):", "",
               "| broker | broker CPU/task | p50 | p95 |", "|---|---:|---:|---:|"]
@@ -480,11 +578,14 @@ def run(database_url: str) -> str:
         "worker `--pool=prefork -c 2`, result backend Redis for every broker; each point on a "
         "fresh database (swf) or a flushed Redis db. \"broker CPU\" is the worker's main "
         "process plus the broker's server (PostgreSQL backends, redis-server, RabbitMQ); "
-        "\"all CPU\" adds the client and the pool children. "
+        "\"all CPU\" adds the client and the pool children. kombu pgmq is kombu's own `pgmq://` "
+        "transport with `use_notify` on (its NOTIFY wake-ups), as `bench_broker` runs it. "
         f"Load average (1 min) at the end: {load:.1f} on {os.cpu_count()} cores{loaded}.",
         "",
-        f"### Queues consumed by one worker ({TASKS} tasks round-robin, then {ROUND_TRIPS} "
-        "round trips on random queues; idle CPU over 5 s before, from 5 s after the warm-up)",
+        f"### Queues consumed by one worker ({TASKS} tasks round-robin, collected within "
+        f"{BATCH_BUDGET:.0f} s, then {ROUND_TRIPS} round trips on random queues, as many as "
+        f"{ROUND_TRIP_BUDGET:.0f} s allow; idle CPU over 5 s before, from 5 s after the "
+        "warm-up)",
         "",
         *_queues_table(queues),
         "",
@@ -496,7 +597,9 @@ def run(database_url: str) -> str:
         "swf's read is the transport's own statement (`storage.sql` `read`: acks, then the "
         "oldest visible rows `FOR UPDATE SKIP LOCKED` through the queue's index), its publish "
         "the transport's `send` (asynchronous commit, as by default). Redis's are `BRPOP` and "
-        "`LPUSH`, O(1) at any depth.",
+        "`LPUSH`, O(1) at any depth. kombu pgmq's read is `pgmq.read` of 4 after one "
+        "`pgmq.delete` per message of the read before (kombu acks message by message), its "
+        "publish `pgmq.send` (synchronous commit, the server's default).",
         "",
         "### Idle LISTEN sessions on the database (swf; 1 queue)",
         "",

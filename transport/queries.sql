@@ -51,6 +51,13 @@ SELECT routing_key, pattern, queue FROM swf.queue_bindings WHERE exchange = %(ex
 -- name: arm
 SELECT swf.queue_arm(%(queues)s);
 
+-- name: hold_sleeper
+-- Run by a consumer's LISTEN session at its connect: the lock that says it lives
+-- (swf._sleeper_alive), held until the session ends. Another session holding it (only
+-- that session's pid reused, or a hostile one) leaves it untaken: the liveness check then
+-- reads the backend status instead.
+SELECT pg_try_advisory_lock(swf._sleeper_lock_space(), pg_backend_pid());
+
 -- name: sleep
 SELECT swf.queue_sleep(%(queues)s, %(channel)s, %(pid)s, %(claim_ms)s, %(key)s);
 

@@ -28,11 +28,13 @@ import secrets
 import select
 import threading
 
+from swf_celery.db import load_queries
 from swf_celery.db.listening import ListenConnection
 from swf_celery.errors import ArgumentError
 from swf_celery.transport import handover
 from swf_celery.transport.names import is_listen_channel
 
+QUERIES = load_queries("swf_celery.transport")
 #: NOTIFYs the listener keeps for the consumer; beyond, they are dropped and every queue
 #: is read again (a gap).
 BUFFER = 10_000
@@ -45,7 +47,9 @@ class Wakeup:
         # Connected before it returns (DatabaseUnavailable, a connection error for kombu,
         # when the server is away); without ``listening`` (transport option wakeups=False)
         # there is no LISTEN connection at all, only the self-pipe.
-        self._listener = (ListenConnection(dsn, name="swf-wakeup", buffer=BUFFER)
+        # Its session holds the lock that tells producers it lives (swf._sleeper_alive).
+        self._listener = (ListenConnection(dsn, name="swf-wakeup", buffer=BUFFER,
+                                           on_connect=QUERIES["hold_sleeper"])
                           if listening else None)
         self._channels: set[str] = set()
         self._lock = threading.Lock()

@@ -44,6 +44,31 @@
 CREATE OR REPLACE FUNCTION swf._queue_lock_space() RETURNS integer
 LANGUAGE sql IMMUTABLE AS $$ SELECT 1937204849 $$;
 
+-- Advisory lock namespace of the consumers' LISTEN sessions: 'swfw'. Each holds the session
+-- lock (this space, its backend pid) from its connect (transport/wakeup.py, query
+-- hold_sleeper in transport/queries.sql).
+CREATE OR REPLACE FUNCTION swf._sleeper_lock_space() RETURNS integer
+LANGUAGE sql IMMUTABLE AS $$ SELECT 1937204855 $$;
+
+-- Whether the session with backend pid p_pid, a consumer's LISTEN session, still runs. One
+-- that holds its sleeper lock answers from the lock manager: a shared try of the lock fails
+-- while it lives. Otherwise (a consumer of release 23 or older, a session that did not get
+-- the lock, a pid that is not a LISTEN session) the server's backend status is read, which
+-- copies every backend's status entry: tens of microseconds, more with max_connections.
+-- A session may hold any advisory lock it likes: one that takes a dead consumer's lock makes
+-- that consumer look alive until swf.queue_reap, which reads the backend status, removes it.
+-- Every name is schema-qualified: the function runs under its callers' search_path.
+CREATE OR REPLACE FUNCTION swf._sleeper_alive(p_pid integer) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT pg_catalog.pg_try_advisory_lock_shared(swf._sleeper_lock_space(), p_pid) THEN
+        RETURN true;
+    END IF;
+    PERFORM pg_catalog.pg_advisory_unlock_shared(swf._sleeper_lock_space(), p_pid);
+    RETURN EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(p_pid));
+END $$;
+REVOKE EXECUTE ON FUNCTION swf._sleeper_alive(integer) FROM PUBLIC;
+
 -- Refuse names that cannot be stored faithfully; the message names the rule.
 CREATE OR REPLACE FUNCTION swf.queue_check_name(p_name text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
@@ -164,7 +189,7 @@ BEGIN
             END IF;
             EXIT;
         END IF;
-        IF EXISTS (SELECT 1 FROM pg_stat_get_activity(v_pid)) THEN
+        IF swf._sleeper_alive(v_pid) THEN
             v_payload := NULL;
             IF p_msg IS NOT NULL AND v_claim IS NOT NULL AND v_key IS NOT NULL THEN
                 v_payload := swf._queue_hand_over(p_pgmq, p_msg, v_claim, v_key);
@@ -749,7 +774,7 @@ BEGIN
             MESSAGE = format('swf.queue_sleep: %L is not a consumer''s wake-up channel '
                              '(swfw_ and 16 hex digits) with its session''s pid', p_channel);
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(p_pid)) THEN
+    IF NOT swf._sleeper_alive(p_pid) THEN
         -- Not a session of this server (a pooler in session mode reports its own key, not
         -- the server's pid): every wake-up would skip it. The queues are marked instead, as
         -- swf.queue_arm does, and the consumer is woken on the queues' channels.

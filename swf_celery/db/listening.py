@@ -117,15 +117,18 @@ class ListenConnection:
     without, the reading thread connects in the background (:attr:`connected` tells when).
     ``buffer`` bounds the notifications not yet read; ``callback``, when given, is called
     with each one (gaps included) by a dispatch thread, never by the reading thread.
+    ``on_connect``, when given, is a statement each new connection runs before its first
+    LISTEN (a failure is logged and the connection used all the same).
     """
 
     def __init__(
         self, dsn: str, channels: Iterable[str] = (), *, name: str = "swf-listen",
         buffer: int = 10_000, max_backoff: float = 5.0,
         callback: Callable[[Received], Any] | None = None, connect: bool = True,
-        skip_check: float | None = SKIP_CHECK,
+        skip_check: float | None = SKIP_CHECK, on_connect: str | None = None,
     ) -> None:
         self.name = name
+        self._on_connect = on_connect
         self._dsn = dsn
         given = conninfo_to_dict(named_dsn(dsn, "listen"))
         self._defaults = {k: v for k, v in _DEFAULTS.items() if k not in given}
@@ -472,6 +475,12 @@ class ListenConnection:
         conn = open_connection(self._dsn, "listen", **self._defaults)
         try:
             conn.add_notify_handler(self._on_notify)
+            if self._on_connect is not None:
+                try:
+                    conn.execute(self._on_connect)  # type: ignore[arg-type]  # a query of a .sql file
+                except psycopg.DatabaseError as exc:  # an older schema: used all the same
+                    log.debug("%s: the connect statement failed (%s)", self.name,
+                              first_line(exc))
             self._skips = skipped_count(conn) if self._skip_check else None
             self._listening = set()
             while True:

@@ -14,6 +14,7 @@ from celery import Celery
 from kombu import Connection
 
 import swf_celery  # noqa: F401 - registers swf://
+from swf_celery.db import load_queries
 from swf_celery.transport import handover
 from tests.helpers import create_task_runs, sql, swf_url
 
@@ -53,14 +54,20 @@ def client(broker: str) -> Iterator[Celery]:
     app.close()
 
 
-class Sleeper:
-    """A LISTEN session on its own wake-up channel, as a worker's consumer has."""
+TRANSPORT_QUERIES = load_queries("swf_celery.transport")
 
-    def __init__(self, url: str, channel: str) -> None:
+
+class Sleeper:
+    """A LISTEN session on its own wake-up channel, as a worker's consumer has; with
+    ``holds_lock`` false, as a consumer of release 23 or older has (no sleeper lock)."""
+
+    def __init__(self, url: str, channel: str, *, holds_lock: bool = True) -> None:
         self.url = url
         self.channel = channel
         self.key = handover.new_key()
         self.conn = psycopg.connect(url, autocommit=True)
+        if holds_lock:
+            self.conn.execute(TRANSPORT_QUERIES["hold_sleeper"])
         self.conn.execute(f'LISTEN "{channel}"')
 
     def sleep_on(self, queue: str, claim_ms: int | None = None) -> float | None:
@@ -86,8 +93,8 @@ def sleepers(db_url: str) -> Iterator[Any]:
     """A factory of :class:`Sleeper` on the test's database, closed after the test."""
     made: list[Sleeper] = []
 
-    def make(channel: str) -> Sleeper:
-        made.append(Sleeper(db_url, channel))
+    def make(channel: str, *, holds_lock: bool = True) -> Sleeper:
+        made.append(Sleeper(db_url, channel, holds_lock=holds_lock))
         return made[-1]
 
     yield make

@@ -1,7 +1,9 @@
 """A message wakes one consumer, not every listener of its queue: the consumers asleep on it
 (``swf.queue_sleep``) whose LISTEN session still runs take turns, each woken on its own
 channel. A consumer killed while asleep, or woken for a queue it cannot read, never keeps a
-message from another consumer that is free."""
+message from another consumer that is free. Whether a sleeper's session runs is answered by
+the lock its session holds (``swf._sleeper_alive``), or, for a consumer of an older release
+that holds none, by the server's backend status: both kinds are tested."""
 
 from __future__ import annotations
 
@@ -14,9 +16,13 @@ import pytest
 from celery import Celery
 from psycopg.types.json import Jsonb
 
+from swf_celery.transport.wakeup import Wakeup
 from tests.helpers import kombu_message, pg_url, sql, task_runs, wait_until, worker_process
 
 APP = "tests.transport.broker_app"
+#: A sleeper as this release's consumers are (its session holds the sleeper lock), and as
+#: those of release 23 and older are (no lock).
+KINDS = pytest.mark.parametrize("holds_lock", [True, False], ids=["locked", "older-release"])
 
 
 def _send(url: str, queue: str, tag: str) -> None:
@@ -27,10 +33,13 @@ def _drain(url: str, queue: str) -> None:
     sql(url, "SELECT swf.queue_purge(%s)", (queue,))
 
 
-def test_each_message_wakes_one_sleeper_in_turn(db_url: str, sleepers: Any) -> None:
+@KINDS
+def test_each_message_wakes_one_sleeper_in_turn(db_url: str, sleepers: Any,
+                                                holds_lock: bool) -> None:
     pgmq = sql(db_url, "SELECT pgmq_name FROM swf.queue_ensure('jobs')")[0][0]
     woken = f"swfq_{pgmq}"
-    a, b = sleepers("swfw_00000000000000aa"), sleepers("swfw_00000000000000bb")
+    a = sleepers("swfw_00000000000000aa", holds_lock=holds_lock)
+    b = sleepers("swfw_00000000000000bb", holds_lock=holds_lock)
     assert a.sleep_on("jobs") is None and b.sleep_on("jobs") is None
     # One message, one wake-up; the woken consumer stays asleep, at the back of the line.
     for expected in (a, b, a):
@@ -50,10 +59,12 @@ def test_each_message_wakes_one_sleeper_in_turn(db_url: str, sleepers: Any) -> N
     assert a.woken() == [] and b.woken() == []
 
 
-def test_a_sleeper_whose_session_ended_is_skipped_and_forgotten(db_url: str,
-                                                                sleepers: Any) -> None:
+@KINDS
+def test_a_sleeper_whose_session_ended_is_skipped_and_forgotten(db_url: str, sleepers: Any,
+                                                                holds_lock: bool) -> None:
     sql(db_url, "SELECT swf.queue_ensure('jobs')")
-    gone, alive = sleepers("swfw_00000000000000cc"), sleepers("swfw_00000000000000dd")
+    gone = sleepers("swfw_00000000000000cc", holds_lock=holds_lock)
+    alive = sleepers("swfw_00000000000000dd", holds_lock=holds_lock)
     gone.sleep_on("jobs")
     alive.sleep_on("jobs")
     pid = gone.conn.info.backend_pid
@@ -63,6 +74,45 @@ def test_a_sleeper_whose_session_ended_is_skipped_and_forgotten(db_url: str,
     _send(db_url, "jobs", "1")
     assert len(alive.woken()) == 1
     assert sql(db_url, "SELECT channel FROM swf.queue_sleepers") == [(alive.channel,)]
+
+
+def _alive(url: str, pid: int) -> bool:
+    return bool(sql(url, "SELECT swf._sleeper_alive(%s)", (pid,))[0][0])
+
+
+def _holds_sleeper_lock(url: str, pid: int) -> bool:
+    return bool(sql(url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                         "AND classid = swf._sleeper_lock_space() AND objid = %s "
+                         "AND objsubid = 2 AND pid = %s AND mode = 'ExclusiveLock' "
+                         "AND granted", (pid, pid))[0][0])
+
+
+def test_a_consumers_listen_session_holds_the_lock_that_says_it_lives(db_url: str) -> None:
+    wakeup = Wakeup(db_url)
+    sleeper = wakeup.sleeper()
+    assert sleeper is not None
+    pid = sleeper[1]
+    try:
+        assert _holds_sleeper_lock(db_url, pid)
+        assert _alive(db_url, pid)
+        # The check leaves no lock behind in the checking session.
+        assert not sql(db_url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                               "AND classid = swf._sleeper_lock_space() AND pid <> %s",
+                       (pid,))[0][0]
+    finally:
+        wakeup.close()
+    wait_until(lambda: not sql(db_url, "SELECT 1 FROM pg_stat_activity WHERE pid = %s",
+                               (pid,)), 10, "the session ended")
+    assert not _alive(db_url, pid)
+
+
+def test_a_session_without_the_lock_is_alive_while_it_runs(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as older:  # a consumer of release 23
+        pid = older.info.backend_pid
+        assert not _holds_sleeper_lock(db_url, pid) and _alive(db_url, pid)
+    wait_until(lambda: not sql(db_url, "SELECT 1 FROM pg_stat_activity WHERE pid = %s",
+                               (pid,)), 10, "the session ended")
+    assert not _alive(db_url, pid)
 
 
 def test_a_wake_up_passed_on_reaches_the_next_sleeper(db_url: str, sleepers: Any) -> None:
