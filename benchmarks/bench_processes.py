@@ -35,6 +35,7 @@ from benchmarks.bench_scale import (
     client_app,
     collect,
     delete_rabbit_queues,
+    error_text,
     flush_redis_db,
     growth,
     latency_cell,
@@ -118,7 +119,7 @@ def processes_shape(database_url: str) -> dict[tuple[str, str], dict[int, dict[s
                         point = _point(RABBIT, layout, count)
                         delete_rabbit_queues([QUEUE])
                 except Exception as exc:  # noqa: BLE001 - a failed point is reported
-                    point = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+                    point = {"error": error_text(exc)}
                 out[(name, layout)][count] = point
                 print(f"      {point}", flush=True)
     return out
@@ -161,7 +162,8 @@ def _plot(data: dict[tuple[str, str], dict[int, dict[str, Any]]]) -> str | None:
                      label=f"{name}, {layout}")
     axes[0].set(xscale="log", xlabel="consumer processes", ylabel="broker CPU per task (ms)",
                 title="Per-task broker CPU vs consumer processes")
-    axes[1].set(xscale="log", xlabel="consumer processes", ylabel="round trip p50 (ms)",
+    axes[1].set(xscale="log", yscale="log", xlabel="consumer processes",
+                ylabel="round trip p50 (ms, log scale)",
                 title="Round trip vs consumer processes")
     return plots.save(fig, "processes-curve.png", axes)
 

@@ -237,7 +237,7 @@ def queues_shape(database_url: str) -> dict[str, dict[int, dict[str, Any]]]:
                     out[name][count] = _queues_point(RABBIT, count)
                     delete_rabbit_queues([f"scale-{i}" for i in range(count)])
             except Exception as exc:  # noqa: BLE001 - a failed point is reported, not fatal
-                out[name][count] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+                out[name][count] = {"error": error_text(exc)}
             print(f"      {out[name][count]}", flush=True)
     return out
 
@@ -419,7 +419,7 @@ def backlog_shape(database_url: str) -> dict[str, dict[int, dict[str, Any]]]:
                 else:
                     out[name][backlog] = _redis_backlog_point(max(backlog, 1))
             except Exception as exc:  # noqa: BLE001 - a failed point is reported, not fatal
-                out[name][backlog] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+                out[name][backlog] = {"error": error_text(exc)}
             print(f"      {out[name][backlog]}", flush=True)
     return out
 
@@ -460,6 +460,16 @@ def _cell(point: dict[str, Any], fmt: str, key: Any) -> str:
         return "failed"
     value = key(point) if callable(key) else point[key]
     return format(value, fmt)
+
+
+def error_text(exc: BaseException) -> str:
+    """A failed point's cell: the error's type, its first line and the last line of what
+    it carries (a worker's log ends with why it stopped), on one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    if len(lines) > 1:
+        text += f" … {lines[-1]}"
+    return text.replace("|", "/")[:240]
 
 
 def latency_cell(point: dict[str, Any], key: str) -> str:
@@ -548,7 +558,8 @@ def _plot(queues: dict[str, dict[int, dict[str, Any]]],
         axes[1].plot(list(ok), [v["p50"] for v in ok.values()], marker="o", label=f"{name} p50")
     axes[0].set(xscale="log", xlabel="queues consumed", ylabel="broker CPU per task (ms)",
                 title="Per-task broker CPU vs queues")
-    axes[1].set(xscale="log", xlabel="queues consumed", ylabel="round trip p50 (ms)",
+    axes[1].set(xscale="log", yscale="log", xlabel="queues consumed",
+                ylabel="round trip p50 (ms, log scale)",
                 title="Round trip vs queues")
     for name, points in backlog.items():
         ok = {max(k, 1): v for k, v in points.items() if "error" not in v}
