@@ -253,6 +253,37 @@ def _publish_one(broker: str, queue: str) -> None:
         app.close()
 
 
+def _fill_table(conn: psycopg.Connection[Any], table: sql.Composable, backlog: int) -> float:
+    """Copy the one message in ``table`` until it holds ``backlog``; seconds taken."""
+    t0 = time.perf_counter()
+    if backlog > 1:
+        conn.execute(sql.SQL(
+            "INSERT INTO {t} (vt, message, headers) SELECT m.vt, m.message, m.headers "
+            "FROM {t} m, generate_series(1, %s) WHERE m.msg_id = "
+            "(SELECT min(msg_id) FROM {t})").format(t=table), [backlog - 1])
+        conn.execute(sql.SQL("VACUUM ANALYZE {t}").format(t=table))
+        with contextlib.suppress(psycopg.Error):  # the fill's WAL written out first
+            conn.execute("CHECKPOINT")
+    return time.perf_counter() - t0
+
+
+def _table_drain(conn: psycopg.Connection[Any], table: sql.Composable, broker: str,
+                 queue: str, backlog: int) -> float:
+    """The drain rate of ``queue`` (NaN without a backlog), sized by counting ``table``."""
+    if backlog <= 1:
+        return float("nan")
+    size_sql = sql.SQL("SELECT count(*) FROM {t} WHERE vt <= clock_timestamp()"
+                       ).format(t=table)
+    return _drain_rate(broker, queue, lambda: conn.execute(size_sql).fetchone()[0])
+
+
+def _backlog_result(fill: float, reads: list[float], sends: list[float],
+                    drain: float) -> dict[str, Any]:
+    return {"fill": fill, "read_p50": percentile(reads, 50) * 1000,
+            "read_p95": percentile(reads, 95) * 1000, "send_p50": percentile(sends, 50) * 1000,
+            "send_p95": percentile(sends, 95) * 1000, "drain": drain}
+
+
 def _swf_backlog_point(url: str, backlog: int) -> dict[str, Any]:
     queue = "scale-backlog"
     broker = db.broker_url(url)
@@ -264,16 +295,7 @@ def _swf_backlog_point(url: str, backlog: int) -> dict[str, Any]:
         assert row is not None
         storage = QueueStorage(queue, row[0], row[1])
         table = storage.table()
-        t0 = time.perf_counter()
-        if backlog:
-            conn.execute(sql.SQL(
-                "INSERT INTO {t} (vt, message, headers) SELECT m.vt, m.message, m.headers "
-                "FROM {t} m, generate_series(1, %s) WHERE m.msg_id = "
-                "(SELECT min(msg_id) FROM {t})").format(t=table), [backlog - 1])
-            conn.execute(sql.SQL("VACUUM ANALYZE {t}").format(t=table))
-            with contextlib.suppress(psycopg.Error):  # the fill's WAL written out first
-                conn.execute("CHECKPOINT")
-        fill = time.perf_counter() - t0
+        fill = _fill_table(conn, table, backlog)
         message = conn.execute(sql.SQL("SELECT message FROM {t} LIMIT 1").format(t=table)
                                ).fetchone()[0]
         reads, sends = [], []
@@ -291,13 +313,8 @@ def _swf_backlog_point(url: str, backlog: int) -> dict[str, Any]:
             conn.execute(send, {"queue": queue, "commit": "off",
                                 "message": json.dumps(message), "delay": 0})
             sends.append(time.perf_counter() - t)
-        size_sql = sql.SQL("SELECT count(*) FROM {t} WHERE vt <= clock_timestamp()"
-                           ).format(t=table)
-        drain = (_drain_rate(broker, queue, lambda: conn.execute(size_sql).fetchone()[0])
-                 if backlog > 1 else float("nan"))
-    return {"fill": fill, "read_p50": percentile(reads, 50) * 1000,
-            "read_p95": percentile(reads, 95) * 1000, "send_p50": percentile(sends, 50) * 1000,
-            "send_p95": percentile(sends, 95) * 1000, "drain": drain}
+        drain = _table_drain(conn, table, broker, queue, backlog)
+    return _backlog_result(fill, reads, sends, drain)
 
 
 def _redis_backlog_point(backlog: int) -> dict[str, Any]:
@@ -329,9 +346,7 @@ def _redis_backlog_point(backlog: int) -> dict[str, Any]:
     drain = (_drain_rate(REDIS_BROKER, queue, lambda: client.llen(queue))
              if backlog > 1 else float("nan"))
     flush_redis_db(REDIS_BROKER)
-    return {"fill": fill, "read_p50": percentile(reads, 50) * 1000,
-            "read_p95": percentile(reads, 95) * 1000, "send_p50": percentile(sends, 50) * 1000,
-            "send_p95": percentile(sends, 95) * 1000, "drain": drain}
+    return _backlog_result(fill, reads, sends, drain)
 
 
 def _pgmq_backlog_point(url: str, backlog: int) -> dict[str, Any]:
@@ -343,16 +358,7 @@ def _pgmq_backlog_point(url: str, backlog: int) -> dict[str, Any]:
     _publish_one(broker, queue)  # kombu creates the queue (and its NOTIFY trigger)
     table = sql.Identifier("pgmq", f"q_{queue}")
     with psycopg.connect(url, autocommit=True) as conn:
-        t0 = time.perf_counter()
-        if backlog > 1:
-            conn.execute(sql.SQL(
-                "INSERT INTO {t} (vt, message, headers) SELECT m.vt, m.message, m.headers "
-                "FROM {t} m, generate_series(1, %s) WHERE m.msg_id = "
-                "(SELECT min(msg_id) FROM {t})").format(t=table), [backlog - 1])
-            conn.execute(sql.SQL("VACUUM ANALYZE {t}").format(t=table))
-            with contextlib.suppress(psycopg.Error):
-                conn.execute("CHECKPOINT")
-        fill = time.perf_counter() - t0
+        fill = _fill_table(conn, table, backlog)
         message = conn.execute(sql.SQL("SELECT message FROM {t} LIMIT 1").format(t=table)
                                ).fetchone()[0]
         reads, sends = [], []
@@ -367,13 +373,8 @@ def _pgmq_backlog_point(url: str, backlog: int) -> dict[str, Any]:
             t = time.perf_counter()
             conn.execute("SELECT pgmq.send(%s, %s::jsonb)", [queue, json.dumps(message)])
             sends.append(time.perf_counter() - t)
-        size_sql = sql.SQL("SELECT count(*) FROM {t} WHERE vt <= clock_timestamp()"
-                           ).format(t=table)
-        drain = (_drain_rate(broker, queue, lambda: conn.execute(size_sql).fetchone()[0])
-                 if backlog > 1 else float("nan"))
-    return {"fill": fill, "read_p50": percentile(reads, 50) * 1000,
-            "read_p95": percentile(reads, 95) * 1000, "send_p50": percentile(sends, 50) * 1000,
-            "send_p95": percentile(sends, 95) * 1000, "drain": drain}
+        drain = _table_drain(conn, table, broker, queue, backlog)
+    return _backlog_result(fill, reads, sends, drain)
 
 
 def _drain_rate(broker: str, queue: str, size: Any) -> float:
