@@ -23,12 +23,12 @@ import statistics
 import threading
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 import swf_celery  # noqa: F401 - registers swf://
+from benchmarks.bench_scale import PGMQ_OPTIONS, pgmq_url
 from benchmarks.cpu import CpuMeter
 from benchmarks.stats import (
     LoadProbe,
@@ -53,7 +53,6 @@ BACKEND = f"{REDIS}/13"
 
 
 def _brokers(database_url: str) -> dict[str, tuple[str, dict[str, Any]]]:
-    parts = urlsplit(database_url)
     pg = db.broker_url(database_url)
     return {
         "swf (this project)": (pg, {}),
@@ -62,10 +61,7 @@ def _brokers(database_url: str) -> dict[str, tuple[str, dict[str, Any]]]:
         "swf, event_loop=False": (pg, {"event_loop": False}),
         "Redis": (f"{REDIS}/12", {}),
         "RabbitMQ": (RABBIT, {}),
-        # kombu passes a URL's query on as Connection arguments (it has no libpq options):
-        # the pgmq URL goes without it.
-        "kombu pgmq (use_notify)": (parts._replace(scheme="pgmq", query="").geturl(),
-                                    {"use_notify": True, "init_extension": False}),
+        "kombu pgmq (use_notify)": (pgmq_url(database_url), PGMQ_OPTIONS),
     }
 
 

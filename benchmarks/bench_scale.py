@@ -63,7 +63,7 @@ ROUND_TRIPS = 100
 PROBES = 200
 DRAIN_SECONDS = 10.0
 BROKER_ROLES = ("worker main", "PostgreSQL", "redis-server", "RabbitMQ")
-#: kombu's pgmq:// transport as bench_broker runs it: NOTIFY wake-ups on, pgmq installed
+#: kombu's pgmq:// transport as every benchmark runs it: NOTIFY wake-ups on, pgmq installed
 #: by the migration (as SQL where the extension is absent), not by kombu.
 PGMQ_OPTIONS = {"use_notify": True, "init_extension": False}
 
