@@ -140,11 +140,11 @@ def _bin(name: str) -> str:
 
 
 class Server:
-    """A private PostgreSQL on the bridge address (its own data folder, removed on exit)."""
+    """A private PostgreSQL on the bridge address and 127.0.0.1, on a free port (its own
+    data folder, removed on exit)."""
 
-    def __init__(self, port: int | None = None, max_connections: int = 100,
-                 settings: Sequence[str] = ()) -> None:
-        self.port = free_port() if port is None else port
+    def __init__(self, max_connections: int = 100, settings: Sequence[str] = ()) -> None:
+        self.port = free_port()
         self.password = secrets.token_urlsafe(18)
         self.folder = Path(tempfile.mkdtemp(prefix="swf-cluster-pg-"))
         self.max_connections = max_connections
@@ -177,10 +177,10 @@ class Server:
         self._launch()
         self._wait(create="swf")
 
-    def standby(self, port: int | None = None) -> Server:
-        """A streaming standby of this server (``pg_basebackup -R``), started on ``port``."""
+    def standby(self) -> Server:
+        """A streaming standby of this server (``pg_basebackup -R``), on a port of its own."""
         # Not this server's settings: a promoted standby must not wait for a standby.
-        other = Server(port, self.max_connections)
+        other = Server(self.max_connections)
         other.password = self.password
         user = harness_user()
         os.chown(other.folder, user.pw_uid, user.pw_gid)
@@ -246,10 +246,10 @@ class Server:
 class Cluster:
     """``hosts`` namespaces on a bridge with a private server; see the module docstring."""
 
-    def __init__(self, hosts: int, port: int | None = None, max_connections: int = 100,
+    def __init__(self, hosts: int, max_connections: int = 100,
                  settings: Sequence[str] = ()) -> None:
         self.hosts = hosts
-        self.server = Server(port, max_connections, settings)
+        self.server = Server(max_connections, settings)
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
         self.extra: list[subprocess.Popen[bytes]] = []
         self.standbys: list[Server] = []
@@ -312,9 +312,9 @@ class Cluster:
             time.sleep(0.1)
         return proc
 
-    def add_standby(self, port: int | None = None) -> Server:
-        """A streaming standby of the cluster's server on ``port`` (stopped on exit)."""
-        standby = self.server.standby(port)
+    def add_standby(self) -> Server:
+        """A streaming standby of the cluster's server (stopped on exit)."""
+        standby = self.server.standby()
         self.standbys.append(standby)
         self._save()
         return standby
