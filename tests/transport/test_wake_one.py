@@ -95,9 +95,12 @@ def test_a_consumers_listen_session_holds_the_lock_that_says_it_lives(db_url: st
     try:
         assert _holds_sleeper_lock(db_url, pid)
         assert _alive(db_url, pid)
-        # The check leaves no lock behind in the checking session.
+        # The check leaves no lock behind in the checking session (the locks of this
+        # database only: workers of tests running beside this one hold their own).
         assert not sql(db_url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                               "AND classid = swf._sleeper_lock_space() AND pid <> %s",
+                               "AND classid = swf._sleeper_lock_space() AND pid <> %s "
+                               "AND database = (SELECT oid FROM pg_database "
+                               "                 WHERE datname = current_database())",
                        (pid,))[0][0]
     finally:
         wakeup.close()
