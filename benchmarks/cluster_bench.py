@@ -21,11 +21,13 @@ import statistics
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 from celery import Celery
 
+from benchmarks.cpu import CpuMeter, backend_cpu
 from benchmarks.run import DOC, machine
 from swf_celery import db
 from swf_celery.ops import migrate
@@ -40,15 +42,48 @@ BULK = "cluster_bulk"
 LAYERS, WIDTH = 40, 50  # the 2000-step DAG
 
 
+#: A worker host's sessions name it in application_name (``swf-broker@host3``); the
+#: client's name the machine itself.
+_HOST_SESSION = re.compile(r"^(swf-[a-z]+)@host\d+$")
+
+
 def _sessions(url: str) -> tuple[int, int]:
     """(worker-host sessions, sessions waiting on a lock) right now."""
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FILTER (WHERE application_name LIKE 'swf-%%@host%%'), "
-            "count(*) FILTER (WHERE wait_event_type = 'Lock') FROM pg_stat_activity"
-        ).fetchone()
+        return _session_counts(conn)[:2]
+
+
+def _session_counts(conn: psycopg.Connection[Any]) -> tuple[int, int, int, int]:
+    """(worker-host sessions, sessions waiting on a lock, the client's publishing sessions
+    running a statement, those of them waiting on a lock) right now."""
+    row = conn.execute(
+        "SELECT count(*) FILTER (WHERE application_name LIKE 'swf-%%@host%%'), "
+        "count(*) FILTER (WHERE wait_event_type = 'Lock'), "
+        "count(*) FILTER (WHERE publishing AND state = 'active'), "
+        "count(*) FILTER (WHERE publishing AND state = 'active' AND wait_event_type = 'Lock') "
+        "FROM (SELECT *, application_name LIKE 'swf-broker@%%' "
+        "                AND application_name NOT LIKE '%%@host%%' AS publishing "
+        "        FROM pg_stat_activity WHERE pid <> pg_backend_pid()) a").fetchone()
     assert row is not None
-    return int(row[0]), int(row[1])
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+
+
+def _backend_roles(url: str) -> dict[int, str]:
+    """Each PostgreSQL process's role: a worker host's or the client's connection role
+    (``workers: swf-broker``, ``client: swf-listen``), else its backend type."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute("SELECT pid, application_name, backend_type "
+                            "FROM pg_stat_activity").fetchall()
+    roles = {}
+    for pid, name, backend_type in rows:
+        host = _HOST_SESSION.match(name or "")
+        if host:
+            roles[int(pid)] = f"workers: {host.group(1)}"
+        elif (name or "").startswith("swf-"):
+            roles[int(pid)] = f"client: {name.partition('@')[0]}"
+        else:
+            roles[int(pid)] = str(backend_type)
+    return roles
 
 
 def _cpu() -> tuple[float, float]:
@@ -75,11 +110,18 @@ def _server_cpu(server_pid: int | None) -> float:
 
 
 def _sample_peaks(watch: str | None, peak: list[int], done: threading.Event) -> None:
-    """Every 200 ms until ``done``: the most worker-host sessions and lock waits so far."""
-    while watch and not done.is_set():
-        sessions, locks = _sessions(watch)
-        peak[0], peak[1] = max(peak[0], sessions), max(peak[1], locks)
-        done.wait(0.2)
+    """Every 50 ms until ``done``: the most worker-host sessions and lock waits so far
+    (``peak[0]``, ``peak[1]``), and how often the client's publishing session was seen
+    running a statement (``peak[2]``) and waiting on a lock in it (``peak[3]``)."""
+    if not watch:
+        return
+    with psycopg.connect(watch, autocommit=True) as conn:
+        while not done.is_set():
+            sessions, locks, publishing, waiting = _session_counts(conn)
+            peak[0], peak[1] = max(peak[0], sessions), max(peak[1], locks)
+            peak[2] += publishing
+            peak[3] += waiting
+            done.wait(0.05)
 
 
 def _run_tasks(broker: str, backend: str, tasks: int, watch: str | None,
@@ -90,7 +132,7 @@ def _run_tasks(broker: str, backend: str, tasks: int, watch: str | None,
     trips (publish -> result, with the 100 ms sleep)."""
     client = Celery("cluster_bench", broker=broker, backend=backend, set_as_current=False)
     client.conf.task_default_queue = cluster_app.QUEUE
-    peak = [0, 0]
+    peak = [0, 0, 0, 0]
     done = threading.Event()
     sampler = threading.Thread(target=_sample_peaks, args=(watch, peak, done), daemon=True)
     try:
@@ -121,18 +163,23 @@ def _run_tasks(broker: str, backend: str, tasks: int, watch: str | None,
 
 
 def _run_live(broker: str, backend: str, tasks: int, watch: str | None,
-              server_pid: int | None = None) -> dict[str, Any]:
+              server_pid: int | None = None, workers: Sequence[int] = ()) -> dict[str, Any]:
     """The users' shape: every host already consumes the app's queue; the client publishes
     ``tasks`` timed naps one after another and then collects each result with ``get()``, in
     order, while the hosts work. tasks/s: tasks / (first publish -> last result collected);
-    also the publish rate and the peak sessions and lock waits."""
+    also the publish rate, the peak sessions and lock waits, the share of the client's
+    publishing statements seen waiting on a lock, and the CPU ms per task of each role
+    (``roles``: client, worker hosts, Redis, and PostgreSQL's processes by the role of
+    their connection when ``watch`` is given)."""
     client = Celery("cluster_live", broker=broker, backend=backend, set_as_current=False)
     client.conf.task_default_queue = cluster_app.QUEUE
-    peak = [0, 0]
+    peak = [0, 0, 0, 0]
     done = threading.Event()
     sampler = threading.Thread(target=_sample_peaks, args=(watch, peak, done), daemon=True)
     sampler.start()
     try:
+        meter = CpuMeter(workers, server_pid)
+        backends0 = backend_cpu(server_pid)
         cpu0, pg0 = _cpu(), _server_cpu(server_pid)
         first = time.time()
         results = [client.send_task("tests.cluster.app.timed_nap", (NAP,))
@@ -141,14 +188,25 @@ def _run_live(broker: str, backend: str, tasks: int, watch: str | None,
         outcomes = [r.get(timeout=600) for r in results]
         last = time.time()
         cpu1, pg1 = _cpu(), _server_cpu(server_pid)
+        spent, backends1 = meter.stop(), backend_cpu(server_pid)
     finally:
         done.set()
         sampler.join()
         client.close()
     hosts = Counter(host for host, _, _ in outcomes)
+    roles = {"client": spent["client"],
+             "worker hosts": spent["worker main"] + spent["pool children"],
+             "redis-server": spent.get("redis-server", 0.0)}
+    if watch:
+        for pid, role in _backend_roles(watch).items():
+            roles[f"PostgreSQL {role}"] = roles.get(f"PostgreSQL {role}", 0.0) + max(
+                0.0, backends1.get(pid, 0.0) - backends0.get(pid, 0.0))
+    roles["PostgreSQL"] = spent.get("PostgreSQL", 0.0)
     return {"rate": tasks / (last - first), "publish": tasks / max(published - first, 1e-9),
             "cpu": (cpu1[0] - cpu0[0]) / max(cpu1[1] - cpu0[1], 1.0),
             "pg_cpu_per_task": (pg1 - pg0) / tasks * 1000,
+            "roles": {role: seconds / tasks * 1000 for role, seconds in roles.items()},
+            "publish_lock_share": peak[3] / peak[2] if peak[2] else None,
             "sessions": peak[0], "lock_waits": peak[1], "hosts": len(hosts)}
 
 
@@ -195,6 +253,11 @@ def _stop_hosts(c: Cluster) -> None:
         c.stop_worker(i)
 
 
+def _metered(c: Cluster, shape: str) -> dict[str, Any]:
+    """The live shape's extra argument: the worker hosts' processes, for its CPU meter."""
+    return {"workers": [p.pid for p in c.workers.values()]} if shape == "live" else {}
+
+
 def bench(host_counts: list[int], per_host: int, pgbouncer: bool = False,
           shapes: tuple[str, ...] = ("bulk", "live"), live_per_host: int = 400,
           dag: bool = True) -> str:
@@ -231,7 +294,8 @@ def bench(host_counts: list[int], per_host: int, pgbouncer: bool = False,
                 run, count, ours_key, _ = runs[shape]
                 run(swf_url, swf_url, 16 * hosts, None)  # warm-up
                 _reset_statements(url)
-                row[ours_key] = run(swf_url, swf_url, count * hosts, url, pid)
+                row[ours_key] = run(swf_url, swf_url, count * hosts, url, pid,
+                                    **_metered(c, shape))
                 if hosts == most and shape == "live":
                     live_statements = _top_statements(url)
                 elif hosts == most:
@@ -241,7 +305,7 @@ def bench(host_counts: list[int], per_host: int, pgbouncer: bool = False,
             for shape in shapes:
                 run, count, _, redis_key = runs[shape]
                 run(redis, redis, 16 * hosts, None)  # warm-up
-                row[redis_key] = run(redis, redis, count * hosts, None)
+                row[redis_key] = run(redis, redis, count * hosts, None, **_metered(c, shape))
             _stop_hosts(c)
             rows[hosts] = row
             print(f"{hosts} hosts: " + ", ".join(f"{k} {v['rate']:.0f}/s"
@@ -284,6 +348,13 @@ def bench(host_counts: list[int], per_host: int, pgbouncer: bool = False,
             "publishing rate.",
             "",
             *_table(rows, "ours_live", "redis_live", live=True),
+            "",
+            "Where the CPU goes, publishing while consuming: ms of CPU per task by process "
+            "(`/proc`), PostgreSQL's processes by the role of their connection "
+            "(`pg_stat_activity`); \"publish waits\": the share of 50 ms samples in which the "
+            "client's publishing statement was waiting on a lock.",
+            "",
+            *_cpu_table(rows),
             "",
         ]
     if "bulk" in shapes:
@@ -333,6 +404,35 @@ def _table(rows: dict[int, dict[str, Any]], ours_key: str, redis_key: str, *,
             f"{r['rate']:.0f} | {mid_r} | {r['cpu']:.0%} | "
             f"{o['rate'] / r['rate']:.2f} | {o['rate'] / base[ours_key]['rate']:.2f}x, "
             f"{r['rate'] / base[redis_key]['rate']:.2f}x |")
+    return out
+
+
+#: PostgreSQL's roles the CPU table shows on their own (the rest is summed as "other").
+_PG_ROLES = ("workers: swf-broker", "workers: swf-listen", "workers: swf-results",
+             "client: swf-broker", "client: swf-listen")
+
+
+def _cpu_table(rows: dict[int, dict[str, Any]]) -> list[str]:
+    """CPU ms per task by role in the live shape, swf beside Redis for each host count."""
+    out = ["| hosts | broker | total | client | worker hosts | server | "
+           + " | ".join(f"PG {r}" for r in _PG_ROLES) + " | PG other | publish waits |",
+           "|---|---|---|---|---|---|" + "---|" * (len(_PG_ROLES) + 2)]
+    for hosts, row in rows.items():
+        for label, key, server in (("swf", "ours_live", "PostgreSQL"),
+                                   ("Redis", "redis_live", "redis-server")):
+            roles = row[key]["roles"]
+            total = roles["client"] + roles["worker hosts"] + roles[server]
+            cells = [f"{hosts}", label, f"{total:.2f}", f"{roles['client']:.2f}",
+                     f"{roles['worker hosts']:.2f}", f"{roles[server]:.2f}"]
+            if label == "swf":
+                shown = [roles.get(f"PostgreSQL {r}", 0.0) for r in _PG_ROLES]
+                share = row[key]["publish_lock_share"]
+                cells += [f"{v:.2f}" for v in shown]
+                cells += [f"{roles[server] - sum(shown):.2f}",
+                          "-" if share is None else f"{share:.0%}"]
+            else:
+                cells += ["-"] * (len(_PG_ROLES) + 2)
+            out.append("| " + " | ".join(cells) + " |")
     return out
 
 

@@ -37,6 +37,14 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def backend_cpu(postmaster: int | None) -> dict[int, float]:
+    """CPU seconds of each process of the PostgreSQL server ``postmaster`` (its backends and
+    background processes) by pid; empty when None."""
+    if postmaster is None:
+        return {}
+    return {pid: process_cpu(pid) for pid in children(postmaster)}
+
+
 def server_pids() -> dict[str, list[int]]:
     """Running server processes by role (every PostgreSQL backend, redis-server, RabbitMQ)."""
     found: dict[str, list[int]] = {}
@@ -59,7 +67,9 @@ def postmaster_pid(database_url: str) -> int | None:
     import psycopg
 
     with psycopg.connect(database_url, autocommit=True) as conn:
-        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        backend = row[0]
         try:
             return int(Path(f"/proc/{backend}/stat").read_text().rpartition(")")[2].split()[1])
         except (OSError, ValueError, IndexError):

@@ -200,8 +200,9 @@ def read_queue(conn_or_url: psycopg.Connection[Any] | str, queue: str, *, qty: i
 
     The statements of ``transport/storage.sql`` on the queue's messages: ``read`` hides each
     message for ``vt`` seconds (a consumer now holds it), ``pop`` (``no_ack``) deletes it.
-    Rows are ``(msg_id, read_ct, message, priority)``, priority 0 first, then oldest first;
-    a queue that does not exist reads as empty.
+    Rows are ``(msg_id, read_ct, message, priority)``, priority 0 first, then oldest first
+    (the row saying when the next message is due, which a read that delivers nothing
+    returns, is left out); a queue that does not exist reads as empty.
     """
     from swf_celery.transport.storage import QueueStorage
 
@@ -213,7 +214,7 @@ def read_queue(conn_or_url: psycopg.Connection[Any] | str, queue: str, *, qty: i
         statement = QueueStorage(queue, *row).statement("pop" if no_ack else "read")
         rows = conn.execute(statement, {"qty": qty, "vt": vt, "acks": [], "receipts": [],
                                         "queue": queue}).fetchall()
-    return sorted(rows, key=lambda r: (r[3], r[0]))
+    return sorted((r for r in rows if r[0] is not None), key=lambda r: (r[3], r[0]))
 
 
 def probe_commits(url: str, *tables: str) -> None:

@@ -26,7 +26,7 @@ from swf_celery.db.errors import first_line
 from swf_celery.db.transaction import current as current_transaction
 from swf_celery.errors import DatabaseUnavailable, MessageError, QueueNameError
 from swf_celery.transport import deliveries, revokes, transient
-from swf_celery.transport.deliveries import Delivery
+from swf_celery.transport.deliveries import Delivery, ReadRows
 from swf_celery.transport.messages import (
     eta_delay,
     idempotency,
@@ -368,9 +368,10 @@ class Channel(virtual.Channel):
         rows = self.read_rows(queue, noack, qty)
         return self.payloads(queue, noack, rows), len(rows)
 
-    def read_rows(self, queue: str, noack: bool, qty: int) -> list[Any]:
+    def read_rows(self, queue: str, noack: bool, qty: int) -> ReadRows:
         """The rows (msg_id, receipt, message, priority) of a read, in priority order; the
-        read also writes the queue's pending acks (each on its receipt).
+        read also writes the queue's pending acks (each on its receipt). A read that
+        delivers nothing says when the queue's next message is due (:class:`ReadRows`).
 
         Thread-safe: the event loop runs it in its reader thread (:mod:`.eventloop`).
         """
@@ -385,13 +386,19 @@ class Channel(virtual.Channel):
             rows = self._execute("read_limited", {**params, "queue": queue}).fetchall()
         else:
             rows = self._on_table("pop" if noack else "read", queue, params).fetchall()
-        # A read returns the acks it wrote as rows without a receipt.
-        done = [r[0] for r in rows if r[1] is None]
-        if done or acks:
+        # A read returns the acks it wrote as rows without a receipt, and its due time as
+        # a row without an id.
+        due = [r for r in rows if r[0] is None]
+        done = [r[0] for r in rows if r[0] is not None and r[1] is None]
+        if done or acks or due:
             rows = [r for r in rows if r[1] is not None]
+        if done or acks:
             deliveries.report_stale("ack", queue, acks, done)
         rows.sort(key=lambda r: (r[3], r[0]))
-        return rows
+        out = ReadRows(rows)
+        if due:
+            out.due_known, out.due = True, due[0][2]
+        return out
 
     def payloads(self, queue: str, noack: bool,
                  rows: list[Any]) -> list[tuple[str, dict[str, Any]]]:

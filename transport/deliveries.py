@@ -29,6 +29,16 @@ class Delivery(NamedTuple):
     receipt: int
 
 
+class ReadRows(list[Any]):
+    """The message rows of a read; when it delivered none, ``due_known`` is true and
+    ``due`` the seconds until the queue's next message is visible (<= 0: one is now; None:
+    none is queued). A read that does not say (a no-ack pop, a limited queue's read)
+    leaves ``due_known`` false."""
+
+    due_known: bool = False
+    due: float | None = None
+
+
 def delivery_info(queue: str, msg_id: int, receipt: int) -> dict[str, Any]:
     """What a delivered message's ``delivery_info`` carries to find its delivery again."""
     return {"swf_queue": queue, "swf_msg_id": msg_id, "swf_receipt": receipt}

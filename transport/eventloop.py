@@ -77,7 +77,7 @@ from celery.signals import worker_shutting_down
 
 from swf_celery.db import load_queries
 from swf_celery.transport import handover
-from swf_celery.transport.deliveries import Delivery
+from swf_celery.transport.deliveries import Delivery, ReadRows
 from swf_celery.transport.handover import Handed
 from swf_celery.transport.names import listen_channel
 from swf_celery.transport.reader import Reader
@@ -351,7 +351,7 @@ class HubConsumer:
             return
         self._end_pass()
 
-    def _read(self, channel: Channel, queue: str, noack: bool, qty: int) -> list[Any]:
+    def _read(self, channel: Channel, queue: str, noack: bool, qty: int) -> ReadRows:
         """The reader thread's job: one read (with its queue's pending acks)."""
         return channel.read_rows(queue, noack, qty)
 
@@ -382,10 +382,18 @@ class HubConsumer:
         if self._closed or channel.connection is None:
             self._restore(channel, queue, noack, rows)
             return
+        woken = queue in self._woken
         self._woken.discard(queue)
-        if not rows:
+        if (not rows and woken and queue in self._armed and isinstance(rows, ReadRows)
+                and rows.due_known and (rows.due is None or rows.due > 0)):
             # Asleep, woken, nothing to read (another consumer took it, or it is delayed):
-            # sleep again, which says when the next message is due.
+            # still asleep, at the back of the line where the wake-up put it, so no new
+            # sleep; the read said when the next message is due. (One visible but not
+            # read is another reader's right now: sleeping again says when to look.)
+            self._expect_due(rows.due)
+        elif not rows:
+            # Nothing to read and not asleep on the queue: sleep again, which also says
+            # when the next message is due.
             self._armed.discard(queue)
         elif len(rows) >= qty and queue in self._armed:
             self._wake_up(queue)
@@ -398,6 +406,14 @@ class HubConsumer:
         if len(rows) < qty:
             self._dirty.discard(queue)
             self._pass_drained.append(queue)
+
+    def _expect_due(self, due: float | None) -> None:
+        """Read every queue again in ``due`` seconds (a delayed or hidden message becomes
+        visible then), unless a read is due sooner already."""
+        if due is None:
+            return
+        at = monotonic() + max(0.0, due)
+        self._next_due = at if self._next_due is None else min(self._next_due, at)
 
     def _end_pass(self) -> None:
         """Arm the queues found clean (in the reader thread), then :meth:`_after_arm`."""

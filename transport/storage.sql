@@ -18,7 +18,10 @@
 -- both) when the receipt still matches: a message delivered again meanwhile (its visibility
 -- timeout lapsed) stays. Acked messages are hidden by their visibility timeout, so the read
 -- never picks them. Rows: one per message read (msg_id, read_ct: the new delivery's receipt,
--- message, priority), and one (msg_id, NULL, NULL, NULL) per ack done.
+-- message, priority), one (msg_id, NULL, NULL, NULL) per ack done, and, when it delivers
+-- nothing, one (NULL, NULL, due, NULL): seconds until the queue's next message is visible
+-- (JSON number; NULL when none is queued), as swf.queue_sleep says it, so that a consumer
+-- woken for a message another took (or a delayed one) stays asleep without another statement.
 WITH acked AS (
     DELETE FROM {table} m
      USING unnest(%(acks)s::bigint[], %(receipts)s::integer[]) AS d(msg_id, receipt)
@@ -40,7 +43,12 @@ delivered AS (
     RETURNING m.msg_id, m.read_ct, m.message, {priority} AS priority)
 SELECT msg_id, read_ct, message, priority FROM delivered
 UNION ALL
-SELECT msg_id, NULL, NULL, NULL FROM acked;
+SELECT msg_id, NULL, NULL, NULL FROM acked
+UNION ALL
+SELECT NULL, NULL, to_jsonb(extract(epoch FROM min(m.vt) - clock_timestamp())), NULL
+  FROM {table} m
+ WHERE {key} AND {free}
+HAVING NOT EXISTS (SELECT FROM delivered);
 
 -- name: pop
 WITH picked AS (

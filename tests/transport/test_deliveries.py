@@ -66,9 +66,11 @@ def test_stale_receipt_changes_nothing_in_sql(db_url: str, storage: str) -> None
         statements = QueueStorage("fenced", *storage_row)
         assert c.execute(statements.statement("delete"), {
             "queue": "fenced", "ids": [msg_id], "receipts": [first]}).fetchall() == []
-        assert c.execute(statements.statement("read"), {
+        # No ack done, nothing delivered: only the row saying when the message is due.
+        [(no_id, no_receipt, due, _)] = c.execute(statements.statement("read"), {
             "queue": "fenced", "qty": 1, "vt": 30, "acks": [msg_id],
-            "receipts": [first]}).fetchall() == []
+            "receipts": [first]}).fetchall()
+        assert no_id is None and no_receipt is None and 20 < due <= 30
         [(_, read_ct, hidden, _)] = _messages(db_url, "fenced")
         assert read_ct == 2 and hidden > 20  # still the second consumer's, untouched
         assert sql_value(db_url, "SELECT count(*) FROM swf.dead_letters") == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import select
 import signal
 import time
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -14,10 +15,18 @@ from celery import Celery
 from celery.signals import worker_shutting_down
 from kombu import Consumer, Queue
 from kombu.asynchronous import Hub
+from psycopg import sql
 
 import swf_celery  # noqa: F401 - registers swf://
 from swf_celery.transport.eventloop import _worth_reading
-from tests.helpers import queue_size, run_hub_until, task_runs, wait_until, worker_process
+from tests.helpers import (
+    queue_size,
+    run_hub_until,
+    sql_value,
+    task_runs,
+    wait_until,
+    worker_process,
+)
 
 pytestmark = pytest.mark.slow
 APP = "tests.transport.broker_app"
@@ -228,4 +237,78 @@ def test_an_ack_made_by_a_ready_callback_reads_before_the_next_poll(connections:
         assert len(held) == 2, f"read {time.monotonic() - started:.3f} s later, not at once"
     finally:
         kombu_consumer.cancel()
+        hub.close()
+
+
+def test_a_consumer_woken_for_a_message_taken_by_another_stays_asleep(
+        connections: Any, db_url: str) -> None:
+    # A wake-up whose message another consumer took first (or one still delayed) finds
+    # nothing to read. The consumer is still asleep, at the back of the line: it makes no
+    # new sleep (a statement that takes the queue's wake-up lock from producers), and the
+    # next message wakes it again. A delayed message is read when it is due, by the time
+    # the empty read reported, not by the sweep (600 s) or the poll (60 s). Hand-over off.
+    conn = connections(polling_interval=60, sweep_interval=600, hand_over=False)
+    producer = connections(eta_threshold=0.5)
+    hub = Hub()
+    conn.transport.register_with_event_loop(conn.connection, hub)
+    consumer = conn.transport._hub
+    sleeps: list[list[str]] = []
+    arm = consumer._arm
+
+    def counted_arm(queues: list[str]) -> Any:
+        sleeps.append(queues)
+        return arm(queues)
+
+    consumer._arm = counted_arm
+    got: list[str] = []
+
+    def on_message(body: Any, message: Any) -> None:
+        got.append(body)
+        message.ack()
+
+    def idle() -> bool:
+        return (consumer._arming is None and not consumer._pass
+                and consumer._in_flight is None and not consumer._woken)
+
+    queue = Queue("woken-empty")
+    listen_fd = conn.transport.wakeup().notify_fd
+    try:
+        with Consumer(conn.default_channel, [queue], callbacks=[on_message], accept=["json"]):
+            run_hub_until(hub, lambda: "woken-empty" in consumer._armed and idle(),
+                          "asleep on the queue")
+            sleeps.clear()
+            pgmq = sql_value(db_url, "SELECT pgmq_name FROM swf.queues "
+                                     "WHERE name = 'woken-empty'")
+            # Another consumer takes "a" between its wake-up and this consumer's read.
+            producer.Producer().publish("a", serializer="json", routing_key="woken-empty",
+                                        declare=[queue])
+            assert select.select([listen_fd], [], [], 5)[0], "the wake-up of a arrived"
+            taken = sql_value(db_url, sql.SQL(
+                "WITH t AS (UPDATE pgmq.{} SET vt = now() + interval '1 hour', "
+                "read_ct = read_ct + 1 RETURNING 1) SELECT count(*) FROM t").format(
+                    sql.Identifier(f"q_{pgmq}")))
+            assert taken == 1
+            run_hub_until(hub, lambda: consumer._next_due is not None and idle(),
+                          "the empty read, and when the next message is due")
+            assert got == [] and sleeps == []
+            assert "woken-empty" in consumer._armed
+            assert consumer._next_due - time.monotonic() > 3000  # "a", an hour away
+            asleep = sql_value(db_url, "SELECT count(*) FROM swf.queue_sleepers s JOIN "
+                                       "swf.queues q ON q.id = s.queue_id "
+                                       "WHERE q.name = 'woken-empty'")
+            assert asleep == 1
+
+            producer.Producer().publish("b", serializer="json", routing_key="woken-empty")
+            run_hub_until(hub, lambda: got == ["b"], "b delivered by its wake-up")
+
+            # Due in 2 s: its insert wakes the consumer, which finds it hidden.
+            eta = (datetime.now(timezone.utc) + timedelta(seconds=2.6)).isoformat()
+            producer.Producer().publish("c", serializer="json", routing_key="woken-empty",
+                                        headers={"eta": eta})
+            run_hub_until(hub, lambda: consumer._next_due is not None
+                          and consumer._next_due - time.monotonic() < 3 and idle(),
+                          "the empty read of c's wake-up")
+            assert sleeps == [] and got == ["b"]
+            run_hub_until(hub, lambda: got == ["b", "c"], "c delivered when due", timeout=8)
+    finally:
         hub.close()
