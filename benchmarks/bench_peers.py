@@ -51,6 +51,7 @@ from benchmarks.bench_scale import (
     total_cpu,
 )
 from benchmarks.cpu import CpuMeter, postmaster_pid
+from benchmarks.peers.client import queue_names
 from benchmarks.stats import LoadProbe, percentile, round_order, spread
 from swf_celery import db
 from swf_celery.testing import stop_worker
@@ -65,7 +66,6 @@ ROUNDS = int(os.environ.get("BENCH_PEERS_ROUNDS", "3"))
 CONSUMERS = 4
 PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
 PEERS_STAMP = ROOT / ".venv-peers" / ".installed"
-PEER_QUEUE = "peers"  # benchmarks.peers.client.QUEUE
 MEMORY_QUEUE = "peers-memory"
 
 SWF = "swf-celery"
@@ -77,31 +77,32 @@ MEMORY = "Celery on memory://"
 
 @dataclass(frozen=True)
 class Peer:
-    """How the harness drives one peer: its client module, its worker's command line, and
-    the SQL that counts its unfinished and its waiting jobs."""
+    """How the harness drives one peer: its client module, its worker's command line (of
+    its concurrency and the number of queues it consumes, ``client.queue_names``), and the
+    SQL that counts its unfinished and its waiting jobs."""
 
     name: str
     module: str
-    worker: Callable[[int], list[str]]
+    worker: Callable[[int, int], list[str]]
     unfinished: str
     waiting: str
 
 
-def _procrastinate_worker(concurrency: int) -> list[str]:
+def _procrastinate_worker(concurrency: int, queues: int) -> list[str]:
     return ["-m", "procrastinate", "--app", "benchmarks.peers.procrastinate_app.app",
-            "--log-level", "warning", "worker", "--queues", PEER_QUEUE,
+            "--log-level", "warning", "worker", "--queues", ",".join(queue_names(queues)),
             "--concurrency", str(concurrency)]
 
 
-def _pgqueuer_worker(concurrency: int) -> list[str]:
+def _pgqueuer_worker(concurrency: int, queues: int) -> list[str]:
     # batch_size 1 and a cap of `concurrency` picked jobs; PgQueuer wants the cap at least
     # twice the batch, so a worker of concurrency 1 runs uncapped with batches of 1.
     return ["-m", "benchmarks.peers.pgqueuer_side", "worker", "1",
-            str(concurrency if concurrency >= 2 else 0)]
+            str(concurrency if concurrency >= 2 else 0), str(queues)]
 
 
-def _pgqueuer_defaults_worker(_: int) -> list[str]:
-    return ["-m", "benchmarks.peers.pgqueuer_side", "worker", "10", "0"]
+def _pgqueuer_defaults_worker(_: int, queues: int) -> list[str]:
+    return ["-m", "benchmarks.peers.pgqueuer_side", "worker", "10", "0", str(queues)]
 
 
 _PROCRASTINATE_SQL = "SELECT count(*) FROM procrastinate_jobs WHERE status IN ({})"
@@ -125,7 +126,7 @@ class PointFailed(Exception):
 # -- the peers' environment and processes --------------------------------------------------
 
 
-def _peers_environment() -> str | None:
+def peers_environment() -> str | None:
     """Build ``.venv-peers`` when missing; the reason it cannot be had, else None."""
     if PEERS_STAMP.exists():
         return None
@@ -146,7 +147,7 @@ def _peer_env(url: str) -> dict[str, str]:
     return dict(os.environ, PEERS_DSN=_peer_dsn(url), PYTHONPATH=str(ROOT))
 
 
-def _peer_run(peer: Peer, url: str, *args: str, stdin: str = "",
+def peer_run(peer: Peer, url: str, *args: str, stdin: str = "",
               timeout: float = 120) -> dict[str, Any]:
     """Run one client command to its end; its JSON report."""
     done = subprocess.run([str(PEERS_PYTHON), "-m", peer.module, *args], input=stdin,
@@ -180,15 +181,16 @@ class _Workers:
 
 
 @contextlib.contextmanager
-def _peer_workers(peer: Peer, url: str, concurrencies: list[int]) -> Iterator[_Workers]:
-    """The peer's worker processes, one per concurrency. Stopped with TERM (both peers
-    finish their running jobs and exit), then KILL."""
+def peer_workers(peer: Peer, url: str, concurrencies: list[int],
+                 queues: int = 1) -> Iterator[_Workers]:
+    """The peer's worker processes, one per concurrency, each consuming ``queues`` queues.
+    Stopped with TERM (both peers finish their running jobs and exit), then KILL."""
     workers = _Workers()
     try:
         for c in concurrencies:
             log = tempfile.NamedTemporaryFile(prefix="peers-worker-", suffix=".log")
             workers.procs.append((subprocess.Popen(
-                [str(PEERS_PYTHON), *peer.worker(c)], stdout=log, stderr=subprocess.STDOUT,
+                [str(PEERS_PYTHON), *peer.worker(c, queues)], stdout=log, stderr=subprocess.STDOUT,
                 env=_peer_env(url), cwd=ROOT, start_new_session=True), log))
         yield workers
         workers.check()
@@ -198,7 +200,7 @@ def _peer_workers(peer: Peer, url: str, concurrencies: list[int]) -> Iterator[_W
             log.close()
 
 
-def _until_finished(peer: Peer, url: str, workers: _Workers, timeout: float = 300) -> float:
+def until_finished(peer: Peer, url: str, workers: _Workers, timeout: float = 300) -> float:
     """Poll (every 10 ms) until the peer has no unfinished job; the time it saw none."""
     deadline = time.monotonic() + timeout
     with psycopg.connect(url, autocommit=True) as conn:
@@ -210,11 +212,13 @@ def _until_finished(peer: Peer, url: str, workers: _Workers, timeout: float = 30
     return time.time()
 
 
-def _metered_enqueue(peer: Peer, url: str, pids: list[int]
-                     ) -> tuple[dict[str, Any], CpuMeter]:
+def metered_enqueue(peer: Peer, url: str, pids: list[int], queues: int = 1
+                    ) -> tuple[dict[str, Any], CpuMeter]:
     """Start the client, start the CPU meter once it is connected, let it enqueue TASKS
-    jobs one by one; its report and the running meter."""
-    proc = subprocess.Popen([str(PEERS_PYTHON), "-m", peer.module, "enqueue", str(TASKS)],
+    jobs one by one (round-robin over ``queues`` queues); its report and the running
+    meter."""
+    proc = subprocess.Popen([str(PEERS_PYTHON), "-m", peer.module, "enqueue", str(TASKS),
+                             str(queues)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=_peer_env(url), cwd=ROOT)
     assert proc.stdin is not None and proc.stdout is not None
@@ -246,18 +250,18 @@ def _roles(spent: dict[str, float], client: float, redis: bool = True) -> dict[s
 
 def _peer_point(peer: Peer, url: str, concurrencies: list[int],
                 round_trips: bool) -> dict[str, Any]:
-    with _peer_workers(peer, url, concurrencies) as workers:
-        _peer_run(peer, url, "enqueue", str(2 * len(concurrencies)), stdin="go\n")  # warm-up
-        _until_finished(peer, url, workers, timeout=120)
+    with peer_workers(peer, url, concurrencies) as workers:
+        peer_run(peer, url, "enqueue", str(2 * len(concurrencies)), stdin="go\n")  # warm-up
+        until_finished(peer, url, workers, timeout=120)
         time.sleep(2.0)
-        report, meter = _metered_enqueue(peer, url, workers.pids)
-        end = _until_finished(peer, url, workers)
+        report, meter = metered_enqueue(peer, url, workers.pids)
+        end = until_finished(peer, url, workers)
         spent = meter.stop()
         point: dict[str, Any] = {"throughput": TASKS / (end - report["start"]),
                                  "enqueue": TASKS / report["seconds"],
                                  "cpu": _roles(spent, report["cpu"], redis=False)}
         if round_trips:
-            point["latencies"] = _peer_run(peer, url, "round-trips",
+            point["latencies"] = peer_run(peer, url, "round-trips",
                                            str(ROUND_TRIPS))["latencies"]
     return point
 
@@ -316,8 +320,8 @@ def _memory_point(round_trips: bool) -> dict[str, Any]:
     return {**point, "latencies": latencies} if round_trips else point
 
 
-def _install(peer: Peer, url: str, versions: dict[str, str]) -> None:
-    versions[peer.name.split(",")[0]] = _peer_run(peer, url, "install")["version"]
+def install(peer: Peer, url: str, versions: dict[str, str]) -> None:
+    versions[peer.name.split(",")[0]] = peer_run(peer, url, "install")["version"]
 
 
 def _point(database_url: str, system: str, shape: str, round_trips: bool,
@@ -335,10 +339,10 @@ def _point(database_url: str, system: str, shape: str, round_trips: bool,
             with scratch_database(database_url, label) as url:
                 return _swf_point(url, layout, count, round_trips)
         peer = PEERS[system]
-        if (reason := _peers_environment()) is not None:
+        if (reason := peers_environment()) is not None:
             return {"error": reason}
         with scratch_database(database_url, label, migrated=False) as url:
-            _install(peer, url, versions)
+            install(peer, url, versions)
             return _peer_point(peer, url, concurrencies, round_trips)
     except Exception as exc:  # noqa: BLE001 - a failed point is reported, not fatal
         return {"error": f"{type(exc).__name__}: {exc}"[:300]}
@@ -365,15 +369,15 @@ def _backlog_point(database_url: str, system: str,
                 size = "SELECT swf.queue_size('" + SWF_QUEUE + "')"
                 return {"fill": fill, "drain": drain_rate(lambda: int(sql_value(url, size)), worker,
                                                           step=0.1)}
-        if (reason := _peers_environment()) is not None:
+        if (reason := peers_environment()) is not None:
             return {"error": reason}
         peer = PEERS[system]
         with scratch_database(database_url, f"backlog_{system.lower()}",
                               migrated=False) as url:
-            _install(peer, url, versions)
-            fill = _peer_run(peer, url, "fill", str(BACKLOG))["seconds"]
+            install(peer, url, versions)
+            fill = peer_run(peer, url, "fill", str(BACKLOG))["seconds"]
             return {"fill": fill, "drain": drain_rate(lambda: int(sql_value(url, peer.waiting)),
-                                                      _peer_workers(peer, url, [2]),
+                                                      peer_workers(peer, url, [2]),
                                                       step=0.1)}
     except Exception as exc:  # noqa: BLE001 - a failed point is reported, not fatal
         return {"error": f"{type(exc).__name__}: {exc}"[:300]}

@@ -2,6 +2,8 @@
 
 Same no-op task, same result backend (Redis), worker ``--pool=prefork -c 2``; only the broker
 differs (swf, Redis, RabbitMQ and kombu's own ``pgmq://`` transport with its NOTIFY wake-ups).
+Procrastinate and PgQueuer, Postgres-native job queues a user might pick instead, run their
+simplest no-op job in the queue-count and backlog shapes beside them (``peer_curves``).
 Each shape changes one dimension and keeps the rest at its smallest:
 
 * **queues**: one worker consumes N queues (1, 10, 100, 1,000) that exist and are consumed;
@@ -215,15 +217,21 @@ def _queues_point(broker: str, count: int) -> dict[str, Any]:
 
 
 def queues_shape(database_url: str) -> dict[str, dict[int, dict[str, Any]]]:
-    """Each broker at each queue count (brokers alternate within each count)."""
+    """Each broker (and each peer of ``peer_curves``) at each queue count (alternating
+    within each count)."""
+    from benchmarks import peer_curves  # it builds on this module (via bench_peers)
+
     out: dict[str, dict[int, dict[str, Any]]] = {"swf": {}, "Redis": {}, "RabbitMQ": {},
                                                  "kombu pgmq": {}}
+    out.update({name: {} for name in peer_curves.PEERS})
     for n, count in enumerate(QUEUE_COUNTS):
         order = list(out) if n % 2 == 0 else list(reversed(out))
         for name in order:
             print(f"   queues={count}: {name}", flush=True)
             try:
-                if name == "swf":
+                if name in peer_curves.PEERS:
+                    out[name][count] = peer_curves.queues_point(name, database_url, count)
+                elif name == "swf":
                     with scratch_database(database_url, f"q{count}") as url:
                         out[name][count] = _queues_point(db.broker_url(url), count)
                 elif name == "Redis":
@@ -277,7 +285,7 @@ def _table_drain(conn: psycopg.Connection[Any], table: sql.Composable, broker: s
     return _drain_rate(broker, queue, lambda: conn.execute(size_sql).fetchone()[0])
 
 
-def _backlog_result(fill: float, reads: list[float], sends: list[float],
+def backlog_result(fill: float, reads: list[float], sends: list[float],
                     drain: float) -> dict[str, Any]:
     return {"fill": fill, "read_p50": percentile(reads, 50) * 1000,
             "read_p95": percentile(reads, 95) * 1000, "send_p50": percentile(sends, 50) * 1000,
@@ -314,7 +322,7 @@ def _swf_backlog_point(url: str, backlog: int) -> dict[str, Any]:
                                 "message": json.dumps(message), "delay": 0})
             sends.append(time.perf_counter() - t)
         drain = _table_drain(conn, table, broker, queue, backlog)
-    return _backlog_result(fill, reads, sends, drain)
+    return backlog_result(fill, reads, sends, drain)
 
 
 def _redis_backlog_point(backlog: int) -> dict[str, Any]:
@@ -346,7 +354,7 @@ def _redis_backlog_point(backlog: int) -> dict[str, Any]:
     drain = (_drain_rate(REDIS_BROKER, queue, lambda: client.llen(queue))
              if backlog > 1 else float("nan"))
     flush_redis_db(REDIS_BROKER)
-    return _backlog_result(fill, reads, sends, drain)
+    return backlog_result(fill, reads, sends, drain)
 
 
 def _pgmq_backlog_point(url: str, backlog: int) -> dict[str, Any]:
@@ -374,7 +382,7 @@ def _pgmq_backlog_point(url: str, backlog: int) -> dict[str, Any]:
             conn.execute("SELECT pgmq.send(%s, %s::jsonb)", [queue, json.dumps(message)])
             sends.append(time.perf_counter() - t)
         drain = _table_drain(conn, table, broker, queue, backlog)
-    return _backlog_result(fill, reads, sends, drain)
+    return backlog_result(fill, reads, sends, drain)
 
 
 def _drain_rate(broker: str, queue: str, size: Any) -> float:
@@ -406,12 +414,18 @@ def drain_rate(size: Callable[[], int], worker: AbstractContextManager[Any],
 
 
 def backlog_shape(database_url: str) -> dict[str, dict[int, dict[str, Any]]]:
+    from benchmarks import peer_curves  # it builds on this module (via bench_peers)
+
     out: dict[str, dict[int, dict[str, Any]]] = {"swf": {}, "Redis": {}, "kombu pgmq": {}}
+    out.update({name: {} for name in peer_curves.PEERS})
     for backlog in BACKLOGS:
         for name in out:
             print(f"   backlog={backlog}: {name}", flush=True)
             try:
-                if name == "swf":
+                if name in peer_curves.PEERS:
+                    out[name][backlog] = peer_curves.backlog_point(name, database_url,
+                                                                   max(backlog, 1))
+                elif name == "swf":
                     with scratch_database(database_url, f"b{backlog}") as url:
                         out[name][backlog] = _swf_backlog_point(url, max(backlog, 1))
                 elif name == "kombu pgmq":
@@ -592,6 +606,14 @@ def run(database_url: str) -> str:
         "process plus the broker's server (PostgreSQL backends, redis-server, RabbitMQ); "
         "\"all CPU\" adds the client and the pool children. kombu pgmq is kombu's own `pgmq://` "
         "transport with `use_notify` on (its NOTIFY wake-ups), as `bench_broker` runs it. "
+        "Procrastinate and PgQueuer run their simplest no-op `async` job (as `bench_peers` "
+        "does, in `.venv-peers`), one worker process of concurrency 2 on the same server, "
+        "with no result backend (their job's status stays in PostgreSQL): their \"broker "
+        "CPU\" is that worker process, which also runs the jobs, plus PostgreSQL, where "
+        "Celery's pool children are left out of it; their round trip is an enqueue, then "
+        "the peer's documented wait for the job's end (Procrastinate: polling its status "
+        "every 1 ms; PgQueuer: its `CompletionWatcher`). Their queues are Procrastinate's "
+        "queue names and PgQueuer's entrypoints. "
         f"Load average (1 min) at the end: {load:.1f} on {os.cpu_count()} cores{loaded}.",
         "",
         f"### Queues consumed by one worker ({TASKS} tasks round-robin, collected within "
@@ -611,7 +633,10 @@ def run(database_url: str) -> str:
         "the transport's `send` (asynchronous commit, as by default). Redis's are `BRPOP` and "
         "`LPUSH`, O(1) at any depth. kombu pgmq's read is `pgmq.read` of 4 after one "
         "`pgmq.delete` per message of the read before (kombu acks message by message), its "
-        "publish `pgmq.send` (synchronous commit, the server's default).",
+        "publish `pgmq.send` (synchronous commit, the server's default). Procrastinate's "
+        "read is its worker's `fetch_job` and `finish_job` (two statements per job), "
+        "PgQueuer's its `dequeue` and `log_jobs`; their publish one enqueue, and their "
+        "backlog is filled with each one's batch API, 1,000 jobs per call.",
         "",
         "### Idle LISTEN sessions on the database (swf; 1 queue)",
         "",
