@@ -487,7 +487,7 @@ class HubConsumer:
         # up), or made dirty by missed NOTIFYs (a gap), is not armed: the drain that marked
         # it asked for another pass, which reads it and arms it again.
         self._armed.update(q for q in queues if q not in self._dirty)
-        self._next_due = None if due is None else monotonic() + due
+        self._expect_due(due)  # other queues' due times (an empty read's) stay
         return False
 
     def _after_arm(self, arrived: bool = False) -> None:
