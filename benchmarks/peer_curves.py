@@ -11,15 +11,18 @@ driven by ``bench_peers``' harness (their own environment, ``.venv-peers``).
   ``PROBES`` reads (the worker's fetch of one job and its finish, the peer's own calls)
   and enqueues timed from a client, and a worker's drain rate.
 
-A point that fails is reported with its reason, as every ``bench_scale`` point is.
+A point that fails raises; ``bench_scale`` reports it with its reason, as any of its points.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from benchmarks import bench_peers, bench_scale
+from benchmarks.bench_peers import Peer
 from benchmarks.cpu import CpuMeter
 from benchmarks.stats import percentile
 from tests.helpers import sql_value
@@ -28,18 +31,22 @@ from tests.helpers import sql_value
 PEERS = (bench_peers.PROCRASTINATE, bench_peers.PGQUEUER)
 
 
-def _label(name: str) -> str:
-    return name.split(",")[0].split()[0].lower()
+@contextmanager
+def _installed(name: str, database_url: str, point: str) -> Iterator[tuple[Peer, str]]:
+    """Peer ``name`` and the URL of a scratch database with its schema installed (named
+    after the peer and ``point``); PointFailed when its environment cannot be had."""
+    if (reason := bench_peers.peers_environment()) is not None:
+        raise bench_peers.PointFailed(reason)
+    peer = bench_peers.PEERS[name]
+    label = name.split(",")[0].split()[0].lower()
+    with bench_scale.scratch_database(database_url, f"{label}{point}", migrated=False) as url:
+        bench_peers.install(peer, url, {})
+        yield peer, url
 
 
 def queues_point(name: str, database_url: str, count: int) -> dict[str, Any]:
     """Peer ``name`` with one worker on ``count`` queues (``bench_scale``'s queues point)."""
-    if (reason := bench_peers.peers_environment()) is not None:
-        return {"error": reason}
-    peer = bench_peers.PEERS[name]
-    with bench_scale.scratch_database(database_url, f"{_label(name)}{count}",
-                                      migrated=False) as url:
-        bench_peers.install(peer, url, {})
+    with _installed(name, database_url, str(count)) as (peer, url):
         started = time.perf_counter()
         with bench_peers.peer_workers(peer, url, [2], queues=count) as workers:
             bench_peers.peer_run(peer, url, "enqueue", "20", str(count), stdin="go\n")
@@ -68,12 +75,7 @@ def queues_point(name: str, database_url: str, count: int) -> dict[str, Any]:
 
 def backlog_point(name: str, database_url: str, backlog: int) -> dict[str, Any]:
     """Peer ``name`` with ``backlog`` jobs waiting (``bench_scale``'s backlog point)."""
-    if (reason := bench_peers.peers_environment()) is not None:
-        return {"error": reason}
-    peer = bench_peers.PEERS[name]
-    with bench_scale.scratch_database(database_url, f"{_label(name)}b{backlog}",
-                                      migrated=False) as url:
-        bench_peers.install(peer, url, {})
+    with _installed(name, database_url, f"b{backlog}") as (peer, url):
         fill = bench_peers.peer_run(peer, url, "fill", str(backlog), timeout=1800)["seconds"]
         probes = bench_peers.peer_run(peer, url, "probe", str(bench_scale.PROBES))
         drain = float("nan")
