@@ -18,6 +18,7 @@ from kombu.asynchronous import Hub
 from psycopg import sql
 
 import swf_celery  # noqa: F401 - registers swf://
+from swf_celery.transport import eventloop
 from swf_celery.transport.eventloop import _worth_reading
 from tests.helpers import (
     queue_size,
@@ -310,5 +311,47 @@ def test_a_consumer_woken_for_a_message_taken_by_another_stays_asleep(
                           "the empty read of c's wake-up")
             assert sleeps == [] and got == ["b"]
             run_hub_until(hub, lambda: got == ["b", "c"], "c delivered when due", timeout=8)
+    finally:
+        hub.close()
+
+
+def test_a_worker_on_many_queues_sleeps_on_them_in_steps(
+        connections: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One sleep over every queue a pass left would keep the reader thread (and so any
+    # read of a woken queue) for as long as it takes: 1.5-2 s over 1,000 queues. The
+    # queues are armed ARM_STEP at a time, in passes that follow at once, and a message on
+    # the last of them still comes by its wake-up (the sweep is 600 s, the poll 60 s).
+    monkeypatch.setattr(eventloop, "ARM_STEP", 2)
+    conn = connections(polling_interval=60, sweep_interval=600, hand_over=False)
+    producer = connections()
+    hub = Hub()
+    conn.transport.register_with_event_loop(conn.connection, hub)
+    consumer = conn.transport._hub
+    arms: list[list[str]] = []
+    arm = consumer._arm
+
+    def counted_arm(queues: list[str]) -> Any:
+        arms.append(queues)
+        return arm(queues)
+
+    consumer._arm = counted_arm
+    got: list[str] = []
+
+    def on_message(body: Any, message: Any) -> None:
+        got.append(body)
+        message.ack()
+
+    names = [f"step-{i}" for i in range(5)]
+    queues = [Queue(name) for name in names]
+    try:
+        with Consumer(conn.default_channel, queues, callbacks=[on_message], accept=["json"]):
+            run_hub_until(hub, lambda: set(names) <= consumer._armed
+                          and consumer._arming is None, "asleep on every queue")
+            assert all(len(a) <= 2 for a in arms) and len(arms) >= 3
+            assert set(names) == {q for a in arms for q in a}
+            last = arms[-1][-1]
+            producer.Producer().publish("late", serializer="json", routing_key=last,
+                                        declare=[Queue(last)])
+            run_hub_until(hub, lambda: got == ["late"], "the message on the last step's queue")
     finally:
         hub.close()
