@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
 import statistics
 import threading
@@ -27,7 +26,7 @@ from typing import Any
 import psycopg
 from celery import Celery
 
-from benchmarks.cpu import CpuMeter, backend_cpu
+from benchmarks.cpu import CpuMeter, backend_cpu, process_cpu
 from benchmarks.run import DOC, machine
 from swf_celery import db
 from swf_celery.ops import migrate
@@ -96,17 +95,7 @@ def _server_cpu(server_pid: int | None) -> float:
     """CPU seconds used so far by the PostgreSQL server and its backends."""
     if server_pid is None:
         return 0.0
-    ticks = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(entry) == server_pid or int(stat[1]) == server_pid:
-            ticks += int(stat[11]) + int(stat[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return process_cpu(server_pid) + sum(backend_cpu(server_pid).values())
 
 
 def _sample_peaks(watch: str | None, peak: list[int], done: threading.Event) -> None:
@@ -180,14 +169,14 @@ def _run_live(broker: str, backend: str, tasks: int, watch: str | None,
     try:
         meter = CpuMeter(workers, server_pid)
         backends0 = backend_cpu(server_pid)
-        cpu0, pg0 = _cpu(), _server_cpu(server_pid)
+        cpu0 = _cpu()
         first = time.time()
         results = [client.send_task("tests.cluster.app.timed_nap", (NAP,))
                    for _ in range(tasks)]
         published = time.time()
         outcomes = [r.get(timeout=600) for r in results]
         last = time.time()
-        cpu1, pg1 = _cpu(), _server_cpu(server_pid)
+        cpu1 = _cpu()
         spent, backends1 = meter.stop(), backend_cpu(server_pid)
     finally:
         done.set()
@@ -204,7 +193,7 @@ def _run_live(broker: str, backend: str, tasks: int, watch: str | None,
     roles["PostgreSQL"] = spent.get("PostgreSQL", 0.0)
     return {"rate": tasks / (last - first), "publish": tasks / max(published - first, 1e-9),
             "cpu": (cpu1[0] - cpu0[0]) / max(cpu1[1] - cpu0[1], 1.0),
-            "pg_cpu_per_task": (pg1 - pg0) / tasks * 1000,
+            "pg_cpu_per_task": roles["PostgreSQL"] / tasks * 1000,
             "roles": {role: seconds / tasks * 1000 for role, seconds in roles.items()},
             "publish_lock_share": peak[3] / peak[2] if peak[2] else None,
             "sessions": peak[0], "lock_waits": peak[1], "hosts": len(hosts)}

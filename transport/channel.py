@@ -388,16 +388,14 @@ class Channel(virtual.Channel):
             rows = self._on_table("pop" if noack else "read", queue, params).fetchall()
         # A read returns the acks it wrote as rows without a receipt, and its due time as
         # a row without an id.
-        due = [r for r in rows if r[0] is None]
         done = [r[0] for r in rows if r[0] is not None and r[1] is None]
-        if done or acks or due:
-            rows = [r for r in rows if r[1] is not None]
         if done or acks:
             deliveries.report_stale("ack", queue, acks, done)
-        rows.sort(key=lambda r: (r[3], r[0]))
-        out = ReadRows(rows)
-        if due:
-            out.due_known, out.due = True, due[0][2]
+        out = ReadRows(sorted((r for r in rows if r[1] is not None),
+                              key=lambda r: (r[3], r[0])))
+        for r in rows:
+            if r[0] is None:
+                out.due_known, out.due = True, r[2]
         return out
 
     def payloads(self, queue: str, noack: bool,

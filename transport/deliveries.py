@@ -38,6 +38,11 @@ class ReadRows(list[Any]):
     due_known: bool = False
     due: float | None = None
 
+    @property
+    def none_visible(self) -> bool:
+        """The read delivered nothing and says no message is visible now."""
+        return not self and self.due_known and (self.due is None or self.due > 0)
+
 
 def delivery_info(queue: str, msg_id: int, receipt: int) -> dict[str, Any]:
     """What a delivered message's ``delivery_info`` carries to find its delivery again."""

@@ -383,15 +383,14 @@ class HubConsumer:
                     self._after_arm(self._took_arm(queues, rows))
 
     def _took(self, channel: Channel, queue: str, noack: bool, qty: int,
-              rows: list[Any]) -> None:
+              rows: ReadRows) -> None:
         """Deliver the rows of a read; a read short of ``qty`` leaves its queue clean."""
         if self._closed or channel.connection is None:
             self._restore(channel, queue, noack, rows)
             return
         woken = queue in self._woken
         self._woken.discard(queue)
-        if (not rows and woken and queue in self._armed and isinstance(rows, ReadRows)
-                and rows.due_known and (rows.due is None or rows.due > 0)):
+        if rows.none_visible and woken and queue in self._armed:
             # Asleep, woken, nothing to read (another consumer took it, or it is delayed):
             # still asleep, at the back of the line where the wake-up put it, so no new
             # sleep; the read said when the next message is due. (One visible but not

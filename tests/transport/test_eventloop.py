@@ -241,6 +241,30 @@ def test_an_ack_made_by_a_ready_callback_reads_before_the_next_poll(connections:
         hub.close()
 
 
+def _counted_hub(connections: Any) -> tuple[Any, Hub, Any, list[list[str]], list[str], Any]:
+    """A consumer connection on a hub that only NOTIFYs bring messages to (poll 60 s, sweep
+    600 s, hand-over off): (connection, hub, its HubConsumer, the queue lists it slept on,
+    the bodies delivered, a callback that records and acks them)."""
+    conn = connections(polling_interval=60, sweep_interval=600, hand_over=False)
+    hub = Hub()
+    conn.transport.register_with_event_loop(conn.connection, hub)
+    consumer = conn.transport._hub
+    arms: list[list[str]] = []
+    got: list[str] = []
+    arm = consumer._arm
+
+    def counted_arm(queues: list[str]) -> Any:
+        arms.append(queues)
+        return arm(queues)
+
+    def on_message(body: Any, message: Any) -> None:
+        got.append(body)
+        message.ack()
+
+    consumer._arm = counted_arm
+    return conn, hub, consumer, arms, got, on_message
+
+
 def test_a_consumer_woken_for_a_message_taken_by_another_stays_asleep(
         connections: Any, db_url: str) -> None:
     # A wake-up whose message another consumer took first (or one still delayed) finds
@@ -248,24 +272,8 @@ def test_a_consumer_woken_for_a_message_taken_by_another_stays_asleep(
     # new sleep (a statement that takes the queue's wake-up lock from producers), and the
     # next message wakes it again. A delayed message is read when it is due, by the time
     # the empty read reported, not by the sweep (600 s) or the poll (60 s). Hand-over off.
-    conn = connections(polling_interval=60, sweep_interval=600, hand_over=False)
     producer = connections(eta_threshold=0.5)
-    hub = Hub()
-    conn.transport.register_with_event_loop(conn.connection, hub)
-    consumer = conn.transport._hub
-    sleeps: list[list[str]] = []
-    arm = consumer._arm
-
-    def counted_arm(queues: list[str]) -> Any:
-        sleeps.append(queues)
-        return arm(queues)
-
-    consumer._arm = counted_arm
-    got: list[str] = []
-
-    def on_message(body: Any, message: Any) -> None:
-        got.append(body)
-        message.ack()
+    conn, hub, consumer, sleeps, got, on_message = _counted_hub(connections)
 
     def idle() -> bool:
         return (consumer._arming is None and not consumer._pass
@@ -322,24 +330,8 @@ def test_a_worker_on_many_queues_sleeps_on_them_in_steps(
     # queues are armed ARM_STEP at a time, in passes that follow at once, and a message on
     # the last of them still comes by its wake-up (the sweep is 600 s, the poll 60 s).
     monkeypatch.setattr(eventloop, "ARM_STEP", 2)
-    conn = connections(polling_interval=60, sweep_interval=600, hand_over=False)
     producer = connections()
-    hub = Hub()
-    conn.transport.register_with_event_loop(conn.connection, hub)
-    consumer = conn.transport._hub
-    arms: list[list[str]] = []
-    arm = consumer._arm
-
-    def counted_arm(queues: list[str]) -> Any:
-        arms.append(queues)
-        return arm(queues)
-
-    consumer._arm = counted_arm
-    got: list[str] = []
-
-    def on_message(body: Any, message: Any) -> None:
-        got.append(body)
-        message.ack()
+    conn, hub, consumer, arms, got, on_message = _counted_hub(connections)
 
     names = [f"step-{i}" for i in range(5)]
     queues = [Queue(name) for name in names]
